@@ -1,0 +1,330 @@
+//! The operator's configuration file (TOML).
+//!
+//! Everything a connector may touch is lent here, per connector instance and nothing
+//! else: its settings (`config`), its named SQL connections (`sql`), the origins it
+//! may reach over HTTP (`http`) and its resource limits (`limits`).
+//!
+//! ```toml
+//! [runtime]
+//! cache-dir = "/var/lib/ebb/cache"
+//!
+//! [connectors.pg]
+//! component = "plugins/postgres.wasm"
+//! sha256 = "9f2c…"                 # optional pin
+//! limits = { memory-mib = 64, timeout-ms = 10000 }
+//! config = { allowed-tables = "public.*" }
+//! sql.main = { dsn-env = "EBB_PG_DSN", max-connections = 4 }
+//! http = { allow = ["https://idp.example.com"], allow-private = [] }
+//! ```
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use zeroize::Zeroizing;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Config {
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
+    /// Connector instances by name.
+    #[serde(default)]
+    pub connectors: BTreeMap<String, ConnectorConfig>,
+}
+
+impl Config {
+    /// Reads and validates a configuration file. Relative component paths are
+    /// resolved against the file's folder.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config file {}", path.display()))?;
+        let mut config =
+            Self::parse(&text).with_context(|| format!("in config file {}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for connector in config.connectors.values_mut() {
+            if connector.component.is_relative() {
+                connector.component = base.join(&connector.component);
+            }
+        }
+        Ok(config)
+    }
+
+    /// Parses and validates configuration text.
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let config: Self = toml::from_str(text)?;
+        for (name, connector) in &config.connectors {
+            connector
+                .validate()
+                .with_context(|| format!("connector `{name}`"))?;
+        }
+        Ok(config)
+    }
+}
+
+/// Settings of the Wasm runtime shared by all connectors.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RuntimeConfig {
+    /// Where precompiled components are cached. None: compile on every load.
+    pub cache_dir: Option<PathBuf>,
+    /// How many connector instances may run at once across all connectors.
+    pub max_instances: u32,
+    /// The largest memory limit any connector may be given, in MiB.
+    pub max_memory_mib: u64,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            cache_dir: None,
+            max_instances: 256,
+            max_memory_mib: 256,
+        }
+    }
+}
+
+/// One connector instance: a component plus what it is lent.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ConnectorConfig {
+    /// Path to the `.wasm` component.
+    pub component: PathBuf,
+    /// If set, the component's sha256 must match (hex).
+    pub sha256: Option<String>,
+    /// The connector's own non-secret settings, read through `ebb:connector/config`.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+    /// Named SQL connections, used through `ebb:connector/sql`.
+    #[serde(default)]
+    pub sql: BTreeMap<String, SqlConnectionConfig>,
+    /// Outbound HTTP allowed through `wasi:http/outgoing-handler`.
+    #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+impl ConnectorConfig {
+    /// A connector instance with nothing lent and default limits.
+    pub fn new(component: impl Into<PathBuf>) -> Self {
+        Self {
+            component: component.into(),
+            sha256: None,
+            config: BTreeMap::new(),
+            sql: BTreeMap::new(),
+            http: HttpConfig::default(),
+            limits: LimitsConfig::default(),
+        }
+    }
+
+    /// Sets one `config` value.
+    pub fn with_config(mut self, key: &str, value: &str) -> Self {
+        self.config.insert(key.to_owned(), value.to_owned());
+        self
+    }
+
+    /// Lends a SQL connection under `name`.
+    pub fn with_sql(mut self, name: &str, dsn: &str) -> Self {
+        self.sql.insert(
+            name.to_owned(),
+            SqlConnectionConfig {
+                dsn: Some(Secret::new(dsn.to_owned())),
+                ..SqlConnectionConfig::default()
+            },
+        );
+        self
+    }
+
+    /// Allows outbound HTTP to `origin` (`scheme://host[:port]`); `private` also
+    /// allows it to resolve to loopback, link-local or private addresses.
+    pub fn with_http_origin(mut self, origin: &str, private: bool) -> Self {
+        self.http.allow.push(origin.to_owned());
+        if private {
+            self.http.allow_private.push(origin.to_owned());
+        }
+        self
+    }
+
+    /// Replaces the limits.
+    pub fn with_limits(mut self, limits: LimitsConfig) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if let Some(pin) = &self.sha256 {
+            if pin.len() != 64 || !pin.bytes().all(|b| b.is_ascii_hexdigit()) {
+                bail!("sha256 must be 64 hex digits, got `{pin}`");
+            }
+        }
+        for (name, sql) in &self.sql {
+            match (&sql.dsn, &sql.dsn_env) {
+                (Some(_), None) | (None, Some(_)) => {}
+                _ => bail!("sql connection `{name}` needs exactly one of `dsn` or `dsn-env`"),
+            }
+            if sql.max_connections == 0 {
+                bail!("sql connection `{name}`: max-connections must be at least 1");
+            }
+        }
+        for origin in self.http.allow.iter().chain(&self.http.allow_private) {
+            crate::runtime::Origin::parse(origin)
+                .with_context(|| format!("http origin `{origin}`"))?;
+        }
+        if self.limits.memory_mib == 0 || self.limits.timeout_ms == 0 {
+            bail!("limits must be greater than zero");
+        }
+        Ok(())
+    }
+}
+
+/// A named SQL connection. The connector never sees any of it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SqlConnectionConfig {
+    /// A libpq-style connection string or URL, including the password.
+    pub dsn: Option<Secret>,
+    /// The name of an environment variable that holds the DSN.
+    pub dsn_env: Option<String>,
+    /// Pool size.
+    pub max_connections: usize,
+    /// Per-statement time limit, in milliseconds.
+    pub statement_timeout_ms: u64,
+}
+
+impl Default for SqlConnectionConfig {
+    fn default() -> Self {
+        Self {
+            dsn: None,
+            dsn_env: None,
+            max_connections: 4,
+            statement_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl SqlConnectionConfig {
+    /// The DSN, read from the environment if configured so.
+    pub fn resolve_dsn(&self) -> anyhow::Result<Secret> {
+        match (&self.dsn, &self.dsn_env) {
+            (Some(dsn), _) => Ok(dsn.clone()),
+            (None, Some(var)) => std::env::var(var)
+                .map(Secret::new)
+                .with_context(|| format!("environment variable {var} is not set")),
+            (None, None) => bail!("no dsn configured"),
+        }
+    }
+}
+
+/// Outbound HTTP policy of one connector.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct HttpConfig {
+    /// Origins (`scheme://host[:port]`) the connector may call.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Origins that may also resolve to loopback, link-local or private addresses.
+    /// These are allowed as if listed in `allow`.
+    #[serde(default)]
+    pub allow_private: Vec<String>,
+}
+
+/// Per-call resource limits of one connector.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct LimitsConfig {
+    /// Linear memory limit, in MiB.
+    pub memory_mib: u64,
+    /// Wall-clock limit for one call, host calls included, in milliseconds.
+    pub timeout_ms: u64,
+    /// The largest result a call may return, in KiB.
+    pub max_output_kib: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            memory_mib: 64,
+            timeout_ms: 10_000,
+            max_output_kib: 1024,
+        }
+    }
+}
+
+/// A secret string from configuration: redacted in `Debug`, zeroized on drop.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(Zeroizing<String>);
+
+impl Secret {
+    pub fn new(value: String) -> Self {
+        Self(Zeroizing::new(value))
+    }
+
+    /// The secret value. Do not log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_full_connector() {
+        let config = Config::parse(
+            r#"
+            [connectors.pg]
+            component = "postgres.wasm"
+            limits = { memory-mib = 32, timeout-ms = 500, max-output-kib = 64 }
+            config = { allowed-tables = "public.*" }
+            sql.main = { dsn = "host=127.0.0.1 user=ebb password=pw", max-connections = 2 }
+            http = { allow = ["https://idp.example.com"], allow-private = ["http://127.0.0.1:9000"] }
+            "#,
+        )
+        .unwrap();
+        let pg = &config.connectors["pg"];
+        assert_eq!(pg.limits.memory_mib, 32);
+        assert_eq!(pg.sql["main"].max_connections, 2);
+        assert_eq!(pg.config["allowed-tables"], "public.*");
+        assert!(!format!("{config:?}").contains("password=pw"));
+    }
+
+    #[test]
+    fn errors_when_sql_connection_has_no_dsn() {
+        let err =
+            Config::parse("[connectors.pg]\ncomponent = \"x.wasm\"\nsql.main = {}\n").unwrap_err();
+        assert!(
+            format!("{err:#}").contains("exactly one of `dsn` or `dsn-env`"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn errors_on_unknown_keys_and_bad_pins() {
+        let err = Config::parse("[connectors.pg]\ncomponent = \"x.wasm\"\nsha256 = \"abc\"\n")
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("64 hex digits"), "{err:#}");
+        let err =
+            Config::parse("[connectors.pg]\ncomponent = \"x.wasm\"\ncomponnet = 1\n").unwrap_err();
+        assert!(format!("{err:#}").contains("unknown field"), "{err:#}");
+    }
+
+    #[test]
+    fn errors_on_malformed_origin() {
+        let err = Config::parse(
+            "[connectors.x]\ncomponent = \"x.wasm\"\nhttp = { allow = [\"ftp://a\"] }\n",
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("ftp://a"), "{err:#}");
+    }
+}

@@ -1,0 +1,204 @@
+//! The vocabulary of the connector contract as the rest of the host sees it.
+//!
+//! These mirror the records of `wit/connector.wit` (`ebb:connector/types`), but they
+//! are the host's own: `runtime/` converts generated bindings to and from them, so no
+//! other module names generated types, and a future `ebb:connector@0.2.0` maps onto
+//! the same types. Secret-bearing types ([`Credential`]) redact themselves in `Debug`
+//! and zeroize their memory on drop.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use zeroize::Zeroize;
+
+/// Milliseconds since the Unix epoch, UTC.
+pub type Timestamp = u64;
+
+/// Whether a subject is a workload or a person.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SubjectKind {
+    Workload,
+    Person,
+}
+
+/// A verified identity and its claims.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subject {
+    pub id: String,
+    pub kind: SubjectKind,
+    #[serde(default)]
+    pub claims: Vec<(String, String)>,
+}
+
+/// One action on one resource, in the connector's own syntax.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Permission {
+    pub action: String,
+    pub resource: String,
+}
+
+/// An approved grant, as a connector sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    pub id: String,
+    pub subject: Subject,
+    pub permissions: Vec<Permission>,
+    pub not_after: Timestamp,
+    pub task: String,
+}
+
+/// A secret credential: named fields such as `user` and `password`.
+///
+/// `Debug` prints only the field names, and the values are zeroized on drop. It
+/// serializes (so the lifecycle can seal it and return it once to the requester);
+/// never serialize it into a log.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Credential {
+    pub fields: Vec<(String, String)>,
+}
+
+impl Credential {
+    /// The value of the field `name`, if present.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.fields
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.fields.iter().map(|(n, _)| n.as_str()).collect();
+        f.debug_struct("Credential")
+            .field("fields", &names)
+            .field("values", &"<redacted>")
+            .finish()
+    }
+}
+
+impl Drop for Credential {
+    fn drop(&mut self) {
+        for (_, value) in &mut self.fields {
+            value.zeroize();
+        }
+    }
+}
+
+/// What `issue` created.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Issued {
+    /// Non-secret description of what was created downstream.
+    pub handle: String,
+    pub credential: Credential,
+    /// When the downstream system itself stops honouring the credential.
+    pub expires_at: Option<Timestamp>,
+}
+
+/// What kind of access remains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ResidueKind {
+    CredentialAccepted,
+    SessionOpen,
+    EntitlementPresent,
+    TokenActive,
+    Other,
+}
+
+/// Evidence that access remains.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Residue {
+    pub kind: ResidueKind,
+    pub detail: String,
+}
+
+/// The downstream system's answer to "is it gone?".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "verdict", content = "residue")]
+pub enum Verdict {
+    Revoked,
+    Residual(Vec<Residue>),
+}
+
+/// A connector's own error, as declared in the contract.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "kind", content = "message")]
+pub enum ConnectorError {
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error("denied downstream: {0}")]
+    Denied(String),
+    #[error("downstream unavailable: {0}")]
+    Unavailable(String),
+    #[error("connector internal error: {0}")]
+    Internal(String),
+    #[error("not supported by the connector: {0}")]
+    Unsupported(String),
+}
+
+impl ConnectorError {
+    /// Whether trying the same call again later can succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Unavailable(_) | Self::Internal(_))
+    }
+}
+
+/// A connector's honest statement of what it can do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Capabilities {
+    pub revocable: bool,
+    pub downstream_expiry: bool,
+    pub terminates_sessions: bool,
+    pub can_verify: bool,
+    pub can_verify_issued: bool,
+    pub reports_standing_access: bool,
+}
+
+/// One action a connector understands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActionInfo {
+    pub name: String,
+    pub description: String,
+    pub resource_syntax: String,
+}
+
+/// What `describe` returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectorInfo {
+    pub name: String,
+    pub version: String,
+    pub system: String,
+    pub description: String,
+    pub actions: Vec<ActionInfo>,
+    pub capabilities: Capabilities,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credential_debug_never_shows_values() {
+        let c = Credential {
+            fields: vec![("password".into(), "hunter2-very-secret".into())],
+        };
+        let shown = format!("{c:?}");
+        assert!(shown.contains("password"));
+        assert!(!shown.contains("hunter2"), "{shown}");
+        let issued = Issued {
+            handle: "role".into(),
+            credential: c,
+            expires_at: None,
+        };
+        assert!(!format!("{issued:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn only_transient_errors_are_retryable() {
+        assert!(ConnectorError::Unavailable("x".into()).is_retryable());
+        assert!(!ConnectorError::Invalid("x".into()).is_retryable());
+        assert!(!ConnectorError::Denied("x".into()).is_retryable());
+        assert!(!ConnectorError::Unsupported("x".into()).is_retryable());
+    }
+}

@@ -1,0 +1,36 @@
+//! A connector that grants nothing: the smallest complete connector, used to measure
+//! the host's per-call overhead and to exercise the lifecycle without a downstream.
+
+use ebb_connector_sdk::{
+    Capabilities, Connector, ConnectorInfo, Credential, Error, Grant, Issued, Verdict,
+    export_connector,
+};
+
+struct Noop;
+
+impl Connector for Noop {
+    fn describe() -> ConnectorInfo {
+        ConnectorInfo::new("noop", env!("CARGO_PKG_VERSION"), "none")
+            .with_description("Grants nothing; for benchmarks and tests")
+            .with_action("use", "does nothing", "any string")
+            .with_capabilities(Capabilities::REVOCABLE | Capabilities::CAN_VERIFY)
+    }
+
+    fn issue(grant: Grant) -> Result<Issued, Error> {
+        Ok(Issued::new(grant.id, Credential::new([("token", "noop")])))
+    }
+
+    fn revoke(_grant: Grant, _handle: Option<String>) -> Result<(), Error> {
+        Ok(())
+    }
+
+    fn verify_revoked(
+        _grant: Grant,
+        _handle: Option<String>,
+        _credential: Option<Credential>,
+    ) -> Result<Verdict, Error> {
+        Ok(Verdict::Revoked)
+    }
+}
+
+export_connector!(Noop);

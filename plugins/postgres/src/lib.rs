@@ -1,0 +1,403 @@
+//! JIT *permissions* in PostgreSQL, not JIT users.
+//!
+//! `issue` creates a role named from the grant id (`ebb_<id>`) with `LOGIN`, a random
+//! password and `VALID UNTIL` the grant's end, and grants it exactly the requested
+//! table privileges — never membership in another role. `revoke` stops new logins,
+//! terminates every backend of the role (by name and by oid: a dropped role's live
+//! session keeps running with `usename` NULL), drops what it owns and drops it.
+//! `verify-revoked` asks PostgreSQL: is the role there, is any backend of it alive,
+//! does the credential still log in?
+//!
+//! Settings (`[connectors.<name>.config]`):
+//! - `connection`: the lent SQL connection to use (default `main`).
+//! - `allowed-resources`: comma-separated `schema.table` or `schema.*` patterns a grant
+//!   may name. Nothing is allowed until this is set.
+//! - `connection-limit`: the role's connection limit (default 4).
+//! - `standing-role:<subject id>`: the base role whose standing access
+//!   `standing-access` reports for that subject (default: the subject id itself).
+//!
+//! The admin connection's role needs `CREATEROLE`, `pg_signal_backend`, and the table
+//! privileges it hands out `WITH GRANT OPTION`.
+
+mod names;
+
+use ebb_connector_sdk::sql::{self, LoginOutcome, Value, quote_ident, quote_literal};
+use ebb_connector_sdk::{
+    Capabilities, Connector, ConnectorInfo, Credential, Error, Grant, Issued, Residue, ResidueKind,
+    Subject, Verdict, config, export_connector, log,
+};
+use names::{Handle, TableRef, role_name, timestamp_literal};
+
+const ACTIONS: [(&str, &str); 5] = [
+    ("select", "read rows"),
+    ("insert", "add rows"),
+    ("update", "change rows"),
+    ("delete", "remove rows"),
+    ("truncate", "empty the table"),
+];
+
+struct Postgres;
+
+fn connection() -> String {
+    config::get_or("connection", "main")
+}
+
+fn role_oid(conn: &str, role: &str) -> Result<Option<i64>, Error> {
+    let rows = sql::query(
+        conn,
+        "select oid from pg_roles where rolname = $1",
+        &[role.into()],
+    )?;
+    Ok(rows
+        .rows
+        .first()
+        .and_then(|r| r.first())
+        .and_then(Value::as_i64))
+}
+
+/// Live backends of the role, matched by name and (when known) by oid.
+fn backends(conn: &str, role: &str, oid: Option<i64>) -> Result<Vec<i64>, Error> {
+    let rows = sql::query(
+        conn,
+        "select pid from pg_stat_activity where usename = $1 or usesysid = $2",
+        &[role.into(), Value::Int(oid.unwrap_or(0))],
+    )?;
+    Ok(rows
+        .rows
+        .iter()
+        .filter_map(|r| r.first().and_then(Value::as_i64))
+        .collect())
+}
+
+/// Terminates the role's backends and waits (up to 5 s each) until they are gone.
+fn terminate(conn: &str, role: &str, oid: Option<i64>) -> Result<usize, Error> {
+    let rows = sql::query(
+        conn,
+        "select pg_terminate_backend(pid, 5000) from pg_stat_activity \
+         where (usename = $1 or usesysid = $2) and pid <> pg_backend_pid()",
+        &[role.into(), Value::Int(oid.unwrap_or(0))],
+    )?;
+    Ok(rows.rows.len())
+}
+
+fn check_permissions(grant: &Grant) -> Result<Vec<(String, TableRef)>, Error> {
+    if grant.permissions.is_empty() {
+        return Err(Error::Invalid(
+            "a grant needs at least one permission".into(),
+        ));
+    }
+    let allowed = config::get("allowed-resources").unwrap_or_default();
+    grant
+        .permissions
+        .iter()
+        .map(|p| {
+            let action = p.action.to_ascii_lowercase();
+            if !ACTIONS.iter().any(|(a, _)| *a == action) {
+                return Err(Error::Invalid(format!(
+                    "unknown action `{}`; this connector grants {}",
+                    p.action,
+                    ACTIONS.map(|(a, _)| a).join(", ")
+                )));
+            }
+            let table = TableRef::parse(&p.resource)?;
+            if !table.allowed_by(&allowed) {
+                return Err(Error::Denied(format!(
+                    "`{}` is not in this connector's allowed-resources",
+                    p.resource
+                )));
+            }
+            Ok((action, table))
+        })
+        .collect()
+}
+
+fn random_password() -> Result<String, Error> {
+    const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| Error::Internal(format!("no randomness: {e}")))?;
+    // 256 is not a multiple of the alphabet's size; reject the biased tail.
+    let limit = 256 - (256 % ALPHABET.len());
+    let mut out = String::with_capacity(40);
+    let mut pool = bytes.to_vec();
+    while out.len() < 40 {
+        if pool.is_empty() {
+            getrandom::fill(&mut bytes)
+                .map_err(|e| Error::Internal(format!("no randomness: {e}")))?;
+            pool = bytes.to_vec();
+        }
+        let b = usize::from(pool.pop().unwrap_or(0));
+        if b < limit {
+            out.push(char::from(ALPHABET[b % ALPHABET.len()]));
+        }
+    }
+    Ok(out)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+impl Connector for Postgres {
+    fn describe() -> ConnectorInfo {
+        let mut info = ConnectorInfo::new("postgres", env!("CARGO_PKG_VERSION"), "PostgreSQL 13+")
+            .with_description(
+                "A per-grant login role with exactly the requested table privileges, \
+                 VALID UNTIL the grant's end; revoke ends its sessions and drops it",
+            )
+            .with_capabilities(
+                Capabilities::REVOCABLE
+                    | Capabilities::DOWNSTREAM_EXPIRY
+                    | Capabilities::TERMINATES_SESSIONS
+                    | Capabilities::CAN_VERIFY
+                    | Capabilities::CAN_VERIFY_ISSUED
+                    | Capabilities::REPORTS_STANDING_ACCESS,
+            );
+        for (name, description) in ACTIONS {
+            info = info.with_action(name, description, "schema.table");
+        }
+        info
+    }
+
+    fn issue(grant: Grant) -> Result<Issued, Error> {
+        let conn = connection();
+        let permissions = check_permissions(&grant)?;
+        if grant.not_after <= now_ms() {
+            return Err(Error::Invalid("the grant has already ended".into()));
+        }
+        let role = role_name(&grant.id)?;
+        let password = random_password()?;
+        let limit: u32 = config::get_or("connection-limit", "4")
+            .parse()
+            .map_err(|_| Error::Invalid("connection-limit must be a number".into()))?;
+        let ident = quote_ident(&role);
+        // One batch is one transaction: a failed GRANT leaves no role behind.
+        let mut ddl = match role_oid(&conn, &role)? {
+            // A retried issue: the first reply was lost, so its password is unknown.
+            // Replace it; the lost one stops working.
+            Some(_) => format!("alter role {ident} login"),
+            None => format!(
+                "create role {ident} login noinherit nosuperuser nocreatedb nocreaterole \
+                 noreplication nobypassrls"
+            ),
+        };
+        ddl.push_str(&format!(
+            " connection limit {limit} password {} valid until {};\n",
+            quote_literal(&password)?,
+            quote_literal(&timestamp_literal(grant.not_after))?
+        ));
+        for (action, table) in &permissions {
+            ddl.push_str(&format!(
+                "grant usage on schema {} to {ident};\ngrant {action} on table {} to {ident};\n",
+                quote_ident(&table.schema),
+                table.quoted()
+            ));
+        }
+        ddl.push_str(&format!(
+            "comment on role {ident} is {};",
+            quote_literal(&format!("ebb grant {} for task: {}", grant.id, grant.task))?
+        ));
+        sql::execute_batch(&conn, &ddl).map_err(|e| match &e {
+            // 42P01 undefined_table, 3F000 invalid_schema_name.
+            sql::SqlError::Rejected(db) if db.code == "42P01" || db.code == "3F000" => {
+                Error::Invalid(sql::describe(&e))
+            }
+            _ => Error::from(e),
+        })?;
+        let oid = role_oid(&conn, &role)?
+            .ok_or_else(|| Error::Internal(format!("role {role} vanished right after creation")))?;
+        log::info(&format!(
+            "issued role {role} (oid {oid}) for grant {}",
+            grant.id
+        ));
+        Ok(Issued::new(
+            Handle { role: &role, oid }.to_string(),
+            Credential::new([("user", role.as_str()), ("password", password.as_str())]),
+        )
+        .expiring_at(grant.not_after))
+    }
+
+    fn revoke(grant: Grant, handle: Option<String>) -> Result<(), Error> {
+        let conn = connection();
+        let role = role_name(&grant.id)?;
+        let handle = handle.as_deref().map(Handle::parse).transpose()?;
+        let oid = role_oid(&conn, &role)?.or(handle.map(|h| h.oid));
+        let ident = quote_ident(&role);
+        if role_oid(&conn, &role)?.is_some() {
+            // First stop new logins, so no session can start while we end the others.
+            sql::execute_batch(&conn, &format!("alter role {ident} nologin password null"))?;
+        }
+        let ended = terminate(&conn, &role, oid)?;
+        if role_oid(&conn, &role)?.is_some() {
+            // On PostgreSQL 15 REASSIGN/DROP OWNED need membership in the role.
+            sql::execute_batch(
+                &conn,
+                &format!(
+                    "grant {ident} to current_user;\n\
+                     reassign owned by {ident} to current_user;\n\
+                     drop owned by {ident};\n\
+                     drop role {ident};"
+                ),
+            )
+            .or_else(|e| match &e {
+                // 42704 undefined_object: dropped concurrently; already gone is success.
+                sql::SqlError::Rejected(db) if db.code == "42704" => Ok(()),
+                _ => Err(e),
+            })?;
+        }
+        // A backend may have finished authenticating just before NOLOGIN; end it too.
+        let late = terminate(&conn, &role, oid)?;
+        log::info(&format!(
+            "revoked role {role} for grant {}: ended {} session(s)",
+            grant.id,
+            ended + late
+        ));
+        Ok(())
+    }
+
+    fn verify_revoked(
+        grant: Grant,
+        handle: Option<String>,
+        credential: Option<Credential>,
+    ) -> Result<Verdict, Error> {
+        let conn = connection();
+        let role = role_name(&grant.id)?;
+        let handle = handle.as_deref().map(Handle::parse).transpose()?;
+        let mut residue = Vec::new();
+        let current = role_oid(&conn, &role)?;
+        if let Some(oid) = current {
+            residue.push(Residue::new(
+                ResidueKind::EntitlementPresent,
+                format!("role {role} (oid {oid}) still exists"),
+            ));
+        }
+        let oid = current.or(handle.map(|h| h.oid));
+        for pid in backends(&conn, &role, oid)? {
+            residue.push(Residue::new(
+                ResidueKind::SessionOpen,
+                format!("backend pid {pid} of role {role} is still connected"),
+            ));
+        }
+        if let Some(credential) = credential {
+            let user = credential.get("user").unwrap_or(&role);
+            let password = credential.get("password").unwrap_or_default();
+            if let LoginOutcome::Accepted = sql::login_probe(&conn, user, password)? {
+                residue.push(Residue::new(
+                    ResidueKind::CredentialAccepted,
+                    format!("login as {user} with the issued password still succeeds"),
+                ));
+            }
+        }
+        Ok(Verdict::from_residue(residue))
+    }
+
+    fn verify_issued(grant: Grant, _handle: String, credential: Credential) -> Result<(), Error> {
+        let conn = connection();
+        let role = role_name(&grant.id)?;
+        let password = credential.get("password").unwrap_or_default();
+        if let LoginOutcome::Refused(reason) = sql::login_probe(&conn, &role, password)? {
+            return Err(Error::Unavailable(format!(
+                "login as {role} not accepted yet: {reason}"
+            )));
+        }
+        for (action, table) in check_permissions(&grant)? {
+            let rows = sql::query(
+                &conn,
+                "select has_table_privilege($1, $2, $3)",
+                &[
+                    role.as_str().into(),
+                    table.quoted().into(),
+                    action.as_str().into(),
+                ],
+            )?;
+            if rows
+                .rows
+                .first()
+                .and_then(|r| r.first())
+                .and_then(Value::as_bool)
+                != Some(true)
+            {
+                return Err(Error::Unavailable(format!(
+                    "role {role} does not have {action} on {} yet",
+                    table.quoted()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn standing_access(subject: Subject) -> Result<Vec<Residue>, Error> {
+        let conn = connection();
+        let base = config::get(&format!("standing-role:{}", subject.id)).unwrap_or(subject.id);
+        let rows = sql::query(
+            &conn,
+            "select rolsuper, rolcreaterole, rolcreatedb, rolbypassrls, rolreplication \
+             from pg_roles where rolname = $1",
+            &[base.as_str().into()],
+        )?;
+        let Some(attrs) = rows.rows.first() else {
+            return Ok(Vec::new());
+        };
+        let mut residue = Vec::new();
+        for (i, name) in [
+            "superuser",
+            "createrole",
+            "createdb",
+            "bypassrls",
+            "replication",
+        ]
+        .iter()
+        .enumerate()
+        {
+            if attrs.get(i).and_then(Value::as_bool) == Some(true) {
+                residue.push(Residue::new(
+                    ResidueKind::EntitlementPresent,
+                    format!("role {base} has {name}"),
+                ));
+            }
+        }
+        let members = sql::query(
+            &conn,
+            "select g.rolname from pg_auth_members m \
+             join pg_roles g on g.oid = m.roleid join pg_roles r on r.oid = m.member \
+             where r.rolname = $1 order by 1",
+            &[base.as_str().into()],
+        )?;
+        for row in &members.rows {
+            if let Some(group) = row.first().and_then(Value::as_str) {
+                residue.push(Residue::new(
+                    ResidueKind::EntitlementPresent,
+                    format!("role {base} is a member of {group}"),
+                ));
+            }
+        }
+        let privileges = sql::query(
+            &conn,
+            "select quote_ident(n.nspname) || '.' || quote_ident(c.relname), p.priv \
+             from pg_class c join pg_namespace n on n.oid = c.relnamespace \
+             cross join (values ('select'), ('insert'), ('update'), ('delete'), ('truncate')) p(priv) \
+             where c.relkind in ('r', 'p', 'v', 'm', 'f') \
+               and n.nspname not in ('pg_catalog', 'information_schema') \
+               and n.nspname not like 'pg_toast%' \
+               and has_table_privilege($1, c.oid, p.priv) \
+             order by 1, 2",
+            &[base.as_str().into()],
+        )?;
+        for row in &privileges.rows {
+            if let (Some(table), Some(privilege)) = (
+                row.first().and_then(Value::as_str),
+                row.get(1).and_then(Value::as_str),
+            ) {
+                residue.push(Residue::new(
+                    ResidueKind::EntitlementPresent,
+                    format!("role {base} can {privilege} on {table} outside any grant"),
+                ));
+            }
+        }
+        Ok(residue)
+    }
+}
+
+export_connector!(Postgres);

@@ -1,0 +1,251 @@
+//! Write [Ebb](https://example.invalid/ebb) connectors in Rust.
+//!
+//! A connector is a WebAssembly component that grants, revokes and proves the
+//! revocation of one kind of downstream permission. Implement [`Connector`] on a type
+//! and export it with [`export_connector!`]; build with
+//! `cargo build --target wasm32-wasip2 --release`.
+//!
+//! ```no_run
+//! use ebb_connector_sdk::{
+//!     export_connector, Capabilities, Connector, ConnectorInfo, Error, Grant, Issued,
+//!     Credential, Verdict,
+//! };
+//!
+//! struct Hello;
+//!
+//! impl Connector for Hello {
+//!     fn describe() -> ConnectorInfo {
+//!         ConnectorInfo::new("hello", env!("CARGO_PKG_VERSION"), "nothing")
+//!             .with_capabilities(Capabilities::REVOCABLE | Capabilities::CAN_VERIFY)
+//!     }
+//!     fn issue(grant: Grant) -> Result<Issued, Error> {
+//!         Ok(Issued::new(grant.id, Credential::new([("token", "t")])))
+//!     }
+//!     fn revoke(_grant: Grant, _handle: Option<String>) -> Result<(), Error> {
+//!         Ok(())
+//!     }
+//!     fn verify_revoked(
+//!         _grant: Grant,
+//!         _handle: Option<String>,
+//!         _credential: Option<Credential>,
+//!     ) -> Result<Verdict, Error> {
+//!         Ok(Verdict::Revoked)
+//!     }
+//! }
+//!
+//! export_connector!(Hello);
+//! ```
+//!
+//! What the host lends a connector is reached through [`config`], [`log`], [`sql`] and
+//! [`http`]; each works only as far as the operator's configuration allows.
+
+#![deny(missing_docs)]
+
+pub mod config;
+pub mod http;
+pub mod log;
+pub mod sql;
+
+/// The raw bindings of `wit/`. Not part of the SDK's API; used by
+/// [`export_connector!`].
+#[doc(hidden)]
+#[allow(missing_docs, reason = "bindgen-generated code")]
+#[allow(clippy::all, reason = "bindgen-generated code")]
+pub mod wit {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "ebb:connector/plugin",
+        pub_export_macro: true,
+        export_macro_name: "__export_plugin",
+        default_bindings_module: "ebb_connector_sdk::wit",
+        generate_all,
+    });
+}
+
+pub use wit::ebb::connector::types::{
+    ActionInfo, Capabilities, Claim, ConnectorInfo, Credential, Error, Grant, Issued, Permission,
+    Residue, ResidueKind, Secret, Subject, SubjectKind, Verdict,
+};
+
+/// What a connector implements. Every call runs in a fresh instance: keep no state
+/// between calls; derive downstream names from [`Grant::id`] instead.
+pub trait Connector {
+    /// Describes the connector. Must not call the downstream system.
+    fn describe() -> ConnectorInfo;
+
+    /// Creates the narrowest downstream entitlement for `grant.permissions`, bound to
+    /// `grant.not_after`.
+    fn issue(grant: Grant) -> Result<Issued, Error>;
+
+    /// Removes everything `issue(grant)` could have created, including live sessions.
+    /// Idempotent; with `handle = None` it finds what to remove from `grant.id`.
+    fn revoke(grant: Grant, handle: Option<String>) -> Result<(), Error>;
+
+    /// Asks the downstream system whether anything the grant created still grants
+    /// access.
+    fn verify_revoked(
+        grant: Grant,
+        handle: Option<String>,
+        credential: Option<Credential>,
+    ) -> Result<Verdict, Error>;
+
+    /// Proves that a fresh credential works. Defaults to [`Error::Unsupported`].
+    fn verify_issued(grant: Grant, handle: String, credential: Credential) -> Result<(), Error> {
+        let _ = (grant, handle, credential);
+        Err(Error::Unsupported("verify-issued".into()))
+    }
+
+    /// What `subject` can do outside any grant. Defaults to [`Error::Unsupported`].
+    fn standing_access(subject: Subject) -> Result<Vec<Residue>, Error> {
+        let _ = subject;
+        Err(Error::Unsupported("standing-access".into()))
+    }
+}
+
+/// Exports a [`Connector`] implementation as the component's `ebb:connector/connector`.
+#[macro_export]
+macro_rules! export_connector {
+    ($ty:ident) => {
+        const _: () = {
+            impl $crate::wit::exports::ebb::connector::connector::Guest for $ty {
+                fn describe() -> $crate::ConnectorInfo {
+                    <$ty as $crate::Connector>::describe()
+                }
+                fn issue(grant: $crate::Grant) -> Result<$crate::Issued, $crate::Error> {
+                    <$ty as $crate::Connector>::issue(grant)
+                }
+                fn revoke(
+                    grant: $crate::Grant,
+                    handle: Option<String>,
+                ) -> Result<(), $crate::Error> {
+                    <$ty as $crate::Connector>::revoke(grant, handle)
+                }
+                fn verify_revoked(
+                    grant: $crate::Grant,
+                    handle: Option<String>,
+                    credential: Option<$crate::Credential>,
+                ) -> Result<$crate::Verdict, $crate::Error> {
+                    <$ty as $crate::Connector>::verify_revoked(grant, handle, credential)
+                }
+                fn verify_issued(
+                    grant: $crate::Grant,
+                    handle: String,
+                    credential: $crate::Credential,
+                ) -> Result<(), $crate::Error> {
+                    <$ty as $crate::Connector>::verify_issued(grant, handle, credential)
+                }
+                fn standing_access(
+                    subject: $crate::Subject,
+                ) -> Result<Vec<$crate::Residue>, $crate::Error> {
+                    <$ty as $crate::Connector>::standing_access(subject)
+                }
+            }
+    $crate::wit::__export_plugin!($ty with_types_in $crate::wit);
+        };
+    };
+}
+
+impl ConnectorInfo {
+    /// A description with no actions and no capabilities; add them with the `with_*`
+    /// methods.
+    pub fn new(name: &str, version: &str, system: &str) -> Self {
+        Self {
+            name: name.into(),
+            version: version.into(),
+            system: system.into(),
+            description: String::new(),
+            actions: Vec::new(),
+            capabilities: Capabilities::empty(),
+        }
+    }
+
+    /// Sets the description.
+    pub fn with_description(mut self, description: &str) -> Self {
+        self.description = description.into();
+        self
+    }
+
+    /// Declares an action, with the syntax of its resources.
+    pub fn with_action(mut self, name: &str, description: &str, resource_syntax: &str) -> Self {
+        self.actions.push(ActionInfo {
+            name: name.into(),
+            description: description.into(),
+            resource_syntax: resource_syntax.into(),
+        });
+        self
+    }
+
+    /// Declares the connector's capabilities. Be honest: the host's guarantees rest
+    /// on them.
+    pub fn with_capabilities(mut self, capabilities: Capabilities) -> Self {
+        self.capabilities = capabilities;
+        self
+    }
+}
+
+impl Credential {
+    /// A credential from `(name, value)` pairs.
+    pub fn new<'a>(fields: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        Self {
+            fields: fields
+                .into_iter()
+                .map(|(name, value)| Secret {
+                    name: name.into(),
+                    value: value.into(),
+                })
+                .collect(),
+        }
+    }
+
+    /// The value of the field `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.fields
+            .iter()
+            .find(|f| f.name == name)
+            .map(|f| f.value.as_str())
+    }
+}
+
+impl Issued {
+    /// A credential and the handle that names what was created.
+    pub fn new(handle: impl Into<String>, credential: Credential) -> Self {
+        Self {
+            handle: handle.into(),
+            credential,
+            expires_at: None,
+        }
+    }
+
+    /// Records that the downstream system itself ends the credential at `at`.
+    pub fn expiring_at(mut self, at: u64) -> Self {
+        self.expires_at = Some(at);
+        self
+    }
+}
+
+impl Residue {
+    /// Evidence of remaining access. Never put a secret in `detail`.
+    pub fn new(kind: ResidueKind, detail: impl Into<String>) -> Self {
+        Self {
+            kind,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl Verdict {
+    /// `Revoked` if nothing was found, otherwise `Residual` with what was found.
+    pub fn from_residue(residue: Vec<Residue>) -> Self {
+        if residue.is_empty() {
+            Self::Revoked
+        } else {
+            Self::Residual(residue)
+        }
+    }
+}
+
+impl Default for Credential {
+    fn default() -> Self {
+        Self { fields: Vec::new() }
+    }
+}
