@@ -66,7 +66,7 @@ impl Config {
 
 /// Settings of the Wasm runtime shared by all connectors.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RuntimeConfig {
     /// Where precompiled components are cached. None: compile on every load.
     pub cache_dir: Option<PathBuf>,
@@ -155,10 +155,10 @@ impl ConnectorConfig {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
-        if let Some(pin) = &self.sha256 {
-            if pin.len() != 64 || !pin.bytes().all(|b| b.is_ascii_hexdigit()) {
-                bail!("sha256 must be 64 hex digits, got `{pin}`");
-            }
+        if let Some(pin) = &self.sha256
+            && (pin.len() != 64 || !pin.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            bail!("sha256 must be 64 hex digits, got `{pin}`");
         }
         for (name, sql) in &self.sql {
             match (&sql.dsn, &sql.dsn_env) {
@@ -182,7 +182,7 @@ impl ConnectorConfig {
 
 /// A named SQL connection. The connector never sees any of it.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct SqlConnectionConfig {
     /// A libpq-style connection string or URL, including the password.
     pub dsn: Option<Secret>,
@@ -233,7 +233,7 @@ pub struct HttpConfig {
 
 /// Per-call resource limits of one connector.
 #[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct LimitsConfig {
     /// Linear memory limit, in MiB.
     pub memory_mib: u64,
@@ -297,6 +297,13 @@ mod tests {
         assert_eq!(pg.sql["main"].max_connections, 2);
         assert_eq!(pg.config["allowed-tables"], "public.*");
         assert!(!format!("{config:?}").contains("password=pw"));
+    }
+
+    #[test]
+    fn partial_tables_take_defaults() {
+        let config = Config::parse("[runtime]\ncache-dir = \"/tmp/x\"\n[connectors.a]\ncomponent = \"a.wasm\"\nlimits = { memory-mib = 8 }\n").unwrap();
+        assert_eq!(config.runtime.max_instances, 256);
+        assert_eq!(config.connectors["a"].limits.timeout_ms, 10_000);
     }
 
     #[test]

@@ -1,6 +1,13 @@
 //! The postgres connector loaded by the host, against a real PostgreSQL started on
 //! loopback (see `ebb_test_support::Postgres`).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests fail loudly"
+)]
+
 use ebb_host::config::{ConnectorConfig, RuntimeConfig};
 use ebb_host::connector::{
     ConnectorError, Credential, Grant, Permission, ResidueKind, Subject, SubjectKind, Verdict,
@@ -278,7 +285,8 @@ async fn retried_issue_replaces_the_lost_password() {
 async fn bad_grants_are_refused_and_leave_nothing_behind() {
     let pg = Postgres::start().unwrap();
     let pg_connector = connector(&pg).await;
-    let cases: &[(&str, &[(&str, &str)], fn(&CallError) -> bool)] = &[
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], fn(&CallError) -> bool);
+    let cases: &[Case] = &[
         (
             "01JBADACTION",
             &[("drop", "public.invoices")],

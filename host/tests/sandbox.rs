@@ -1,6 +1,13 @@
 //! The runtime's guarantees against hostile connectors: each failure names the limit
 //! it hit, and the host goes on serving other connectors' calls.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests fail loudly"
+)]
+
 use ebb_host::config::{ConnectorConfig, LimitsConfig, RuntimeConfig};
 use ebb_host::connector::{ConnectorError, Grant, Subject, SubjectKind};
 use ebb_host::runtime::{CallError, Connector, Runtime};

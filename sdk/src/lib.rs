@@ -244,6 +244,10 @@ impl Verdict {
     }
 }
 
+#[allow(
+    clippy::derivable_impls,
+    reason = "the type is generated; it cannot take a derive"
+)]
 impl Default for Credential {
     fn default() -> Self {
         Self { fields: Vec::new() }

@@ -223,9 +223,10 @@ impl Connector for Postgres {
         let conn = connection();
         let role = role_name(&grant.id)?;
         let handle = handle.as_deref().map(Handle::parse).transpose()?;
-        let oid = role_oid(&conn, &role)?.or(handle.map(|h| h.oid));
+        let current = role_oid(&conn, &role)?;
+        let oid = current.or(handle.map(|h| h.oid));
         let ident = quote_ident(&role);
-        if role_oid(&conn, &role)?.is_some() {
+        if current.is_some() {
             // First stop new logins, so no session can start while we end the others.
             sql::execute_batch(&conn, &format!("alter role {ident} nologin password null"))?;
         }

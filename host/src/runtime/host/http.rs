@@ -114,8 +114,10 @@ impl HttpPolicy {
             .map_err(|_| HttpError::DestinationNotFound)?
             .collect();
         let first = *addrs.first().ok_or(HttpError::DestinationNotFound)?;
-        if !self.allow_private.contains(&origin) {
-            if let Some(bad) = addrs.iter().find(|a| !is_public(a.ip())) {
+        if !self.allow_private.contains(&origin)
+            && let Some(bad) = addrs.iter().find(|a| !is_public(a.ip()))
+        {
+            {
                 tracing::warn!(connector = &*self.connector, %origin, address = %bad.ip(), "outbound HTTP denied: origin resolves to a non-public address");
                 return Err(HttpError::DestinationIpProhibited);
             }

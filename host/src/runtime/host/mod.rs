@@ -16,7 +16,6 @@ use crate::config::ConnectorConfig;
 use anyhow::Context;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use tokio::time::Instant;
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
@@ -56,8 +55,6 @@ pub(crate) struct CallState {
     http_hooks: http::HttpHooks,
     pub lent: Arc<Lent>,
     pub limiter: MemoryLimiter,
-    /// When the whole call must be over; host calls never wait past it.
-    pub deadline: Instant,
     logs_left: u32,
 }
 
@@ -71,7 +68,6 @@ impl CallState {
             http_hooks: http::HttpHooks::new(lent.http.clone()),
             lent,
             limiter: MemoryLimiter::new(limits.memory_bytes),
-            deadline: Instant::now() + limits.timeout,
             logs_left: log::MAX_LOGS_PER_CALL,
         }
     }

@@ -11,9 +11,8 @@ use crate::config::SqlConnectionConfig;
 use crate::runtime::bindings::sql::{DbError, Error, Host, LoginOutcome, Rows, Value};
 use anyhow::Context;
 use bytes::BytesMut;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use std::time::Duration;
-use tokio::time::Instant;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use tokio_postgres::{NoTls, Row};
 use zeroize::Zeroize;
@@ -26,7 +25,6 @@ pub(crate) struct SqlConnection {
     pool: Pool,
     /// For login probes: host, port and database of the pool, no credentials used.
     probe_config: tokio_postgres::Config,
-    statement_timeout: Duration,
 }
 
 impl std::fmt::Debug for SqlConnection {
@@ -44,13 +42,12 @@ impl SqlConnection {
             .expose()
             .parse()
             .map_err(|_| anyhow::anyhow!("the dsn is not a valid PostgreSQL connection string"))?;
-        let statement_timeout = Duration::from_millis(config.statement_timeout_ms);
         pg.application_name("ebb")
             .options(format!(
                 "-c statement_timeout={}",
                 config.statement_timeout_ms
             ))
-            .connect_timeout(statement_timeout);
+            .connect_timeout(Duration::from_millis(config.statement_timeout_ms));
         let mut probe_config = pg.clone();
         probe_config.application_name("ebb-login-probe");
         let manager = Manager::from_config(
@@ -60,18 +57,15 @@ impl SqlConnection {
                 recycling_method: RecyclingMethod::Fast,
             },
         );
+        // No pool-level timeouts: each registers a tokio timer per checkout, and a
+        // timer earlier than a parked worker's wake-up costs a cross-thread unpark on
+        // every statement (measured in BENCHMARKS.md). Time is bounded instead by the
+        // server's statement_timeout, the connect timeout and the call's deadline.
         let pool = Pool::builder(manager)
             .max_size(config.max_connections)
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(statement_timeout))
-            .create_timeout(Some(statement_timeout))
             .build()
             .context("building the connection pool")?;
-        Ok(Self {
-            pool,
-            probe_config,
-            statement_timeout,
-        })
+        Ok(Self { pool, probe_config })
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, Error> {
@@ -148,11 +142,6 @@ impl SqlConnection {
             },
         }
     }
-
-    fn timeout_for(&self, deadline: Instant) -> Duration {
-        self.statement_timeout
-            .min(deadline.saturating_duration_since(Instant::now()))
-    }
 }
 
 impl CallState {
@@ -165,8 +154,8 @@ impl CallState {
         })
     }
 
-    /// Runs `op` on the named connection, bounded by the statement timeout and by
-    /// what is left of the call's deadline.
+    /// Runs `op` on the named connection. Time is bounded by the server-side
+    /// `statement_timeout` and by the call's own deadline (see `runtime::call`).
     async fn with_connection<T>(
         &mut self,
         name: &str,
@@ -176,15 +165,7 @@ impl CallState {
             Ok(conn) => conn,
             Err(e) => return Ok(Err(e)),
         };
-        let limit = conn.timeout_for(self.deadline);
-        Ok(tokio::time::timeout(limit, op(conn))
-            .await
-            .unwrap_or_else(|_| {
-                Err(Error::Unavailable(format!(
-                    "statement did not finish within {} ms",
-                    limit.as_millis()
-                )))
-            }))
+        Ok(op(conn).await)
     }
 }
 

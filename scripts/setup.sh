@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs everything Ebb's build, tests and demo need on a fresh Debian machine of
+# this project's kind. Idempotent: each step is skipped when already satisfied.
+set -euo pipefail
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# The guest target for connectors (RUSTUP_AUTO_INSTALL=0 here: nothing installs it
+# implicitly).
+if ! rustup target list --installed | grep -qx wasm32-wasip2; then
+  rustup target add wasm32-wasip2
+fi
+
+# Debian packages: PostgreSQL for the postgres connector's tests and the demo.
+need=()
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+command -v runuser >/dev/null 2>&1 || need+=(util-linux)
+if [ ${#need[@]} -gt 0 ]; then
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
