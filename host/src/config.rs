@@ -30,9 +30,34 @@ use zeroize::Zeroizing;
 pub struct Config {
     #[serde(default)]
     pub runtime: RuntimeConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
     /// Connector instances by name.
     #[serde(default)]
     pub connectors: BTreeMap<String, ConnectorConfig>,
+}
+
+/// Where grants, sealed credentials and the audit log live.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct StoreConfig {
+    /// The embedded store's folder.
+    pub path: PathBuf,
+    /// The host key (64 hex digits) file; created with mode 0600 if missing. It
+    /// seals credentials and keys the audit chain: back it up, keep it apart.
+    pub key_file: PathBuf,
+    /// Or: the environment variable that holds the host key.
+    pub key_env: Option<String>,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from(".ebb/data"),
+            key_file: PathBuf::from(".ebb/host.key"),
+            key_env: None,
+        }
+    }
 }
 
 impl Config {
@@ -44,6 +69,12 @@ impl Config {
         let mut config =
             Self::parse(&text).with_context(|| format!("in config file {}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
+        if config.store.path.is_relative() {
+            config.store.path = base.join(&config.store.path);
+        }
+        if config.store.key_file.is_relative() {
+            config.store.key_file = base.join(&config.store.key_file);
+        }
         for connector in config.connectors.values_mut() {
             if connector.component.is_relative() {
                 connector.component = base.join(&connector.component);
@@ -105,6 +136,56 @@ pub struct ConnectorConfig {
     pub http: HttpConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// How the lifecycle treats this connector's grants.
+    #[serde(default)]
+    pub lifecycle: LifecyclePolicy,
+}
+
+/// Per-connector lifecycle policy: limits on grants, retries, verification.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct LifecyclePolicy {
+    /// The longest TTL a grant may have; longer requests are refused.
+    pub max_ttl_ms: u64,
+    /// First retry delay after a failed revoke or verify; doubles per attempt.
+    pub retry_base_ms: u64,
+    /// The longest retry delay (also the pace of retries once escalated).
+    pub retry_max_ms: u64,
+    /// Failed attempts (errors or residue found) before the grant is escalated.
+    pub escalate_after: u32,
+    /// How long to wait after `revoke` before asking `verify-revoked`, for
+    /// downstream systems that are eventually consistent.
+    pub propagation_delay_ms: u64,
+    /// After verification, keep re-verifying for this long (0: never). Catches
+    /// access that comes back, e.g. through inherited roles.
+    pub reverify_window_ms: u64,
+    /// How often to re-verify within the window.
+    pub reverify_every_ms: u64,
+    /// Prove a fresh credential works (`verify-issued`) before handing it out, if
+    /// the connector can.
+    pub verify_issued: bool,
+    /// How long `verify-issued` may keep saying "not yet".
+    pub verify_issued_timeout_ms: u64,
+    /// Calls to this connector at once. Background work (expiry, retries) may use
+    /// at most half, so a revocation storm never starves requests.
+    pub max_concurrent_calls: usize,
+}
+
+impl Default for LifecyclePolicy {
+    fn default() -> Self {
+        Self {
+            max_ttl_ms: 8 * 3600 * 1000,
+            retry_base_ms: 500,
+            retry_max_ms: 5 * 60 * 1000,
+            escalate_after: 6,
+            propagation_delay_ms: 0,
+            reverify_window_ms: 0,
+            reverify_every_ms: 60_000,
+            verify_issued: true,
+            verify_issued_timeout_ms: 10_000,
+            max_concurrent_calls: 16,
+        }
+    }
 }
 
 impl ConnectorConfig {
@@ -117,7 +198,14 @@ impl ConnectorConfig {
             sql: BTreeMap::new(),
             http: HttpConfig::default(),
             limits: LimitsConfig::default(),
+            lifecycle: LifecyclePolicy::default(),
         }
+    }
+
+    /// Replaces the lifecycle policy.
+    pub fn with_lifecycle(mut self, lifecycle: LifecyclePolicy) -> Self {
+        self.lifecycle = lifecycle;
+        self
     }
 
     /// Sets one `config` value.
@@ -175,6 +263,15 @@ impl ConnectorConfig {
         }
         if self.limits.memory_mib == 0 || self.limits.timeout_ms == 0 {
             bail!("limits must be greater than zero");
+        }
+        let l = &self.lifecycle;
+        if l.max_ttl_ms == 0 || l.escalate_after == 0 || l.max_concurrent_calls == 0 {
+            bail!(
+                "lifecycle: max-ttl-ms, escalate-after and max-concurrent-calls must be at least 1"
+            );
+        }
+        if l.retry_base_ms == 0 || l.retry_base_ms > l.retry_max_ms {
+            bail!("lifecycle: retry-base-ms must be at least 1 and at most retry-max-ms");
         }
         Ok(())
     }

@@ -7,10 +7,20 @@
 //! - [`connector`]: the vocabulary of the connector contract (grants, credentials,
 //!   verdicts) as the host sees it.
 //! - [`runtime`]: loads connector components and calls them, sandboxed.
+//! - [`lifecycle`]: the grant state machine, scheduler and crash recovery.
+//! - [`store`]: grants, the due index, sealed credentials and the audit chain.
+//! - [`audit`]: the hash-chained audit log and its verifier.
+//! - [`registry`]: loaded connectors with their policy and call limits.
+//! - [`seal`]: the host key, credential sealing.
 //! - [`config`]: the operator's configuration file.
 //!
 //! See `ARCHITECTURE.md` at the repository root for the codemap and invariants.
 
+pub mod audit;
 pub mod config;
 pub mod connector;
+pub mod lifecycle;
+pub mod registry;
 pub mod runtime;
+pub mod seal;
+pub mod store;

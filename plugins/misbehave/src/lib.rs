@@ -8,11 +8,14 @@
 //! - `huge`: returns a handle of `size` bytes (default 8 MiB)
 //! - anything else: behaves.
 //!
-//! `describe`, `revoke` and `verify-revoked` always behave, so the host can load it.
+//! `describe` always behaves, so the host can load it. `revoke` follows the `revoke`
+//! setting (`fail`: unavailable; otherwise succeeds) and `verify-revoked` the
+//! `verify` setting (`residual`: reports a session; `fail`: unavailable; otherwise
+//! revoked), so tests can simulate outages and access that will not go away.
 
 use ebb_connector_sdk::{
-    Capabilities, Connector, ConnectorInfo, Credential, Error, Grant, Issued, Verdict, config,
-    export_connector, http,
+    Capabilities, Connector, ConnectorInfo, Credential, Error, Grant, Issued, Residue, ResidueKind,
+    Verdict, config, export_connector, http,
 };
 
 struct Misbehave;
@@ -21,7 +24,8 @@ impl Connector for Misbehave {
     fn describe() -> ConnectorInfo {
         ConnectorInfo::new("misbehave", env!("CARGO_PKG_VERSION"), "none")
             .with_description("Misbehaves on purpose, to test the host's sandbox")
-            .with_capabilities(Capabilities::REVOCABLE)
+            .with_action("use", "does nothing, badly", "any string")
+            .with_capabilities(Capabilities::REVOCABLE | Capabilities::CAN_VERIFY)
     }
 
     fn issue(grant: Grant) -> Result<Issued, Error> {
@@ -59,20 +63,36 @@ impl Connector for Misbehave {
                     .map_err(|_| Error::Invalid("size must be a number".into()))?;
                 Ok(Issued::new("x".repeat(size), Credential::default()))
             }
-            _ => Ok(Issued::new(grant.id, Credential::default())),
+            "fail" => Err(Error::Unavailable("misbehave: issue failed".into())),
+            _ => Ok(Issued::new(
+                grant.id,
+                Credential::new([("token", "misbehave-secret")]),
+            )),
         }
     }
 
     fn revoke(_grant: Grant, _handle: Option<String>) -> Result<(), Error> {
-        Ok(())
+        match config::get_or("revoke", "ok").as_str() {
+            "fail" => Err(Error::Unavailable("misbehave: downstream is down".into())),
+            _ => Ok(()),
+        }
     }
 
     fn verify_revoked(
-        _grant: Grant,
+        grant: Grant,
         _handle: Option<String>,
         _credential: Option<Credential>,
     ) -> Result<Verdict, Error> {
-        Ok(Verdict::Revoked)
+        match config::get_or("verify", "revoked").as_str() {
+            "residual" => Ok(Verdict::Residual(vec![Residue::new(
+                ResidueKind::SessionOpen,
+                format!("misbehave: a session of {} is still open", grant.id),
+            )])),
+            "fail" => Err(Error::Unavailable(
+                "misbehave: cannot reach downstream".into(),
+            )),
+            _ => Ok(Verdict::Revoked),
+        }
     }
 }
 

@@ -1,0 +1,428 @@
+//! Engine tests with real connector components (noop, misbehave) and the sled store.
+
+use super::*;
+use crate::config::{ConnectorConfig, LifecyclePolicy, RuntimeConfig};
+use crate::connector::{Permission, Subject, SubjectKind};
+use crate::registry::Registry;
+use crate::runtime::Runtime;
+use crate::seal::{HostKey, Sealer};
+use crate::store::SledStore;
+use std::time::Duration;
+
+fn fast_policy() -> LifecyclePolicy {
+    LifecyclePolicy {
+        retry_base_ms: 10,
+        retry_max_ms: 40,
+        escalate_after: 3,
+        ..LifecyclePolicy::default()
+    }
+}
+
+fn misbehave(settings: &[(&str, &str)]) -> ConnectorConfig {
+    settings
+        .iter()
+        .fold(
+            ConnectorConfig::new(ebb_test_plugins::MISBEHAVE),
+            |c, (k, v)| c.with_config(k, v),
+        )
+        .with_lifecycle(fast_policy())
+}
+
+async fn engine_on(store: Arc<dyn Store>, connectors: &[(&str, ConnectorConfig)]) -> Lifecycle {
+    let registry = Arc::new(Registry::new(
+        Runtime::new(&RuntimeConfig::default()).unwrap(),
+    ));
+    for (name, config) in connectors {
+        registry.load(name, config).await.unwrap();
+    }
+    let sealer = Sealer::new(&HostKey::from_hex(&"11".repeat(32)).unwrap());
+    Lifecycle::new(
+        store,
+        sealer,
+        registry,
+        Clock::system(),
+        EngineConfig::default(),
+    )
+}
+
+async fn engine(connectors: &[(&str, ConnectorConfig)]) -> Lifecycle {
+    let engine = engine_on(SledStore::temporary([3; 32]).unwrap(), connectors).await;
+    engine.start().unwrap();
+    engine
+}
+
+fn noop() -> (&'static str, ConnectorConfig) {
+    (
+        "noop",
+        ConnectorConfig::new(ebb_test_plugins::NOOP).with_lifecycle(fast_policy()),
+    )
+}
+
+fn new_grant(connector: &str, ttl_ms: u64) -> NewGrant {
+    NewGrant {
+        connector: connector.into(),
+        subject: Subject {
+            id: "spiffe://test/agent".into(),
+            kind: SubjectKind::Workload,
+            claims: vec![],
+        },
+        permissions: vec![Permission {
+            action: "use".into(),
+            resource: "anything".into(),
+        }],
+        ttl_ms,
+        task: "test task".into(),
+        reason: Some("testing".into()),
+    }
+}
+
+fn approve() -> Decision {
+    Decision::Approve {
+        by: "policy".into(),
+        note: None,
+    }
+}
+
+async fn issued(engine: &Lifecycle, connector: &str, ttl_ms: u64) -> GrantRecord {
+    let r = engine
+        .request(new_grant(connector, ttl_ms), "agent", approve())
+        .await
+        .unwrap();
+    engine.issue(&r.grant.id, "agent").await.unwrap().0
+}
+
+/// Polls until grant `id` is in `state` (real time).
+async fn wait_for(engine: &Lifecycle, id: &str, state: GrantState) -> GrantRecord {
+    for _ in 0..2000 {
+        let r = engine.get(id).unwrap();
+        if r.state == state {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!(
+        "grant {id} never reached {state}: {:?}",
+        engine.get(id).unwrap()
+    );
+}
+
+fn states(report: &Report) -> Vec<GrantState> {
+    report.events.iter().filter_map(|e| e.to).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn expiry_revokes_and_verifies_with_paused_time() {
+    let engine = engine(&[noop()]).await;
+    let ttl = 3_600_000;
+    let (record, credential) = {
+        let r = engine
+            .request(new_grant("noop", ttl), "agent", approve())
+            .await
+            .unwrap();
+        engine.issue(&r.grant.id, "agent").await.unwrap()
+    };
+    let id = record.grant.id.clone();
+    assert_eq!(record.state, GrantState::Active);
+    assert_eq!(credential.get("token"), Some("noop"));
+    assert_eq!(record.grant.not_after, record.issued_at.unwrap() + ttl);
+    assert!(engine.store().sealed_credential(&id).unwrap().is_some());
+
+    tokio::time::advance(Duration::from_millis(ttl - 1_000)).await;
+    assert_eq!(
+        engine.get(&id).unwrap().state,
+        GrantState::Active,
+        "revoked before not-after"
+    );
+
+    tokio::time::advance(Duration::from_millis(2_000)).await;
+    let mut record = engine.get(&id).unwrap();
+    for _ in 0..10_000 {
+        if record.state == GrantState::Verified {
+            break;
+        }
+        tokio::task::yield_now().await;
+        record = engine.get(&id).unwrap();
+    }
+    assert_eq!(record.state, GrantState::Verified);
+    assert_eq!(record.trigger, Some(Trigger::Expiry));
+    let started = record.revoke_started_at.unwrap();
+    assert!(
+        started >= record.grant.not_after,
+        "revocation started before not-after"
+    );
+    assert!(
+        started - record.grant.not_after <= 1_000,
+        "revocation started late: {started}"
+    );
+    // No silent extension: not-after never moved.
+    assert_eq!(record.grant.not_after, record.issued_at.unwrap() + ttl);
+    // The secret is shredded once removal is proven.
+    assert_eq!(engine.store().sealed_credential(&id).unwrap(), None);
+    let report = engine.report(&id).unwrap();
+    assert_eq!(
+        states(&report),
+        vec![
+            GrantState::Requested,
+            GrantState::Approved,
+            GrantState::Issuing,
+            GrantState::Active,
+            GrantState::Revoking,
+            GrantState::Revoked,
+            GrantState::Verified
+        ]
+    );
+    assert!(!report.may_have_access);
+    assert!(engine.store().verify_audit().unwrap().is_intact());
+}
+
+#[tokio::test]
+async fn task_completion_revokes_at_once() {
+    let engine = engine(&[noop()]).await;
+    let record = issued(&engine, "noop", 3_600_000).await;
+    let r = engine
+        .revoke(&record.grant.id, Trigger::TaskCompleted, "agent", None)
+        .await
+        .unwrap();
+    assert_eq!(r.state, GrantState::Revoking);
+    let r = wait_for(&engine, &record.grant.id, GrantState::Verified).await;
+    assert_eq!(r.trigger, Some(Trigger::TaskCompleted));
+    // Revoking again is a no-op, recorded in the audit log.
+    let again = engine
+        .revoke(&record.grant.id, Trigger::Manual, "operator", None)
+        .await
+        .unwrap();
+    assert_eq!(again.state, GrantState::Verified);
+    let kinds: Vec<String> = engine
+        .report(&record.grant.id)
+        .unwrap()
+        .events
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(kinds.last().unwrap(), "grant.revoke-requested");
+}
+
+#[tokio::test]
+async fn issue_failure_compensates_by_grant_id() {
+    let engine = engine(&[("bad", misbehave(&[("mode", "fail")]))]).await;
+    let r = engine
+        .request(new_grant("bad", 60_000), "agent", approve())
+        .await
+        .unwrap();
+    let err = engine.issue(&r.grant.id, "agent").await.unwrap_err();
+    assert!(matches!(err, Error::Issue(_)), "{err}");
+    let r = wait_for(&engine, &r.grant.id, GrantState::Verified).await;
+    assert_eq!(r.trigger, Some(Trigger::Compensation));
+    assert_eq!(r.handle, None, "compensation revokes by grant id alone");
+    let path = states(&engine.report(&r.grant.id).unwrap());
+    assert!(
+        path.windows(2)
+            .any(|w| w == [GrantState::IssueFailed, GrantState::Revoking]),
+        "{path:?}"
+    );
+}
+
+#[tokio::test]
+async fn revoke_outage_retries_escalates_and_recovers() {
+    let engine = engine(&[("flaky", misbehave(&[("revoke", "fail")]))]).await;
+    let record = issued(&engine, "flaky", 60_000).await;
+    let id = record.grant.id.clone();
+    engine
+        .revoke(&id, Trigger::Anomaly, "detector", Some("odd queries"))
+        .await
+        .unwrap();
+    let r = wait_for(&engine, &id, GrantState::Escalated).await;
+    assert!(r.attempts >= 3, "{r:?}");
+    assert!(
+        r.last_error
+            .as_deref()
+            .unwrap()
+            .contains("downstream is down"),
+        "{r:?}"
+    );
+    assert!(r.escalated_at.is_some());
+    assert_eq!(engine.escalated().unwrap().len(), 1);
+    // Escalated grants keep being retried: when the downstream system comes back,
+    // revocation completes and is verified.
+    engine
+        .registry()
+        .load("flaky", &misbehave(&[]))
+        .await
+        .unwrap();
+    let r = wait_for(&engine, &id, GrantState::Verified).await;
+    assert_eq!(r.trigger, Some(Trigger::Anomaly));
+    assert!(r.escalated_at.is_some(), "the escalation stays on record");
+    assert!(engine.escalated().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn residue_is_revoked_again_until_verified() {
+    let engine = engine(&[("sticky", misbehave(&[("verify", "residual")]))]).await;
+    let record = issued(&engine, "sticky", 60_000).await;
+    let id = record.grant.id.clone();
+    engine
+        .revoke(&id, Trigger::Manual, "operator", None)
+        .await
+        .unwrap();
+    let r = wait_for(&engine, &id, GrantState::Escalated).await;
+    assert!(r.residue[0].detail.contains("session"), "{r:?}");
+    let events = engine.report(&id).unwrap().events;
+    let residual_events = events
+        .iter()
+        .filter(|e| e.to == Some(GrantState::Residual))
+        .count();
+    assert!(
+        residual_events >= 2,
+        "found residue, revoked, found it again: {residual_events}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e.detail["residue"][0]["kind"] == "session-open"),
+        "evidence is audited"
+    );
+    engine
+        .registry()
+        .load("sticky", &misbehave(&[]))
+        .await
+        .unwrap();
+    let r = wait_for(&engine, &id, GrantState::Verified).await;
+    assert!(r.residue.is_empty());
+}
+
+#[tokio::test]
+async fn recovery_finishes_grants_left_mid_flight() {
+    let dir = std::env::temp_dir().join(format!("ebb-recover-{}", rand::random::<u64>()));
+    let store: Arc<dyn Store> = SledStore::open(&dir, [4; 32]).unwrap();
+    // A host that is about to die: it never runs its scheduler.
+    let dying = engine_on(store.clone(), &[noop()]).await;
+    let a = dying
+        .request(new_grant("noop", 60_000), "agent", approve())
+        .await
+        .unwrap();
+    // Intent written, then the host died before calling the connector.
+    let now = dying.now();
+    let lease = now + 60_000;
+    let a = dying
+        .transition_leased(
+            a,
+            Event::BeginIssue,
+            "agent",
+            json!({}),
+            Sealed::Keep,
+            Some(lease),
+            |r| {
+                r.grant.not_after = now + 60_000;
+                r.due_at = Some(now);
+            },
+        )
+        .unwrap();
+    // Another grant was mid-revocation; its job had claimed a lease.
+    let b = issued(&dying, "noop", 60_000).await;
+    dying
+        .revoke(&b.grant.id, Trigger::TaskCompleted, "agent", None)
+        .await
+        .unwrap();
+    store
+        .claim_due(dying.now(), dying.now() + 60_000, 10)
+        .unwrap();
+    store.sync().await.unwrap();
+    drop(dying);
+
+    let engine = engine_on(store, &[noop()]).await;
+    engine.start().unwrap();
+    let a = wait_for(&engine, &a.grant.id, GrantState::Verified).await;
+    assert_eq!(a.trigger, Some(Trigger::Compensation));
+    let b = wait_for(&engine, &b.grant.id, GrantState::Verified).await;
+    assert_eq!(b.trigger, Some(Trigger::TaskCompleted));
+    assert!(engine.store().verify_audit().unwrap().is_intact());
+    engine.shutdown().await.unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn bad_requests_are_refused_with_reasons() {
+    let engine = engine(&[noop()]).await;
+    let over = new_grant("noop", LifecyclePolicy::default().max_ttl_ms + 1);
+    let err = engine.request(over, "agent", approve()).await.unwrap_err();
+    assert!(err.to_string().contains("over the maximum"), "{err}");
+    let mut bad_action = new_grant("noop", 1000);
+    bad_action.permissions[0].action = "sudo".into();
+    let err = engine
+        .request(bad_action, "agent", approve())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no action `sudo`"), "{err}");
+    let err = engine
+        .request(new_grant("nope", 1000), "agent", approve())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::UnknownConnector(_)));
+    let err = engine
+        .request(new_grant("noop", 0), "agent", approve())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Invalid(_)));
+
+    // Pending requests: the requester cannot approve, nor issue before approval.
+    let r = engine
+        .request(new_grant("noop", 1000), "agent", Decision::Pending)
+        .await
+        .unwrap();
+    assert!(matches!(
+        engine.approve(&r.grant.id, "agent", None).await,
+        Err(Error::SelfApproval)
+    ));
+    assert!(matches!(
+        engine.issue(&r.grant.id, "agent").await,
+        Err(Error::Illegal(_))
+    ));
+    engine.approve(&r.grant.id, "alice", None).await.unwrap();
+    engine.issue(&r.grant.id, "agent").await.unwrap();
+    // Issued once; never again (a new grant is a new request).
+    assert!(matches!(
+        engine.issue(&r.grant.id, "agent").await,
+        Err(Error::Illegal(_))
+    ));
+    let denied = engine
+        .request(
+            new_grant("noop", 1000),
+            "agent",
+            Decision::Deny {
+                by: "policy".into(),
+                reason: "no".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(denied.state, GrantState::Denied);
+    assert!(matches!(engine.get("missing"), Err(Error::NotFound(_))));
+}
+
+#[tokio::test]
+async fn restart_revokes_past_due_grants_first() {
+    let dir = std::env::temp_dir().join(format!("ebb-pastdue-{}", rand::random::<u64>()));
+    let store: Arc<dyn Store> = SledStore::open(&dir, [5; 32]).unwrap();
+    let first = engine_on(store.clone(), &[noop()]).await;
+    let mut ids = vec![];
+    for _ in 0..50 {
+        ids.push(issued(&first, "noop", 50).await.grant.id);
+    }
+    let late = issued(&first, "noop", 3_600_000).await;
+    store.sync().await.unwrap();
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Restart: everything past due is revoked; the long grant stays active.
+    let engine = engine_on(store, &[noop()]).await;
+    engine.start().unwrap();
+    for id in &ids {
+        let r = wait_for(&engine, id, GrantState::Verified).await;
+        assert_eq!(r.trigger, Some(Trigger::Expiry));
+    }
+    assert_eq!(
+        engine.get(&late.grant.id).unwrap().state,
+        GrantState::Active
+    );
+    engine.shutdown().await.unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
