@@ -32,9 +32,56 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     #[serde(default)]
     pub store: StoreConfig,
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// API bearer tokens, stored as sha256 hashes.
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
     /// Connector instances by name.
     #[serde(default)]
     pub connectors: BTreeMap<String, ConnectorConfig>,
+}
+
+/// The admin API's listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ServerConfig {
+    pub listen: std::net::SocketAddr,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 8700)),
+        }
+    }
+}
+
+/// What a token's holder may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Requests grants for its own subject, issues and ends its own grants.
+    Requester,
+    /// Approves or denies other subjects' requests.
+    Approver,
+    /// Manages connectors and revokes any grant.
+    Operator,
+    /// Reads grants, reports and the audit log.
+    Auditor,
+}
+
+/// One API token. The token itself is never stored: only its sha256.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TokenConfig {
+    /// Who holds it, for the audit log.
+    pub name: String,
+    /// sha256 of the token, hex (`printf %s "$TOKEN" | sha256sum`).
+    pub sha256: String,
+    pub roles: Vec<Role>,
+    /// The subject a requester acts as (default: `name`).
+    pub subject: Option<String>,
 }
 
 /// Where grants, sealed credentials and the audit log live.
@@ -90,6 +137,11 @@ impl Config {
             connector
                 .validate()
                 .with_context(|| format!("connector `{name}`"))?;
+        }
+        for token in &config.tokens {
+            if token.sha256.len() != 64 || !token.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                bail!("token `{}`: sha256 must be 64 hex digits", token.name);
+            }
         }
         Ok(config)
     }
@@ -169,6 +221,17 @@ pub struct LifecyclePolicy {
     /// Calls to this connector at once. Background work (expiry, retries) may use
     /// at most half, so a revocation storm never starves requests.
     pub max_concurrent_calls: usize,
+    /// Whether requests need a person's approval (`required`) or are approved as
+    /// they come (`auto`). Policy-based approval replaces this.
+    pub approval: ApprovalMode,
+}
+
+/// See [`LifecyclePolicy::approval`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ApprovalMode {
+    Auto,
+    Required,
 }
 
 impl Default for LifecyclePolicy {
@@ -184,6 +247,7 @@ impl Default for LifecyclePolicy {
             verify_issued: true,
             verify_issued_timeout_ms: 10_000,
             max_concurrent_calls: 16,
+            approval: ApprovalMode::Required,
         }
     }
 }

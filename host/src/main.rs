@@ -2,9 +2,15 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use ebb_host::api::{self, AppState, Tokens};
 use ebb_host::config::{Config, ConnectorConfig, RuntimeConfig};
+use ebb_host::lifecycle::{Clock, EngineConfig, Lifecycle};
+use ebb_host::registry::Registry;
 use ebb_host::runtime::{Digest, Runtime};
+use ebb_host::seal::{HostKey, Sealer};
+use ebb_host::store::SledStore;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -30,6 +36,27 @@ enum Command {
         #[command(subcommand)]
         command: ConnectorCommand,
     },
+    /// Makes API tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Generates a random token and prints it with the `[[tokens]]` entry to
+    /// configure (which holds only its hash).
+    New {
+        /// Who will hold it.
+        #[arg(long)]
+        name: String,
+        /// Roles: requester, approver, operator, auditor (repeat or comma-separate).
+        #[arg(long, value_delimiter = ',', required = true)]
+        role: Vec<String>,
+    },
+    /// Prints the sha256 of a token read from standard input.
+    Hash,
 }
 
 #[derive(Debug, Subcommand)]
@@ -53,6 +80,7 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -64,6 +92,25 @@ fn main() -> anyhow::Result<()> {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config } => serve(config).await,
+        Command::Token { command } => match command {
+            TokenCommand::New { name, role } => {
+                let mut bytes = [0u8; 32];
+                rand::fill(&mut bytes);
+                let token = format!("ebb_{}", hex::encode(bytes));
+                println!("token (shown once; give it to {name}):\n  {token}\n");
+                println!(
+                    "[[tokens]]\nname = {name:?}\nsha256 = {:?}\nroles = {role:?}",
+                    api::auth::hash_token(&token)
+                );
+                Ok(())
+            }
+            TokenCommand::Hash => {
+                let mut token = String::new();
+                std::io::stdin().read_line(&mut token)?;
+                println!("{}", api::auth::hash_token(token.trim()));
+                Ok(())
+            }
+        },
         Command::Connector { command } => match command {
             ConnectorCommand::Describe { component, json } => {
                 let runtime = Runtime::new(&RuntimeConfig::default())?;
@@ -99,22 +146,83 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&config_path)?;
-    let runtime = Runtime::new(&config.runtime)?;
+    let key = match &config.store.key_env {
+        Some(var) => HostKey::from_hex(
+            &std::env::var(var)
+                .with_context(|| format!("the host key variable {var} is not set"))?,
+        )?,
+        None => HostKey::load_or_create(&config.store.key_file)?,
+    };
+    std::fs::create_dir_all(&config.store.path)
+        .with_context(|| format!("creating {}", config.store.path.display()))?;
+    let store = SledStore::open(&config.store.path, key.derive("audit-chain"))?;
+    let registry = Arc::new(Registry::new(Runtime::new(&config.runtime)?));
     for (name, connector) in &config.connectors {
-        let loaded = runtime
-            .load(name, connector)
-            .await
-            .with_context(|| format!("loading connector `{name}`"))?;
-        tracing::info!(
-            connector = name,
-            sha256 = %loaded.digest(),
-            version = %loaded.info().version,
-            "connector loaded"
+        match registry.load(name, connector).await {
+            Ok(slot) => {
+                let loaded = slot.connector();
+                tracing::info!(
+                    connector = name,
+                    sha256 = %loaded.digest(),
+                    version = %loaded.info().version,
+                    "connector loaded"
+                );
+            }
+            // Keep serving: the other connectors' grants must still expire. Grants of
+            // this connector fail their calls and escalate until it loads.
+            Err(e) => tracing::error!(
+                connector = name,
+                error = format!("{e:#}"),
+                "connector failed to load"
+            ),
+        }
+    }
+    let lifecycle = Lifecycle::new(
+        store,
+        Sealer::new(&key),
+        registry,
+        Clock::system(),
+        EngineConfig::default(),
+    );
+    lifecycle.start()?;
+    if config.tokens.is_empty() {
+        tracing::warn!(
+            "no API tokens are configured: every API call will be refused (see `ebb token new`)"
         );
     }
-    tracing::info!("ebb is running; press Ctrl-C to stop");
-    tokio::signal::ctrl_c()
+    let state = AppState {
+        lifecycle: lifecycle.clone(),
+        tokens: Arc::new(Tokens::new(&config.tokens)?),
+    };
+    let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
-        .context("waiting for Ctrl-C")?;
+        .with_context(|| format!("listening on {}", config.server.listen))?;
+    tracing::info!(listen = %config.server.listen, "ebb is serving");
+    axum::serve(listener, api::router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("serving the API")?;
+    tracing::info!("draining in-flight work");
+    lifecycle.shutdown().await?;
+    tracing::info!("stopped");
     Ok(())
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
 }

@@ -1,0 +1,345 @@
+//! `/v1/grants`: request, approve, deny, issue, complete, fail, revoke, get, list,
+//! report.
+
+use super::error::rejection;
+use super::{ApiError, AppState, Principal};
+use crate::config::{ApprovalMode, Role};
+use crate::connector::{Credential, Permission, Subject, SubjectKind};
+use crate::lifecycle::{Decision, GrantState, NewGrant, Report, Trigger};
+use crate::store::{GrantRecord, ListFilter, Page};
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+
+/// `POST /v1/grants`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantRequest {
+    /// The connector instance, e.g. `postgres`.
+    pub connector: String,
+    /// Exactly what to grant.
+    pub permissions: Vec<Permission>,
+    /// How long, e.g. `15m`, `90s`, `1h`.
+    pub ttl: String,
+    /// The task the grant is for; completing or failing it revokes the grant.
+    pub task: String,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// A grant and, in the one response that issues it, its credential.
+#[derive(Debug, Serialize)]
+pub struct GrantResponse {
+    pub grant: GrantRecord,
+    /// Shown once, here, and never again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential: Option<CredentialView>,
+}
+
+/// The credential as JSON fields: `{"user": "...", "password": "..."}`.
+#[derive(Debug, Serialize)]
+#[serde(transparent)]
+pub struct CredentialView(std::collections::BTreeMap<String, String>);
+
+impl From<Credential> for CredentialView {
+    fn from(c: Credential) -> Self {
+        Self(c.fields.iter().cloned().collect())
+    }
+}
+
+/// A reason for deny, fail or revoke.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReasonBody {
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    body.map(|Json(b)| b).map_err(rejection)
+}
+
+/// An optional body: absent or empty is the default.
+fn optional_body<T: Default>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    match body {
+        Ok(Json(b)) => Ok(b),
+        Err(JsonRejection::MissingJsonContentType(_)) => Ok(T::default()),
+        Err(JsonRejection::JsonSyntaxError(_) | JsonRejection::JsonDataError(_)) | Err(_) => {
+            Err(ApiError::BadRequest(
+                "the body must be a JSON object like {\"reason\": \"...\"}".into(),
+            ))
+        }
+    }
+}
+
+fn parse_ttl(ttl: &str) -> Result<u64, ApiError> {
+    let d = humantime::parse_duration(ttl.trim())
+        .map_err(|e| ApiError::BadRequest(format!("ttl `{ttl}`: {e} (use e.g. 90s, 15m, 1h)")))?;
+    u64::try_from(d.as_millis())
+        .ok()
+        .filter(|ms| *ms > 0)
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "ttl `{ttl}` must be more than 0 and not absurdly long"
+            ))
+        })
+}
+
+/// Whether `p` owns the grant (requested it, or is its subject).
+fn owns(p: &Principal, g: &GrantRecord) -> bool {
+    p.name == g.requested_by || p.subject == g.grant.subject.id
+}
+
+fn load_visible(state: &AppState, p: &Principal, id: &str) -> Result<GrantRecord, ApiError> {
+    let grant = state.lifecycle.get(id)?;
+    if owns(p, &grant) || p.has(Role::Operator) || p.has(Role::Auditor) || p.has(Role::Approver) {
+        Ok(grant)
+    } else {
+        // Same answer as a missing grant: do not reveal other subjects' grant ids.
+        Err(ApiError::NotFound(format!("no grant with id `{id}`")))
+    }
+}
+
+pub async fn request(
+    State(state): State<AppState>,
+    principal: Principal,
+    req: Result<Json<GrantRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<GrantResponse>), ApiError> {
+    principal.require(&state, &[Role::Requester], "request grants")?;
+    let req = body(req)?;
+    let ttl_ms = parse_ttl(&req.ttl)?;
+    if req.task.trim().is_empty() {
+        return Err(ApiError::BadRequest("a grant must name its task".into()));
+    }
+    let slot = state
+        .lifecycle
+        .registry()
+        .get(&req.connector)
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!("no connector named `{}` is loaded", req.connector))
+        })?;
+    let decision = match slot.policy.approval {
+        ApprovalMode::Auto => Decision::Approve {
+            by: "policy:auto".into(),
+            note: None,
+        },
+        ApprovalMode::Required => Decision::Pending,
+    };
+    let new = NewGrant {
+        connector: req.connector,
+        subject: Subject {
+            id: principal.subject.clone(),
+            kind: SubjectKind::Workload,
+            claims: vec![],
+        },
+        permissions: req.permissions,
+        ttl_ms,
+        task: req.task,
+        reason: req.reason,
+    };
+    let grant = state
+        .lifecycle
+        .request(new, &principal.name, decision)
+        .await?;
+    if grant.state != GrantState::Approved {
+        return Ok((
+            StatusCode::ACCEPTED,
+            Json(GrantResponse {
+                grant,
+                credential: None,
+            }),
+        ));
+    }
+    let (grant, credential) = state
+        .lifecycle
+        .issue(&grant.grant.id, &principal.name)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(GrantResponse {
+            grant,
+            credential: Some(credential.into()),
+        }),
+    ))
+}
+
+pub async fn issue(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<GrantResponse>), ApiError> {
+    principal.require(&state, &[Role::Requester], "issue grants")?;
+    let grant = load_visible(&state, &principal, &id)?;
+    if grant.requested_by != principal.name {
+        return Err(ApiError::Forbidden(
+            "only the requester can issue its grant".into(),
+        ));
+    }
+    let (grant, credential) = state.lifecycle.issue(&id, &principal.name).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(GrantResponse {
+            grant,
+            credential: Some(credential.into()),
+        }),
+    ))
+}
+
+pub async fn approve(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    note: Result<Json<ReasonBody>, JsonRejection>,
+) -> Result<Json<GrantRecord>, ApiError> {
+    principal.require(&state, &[Role::Approver], "approve grants")?;
+    let note = optional_body(note)?;
+    let grant = state.lifecycle.get(&id)?;
+    if owns(&principal, &grant) {
+        let _ = state.lifecycle.store().append_audit(
+            crate::audit::NewEvent::new("grant.self-approval-refused", &principal.name).grant(&id),
+        );
+        return Err(ApiError::Forbidden(
+            "a requester can never approve its own request".into(),
+        ));
+    }
+    Ok(Json(
+        state
+            .lifecycle
+            .approve(&id, &principal.name, note.reason)
+            .await?,
+    ))
+}
+
+pub async fn deny(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    reason: Result<Json<ReasonBody>, JsonRejection>,
+) -> Result<Json<GrantRecord>, ApiError> {
+    principal.require(&state, &[Role::Approver], "deny grants")?;
+    let reason = optional_body(reason)?;
+    let reason = reason.reason.unwrap_or_else(|| "denied".into());
+    Ok(Json(
+        state.lifecycle.deny(&id, &principal.name, &reason).await?,
+    ))
+}
+
+async fn end(
+    state: AppState,
+    principal: Principal,
+    id: String,
+    trigger: Trigger,
+    reason: Option<String>,
+) -> Result<Json<GrantRecord>, ApiError> {
+    let grant = load_visible(&state, &principal, &id)?;
+    let allowed = (owns(&principal, &grant) && principal.has(Role::Requester))
+        || principal.has(Role::Operator);
+    if !allowed {
+        principal.require(&state, &[Role::Operator], &format!("end grant {id}"))?;
+    }
+    Ok(Json(
+        state
+            .lifecycle
+            .revoke(&id, trigger, &principal.name, reason.as_deref())
+            .await?,
+    ))
+}
+
+pub async fn complete(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    reason: Result<Json<ReasonBody>, JsonRejection>,
+) -> Result<Json<GrantRecord>, ApiError> {
+    let reason = optional_body(reason)?;
+    end(state, principal, id, Trigger::TaskCompleted, reason.reason).await
+}
+
+pub async fn fail(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    reason: Result<Json<ReasonBody>, JsonRejection>,
+) -> Result<Json<GrantRecord>, ApiError> {
+    let reason = optional_body(reason)?;
+    end(state, principal, id, Trigger::TaskFailed, reason.reason).await
+}
+
+pub async fn revoke(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    reason: Result<Json<ReasonBody>, JsonRejection>,
+) -> Result<Json<GrantRecord>, ApiError> {
+    let reason = optional_body(reason)?;
+    end(state, principal, id, Trigger::Manual, reason.reason).await
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<GrantRecord>, ApiError> {
+    Ok(Json(load_visible(&state, &principal, &id)?))
+}
+
+pub async fn report(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<Report>, ApiError> {
+    load_visible(&state, &principal, &id)?;
+    Ok(Json(state.lifecycle.report(&id)?))
+}
+
+/// `GET /v1/grants` filters.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    pub state: Option<String>,
+    pub connector: Option<String>,
+    pub subject: Option<String>,
+    pub after: Option<String>,
+    pub limit: Option<usize>,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    principal: Principal,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Page>, ApiError> {
+    let Query(q) = query.map_err(rejection)?;
+    let grant_state = q
+        .state
+        .as_deref()
+        .map(str::parse::<GrantState>)
+        .transpose()
+        .map_err(ApiError::BadRequest)?;
+    let sees_all = principal.has(Role::Operator)
+        || principal.has(Role::Auditor)
+        || principal.has(Role::Approver);
+    if !sees_all {
+        principal.require(&state, &[Role::Requester], "list grants")?;
+    }
+    let subject = if sees_all {
+        q.subject
+    } else {
+        Some(principal.subject.clone())
+    };
+    let filter = ListFilter {
+        state: grant_state,
+        connector: q.connector,
+        subject,
+        after: q.after,
+        limit: q.limit.unwrap_or(100).clamp(1, 1000),
+    };
+    Ok(Json(
+        state
+            .lifecycle
+            .store()
+            .list(&filter)
+            .map_err(|e| ApiError::Internal(e.to_string()))?,
+    ))
+}
