@@ -101,7 +101,7 @@ mod native {
         assert!(oid(pool, &role).await.is_none());
         let password = "Abcdefghijkmnopqrstuvwxyz23456789ABCDEFG";
         let ddl = format!(
-            "create role \"{role}\" login noinherit nosuperuser nocreatedb nocreaterole noreplication nobypassrls \
+            "select pg_advisory_xact_lock(111550735239500);\ncreate role \"{role}\" login noinherit nosuperuser nocreatedb nocreaterole noreplication nobypassrls \
              connection limit 4 password '{password}' valid until '2100-01-01 00:00:00.000+00';\n\
              grant usage on schema \"public\" to \"{role}\";\n\
              grant select on table \"public\".\"invoices\" to \"{role}\";\n\
@@ -123,7 +123,7 @@ mod native {
             .await
             .unwrap()
             .batch_execute(&format!(
-                "grant \"{role}\" to current_user;\nreassign owned by \"{role}\" to current_user;\n\
+                "select pg_advisory_xact_lock(111550735239500);\ngrant \"{role}\" to current_user;\nreassign owned by \"{role}\" to current_user;\n\
                  drop owned by \"{role}\";\ndrop role \"{role}\";"
             ))
             .await

@@ -218,8 +218,8 @@ pub struct LifecyclePolicy {
     pub verify_issued: bool,
     /// How long `verify-issued` may keep saying "not yet".
     pub verify_issued_timeout_ms: u64,
-    /// Calls to this connector at once. Background work (expiry, retries) may use
-    /// at most half, so a revocation storm never starves requests.
+    /// Calls to this connector at once: half for background work (expiry, retries,
+    /// verification), half for requests, so neither can starve the other.
     pub max_concurrent_calls: usize,
     /// Whether requests need a person's approval (`required`) or are approved as
     /// they come (`auto`). Policy-based approval replaces this.

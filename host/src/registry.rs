@@ -18,13 +18,16 @@ pub struct Slot {
     pub policy: LifecyclePolicy,
     calls: Arc<Semaphore>,
     background: Arc<Semaphore>,
+    /// Verification's share of the background pool: at most half of it, so
+    /// revocations (removing access) never queue behind verifications (proving it).
+    verify: Arc<Semaphore>,
 }
 
 /// Permission to make one call; dropping it frees the slot.
 #[derive(Debug)]
 pub struct CallPermit {
-    _call: OwnedSemaphorePermit,
-    _background: Option<OwnedSemaphorePermit>,
+    _permit: OwnedSemaphorePermit,
+    _share: Option<OwnedSemaphorePermit>,
 }
 
 impl Slot {
@@ -48,21 +51,27 @@ impl Slot {
             .clone()
     }
 
-    /// Waits for a call slot. Background work first takes one of the background
-    /// slots (at most half of all), so requests always find room.
+    /// Waits for a call slot. Requests and background work (expiry, retries,
+    /// verification) have disjoint pools: a revocation storm never starves requests,
+    /// and a burst of requests never delays an expiry.
     pub async fn permit(&self, background: bool) -> CallPermit {
-        let bg = if background {
-            self.background.clone().acquire_owned().await.ok()
+        let pool = if background {
+            &self.background
         } else {
-            None
-        };
-        let call = match self.calls.clone().acquire_owned().await {
-            Ok(p) => p,
-            Err(_) => unreachable!("call semaphores are never closed"),
+            &self.calls
         };
         CallPermit {
-            _call: call,
-            _background: bg,
+            _permit: acquire(pool).await,
+            _share: None,
+        }
+    }
+
+    /// A background slot for verification, within verification's share.
+    pub async fn permit_verify(&self) -> CallPermit {
+        let share = acquire(&self.verify).await;
+        CallPermit {
+            _permit: acquire(&self.background).await,
+            _share: Some(share),
         }
     }
 
@@ -73,6 +82,13 @@ impl Slot {
             &mut *self.current.write().unwrap_or_else(|p| p.into_inner()),
             connector,
         )
+    }
+}
+
+async fn acquire(pool: &Arc<Semaphore>) -> OwnedSemaphorePermit {
+    match pool.clone().acquire_owned().await {
+        Ok(permit) => permit,
+        Err(_) => unreachable!("call semaphores are never closed"),
     }
 }
 
@@ -102,14 +118,17 @@ impl Registry {
             slot.swap(connector, config.clone());
             return Ok(slot);
         }
-        let calls = config.lifecycle.max_concurrent_calls;
+        // Half for background work (at least one), the rest (at least one) for requests.
+        let total = config.lifecycle.max_concurrent_calls.max(2);
+        let background = (total / 2).max(1);
         let slot = Arc::new(Slot {
             name: name.to_owned(),
             current: RwLock::new(connector),
             config: RwLock::new(config.clone()),
             policy: config.lifecycle,
-            calls: Arc::new(Semaphore::new(calls)),
-            background: Arc::new(Semaphore::new((calls / 2).max(1))),
+            calls: Arc::new(Semaphore::new(total - background)),
+            background: Arc::new(Semaphore::new(background)),
+            verify: Arc::new(Semaphore::new((background / 2).max(1))),
         });
         self.slots
             .write()

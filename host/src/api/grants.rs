@@ -13,6 +13,9 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
+/// How long an automatically approved grant may wait to be issued.
+const AUTO_ISSUE_WINDOW_MS: u64 = 30_000;
+
 /// `POST /v1/grants`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -121,9 +124,12 @@ pub async fn request(
             ApiError::BadRequest(format!("no connector named `{}` is loaded", req.connector))
         })?;
     let decision = match slot.policy.approval {
+        // Issued in this same request: if the host dies before issuing, nobody will
+        // come back for it, so the approval lapses soon (nothing exists downstream).
         ApprovalMode::Auto => Decision::Approve {
             by: "policy:auto".into(),
             note: None,
+            issue_within_ms: Some(AUTO_ISSUE_WINDOW_MS),
         },
         ApprovalMode::Required => Decision::Pending,
     };

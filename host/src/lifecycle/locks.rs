@@ -37,19 +37,6 @@ impl Locks {
             guard: Some(guard),
         }
     }
-
-    /// Takes the grant's lock if free.
-    pub fn try_lock(&self, id: &str) -> Option<GrantLock> {
-        let entry = self.entry(id);
-        let guard = entry.clone().try_lock_owned().ok();
-        let lock = GrantLock {
-            map: self.map.clone(),
-            id: id.to_owned(),
-            entry,
-            guard,
-        };
-        lock.guard.is_some().then_some(lock)
-    }
 }
 
 impl Drop for GrantLock {

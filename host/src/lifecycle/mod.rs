@@ -81,8 +81,14 @@ pub struct NewGrant {
 /// What approval decided for a new request.
 #[derive(Debug, Clone)]
 pub enum Decision {
-    /// Approved now (by policy or a person).
-    Approve { by: String, note: Option<String> },
+    /// Approved now (by policy or a person). `issue_within_ms` overrides how long
+    /// the approval waits for issuance (e.g. short for automatic approvals issued
+    /// in the same request, whose requester is gone if the host died in between).
+    Approve {
+        by: String,
+        note: Option<String>,
+        issue_within_ms: Option<u64>,
+    },
     /// Waits for approvals.
     Pending,
     /// Refused.
@@ -407,7 +413,17 @@ impl Lifecycle {
             attempts: 0,
             last_error: None,
             residue: vec![],
-            due_at: Some(now + self.inner.config.approval_window_ms),
+            // An automatic approval that never lands (the host died in between) has
+            // no one waiting for it: let it lapse as soon as its issue window would.
+            due_at: Some(
+                now + match &decision {
+                    Decision::Approve {
+                        issue_within_ms: Some(w),
+                        ..
+                    } => *w,
+                    _ => self.inner.config.approval_window_ms,
+                },
+            ),
             updated_at: now,
         };
         let detail = json!({
@@ -429,7 +445,11 @@ impl Lifecycle {
         let _lock = self.inner.locks.lock(&id).await;
         match decision {
             Decision::Pending => Ok(record),
-            Decision::Approve { by, note } => self.approve_locked(record, &by, note),
+            Decision::Approve {
+                by,
+                note,
+                issue_within_ms,
+            } => self.approve_locked(record, &by, note, issue_within_ms),
             Decision::Deny { by, reason } => self.deny_locked(record, &by, &reason),
         }
     }
@@ -441,7 +461,7 @@ impl Lifecycle {
         if record.requested_by == by || record.grant.subject.id == by {
             return Err(Error::SelfApproval);
         }
-        self.approve_locked(record, by, note)
+        self.approve_locked(record, by, note, None)
     }
 
     fn approve_locked(
@@ -449,9 +469,10 @@ impl Lifecycle {
         record: GrantRecord,
         by: &str,
         note: Option<String>,
+        issue_within_ms: Option<u64>,
     ) -> Result<GrantRecord> {
         let now = self.now();
-        let window = self.inner.config.issue_window_ms;
+        let window = issue_within_ms.unwrap_or(self.inner.config.issue_window_ms);
         self.transition(
             record,
             Event::Approve,
@@ -672,10 +693,10 @@ impl Lifecycle {
 
     /// Does whatever is due for grant `id`. Called by the scheduler.
     async fn work(&self, id: &str) -> Result<()> {
-        let Some(_lock) = self.inner.locks.try_lock(id) else {
-            // Someone is working on it; their commit sets the next due time.
-            return Ok(());
-        };
+        // Wait for whoever holds the grant (an API call finishing `issue`, say), then
+        // act on its state as it is then. Skipping instead would leave the claimed
+        // grant parked until its lease ran out.
+        let _lock = self.inner.locks.lock(id).await;
         let mut record = self.load(id)?;
         loop {
             let now = self.now();
@@ -811,7 +832,7 @@ impl Lifecycle {
             None => None,
         };
         let outcome = {
-            let _permit = slot.permit(true).await;
+            let _permit = slot.permit_verify().await;
             connector
                 .verify_revoked(&record.grant, record.handle.as_deref(), credential.as_ref())
                 .await

@@ -80,6 +80,7 @@ fn approve() -> Decision {
     Decision::Approve {
         by: "policy".into(),
         note: None,
+        issue_within_ms: None,
     }
 }
 

@@ -112,6 +112,9 @@ impl fmt::Debug for Connector {
     }
 }
 
+/// Calls slower than this are logged.
+const SLOW_CALL: Duration = Duration::from_secs(1);
+
 type CallFuture<'a, R> = Pin<Box<dyn Future<Output = wasmtime::Result<R>> + Send + 'a>>;
 
 /// Runs one call in a fresh store: instantiate, call, classify the failure.
@@ -211,10 +214,17 @@ impl Connector {
 
     async fn call<R: Send>(
         &self,
+        name: &'static str,
         op: impl for<'a> FnOnce(&'a mut wasmtime::Store<CallState>, Plugin) -> CallFuture<'a, R> + Send,
     ) -> Result<R, CallError> {
         let i = &*self.inner;
-        run(&i.name, &i.pre, &i.lent, &i.limits, op).await
+        let started = std::time::Instant::now();
+        let result = run(&i.name, &i.pre, &i.lent, &i.limits, op).await;
+        let took = started.elapsed();
+        if took > SLOW_CALL {
+            tracing::warn!(connector = %i.name, op = name, took_ms = took.as_millis(), "slow connector call");
+        }
+        result
     }
 
     fn check_output(&self, size: usize) -> Result<(), CallError> {
@@ -225,7 +235,7 @@ impl Connector {
     #[tracing::instrument(name = "ebb_runtime.describe", skip_all, fields(connector = %self.inner.name))]
     pub async fn describe(&self) -> Result<ConnectorInfo, CallError> {
         let info = self
-            .call(|store, plugin| {
+            .call("describe", |store, plugin| {
                 Box::pin(async move { plugin.ebb_connector_connector().call_describe(store).await })
             })
             .await?;
@@ -239,7 +249,7 @@ impl Connector {
     pub async fn issue(&self, grant: &Grant) -> Result<Issued, CallError> {
         let grant = convert::grant(grant);
         let issued = self
-            .call(move |store, plugin| {
+            .call("issue", move |store, plugin| {
                 Box::pin(async move {
                     plugin
                         .ebb_connector_connector()
@@ -267,7 +277,7 @@ impl Connector {
     pub async fn revoke(&self, grant: &Grant, handle: Option<&str>) -> Result<(), CallError> {
         let grant = convert::grant(grant);
         let handle = handle.map(str::to_owned);
-        self.call(move |store, plugin| {
+        self.call("revoke", move |store, plugin| {
             Box::pin(async move {
                 plugin
                     .ebb_connector_connector()
@@ -292,7 +302,7 @@ impl Connector {
         let handle = handle.map(str::to_owned);
         let credential = credential.map(convert::credential);
         let verdict = self
-            .call(move |store, plugin| {
+            .call("verify-revoked", move |store, plugin| {
                 Box::pin(async move {
                     plugin
                         .ebb_connector_connector()
@@ -320,7 +330,7 @@ impl Connector {
         let grant = convert::grant(grant);
         let handle = handle.to_owned();
         let credential = convert::credential(credential);
-        self.call(move |store, plugin| {
+        self.call("verify-issued", move |store, plugin| {
             Box::pin(async move {
                 plugin
                     .ebb_connector_connector()
@@ -338,7 +348,7 @@ impl Connector {
     pub async fn standing_access(&self, subject: &Subject) -> Result<Vec<Residue>, CallError> {
         let subject = convert::subject(subject);
         let residue = self
-            .call(move |store, plugin| {
+            .call("standing-access", move |store, plugin| {
                 Box::pin(async move {
                     plugin
                         .ebb_connector_connector()

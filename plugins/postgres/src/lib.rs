@@ -28,6 +28,12 @@ use ebb_connector_sdk::{
 };
 use names::{Handle, TableRef, role_name, timestamp_literal};
 
+/// Concurrent GRANTs (or DROP OWNED) on the same table or schema update the same ACL
+/// row, and PostgreSQL fails one with `XX000 tuple concurrently updated`. Every batch
+/// that changes ACLs first takes this transaction-scoped advisory lock, so they run
+/// one at a time (each takes milliseconds). The key spells "ebbACL".
+const ACL_LOCK: &str = "select pg_advisory_xact_lock(111550735239500);\n";
+
 const ACTIONS: [(&str, &str); 5] = [
     ("select", "read rows"),
     ("insert", "add rows"),
@@ -174,7 +180,8 @@ impl Connector for Postgres {
             .map_err(|_| Error::Invalid("connection-limit must be a number".into()))?;
         let ident = quote_ident(&role);
         // One batch is one transaction: a failed GRANT leaves no role behind.
-        let mut ddl = match role_oid(&conn, &role)? {
+        let mut ddl = String::from(ACL_LOCK);
+        ddl.push_str(&match role_oid(&conn, &role)? {
             // A retried issue: the first reply was lost, so its password is unknown.
             // Replace it; the lost one stops working.
             Some(_) => format!("alter role {ident} login"),
@@ -182,7 +189,7 @@ impl Connector for Postgres {
                 "create role {ident} login noinherit nosuperuser nocreatedb nocreaterole \
                  noreplication nobypassrls"
             ),
-        };
+        });
         ddl.push_str(&format!(
             " connection limit {limit} password {} valid until {};\n",
             quote_literal(&password)?,
@@ -236,7 +243,7 @@ impl Connector for Postgres {
             sql::execute_batch(
                 &conn,
                 &format!(
-                    "grant {ident} to current_user;\n\
+                    "{ACL_LOCK}grant {ident} to current_user;\n\
                      reassign owned by {ident} to current_user;\n\
                      drop owned by {ident};\n\
                      drop role {ident};"
