@@ -589,7 +589,11 @@ impl Lifecycle {
                 r.due_at = Some(not_after);
             },
         )?;
-        self.inner.store.sync().await?;
+        // No sync here, on purpose: if this commit is lost in a crash, the grant is
+        // still `issuing` after restart and is compensated (revoked by grant id), so
+        // nothing can exist downstream that the store does not know about. The
+        // requester's credential just stops working early. The next group commit
+        // (at most a second away) makes it durable.
 
         let policy = slot.policy;
         if policy.verify_issued

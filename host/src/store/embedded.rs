@@ -194,12 +194,18 @@ impl SledStore {
         tokio::spawn(async move {
             loop {
                 kick.notified().await;
-                let (Some(group), Some(db)) = (weak_group.upgrade(), weak_db.upgrade()) else {
-                    break;
+                // Hold the db only while flushing, and let go of it before telling
+                // anyone: a caller that syncs and then drops the store must find the
+                // db closed (its file lock released) right away.
+                let flushed = {
+                    let (Some(group), Some(db)) = (weak_group.upgrade(), weak_db.upgrade()) else {
+                        break;
+                    };
+                    let target = group.written.load(Ordering::Acquire);
+                    db.flush_async().await.map(|_| target)
                 };
-                let target = group.written.load(Ordering::Acquire);
-                match db.flush_async().await {
-                    Ok(_) => {
+                match flushed {
+                    Ok(target) => {
                         flushed_tx.send_replace(target);
                     }
                     Err(e) => {
