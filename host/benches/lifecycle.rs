@@ -7,12 +7,19 @@
 //! - million: RSS with N active grants, restart-to-serving with them, and the
 //!   expiry-to-revoke-start lag of grants expiring among them.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "benchmark")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "benchmark"
+)]
 
 use ebb_host::audit::NewEvent;
 use ebb_host::config::{ConnectorConfig, LifecyclePolicy, RuntimeConfig};
 use ebb_host::connector::{Grant, Permission, Subject, SubjectKind};
-use ebb_host::lifecycle::{Clock, Decision, EngineConfig, GrantState, Lifecycle, NewGrant, Trigger};
+use ebb_host::lifecycle::{
+    Clock, Decision, EngineConfig, GrantState, Lifecycle, NewGrant, Trigger,
+};
 use ebb_host::registry::Registry;
 use ebb_host::runtime::Runtime;
 use ebb_host::seal::{HostKey, Sealer};
@@ -40,7 +47,9 @@ fn noop_config() -> ConnectorConfig {
 }
 
 async fn engine(store: Arc<dyn Store>) -> Lifecycle {
-    let registry = Arc::new(Registry::new(Runtime::new(&RuntimeConfig::default()).unwrap()));
+    let registry = Arc::new(Registry::new(
+        Runtime::new(&RuntimeConfig::default()).unwrap(),
+    ));
     registry.load("noop", &noop_config()).await.unwrap();
     Lifecycle::new(
         store,
@@ -84,11 +93,21 @@ async fn throughput(dir: &Path, total: usize, concurrency: usize) {
         tasks.push(tokio::spawn(async move {
             let mut ids = Vec::with_capacity(per_task);
             for _ in 0..per_task {
-                let decision = Decision::Approve { by: "policy".into(), note: None, issue_within_ms: None };
-                let r = engine.request(new_grant(3_600_000), "agent", decision).await.unwrap();
+                let decision = Decision::Approve {
+                    by: "policy".into(),
+                    note: None,
+                    issue_within_ms: None,
+                };
+                let r = engine
+                    .request(new_grant(3_600_000), "agent", decision)
+                    .await
+                    .unwrap();
                 let id = r.grant.id.clone();
                 engine.issue(&id, "agent").await.unwrap();
-                engine.revoke(&id, Trigger::TaskCompleted, "agent", None).await.unwrap();
+                engine
+                    .revoke(&id, Trigger::TaskCompleted, "agent", None)
+                    .await
+                    .unwrap();
                 ids.push(id);
             }
             ids
@@ -118,45 +137,33 @@ async fn throughput(dir: &Path, total: usize, concurrency: usize) {
 }
 
 fn active_record(id: String, not_after: u64, now: u64) -> GrantRecord {
-    GrantRecord {
-        grant: Grant {
-            id,
-            subject: Subject {
-                id: "spiffe://bench/agent".into(),
-                kind: SubjectKind::Workload,
-                claims: vec![],
-            },
-            permissions: vec![Permission {
-                action: "use".into(),
-                resource: "x".into(),
-            }],
-            not_after,
-            task: "bench".into(),
+    let grant = Grant {
+        id,
+        subject: Subject {
+            id: "spiffe://bench/agent".into(),
+            kind: SubjectKind::Workload,
+            claims: vec![],
         },
-        connector: "noop".into(),
-        state: GrantState::Active,
-        version: 0,
-        ttl_ms: not_after.saturating_sub(now),
-        requested_at: now,
-        requested_by: "agent".into(),
-        reason: None,
-        approvals: vec![],
-        issued_at: Some(now),
-        handle: Some("h".into()),
-        issued_by_digest: None,
-        downstream_expires_at: None,
-        trigger: None,
-        revoke_started_at: None,
-        revoked_at: None,
-        verified_at: None,
-        escalated_at: None,
-        reverify_until: None,
-        attempts: 0,
-        last_error: None,
-        residue: vec![],
-        due_at: Some(not_after),
-        updated_at: now,
-    }
+        permissions: vec![Permission {
+            action: "use".into(),
+            resource: "x".into(),
+        }],
+        not_after,
+        task: "bench".into(),
+    };
+    let mut r = GrantRecord::requested(
+        grant,
+        "noop".into(),
+        not_after.saturating_sub(now),
+        now,
+        "agent".into(),
+        None,
+    );
+    r.state = GrantState::Active;
+    r.issued_at = Some(now);
+    r.handle = Some("h".into());
+    r.due_at = Some(not_after);
+    r
 }
 
 async fn million(dir: &Path, total: usize, expiring: usize) {
@@ -175,28 +182,53 @@ async fn million(dir: &Path, total: usize, expiring: usize) {
                 now + 86_400_000 + (i as u64 % 3_600_000)
             };
             let record = active_record(id.clone(), not_after, now);
-            let sealed = sealer.seal(&id, b"{\"fields\":[[\"token\",\"noop\"]]}").unwrap();
+            let sealed = sealer
+                .seal(&id, b"{\"fields\":[[\"token\",\"noop\"]]}")
+                .unwrap();
             let mut event = NewEvent::new("grant.transition", "bench").grant(&id);
             event.to = Some(GrantState::Active);
-            store.commit(Commit { record, sealed: Sealed::Set(sealed), event, lease_until: None }).unwrap();
+            store
+                .commit(Commit {
+                    record,
+                    sealed: Sealed::Set(sealed),
+                    event,
+                    lease_until: None,
+                })
+                .unwrap();
         }
         store.sync().await.unwrap();
-        println!("million: loaded {total} active grants in {:.1} s", load.elapsed().as_secs_f64());
+        println!(
+            "million: loaded {total} active grants in {:.1} s",
+            load.elapsed().as_secs_f64()
+        );
         drop(store);
     }
     // Schedule the expiring ones now that loading is done.
     let start_at = Clock::system().now_ms() + 5_000;
     {
         let store = SledStore::open(dir, [1; 32]).unwrap();
-        let mut page = store.list(&ebb_host::store::ListFilter { limit: 1000, ..Default::default() }).unwrap();
+        let mut page = store
+            .list(&ebb_host::store::ListFilter {
+                limit: 1000,
+                ..Default::default()
+            })
+            .unwrap();
         let mut scheduled = 0;
         'outer: loop {
             for mut r in page.grants.clone() {
                 if r.grant.not_after == u64::MAX / 2 {
-                    r.grant.not_after = start_at + (scheduled as u64 * 10_000 / expiring.max(1) as u64);
+                    r.grant.not_after =
+                        start_at + (scheduled as u64 * 10_000 / expiring.max(1) as u64);
                     r.due_at = Some(r.grant.not_after);
                     let event = NewEvent::new("grant.rescheduled", "bench").grant(&r.grant.id);
-                    store.commit(Commit { record: r, sealed: Sealed::Keep, event, lease_until: None }).unwrap();
+                    store
+                        .commit(Commit {
+                            record: r,
+                            sealed: Sealed::Keep,
+                            event,
+                            lease_until: None,
+                        })
+                        .unwrap();
                     scheduled += 1;
                     if scheduled == expiring {
                         break 'outer;
@@ -206,7 +238,11 @@ async fn million(dir: &Path, total: usize, expiring: usize) {
             match page.next {
                 Some(after) => {
                     page = store
-                        .list(&ebb_host::store::ListFilter { limit: 1000, after: Some(after), ..Default::default() })
+                        .list(&ebb_host::store::ListFilter {
+                            limit: 1000,
+                            after: Some(after),
+                            ..Default::default()
+                        })
                         .unwrap()
                 }
                 None => break,
@@ -227,7 +263,10 @@ async fn million(dir: &Path, total: usize, expiring: usize) {
         counts[&GrantState::Active],
         serving.as_millis()
     );
-    println!("million: RSS with {total} active grants: {:.0} MiB (before loading: {rss_before:.0} MiB)", rss_mib());
+    println!(
+        "million: RSS with {total} active grants: {:.0} MiB (before loading: {rss_before:.0} MiB)",
+        rss_mib()
+    );
 
     // Expiry lag of the expiring ones.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -250,7 +289,11 @@ async fn million(dir: &Path, total: usize, expiring: usize) {
             })
             .unwrap();
         for r in &page.grants {
-            lags.push(r.revoke_started_at.unwrap().saturating_sub(r.grant.not_after));
+            lags.push(
+                r.revoke_started_at
+                    .unwrap()
+                    .saturating_sub(r.grant.not_after),
+            );
         }
         match page.next {
             Some(next) => after = Some(next),
@@ -258,7 +301,11 @@ async fn million(dir: &Path, total: usize, expiring: usize) {
         }
     }
     lags.sort_unstable();
-    let pct = |p: f64| lags.get(((lags.len() as f64 * p) as usize).min(lags.len().saturating_sub(1))).copied().unwrap_or(0);
+    let pct = |p: f64| {
+        lags.get(((lags.len() as f64 * p) as usize).min(lags.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
     println!(
         "million: expiry-to-revoke-start lag over {} expiries among {total} active: p50 {} ms, p99 {} ms, max {} ms",
         lags.len(),
@@ -272,8 +319,15 @@ async fn million(dir: &Path, total: usize, expiring: usize) {
 
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
-    let which = std::env::args().skip(1).find(|a| !a.starts_with("--")).unwrap_or_default();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let which = std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with("--"))
+        .unwrap_or_default();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let base = std::env::temp_dir().join(format!("ebb-bench-{}", std::process::id()));
     rt.block_on(async {
         if which.is_empty() || which == "throughput" {
@@ -284,7 +338,11 @@ fn main() {
         }
         if which.is_empty() || which == "million" {
             let dir = base.join("million");
-            let (total, expiring) = if full { (1_000_000, 10_000) } else { (2_000, 100) };
+            let (total, expiring) = if full {
+                (1_000_000, 10_000)
+            } else {
+                (2_000, 100)
+            };
             million(&dir, total, expiring).await;
             let _ = std::fs::remove_dir_all(&dir);
         }

@@ -1,11 +1,18 @@
 //! Outage test: PostgreSQL stops while grants expire and comes back; every grant
 //! ends verified soon after, nothing is lost, and the outage is on record.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests fail loudly")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests fail loudly"
+)]
 
 use ebb_host::config::{ApprovalMode, ConnectorConfig, LifecyclePolicy, RuntimeConfig};
 use ebb_host::connector::{Permission, Subject, SubjectKind};
-use ebb_host::lifecycle::{Clock, Decision, EngineConfig, GrantState, Lifecycle, NewGrant, Trigger};
+use ebb_host::lifecycle::{
+    Clock, Decision, EngineConfig, GrantState, Lifecycle, NewGrant, Trigger,
+};
 use ebb_host::registry::Registry;
 use ebb_host::runtime::Runtime;
 use ebb_host::seal::{HostKey, Sealer};
@@ -28,7 +35,9 @@ async fn grants_expiring_during_a_database_outage_end_verified() {
         .with_config("allowed-resources", "public.invoices")
         .with_sql("main", &pg.admin_dsn())
         .with_lifecycle(policy);
-    let registry = Arc::new(Registry::new(Runtime::new(&RuntimeConfig::default()).unwrap()));
+    let registry = Arc::new(Registry::new(
+        Runtime::new(&RuntimeConfig::default()).unwrap(),
+    ));
     registry.load("pg", &config).await.unwrap();
     let dir = std::env::temp_dir().join(format!("ebb-outage-{}", rand::random::<u64>()));
     let store = SledStore::open(&dir, [6; 32]).unwrap();
@@ -59,20 +68,33 @@ async fn grants_expiring_during_a_database_outage_end_verified() {
             reason: None,
         };
         let r = engine
-            .request(new, "agent", Decision::Approve { by: "policy".into(), note: None, issue_within_ms: None })
+            .request(
+                new,
+                "agent",
+                Decision::Approve {
+                    by: "policy".into(),
+                    note: None,
+                    issue_within_ms: None,
+                },
+            )
             .await
             .unwrap();
         engine.issue(&r.grant.id, "agent").await.unwrap();
         ids.push(r.grant.id);
     }
     // One grant is ended by its task just as the database goes away.
-    engine.revoke(&ids[0], Trigger::TaskCompleted, "agent", None).await.unwrap();
+    engine
+        .revoke(&ids[0], Trigger::TaskCompleted, "agent", None)
+        .await
+        .unwrap();
     pg.stop().unwrap();
     // Every grant expires while PostgreSQL is down.
     tokio::time::sleep(Duration::from_millis(3_000)).await;
     let during: Vec<GrantState> = ids.iter().map(|id| engine.get(id).unwrap().state).collect();
     assert!(
-        during.iter().all(|s| matches!(s, GrantState::Revoking | GrantState::Escalated)),
+        during
+            .iter()
+            .all(|s| matches!(s, GrantState::Revoking | GrantState::Escalated)),
         "nothing can be revoked or verified while the database is down: {during:?}"
     );
     let back = Instant::now();
@@ -84,7 +106,10 @@ async fn grants_expiring_during_a_database_outage_end_verified() {
             if r.state == GrantState::Verified {
                 break;
             }
-            assert!(back.elapsed() < Duration::from_secs(30), "not verified 30 s after the outage: {r:?}");
+            assert!(
+                back.elapsed() < Duration::from_secs(30),
+                "not verified 30 s after the outage: {r:?}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -94,12 +119,17 @@ async fn grants_expiring_during_a_database_outage_end_verified() {
     for id in &ids {
         let report = engine.report(id).unwrap();
         assert!(
-            report.events.iter().any(|e| e.detail["error"].as_str().is_some_and(|m| m.contains("unavailable"))),
+            report.events.iter().any(|e| e.detail["error"]
+                .as_str()
+                .is_some_and(|m| m.contains("unavailable"))),
             "grant {id} has no record of the outage"
         );
     }
     assert!(store.verify_audit().unwrap().is_intact());
-    eprintln!("outage test: 20 grants verified {} ms after the database came back", recovered_in.as_millis());
+    eprintln!(
+        "outage test: 20 grants verified {} ms after the database came back",
+        recovered_in.as_millis()
+    );
     engine.shutdown().await.unwrap();
     let _ = std::fs::remove_dir_all(dir);
 }

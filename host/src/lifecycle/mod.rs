@@ -384,48 +384,31 @@ impl Lifecycle {
         }
         let now = self.now();
         let id = ulid::Ulid::new().to_string();
-        let record = GrantRecord {
-            grant: Grant {
+        let mut record = GrantRecord::requested(
+            Grant {
                 id: id.clone(),
                 subject: new.subject,
                 permissions: new.permissions,
                 not_after: 0,
                 task: new.task,
             },
-            connector: new.connector,
-            state: GrantState::Requested,
-            version: 0,
-            ttl_ms: new.ttl_ms,
-            requested_at: now,
-            requested_by: requested_by.to_owned(),
-            reason: new.reason,
-            approvals: vec![],
-            issued_at: None,
-            handle: None,
-            issued_by_digest: None,
-            downstream_expires_at: None,
-            trigger: None,
-            revoke_started_at: None,
-            revoked_at: None,
-            verified_at: None,
-            escalated_at: None,
-            reverify_until: None,
-            attempts: 0,
-            last_error: None,
-            residue: vec![],
-            // An automatic approval that never lands (the host died in between) has
-            // no one waiting for it: let it lapse as soon as its issue window would.
-            due_at: Some(
-                now + match &decision {
-                    Decision::Approve {
-                        issue_within_ms: Some(w),
-                        ..
-                    } => *w,
-                    _ => self.inner.config.approval_window_ms,
-                },
-            ),
-            updated_at: now,
-        };
+            new.connector,
+            new.ttl_ms,
+            now,
+            requested_by.to_owned(),
+            new.reason,
+        );
+        // An automatic approval that never lands (the host died in between) has no
+        // one waiting for it: let it lapse as soon as its issue window would.
+        record.due_at = Some(
+            now + match &decision {
+                Decision::Approve {
+                    issue_within_ms: Some(w),
+                    ..
+                } => *w,
+                _ => self.inner.config.approval_window_ms,
+            },
+        );
         let detail = json!({
             "connector": record.connector,
             "subject": record.grant.subject.id,

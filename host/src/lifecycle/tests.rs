@@ -440,7 +440,10 @@ async fn reverification_catches_access_that_comes_back() {
     let engine = engine(&[("flaky", config("revoked"))]).await;
     let record = issued(&engine, "flaky", 60_000).await;
     let id = record.grant.id.clone();
-    engine.revoke(&id, Trigger::TaskCompleted, "agent", None).await.unwrap();
+    engine
+        .revoke(&id, Trigger::TaskCompleted, "agent", None)
+        .await
+        .unwrap();
     let verified = wait_for(&engine, &id, GrantState::Verified).await;
     assert!(
         verified.verified_at.unwrap() - verified.revoked_at.unwrap() >= 150,
@@ -448,15 +451,27 @@ async fn reverification_catches_access_that_comes_back() {
     );
     assert!(verified.reverify_until.is_some() && verified.due_at.is_some());
     // Access reappears downstream (say, re-granted through an inherited role).
-    engine.registry().load("flaky", &config("residual")).await.unwrap();
+    engine
+        .registry()
+        .load("flaky", &config("residual"))
+        .await
+        .unwrap();
     // Found on re-verification: revoked again, and escalated while it persists.
     let residual = wait_for(&engine, &id, GrantState::Escalated).await;
     assert!(residual.residue[0].detail.contains("session"));
-    engine.registry().load("flaky", &config("revoked")).await.unwrap();
+    engine
+        .registry()
+        .load("flaky", &config("revoked"))
+        .await
+        .unwrap();
     let again = wait_for(&engine, &id, GrantState::Verified).await;
     assert!(again.verified_at > verified.verified_at);
     let report = engine.report(&id).unwrap();
-    let reverified = report.events.iter().filter(|e| e.detail["event"] == "Reverify").count();
+    let reverified = report
+        .events
+        .iter()
+        .filter(|e| e.detail["event"] == "Reverify")
+        .count();
     assert!(reverified >= 1, "closed grants are re-verified");
     // The window ends: no more re-verification is scheduled.
     for _ in 0..600 {
@@ -465,5 +480,8 @@ async fn reverification_catches_access_that_comes_back() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    panic!("re-verification never stopped: {:?}", engine.get(&id).unwrap());
+    panic!(
+        "re-verification never stopped: {:?}",
+        engine.get(&id).unwrap()
+    );
 }

@@ -558,42 +558,21 @@ mod tests {
     use crate::connector::{Grant, Subject, SubjectKind};
 
     fn record(id: &str, state: GrantState, due: Option<Timestamp>) -> GrantRecord {
-        GrantRecord {
-            grant: Grant {
-                id: id.into(),
-                subject: Subject {
-                    id: "s".into(),
-                    kind: SubjectKind::Workload,
-                    claims: vec![],
-                },
-                permissions: vec![],
-                not_after: due.unwrap_or(0),
-                task: "t".into(),
+        let grant = Grant {
+            id: id.into(),
+            subject: Subject {
+                id: "s".into(),
+                kind: SubjectKind::Workload,
+                claims: vec![],
             },
-            connector: "noop".into(),
-            state,
-            version: 0,
-            ttl_ms: 1000,
-            requested_at: 1,
-            requested_by: "s".into(),
-            reason: None,
-            approvals: vec![],
-            issued_at: None,
-            handle: None,
-            issued_by_digest: None,
-            downstream_expires_at: None,
-            trigger: None,
-            revoke_started_at: None,
-            revoked_at: None,
-            verified_at: None,
-            escalated_at: None,
-            reverify_until: None,
-            attempts: 0,
-            last_error: None,
-            residue: vec![],
-            due_at: due,
-            updated_at: 1,
-        }
+            permissions: vec![],
+            not_after: due.unwrap_or(0),
+            task: "t".into(),
+        };
+        let mut r = GrantRecord::requested(grant, "noop".into(), 1000, 1, "s".into(), None);
+        r.state = state;
+        r.due_at = due;
+        r
     }
 
     fn temp_store() -> (Arc<SledStore>, std::path::PathBuf) {

@@ -110,6 +110,46 @@ pub struct GrantRecord {
     pub updated_at: Timestamp,
 }
 
+impl GrantRecord {
+    /// A new request for `grant` (whose `not_after` issuance sets later), with
+    /// nothing granted yet.
+    pub fn requested(
+        grant: Grant,
+        connector: String,
+        ttl_ms: u64,
+        requested_at: Timestamp,
+        requested_by: String,
+        reason: Option<String>,
+    ) -> Self {
+        Self {
+            grant,
+            connector,
+            state: GrantState::Requested,
+            version: 0,
+            ttl_ms,
+            requested_at,
+            requested_by,
+            reason,
+            approvals: vec![],
+            issued_at: None,
+            handle: None,
+            issued_by_digest: None,
+            downstream_expires_at: None,
+            trigger: None,
+            revoke_started_at: None,
+            revoked_at: None,
+            verified_at: None,
+            escalated_at: None,
+            reverify_until: None,
+            attempts: 0,
+            last_error: None,
+            residue: vec![],
+            due_at: None,
+            updated_at: requested_at,
+        }
+    }
+}
+
 /// What happens to the sealed credential in a commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Sealed {
