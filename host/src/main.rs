@@ -1,5 +1,7 @@
 //! The `ebb` binary: the server (`ebb serve`) and a CLI.
 
+mod cli;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ebb_host::api::{self, AppState, Tokens};
@@ -35,6 +37,25 @@ enum Command {
     Connector {
         #[command(subcommand)]
         command: ConnectorCommand,
+    },
+    /// Requests, approves, issues and ends grants over the API.
+    Grant {
+        #[command(flatten)]
+        remote: cli::Remote,
+        #[command(subcommand)]
+        command: cli::GrantCommand,
+    },
+    /// Reads and verifies the audit log over the API.
+    Audit {
+        #[command(flatten)]
+        remote: cli::Remote,
+        #[command(subcommand)]
+        command: cli::AuditCommand,
+    },
+    /// Lists the host's loaded connectors.
+    Connectors {
+        #[command(flatten)]
+        remote: cli::Remote,
     },
     /// Makes API tokens.
     Token {
@@ -92,6 +113,9 @@ fn main() -> anyhow::Result<()> {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config } => serve(config).await,
+        Command::Grant { remote, command } => cli::grant(remote, command).await,
+        Command::Audit { remote, command } => cli::audit(remote, command).await,
+        Command::Connectors { remote } => cli::connectors(remote).await,
         Command::Token { command } => match command {
             TokenCommand::New { name, role } => {
                 let mut bytes = [0u8; 32];

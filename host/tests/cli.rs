@@ -1,0 +1,153 @@
+//! The `ebb` CLI against a running `ebb serve`: a whole lifecycle with separation of
+//! duties, in JSON and in tables.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests fail loudly"
+)]
+
+use serde_json::Value;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const AGENT: &str = "cli-test-agent-token";
+const APPROVER: &str = "cli-test-approver-token";
+
+fn ebb(api: &str, token: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ebb"))
+        .args(args)
+        .env("EBB_API", api)
+        .env("EBB_TOKEN", token)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn json(api: &str, token: &str, args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let (ok, out, err) = ebb(api, token, &all);
+    assert!(ok, "ebb {args:?} failed: {err}");
+    serde_json::from_str(&out).unwrap()
+}
+
+#[test]
+fn a_whole_lifecycle_through_the_cli() {
+    let dir = std::env::temp_dir().join(format!("ebb-cli-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let hash = ebb_host::api::auth::hash_token;
+    std::fs::write(
+        dir.join("ebb.toml"),
+        format!(
+            r#"
+[server]
+listen = "127.0.0.1:{port}"
+[store]
+path = "data"
+key-file = "host.key"
+[[tokens]]
+name = "agent"
+sha256 = "{}"
+roles = ["requester"]
+[[tokens]]
+name = "alice"
+sha256 = "{}"
+roles = ["approver", "auditor"]
+[connectors.noop]
+component = "{}"
+"#,
+            hash(AGENT),
+            hash(APPROVER),
+            ebb_test_plugins::NOOP
+        ),
+    )
+    .unwrap();
+    let mut host = Command::new(env!("CARGO_BIN_EXE_ebb"))
+        .args(["serve", "--config"])
+        .arg(dir.join("ebb.toml"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let api = format!("http://127.0.0.1:{port}");
+    for _ in 0..300 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let requested = json(
+        &api,
+        AGENT,
+        &[
+            "grant",
+            "request",
+            "--connector",
+            "noop",
+            "-p",
+            "use:reports",
+            "--ttl",
+            "10m",
+            "--task",
+            "weekly report",
+        ],
+    );
+    assert_eq!(requested["grant"]["state"], "requested");
+    let id = requested["grant"]["grant"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // The requester cannot approve; the approver can.
+    let (ok, _, err) = ebb(&api, AGENT, &["grant", "approve", &id]);
+    assert!(!ok && err.contains("403"), "{err}");
+    let approved = json(&api, APPROVER, &["grant", "approve", &id, "--note", "fine"]);
+    assert_eq!(approved["state"], "approved");
+
+    // Issue: the human output shows the credential, once.
+    let (ok, out, err) = ebb(&api, AGENT, &["grant", "issue", &id]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("credential (shown once):") && out.contains("token: noop"),
+        "{out}"
+    );
+    let listed = json(&api, AGENT, &["grant", "list"]);
+    assert_eq!(listed["grants"][0]["state"], "active");
+    assert!(
+        !listed.to_string().contains("\"noop\"}"),
+        "no credential in listings"
+    );
+
+    // Complete and wait for verification, with progress on stderr.
+    let (ok, out, err) = ebb(&api, AGENT, &["grant", "complete", &id, "--wait"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("verified"), "{out}");
+    assert!(err.contains(&format!("{id}: verified")), "progress: {err}");
+
+    let (ok, out, _) = ebb(&api, APPROVER, &["grant", "report", &id]);
+    assert!(
+        ok && out.contains("may still have access: false") && out.contains("grant.requested"),
+        "{out}"
+    );
+    let (ok, out, err) = ebb(&api, APPROVER, &["audit", "verify"]);
+    assert!(ok && out.contains("audit chain intact"), "{out}{err}");
+    let (ok, _, err) = ebb(&api, "wrong-token", &["grant", "list"]);
+    assert!(!ok && err.contains("401"), "{err}");
+
+    host.kill().unwrap();
+    host.wait().unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
