@@ -170,6 +170,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&config_path)?;
+    let metrics = ebb_host::metrics::install()?;
     let key = match &config.store.key_env {
         Some(var) => HostKey::from_hex(
             &std::env::var(var)
@@ -217,6 +218,7 @@ async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
     let state = AppState {
         lifecycle: lifecycle.clone(),
         tokens: Arc::new(Tokens::new(&config.tokens)?),
+        metrics: Some(metrics),
     };
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await

@@ -25,6 +25,8 @@ use std::sync::Arc;
 pub struct AppState {
     pub lifecycle: Lifecycle,
     pub tokens: Arc<Tokens>,
+    /// The Prometheus recorder's handle; `/metrics` answers 404 without one.
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 /// The whole API.
@@ -45,6 +47,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/audit/verify", get(ops::verify_audit))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
         .fallback(ops::not_found)
         .with_state(state)
 }

@@ -117,6 +117,20 @@ pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiEr
     Ok("ready")
 }
 
+/// Prometheus exposition. Counts only: no grant ids, subjects or secrets.
+pub async fn metrics(State(state): State<AppState>) -> Result<String, ApiError> {
+    let handle = state
+        .metrics
+        .as_ref()
+        .ok_or_else(|| ApiError::NotFound("metrics are not enabled on this host".into()))?;
+    let counts = state
+        .lifecycle
+        .store()
+        .counts()
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(crate::metrics::render(handle, &counts))
+}
+
 pub async fn not_found() -> (StatusCode, Json<serde_json::Value>) {
     (
         StatusCode::NOT_FOUND,

@@ -23,6 +23,20 @@ fn token(name: &str, roles: &[Role]) -> TokenConfig {
     }
 }
 
+/// One process-wide recorder for the test binary.
+fn recorder() -> metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
 async fn app() -> Router {
     let registry = Arc::new(Registry::new(
         Runtime::new(&RuntimeConfig::default()).unwrap(),
@@ -64,6 +78,7 @@ async fn app() -> Router {
     router(AppState {
         lifecycle,
         tokens: Arc::new(tokens),
+        metrics: Some(recorder()),
     })
 }
 
@@ -226,6 +241,13 @@ async fn auto_approved_grant_returns_credential_once_and_completes() {
         .await;
         if v["state"] == "verified" {
             assert_eq!(v["trigger"], "task-completed");
+            let (s, text) = call(&app, "GET", "/metrics", None, None).await;
+            let text = text.as_str().unwrap().to_owned();
+            assert_eq!(s, StatusCode::OK);
+            assert!(text.contains("ebb_grants{state=\"verified\"}"), "{text}");
+            assert!(text.contains("ebb_revoke_seconds"), "{text}");
+            assert!(text.contains("ebb_verify_seconds"), "{text}");
+            assert!(!text.contains(&id), "no grant ids in metrics");
             return;
         }
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;

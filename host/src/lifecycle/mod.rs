@@ -187,6 +187,17 @@ fn event(kind: &str, actor: &str, record: &GrantRecord) -> NewEvent {
     NewEvent::new(kind, actor).grant(&record.grant.id)
 }
 
+/// Counts a failed connector call by connector, operation and kind of failure.
+fn count_error(connector: &str, op: &'static str, e: &CallError) {
+    metrics::counter!(
+        "ebb_connector_call_errors_total",
+        "connector" => connector.to_owned(),
+        "op" => op,
+        "kind" => e.kind()
+    )
+    .increment(1);
+}
+
 /// Exponential backoff with jitter: `base * 2^(attempt-1)`, capped, times [0.5, 1).
 fn backoff(slot_policy: &crate::config::LifecyclePolicy, attempt: u32) -> u64 {
     let exp = attempt.saturating_sub(1).min(30);
@@ -534,6 +545,9 @@ impl Lifecycle {
             let _permit = slot.permit(false).await;
             connector.issue(&record.grant).await
         };
+        if let Err(e) = &outcome {
+            count_error(&record.connector, "issue", e);
+        }
         let issued = match outcome {
             Ok(issued) => issued,
             Err(e) => {
@@ -764,10 +778,18 @@ impl Lifecycle {
         };
         let outcome = {
             let _permit = slot.permit(true).await;
-            slot.connector()
+            let started = std::time::Instant::now();
+            let outcome = slot
+                .connector()
                 .revoke(&record.grant, record.handle.as_deref())
-                .await
+                .await;
+            metrics::histogram!("ebb_revoke_seconds", "connector" => record.connector.clone())
+                .record(started.elapsed().as_secs_f64());
+            outcome
         };
+        if let Err(e) = &outcome {
+            count_error(&record.connector, "revoke", e);
+        }
         match outcome {
             Ok(()) => {
                 let now = self.now();
@@ -820,10 +842,17 @@ impl Lifecycle {
         };
         let outcome = {
             let _permit = slot.permit_verify().await;
-            connector
+            let started = std::time::Instant::now();
+            let outcome = connector
                 .verify_revoked(&record.grant, record.handle.as_deref(), credential.as_ref())
-                .await
+                .await;
+            metrics::histogram!("ebb_verify_seconds", "connector" => record.connector.clone())
+                .record(started.elapsed().as_secs_f64());
+            outcome
         };
+        if let Err(e) = &outcome {
+            count_error(&record.connector, "verify-revoked", e);
+        }
         let now = self.now();
         let policy = slot.policy;
         match outcome {
@@ -875,6 +904,8 @@ impl Lifecycle {
         let now = self.now();
         let attempts = record.attempts + 1;
         tracing::warn!(grant = %record.grant.id, residue = residue.len(), attempts, "verification found access that remains; revoking again");
+        metrics::counter!("ebb_residue_found_total", "connector" => record.connector.clone())
+            .increment(residue.len() as u64);
         let escalate = attempts >= policy.escalate_after;
         let delay = if escalate { policy.retry_max_ms } else { 0 };
         let record = self.transition(
@@ -938,6 +969,8 @@ impl Lifecycle {
         let now = self.now();
         let first = record.escalated_at.is_none();
         if first {
+            metrics::counter!("ebb_escalations_total", "connector" => record.connector.clone())
+                .increment(1);
             tracing::error!(grant = %record.grant.id, connector = %record.connector, attempts = record.attempts, why, "ESCALATED: revocation of this grant is not verified; it will keep being retried");
         }
         let due = record.due_at;

@@ -75,6 +75,22 @@ pub enum CallError {
 }
 
 impl CallError {
+    /// A short, stable name of the failure, for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Connector(ConnectorError::Invalid(_)) => "invalid",
+            Self::Connector(ConnectorError::Denied(_)) => "denied",
+            Self::Connector(ConnectorError::Unavailable(_)) => "unavailable",
+            Self::Connector(ConnectorError::Internal(_)) => "internal",
+            Self::Connector(ConnectorError::Unsupported(_)) => "unsupported",
+            Self::Timeout { .. } => "timeout",
+            Self::MemoryLimit { .. } => "memory-limit",
+            Self::OutputTooLarge { .. } => "output-too-large",
+            Self::Trap { .. } => "trap",
+            Self::Host { .. } => "host",
+        }
+    }
+
     /// Whether the same call may succeed later. Traps and limits are retried too: a
     /// revocation must not be abandoned because a connector had a bad moment; the
     /// lifecycle's attempt budget bounds the retries.
