@@ -699,8 +699,15 @@ impl Lifecycle {
         // grant parked until its lease ran out.
         let _lock = self.inner.locks.lock(id).await;
         let mut record = self.load(id)?;
+        // Claimed, but is it still due? Another job may have moved it on while this
+        // one waited (e.g. a step committed "due now" and the scheduler claimed it
+        // again), or a voided lease woke it early. Put the index entry back at the
+        // grant's own due time, and do nothing.
+        if record.due_at.is_none_or(|due| due > self.now()) {
+            self.inner.store.reschedule(id, record.due_at)?;
+            return Ok(());
+        }
         loop {
-            let now = self.now();
             record = match record.state {
                 GrantState::Requested => {
                     self.deny_locked(record, "ebb", "not approved within the approval window")?;
@@ -725,22 +732,7 @@ impl Lifecycle {
                 GrantState::IssueFailed => {
                     self.begin_revoke(record, Trigger::Compensation, "ebb", None)?
                 }
-                GrantState::Active => {
-                    if now < record.grant.not_after {
-                        // Woken early (e.g. a lease was voided): wait for not-after.
-                        let not_after = record.grant.not_after;
-                        let mut r = record;
-                        r.due_at = Some(not_after);
-                        self.inner.store.commit(Commit {
-                            event: event("grant.rescheduled", "ebb", &r),
-                            record: r,
-                            sealed: Sealed::Keep,
-                            lease_until: None,
-                        })?;
-                        return Ok(());
-                    }
-                    self.begin_revoke(record, Trigger::Expiry, "ebb", None)?
-                }
+                GrantState::Active => self.begin_revoke(record, Trigger::Expiry, "ebb", None)?,
                 GrantState::Residual | GrantState::Escalated => {
                     let trigger = record.trigger.unwrap_or(Trigger::Expiry);
                     self.begin_revoke(record, trigger, "ebb", None)?

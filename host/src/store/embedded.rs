@@ -143,13 +143,27 @@ impl SledStore {
     /// Opens (or creates) the store in `dir`. `chain_key` keys the audit chain.
     /// Must be called within a tokio runtime (the group-commit flusher is a task).
     pub fn open(dir: &Path, chain_key: [u8; 32]) -> Result<Arc<Self>> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir)
             .cache_capacity(64 * 1024 * 1024)
             .mode(sled::Mode::HighThroughput)
-            .flush_every_ms(Some(1000))
-            .open()
-            .map_err(|e| Error::Storage(format!("opening {}: {e}", dir.display())))?;
+            .flush_every_ms(Some(1000));
+        // sled's background threads can hold a just-closed database for a moment, so
+        // a reopen in the same process retries a held lock briefly. Another process
+        // holding it still gets the error after two seconds.
+        let mut attempts = 0;
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e))
+                    if e.kind() == std::io::ErrorKind::WouldBlock && attempts < 100 =>
+                {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => return Err(Error::Storage(format!("opening {}: {e}", dir.display()))),
+            }
+        };
         Self::with_db(db, chain_key, true)
     }
 
@@ -404,6 +418,23 @@ impl Store for SledStore {
             self.db.apply_batch(batch).map_err(storage)?;
         }
         Ok(claimed)
+    }
+
+    fn reschedule(&self, id: &str, due: Option<Timestamp>) -> Result<()> {
+        let _shared = self.lock();
+        let mut batch = sled::Batch::default();
+        if let Some(current) = self.current_due(id)? {
+            batch.remove(due_key(current, id));
+        }
+        match due {
+            Some(due) => {
+                batch.insert(due_key(due, id), &[][..]);
+                batch.insert(key("d/", id), &due.to_be_bytes()[..]);
+            }
+            None => batch.remove(key("d/", id)),
+        }
+        batch.remove(key("l/", id));
+        self.db.apply_batch(batch).map_err(storage)
     }
 
     fn next_due(&self) -> Result<Option<Timestamp>> {

@@ -239,6 +239,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         limit: usize,
     ) -> Result<Vec<String>>;
 
+    /// Puts grant `id`'s due entry back at `due` (or removes it), releasing a claim
+    /// without a state change: index upkeep, not a transition, so no audit event.
+    fn reschedule(&self, id: &str, due: Option<Timestamp>) -> Result<()>;
+
     /// When the earliest due entry is, if any.
     fn next_due(&self) -> Result<Option<Timestamp>>;
 
