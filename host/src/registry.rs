@@ -145,14 +145,6 @@ impl Registry {
             .cloned()
     }
 
-    /// Removes the instance `name`; calls in flight finish.
-    pub fn remove(&self, name: &str) -> Option<Arc<Slot>> {
-        self.slots
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(name)
-    }
-
     pub fn all(&self) -> Vec<Arc<Slot>> {
         self.slots
             .read()

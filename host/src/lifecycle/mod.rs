@@ -151,11 +151,11 @@ struct Inner {
     /// Wakes the scheduler when a due time may have moved earlier.
     wake: Notify,
     jobs: Arc<Semaphore>,
-    shutdown: tokio_util_shutdown::Shutdown,
+    shutdown: shutdown::Shutdown,
 }
 
-/// A tiny shutdown signal (a flag plus a notify), to avoid a dependency for it.
-mod tokio_util_shutdown {
+/// The engine's shutdown signal: a flag plus a notify.
+mod shutdown {
     use std::sync::atomic::{AtomicBool, Ordering};
     use tokio::sync::Notify;
 
@@ -234,7 +234,7 @@ impl Lifecycle {
                 locks: Locks::default(),
                 wake: Notify::new(),
                 jobs: Arc::new(Semaphore::new(config.max_jobs)),
-                shutdown: tokio_util_shutdown::Shutdown::default(),
+                shutdown: shutdown::Shutdown::default(),
             }),
         }
     }
