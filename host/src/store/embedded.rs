@@ -65,7 +65,13 @@ struct Shared {
 struct GroupCommit {
     written: AtomicU64,
     flushed: watch::Receiver<u64>,
-    kick: Arc<Notify>,
+    kick: Arc<Kick>,
+}
+
+/// How the store wakes its flusher, and tells it the store is gone.
+struct Kick {
+    notify: Notify,
+    closed: std::sync::atomic::AtomicBool,
 }
 
 fn storage(e: impl std::fmt::Display) -> Error {
@@ -200,14 +206,20 @@ impl SledStore {
         let group = Arc::new(GroupCommit {
             written: AtomicU64::new(0),
             flushed,
-            kick: Arc::new(Notify::new()),
+            kick: Arc::new(Kick {
+                notify: Notify::new(),
+                closed: std::sync::atomic::AtomicBool::new(false),
+            }),
         });
         let kick = group.kick.clone();
         let weak_group = Arc::downgrade(&group);
         let weak_db = Arc::downgrade(&db);
         tokio::spawn(async move {
             loop {
-                kick.notified().await;
+                kick.notify.notified().await;
+                if kick.closed.load(Ordering::Acquire) {
+                    break;
+                }
                 // Hold the db only while flushing, and let go of it before telling
                 // anyone: a caller that syncs and then drops the store must find the
                 // db closed (its file lock released) right away.
@@ -225,7 +237,7 @@ impl SledStore {
                     Err(e) => {
                         tracing::error!(error = %e, "store flush failed; retrying");
                         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                        kick.notify_one();
+                        kick.notify.notify_one();
                     }
                 }
             }
@@ -290,8 +302,10 @@ impl SledStore {
 
 impl Drop for SledStore {
     fn drop(&mut self) {
-        // Let the flusher notice the store is gone and end.
-        self.group.kick.notify_one();
+        // Drop runs before the fields are dropped: mark the store closed first, so a
+        // woken flusher ends instead of upgrading its handle and holding the db open.
+        self.group.kick.closed.store(true, Ordering::Release);
+        self.group.kick.notify.notify_one();
     }
 }
 
@@ -573,7 +587,7 @@ impl Store for SledStore {
             if *flushed.borrow() >= target {
                 return Ok(());
             }
-            self.group.kick.notify_one();
+            self.group.kick.notify.notify_one();
             flushed
                 .wait_for(|done| *done >= target)
                 .await
