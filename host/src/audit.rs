@@ -20,7 +20,7 @@ use sha2::Sha256;
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// One audit event, as stored and served.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditEvent {
     /// Position in the chain, from 1, without gaps.
     pub seq: u64,
@@ -127,7 +127,7 @@ impl Chain {
 }
 
 /// What [`verify_chain`] found.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ChainReport {
     /// Events checked.
     pub events: u64,

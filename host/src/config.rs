@@ -34,12 +34,42 @@ pub struct Config {
     pub store: StoreConfig,
     #[serde(default)]
     pub server: ServerConfig,
+    #[serde(default)]
+    pub plugins: PluginsConfig,
     /// API bearer tokens, stored as sha256 hashes.
     #[serde(default)]
     pub tokens: Vec<TokenConfig>,
     /// Connector instances by name.
     #[serde(default)]
     pub connectors: BTreeMap<String, ConnectorConfig>,
+}
+
+/// Connectors loaded while the host runs: a watched folder, written to by the admin
+/// API, and an allow-list of component digests.
+///
+/// The folder holds `<instance>.toml` files, each with the keys of a
+/// `[connectors.<instance>]` table, and their components (relative `component`
+/// paths resolve against the folder). Adding a file loads the instance, changing it
+/// or its component reloads it, removing it unloads it (refused while it has live
+/// grants).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PluginsConfig {
+    pub dir: Option<PathBuf>,
+    /// Watch `dir` for changes (otherwise only the admin API changes it).
+    pub watch: bool,
+    /// If not empty, only components whose sha256 is listed load, from any source.
+    pub allowed_sha256: Vec<String>,
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            watch: true,
+            allowed_sha256: Vec::new(),
+        }
+    }
 }
 
 /// The admin API's listener.
@@ -127,6 +157,11 @@ impl Config {
                 connector.component = base.join(&connector.component);
             }
         }
+        if let Some(dir) = &config.plugins.dir
+            && dir.is_relative()
+        {
+            config.plugins.dir = Some(base.join(dir));
+        }
         Ok(config)
     }
 
@@ -139,12 +174,32 @@ impl Config {
                 .with_context(|| format!("connector `{name}`"))?;
         }
         for token in &config.tokens {
-            if token.sha256.len() != 64 || !token.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            if !is_sha256_hex(&token.sha256) {
                 bail!("token `{}`: sha256 must be 64 hex digits", token.name);
+            }
+        }
+        for digest in &config.plugins.allowed_sha256 {
+            if !is_sha256_hex(digest) {
+                bail!("plugins.allowed-sha256: `{digest}` is not 64 hex digits");
             }
         }
         Ok(config)
     }
+}
+
+/// Whether `s` is a sha256 digest in hex.
+pub fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Whether `name` can name a connector instance (and its file in the plugins
+/// folder): 1–63 of `a-z 0-9 - _`, starting with a letter or digit.
+pub fn is_instance_name(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_'))
+        && name.as_bytes()[0].is_ascii_alphanumeric()
 }
 
 /// Settings of the Wasm runtime shared by all connectors.
@@ -306,9 +361,21 @@ impl ConnectorConfig {
         self
     }
 
-    fn validate(&self) -> anyhow::Result<()> {
+    /// Parses one instance's TOML (a plugins-folder file), resolving a relative
+    /// `component` against `base`.
+    pub fn parse_toml(text: &str, base: &Path) -> anyhow::Result<Self> {
+        let mut config: Self = toml::from_str(text)?;
+        config.validate()?;
+        if config.component.is_relative() {
+            config.component = base.join(&config.component);
+        }
+        Ok(config)
+    }
+
+    /// Checks what deserializing cannot.
+    pub fn validate(&self) -> anyhow::Result<()> {
         if let Some(pin) = &self.sha256
-            && (pin.len() != 64 || !pin.bytes().all(|b| b.is_ascii_hexdigit()))
+            && !is_sha256_hex(pin)
         {
             bail!("sha256 must be 64 hex digits, got `{pin}`");
         }

@@ -14,7 +14,7 @@ use zeroize::Zeroize;
 pub type Timestamp = u64;
 
 /// Whether a subject is a workload or a person.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum SubjectKind {
     Workload,
@@ -22,23 +22,25 @@ pub enum SubjectKind {
 }
 
 /// A verified identity and its claims.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Subject {
     pub id: String,
     pub kind: SubjectKind,
+    /// `[name, value]` pairs.
     #[serde(default)]
+    #[schema(value_type = Vec<Vec<String>>)]
     pub claims: Vec<(String, String)>,
 }
 
 /// One action on one resource, in the connector's own syntax.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Permission {
     pub action: String,
     pub resource: String,
 }
 
 /// An approved grant, as a connector sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Grant {
     pub id: String,
     pub subject: Subject,
@@ -96,7 +98,7 @@ pub struct Issued {
 }
 
 /// What kind of access remains.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum ResidueKind {
     CredentialAccepted,
@@ -107,7 +109,7 @@ pub enum ResidueKind {
 }
 
 /// Evidence that access remains.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Residue {
     pub kind: ResidueKind,
     pub detail: String,
@@ -145,7 +147,7 @@ impl ConnectorError {
 }
 
 /// A connector's honest statement of what it can do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Capabilities {
     pub revocable: bool,
     pub downstream_expiry: bool,
@@ -156,7 +158,7 @@ pub struct Capabilities {
 }
 
 /// One action a connector understands.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ActionInfo {
     pub name: String,
     pub description: String,
@@ -164,7 +166,7 @@ pub struct ActionInfo {
 }
 
 /// What `describe` returns.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ConnectorInfo {
     pub name: String,
     pub version: String,

@@ -21,6 +21,7 @@ pub mod audit;
 pub mod config;
 pub mod connector;
 pub mod lifecycle;
+pub mod loader;
 pub mod metrics;
 pub mod registry;
 pub mod runtime;

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use ebb_host::api::{self, AppState, Tokens};
 use ebb_host::config::{Config, ConnectorConfig, RuntimeConfig};
 use ebb_host::lifecycle::{Clock, EngineConfig, Lifecycle};
+use ebb_host::loader::Loader;
 use ebb_host::registry::Registry;
 use ebb_host::runtime::{Digest, Runtime};
 use ebb_host::seal::{HostKey, Sealer};
@@ -182,26 +183,6 @@ async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", config.store.path.display()))?;
     let store = SledStore::open(&config.store.path, key.derive("audit-chain"))?;
     let registry = Arc::new(Registry::new(Runtime::new(&config.runtime)?));
-    for (name, connector) in &config.connectors {
-        match registry.load(name, connector).await {
-            Ok(slot) => {
-                let loaded = slot.connector();
-                tracing::info!(
-                    connector = name,
-                    sha256 = %loaded.digest(),
-                    version = %loaded.info().version,
-                    "connector loaded"
-                );
-            }
-            // Keep serving: the other connectors' grants must still expire. Grants of
-            // this connector fail their calls and escalate until it loads.
-            Err(e) => tracing::error!(
-                connector = name,
-                error = format!("{e:#}"),
-                "connector failed to load"
-            ),
-        }
-    }
     let lifecycle = Lifecycle::new(
         store,
         Sealer::new(&key),
@@ -209,6 +190,15 @@ async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
         Clock::system(),
         EngineConfig::default(),
     );
+    // Connectors first, then the scheduler: work recovered from the last run needs them.
+    let loader = Loader::new(lifecycle.clone(), config.plugins.clone());
+    loader.load_configured(&config.connectors).await;
+    if let Some(dir) = &config.plugins.dir {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the plugins folder {}", dir.display()))?;
+        loader.reconcile().await;
+    }
+    let _watcher = loader.watch().context("watching the plugins folder")?;
     lifecycle.start()?;
     if config.tokens.is_empty() {
         tracing::warn!(
@@ -217,6 +207,7 @@ async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
     }
     let state = AppState {
         lifecycle: lifecycle.clone(),
+        loader,
         tokens: Arc::new(Tokens::new(&config.tokens)?),
         metrics: Some(metrics),
     };

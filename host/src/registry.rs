@@ -6,6 +6,7 @@
 use crate::config::{ConnectorConfig, LifecyclePolicy};
 use crate::runtime::{Connector, Runtime};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -15,7 +16,9 @@ pub struct Slot {
     name: String,
     current: RwLock<Connector>,
     config: RwLock<ConnectorConfig>,
-    pub policy: LifecyclePolicy,
+    /// Set while the instance is being unloaded: new requests are refused, work on
+    /// existing grants goes on.
+    draining: AtomicBool,
     calls: Arc<Semaphore>,
     background: Arc<Semaphore>,
     /// Verification's share of the background pool: at most half of it, so
@@ -41,6 +44,23 @@ impl Slot {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The lifecycle policy of the current configuration.
+    pub fn policy(&self) -> LifecyclePolicy {
+        self.config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .lifecycle
+    }
+
+    /// Whether the instance is being unloaded (and takes no new requests).
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    pub fn set_draining(&self, draining: bool) {
+        self.draining.store(draining, Ordering::SeqCst);
     }
 
     /// The configuration the current version was loaded with.
@@ -75,7 +95,8 @@ impl Slot {
         }
     }
 
-    /// Replaces the version that serves new calls.
+    /// Replaces the version that serves new calls. Calls in flight keep the version
+    /// they started with. The call pools keep the sizes they were created with.
     pub fn swap(&self, connector: Connector, config: ConnectorConfig) -> Connector {
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = config;
         std::mem::replace(
@@ -114,9 +135,16 @@ impl Registry {
     /// Loads (or reloads) the instance `name`.
     pub async fn load(&self, name: &str, config: &ConnectorConfig) -> anyhow::Result<Arc<Slot>> {
         let connector = self.runtime.load(name, config).await?;
-        if let Some(slot) = self.get(name) {
-            slot.swap(connector, config.clone());
-            return Ok(slot);
+        Ok(self.install(name, connector, config.clone()))
+    }
+
+    /// Makes `connector` serve instance `name`: swaps it in atomically if the
+    /// instance exists, adds the instance otherwise.
+    pub fn install(&self, name: &str, connector: Connector, config: ConnectorConfig) -> Arc<Slot> {
+        let mut slots = self.slots.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(slot) = slots.get(name) {
+            slot.swap(connector, config);
+            return slot.clone();
         }
         // Half for background work (at least one), the rest (at least one) for requests.
         let total = config.lifecycle.max_concurrent_calls.max(2);
@@ -124,17 +152,22 @@ impl Registry {
         let slot = Arc::new(Slot {
             name: name.to_owned(),
             current: RwLock::new(connector),
-            config: RwLock::new(config.clone()),
-            policy: config.lifecycle,
+            config: RwLock::new(config),
+            draining: AtomicBool::new(false),
             calls: Arc::new(Semaphore::new(total - background)),
             background: Arc::new(Semaphore::new(background)),
             verify: Arc::new(Semaphore::new((background / 2).max(1))),
         });
+        slots.insert(name.to_owned(), slot.clone());
+        slot
+    }
+
+    /// Removes instance `name`. Calls in flight finish on the version they hold.
+    pub fn remove(&self, name: &str) -> Option<Arc<Slot>> {
         self.slots
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(name.to_owned(), slot.clone());
-        Ok(slot)
+            .remove(name)
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<Slot>> {

@@ -6,7 +6,34 @@ use crate::lifecycle;
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
+
+/// The body of every error response.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, for programs: `unauthenticated`, `forbidden`, `not-found`,
+    /// `bad-request`, `conflict`, `downstream-failed`, `unavailable`, `internal`.
+    pub code: String,
+    /// For people: what is wrong and, where it helps, what to do.
+    pub message: String,
+}
+
+impl ErrorBody {
+    pub fn new(code: &str, message: String) -> Self {
+        Self {
+            error: ErrorDetail {
+                code: code.to_owned(),
+                message,
+            },
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -20,6 +47,9 @@ pub enum ApiError {
     BadRequest(String),
     #[error("{0}")]
     Conflict(String),
+    /// The host cannot serve now (e.g. its store does not answer).
+    #[error("{0}")]
+    Unavailable(String),
     /// The downstream system or connector failed; the grant is being made safe.
     #[error("{0}")]
     Downstream(String),
@@ -36,6 +66,7 @@ impl ApiError {
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request"),
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Self::Downstream(_) => (StatusCode::BAD_GATEWAY, "downstream-failed"),
+            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -47,11 +78,7 @@ impl IntoResponse for ApiError {
         if let Self::Internal(detail) = &self {
             tracing::error!(error = %detail, "internal error serving a request");
         }
-        let mut response = (
-            status,
-            Json(json!({ "error": { "code": code, "message": self.to_string() } })),
-        )
-            .into_response();
+        let mut response = (status, Json(ErrorBody::new(code, self.to_string()))).into_response();
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,
@@ -68,7 +95,7 @@ impl From<lifecycle::Error> for ApiError {
         match e {
             E::NotFound(_) => Self::NotFound(e.to_string()),
             E::Invalid(_) | E::UnknownConnector(_) => Self::BadRequest(e.to_string()),
-            E::Illegal(_) => Self::Conflict(e.to_string()),
+            E::Illegal(_) | E::Draining(_) => Self::Conflict(e.to_string()),
             E::SelfApproval => Self::Forbidden(e.to_string()),
             E::Issue(_) | E::VerifyIssued(_) => Self::Downstream(e.to_string()),
             E::Store(crate::store::Error::Conflict(_)) => Self::Conflict(e.to_string()),

@@ -1,7 +1,7 @@
 //! `/v1/grants`: request, approve, deny, issue, complete, fail, revoke, get, list,
 //! report.
 
-use super::error::rejection;
+use super::error::{ErrorBody, rejection};
 use super::{ApiError, AppState, Principal};
 use crate::config::{ApprovalMode, Role};
 use crate::connector::{Credential, Permission, Subject, SubjectKind};
@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 const AUTO_ISSUE_WINDOW_MS: u64 = 30_000;
 
 /// `POST /v1/grants`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GrantRequest {
     /// The connector instance, e.g. `postgres`.
@@ -33,7 +33,7 @@ pub struct GrantRequest {
 }
 
 /// A grant and, in the one response that issues it, its credential.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct GrantResponse {
     pub grant: GrantRecord,
     /// Shown once, here, and never again.
@@ -42,8 +42,9 @@ pub struct GrantResponse {
 }
 
 /// The credential as JSON fields: `{"user": "...", "password": "..."}`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(transparent)]
+#[schema(value_type = std::collections::BTreeMap<String, String>)]
 pub struct CredentialView(std::collections::BTreeMap<String, String>);
 
 impl From<Credential> for CredentialView {
@@ -53,7 +54,7 @@ impl From<Credential> for CredentialView {
 }
 
 /// A reason for deny, fail or revoke.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReasonBody {
     #[serde(default)]
@@ -65,7 +66,9 @@ fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
 }
 
 /// An optional body: absent or empty is the default.
-fn optional_body<T: Default>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+pub(super) fn optional_body<T: Default>(
+    body: Result<Json<T>, JsonRejection>,
+) -> Result<T, ApiError> {
     match body {
         Ok(Json(b)) => Ok(b),
         Err(JsonRejection::MissingJsonContentType(_)) => Ok(T::default()),
@@ -105,6 +108,19 @@ fn load_visible(state: &AppState, p: &Principal, id: &str) -> Result<GrantRecord
     }
 }
 
+/// Requests a grant. Approved by policy at once, it is issued in the same call.
+#[utoipa::path(post, path = "/v1/grants", tag = "grants",
+    security(("bearer" = [])),
+    request_body = GrantRequest,
+    responses(
+        (status = 201, description = "Approved by policy and issued: the credential is in this response and never again", body = GrantResponse),
+        (status = 202, description = "Recorded; waiting for approval", body = GrantResponse),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 409, body = ErrorBody),
+        (status = 502, body = ErrorBody),
+    ))]
 pub async fn request(
     State(state): State<AppState>,
     principal: Principal,
@@ -123,7 +139,7 @@ pub async fn request(
         .ok_or_else(|| {
             ApiError::BadRequest(format!("no connector named `{}` is loaded", req.connector))
         })?;
-    let decision = match slot.policy.approval {
+    let decision = match slot.policy().approval {
         // Issued in this same request: if the host dies before issuing, nobody will
         // come back for it, so the approval lapses soon (nothing exists downstream).
         ApprovalMode::Auto => Decision::Approve {
@@ -171,6 +187,18 @@ pub async fn request(
     ))
 }
 
+/// Issues an approved grant; only its requester may.
+#[utoipa::path(post, path = "/v1/grants/{id}/issue", tag = "grants",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The grant id")),
+    responses(
+        (status = 201, description = "Issued: the credential is in this response and never again", body = GrantResponse),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody),
+        (status = 502, body = ErrorBody),
+    ))]
 pub async fn issue(
     State(state): State<AppState>,
     principal: Principal,
@@ -193,6 +221,19 @@ pub async fn issue(
     ))
 }
 
+/// Approves a request. A requester can never approve its own.
+#[utoipa::path(post, path = "/v1/grants/{id}/approve", tag = "grants",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The grant id")),
+    request_body(content = Option<ReasonBody>),
+    responses(
+        (status = 200, body = GrantRecord),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody),
+    ))]
 pub async fn approve(
     State(state): State<AppState>,
     principal: Principal,
@@ -218,6 +259,19 @@ pub async fn approve(
     ))
 }
 
+/// Denies a request.
+#[utoipa::path(post, path = "/v1/grants/{id}/deny", tag = "grants",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The grant id")),
+    request_body(content = Option<ReasonBody>),
+    responses(
+        (status = 200, body = GrantRecord),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody),
+    ))]
 pub async fn deny(
     State(state): State<AppState>,
     principal: Principal,
@@ -253,6 +307,19 @@ async fn end(
     ))
 }
 
+/// The task is done: revokes the grant and verifies it.
+#[utoipa::path(post, path = "/v1/grants/{id}/complete", tag = "grants",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The grant id")),
+    request_body(content = Option<ReasonBody>),
+    responses(
+        (status = 200, description = "Revocation started (or the grant was already ending)", body = GrantRecord),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody),
+    ))]
 pub async fn complete(
     State(state): State<AppState>,
     principal: Principal,
@@ -263,6 +330,19 @@ pub async fn complete(
     end(state, principal, id, Trigger::TaskCompleted, reason.reason).await
 }
 
+/// The task failed: revokes the grant and verifies it.
+#[utoipa::path(post, path = "/v1/grants/{id}/fail", tag = "grants",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The grant id")),
+    request_body(content = Option<ReasonBody>),
+    responses(
+        (status = 200, description = "Revocation started (or the grant was already ending)", body = GrantRecord),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody),
+    ))]
 pub async fn fail(
     State(state): State<AppState>,
     principal: Principal,
@@ -273,6 +353,19 @@ pub async fn fail(
     end(state, principal, id, Trigger::TaskFailed, reason.reason).await
 }
 
+/// Revokes a grant now (its requester, or an operator for any grant).
+#[utoipa::path(post, path = "/v1/grants/{id}/revoke", tag = "grants",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The grant id")),
+    request_body(content = Option<ReasonBody>),
+    responses(
+        (status = 200, description = "Revocation started (or the grant was already ending)", body = GrantRecord),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody),
+    ))]
 pub async fn revoke(
     State(state): State<AppState>,
     principal: Principal,
@@ -283,6 +376,15 @@ pub async fn revoke(
     end(state, principal, id, Trigger::Manual, reason.reason).await
 }
 
+/// One grant. Never its credential.
+#[utoipa::path(get, path = "/v1/grants/{id}", tag = "grants",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The grant id")),
+    responses(
+        (status = 200, body = GrantRecord),
+        (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    ))]
 pub async fn get(
     State(state): State<AppState>,
     principal: Principal,
@@ -291,6 +393,15 @@ pub async fn get(
     Ok(Json(load_visible(&state, &principal, &id)?))
 }
 
+/// What was requested, granted and remains, with the grant's audit trail.
+#[utoipa::path(get, path = "/v1/grants/{id}/report", tag = "grants",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The grant id")),
+    responses(
+        (status = 200, body = Report),
+        (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    ))]
 pub async fn report(
     State(state): State<AppState>,
     principal: Principal,
@@ -301,16 +412,32 @@ pub async fn report(
 }
 
 /// `GET /v1/grants` filters.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Only grants in this state, e.g. `active`, `escalated`.
     pub state: Option<String>,
+    /// Only grants of this connector instance.
     pub connector: Option<String>,
+    /// Only grants of this subject (ignored for requesters: always their own).
     pub subject: Option<String>,
+    /// The `next` of the previous page.
     pub after: Option<String>,
+    /// Grants per page, 1-1000 (default 100).
     pub limit: Option<usize>,
 }
 
+/// Lists grants, oldest first. Requesters see only their own subject's.
+#[utoipa::path(get, path = "/v1/grants", tag = "grants",
+    security(("bearer" = [])),
+    params(ListQuery),
+    responses(
+        (status = 200, body = Page),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+    ))]
 pub async fn list(
     State(state): State<AppState>,
     principal: Principal,

@@ -1,29 +1,35 @@
-//! The admin API: axum, JSON, versioned under `/v1`.
+//! The admin API: axum, JSON, versioned under `/v1`, described by an OpenAPI
+//! document the host serves itself (`/v1/openapi.json`).
 //!
 //! [`router`] builds the whole API from an [`AppState`], so tests drive it with
-//! `tower::ServiceExt::oneshot` and no socket. Every route authenticates with a
-//! bearer token ([`auth`]); every error is an [`ApiError`] with a stable JSON body.
+//! `tower::ServiceExt::oneshot` and no socket. Every route but health, metrics and
+//! the document authenticates with a bearer token ([`auth`]); every error is an
+//! [`ApiError`] with a stable JSON body ([`ErrorBody`]).
 //!
-//! **Architecture invariant:** handlers call the lifecycle, never a connector or the
-//! store's write path directly.
+//! **Architecture invariant:** handlers call the lifecycle or the loader, never a
+//! connector or the store's write path directly.
 
 pub mod auth;
+mod connectors;
 mod error;
 mod grants;
 mod ops;
 
 pub use auth::{Principal, Tokens};
-pub use error::ApiError;
+pub use error::{ApiError, ErrorBody};
 
 use crate::lifecycle::Lifecycle;
+use crate::loader::Loader;
 use axum::Router;
 use axum::routing::{get, post};
 use std::sync::Arc;
+use utoipa::OpenApi as _;
 
 /// What every handler can reach.
 #[derive(Clone, Debug)]
 pub struct AppState {
     pub lifecycle: Lifecycle,
+    pub loader: Arc<Loader>,
     pub tokens: Arc<Tokens>,
     /// The Prometheus recorder's handle; `/metrics` answers 404 without one.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
@@ -41,15 +47,71 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/grants/{id}/complete", post(grants::complete))
         .route("/v1/grants/{id}/fail", post(grants::fail))
         .route("/v1/grants/{id}/revoke", post(grants::revoke))
-        .route("/v1/connectors", get(ops::connectors))
-        .route("/v1/connectors/{name}", get(ops::connector))
+        .route("/v1/connectors", get(connectors::list))
+        .route(
+            "/v1/connectors/{name}",
+            get(connectors::get)
+                .post(connectors::load)
+                .delete(connectors::unload),
+        )
+        .route("/v1/connectors/{name}/reload", post(connectors::reload))
         .route("/v1/audit", get(ops::audit))
         .route("/v1/audit/verify", get(ops::verify_audit))
+        .route("/v1/openapi.json", get(ops::openapi))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .fallback(ops::not_found)
         .with_state(state)
+}
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "Ebb admin API",
+        description = "Just-in-time access that proves it is gone: request, approve, issue and end grants; \
+                       load, upgrade and unload connectors; read and verify the audit log."
+    ),
+    paths(
+        grants::request, grants::list, grants::get, grants::report, grants::approve,
+        grants::deny, grants::issue, grants::complete, grants::fail, grants::revoke,
+        connectors::list, connectors::get, connectors::load, connectors::reload,
+        connectors::unload,
+        ops::audit, ops::verify_audit, ops::healthz, ops::readyz, ops::metrics,
+    ),
+    components(schemas(ErrorBody, connectors::LiveGrants)),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "grants", description = "The grant lifecycle"),
+        (name = "connectors", description = "Connector instances: describe, load, reload, unload"),
+        (name = "audit", description = "The tamper-evident audit log"),
+        (name = "ops", description = "Health and metrics"),
+    )
+)]
+struct ApiDoc;
+
+/// Declares the bearer-token scheme the paths refer to.
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("An API token (see `ebb token new`)"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The OpenAPI document of the API.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
 }
 
 #[cfg(test)]

@@ -1,68 +1,39 @@
-//! Connectors, audit, health.
+//! Audit, health, metrics.
 
-use super::error::rejection;
+use super::error::{ErrorBody, rejection};
 use super::{ApiError, AppState, Principal};
 use crate::audit::{AuditEvent, ChainReport};
 use crate::config::Role;
-use crate::connector::ConnectorInfo;
 use crate::store::AuditQuery;
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
-/// A loaded connector instance.
-#[derive(Debug, Serialize)]
-pub struct ConnectorView {
-    pub name: String,
-    /// The sha256 of the component serving calls now.
-    pub sha256: String,
-    pub info: ConnectorInfo,
-}
-
-fn view(slot: &crate::registry::Slot) -> ConnectorView {
-    let c = slot.connector();
-    ConnectorView {
-        name: slot.name().to_owned(),
-        sha256: c.digest().to_string(),
-        info: c.info().clone(),
-    }
-}
-
-pub async fn connectors(State(state): State<AppState>, _p: Principal) -> Json<Vec<ConnectorView>> {
-    Json(
-        state
-            .lifecycle
-            .registry()
-            .all()
-            .iter()
-            .map(|s| view(s))
-            .collect(),
-    )
-}
-
-pub async fn connector(
-    State(state): State<AppState>,
-    _p: Principal,
-    Path(name): Path<String>,
-) -> Result<Json<ConnectorView>, ApiError> {
-    let slot = state
-        .lifecycle
-        .registry()
-        .get(&name)
-        .ok_or_else(|| ApiError::NotFound(format!("no connector named `{name}`")))?;
-    Ok(Json(view(&slot)))
-}
-
-#[derive(Debug, Deserialize)]
+/// `GET /v1/audit` filters.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct AuditParams {
+    /// Only this grant's events.
     pub grant: Option<String>,
+    /// Only events after this sequence number.
     pub after: Option<u64>,
+    /// Events per page, 1-1000 (default 100).
     pub limit: Option<usize>,
 }
 
+/// Reads the audit log, oldest first.
+#[utoipa::path(get, path = "/v1/audit", tag = "audit",
+    security(("bearer" = [])),
+    params(AuditParams),
+    responses(
+        (status = 200, body = Vec<AuditEvent>),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+    ))]
 pub async fn audit(
     State(state): State<AppState>,
     principal: Principal,
@@ -86,6 +57,14 @@ pub async fn audit(
     Ok(Json(events))
 }
 
+/// Verifies the whole audit chain: keyed hashes, order, gaps and the recorded head.
+#[utoipa::path(get, path = "/v1/audit/verify", tag = "audit",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = ChainReport),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+    ))]
 pub async fn verify_audit(
     State(state): State<AppState>,
     principal: Principal,
@@ -103,21 +82,33 @@ pub async fn verify_audit(
     Ok(Json(report))
 }
 
+/// Alive.
+#[utoipa::path(get, path = "/healthz", tag = "ops",
+    responses((status = 200, content_type = "text/plain", body = String)))]
 pub async fn healthz() -> &'static str {
     "ok"
 }
 
 /// Ready when the store answers.
+#[utoipa::path(get, path = "/readyz", tag = "ops",
+    responses(
+        (status = 200, content_type = "text/plain", body = String),
+        (status = 503, body = ErrorBody),
+    ))]
 pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
-    state
-        .lifecycle
-        .store()
-        .counts()
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    state.lifecycle.store().counts().map_err(|e| {
+        tracing::error!(error = %e, "not ready: the store does not answer");
+        ApiError::Unavailable("the store does not answer".into())
+    })?;
     Ok("ready")
 }
 
 /// Prometheus exposition. Counts only: no grant ids, subjects or secrets.
+#[utoipa::path(get, path = "/metrics", tag = "ops",
+    responses(
+        (status = 200, content_type = "text/plain", body = String),
+        (status = 404, body = ErrorBody),
+    ))]
 pub async fn metrics(State(state): State<AppState>) -> Result<String, ApiError> {
     let handle = state
         .metrics
@@ -131,11 +122,14 @@ pub async fn metrics(State(state): State<AppState>) -> Result<String, ApiError> 
     Ok(crate::metrics::render(handle, &counts))
 }
 
-pub async fn not_found() -> (StatusCode, Json<serde_json::Value>) {
+pub async fn not_found() -> (StatusCode, Json<ErrorBody>) {
     (
         StatusCode::NOT_FOUND,
-        Json(
-            serde_json::json!({ "error": { "code": "not-found", "message": "no such endpoint" } }),
-        ),
+        Json(ErrorBody::new("not-found", "no such endpoint".into())),
     )
+}
+
+/// The OpenAPI document of this API.
+pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(super::openapi())
 }

@@ -66,6 +66,7 @@ async fn app() -> Router {
         EngineConfig::default(),
     );
     lifecycle.start().unwrap();
+    let loader = crate::loader::Loader::new(lifecycle.clone(), Default::default());
     let tokens = Tokens::new(&[
         token("agent", &[Role::Requester]),
         token("other-agent", &[Role::Requester]),
@@ -77,6 +78,7 @@ async fn app() -> Router {
     .unwrap();
     router(AppState {
         lifecycle,
+        loader,
         tokens: Arc::new(tokens),
         metrics: Some(recorder()),
     })
@@ -528,4 +530,44 @@ async fn bad_input_gets_a_clear_4xx_never_a_5xx() {
     assert_eq!(s, StatusCode::OK);
     let (s, _) = call(&app, "GET", "/readyz", None, None).await;
     assert_eq!(s, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn serves_an_openapi_document_of_every_route() {
+    let app = app().await;
+    let (s, doc) = call(&app, "GET", "/v1/openapi.json", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{doc}");
+    let paths = doc["paths"].as_object().unwrap();
+    for (path, method) in [
+        ("/v1/grants", "post"),
+        ("/v1/grants", "get"),
+        ("/v1/grants/{id}", "get"),
+        ("/v1/grants/{id}/report", "get"),
+        ("/v1/grants/{id}/approve", "post"),
+        ("/v1/grants/{id}/deny", "post"),
+        ("/v1/grants/{id}/issue", "post"),
+        ("/v1/grants/{id}/complete", "post"),
+        ("/v1/grants/{id}/fail", "post"),
+        ("/v1/grants/{id}/revoke", "post"),
+        ("/v1/connectors", "get"),
+        ("/v1/connectors/{name}", "get"),
+        ("/v1/connectors/{name}", "post"),
+        ("/v1/connectors/{name}", "delete"),
+        ("/v1/connectors/{name}/reload", "post"),
+        ("/v1/audit", "get"),
+        ("/v1/audit/verify", "get"),
+        ("/healthz", "get"),
+        ("/readyz", "get"),
+        ("/metrics", "get"),
+    ] {
+        assert!(
+            paths.get(path).and_then(|p| p.get(method)).is_some(),
+            "{method} {path} is not in the document"
+        );
+    }
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
 }

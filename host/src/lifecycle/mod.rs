@@ -51,6 +51,8 @@ pub enum Error {
     UnknownConnector(String),
     #[error(transparent)]
     Illegal(#[from] IllegalTransition),
+    #[error("connector `{0}` is being unloaded and takes no new requests")]
+    Draining(String),
     #[error("a requester cannot approve their own request")]
     SelfApproval,
     /// `issue` failed; the grant is being compensated (revoked by id).
@@ -121,7 +123,7 @@ impl Default for EngineConfig {
 
 /// What the host knows about a grant: what was requested, what was granted, what
 /// remains, and every event on the way.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Report {
     pub grant: GrantRecord,
     /// Whether anything of it may still exist downstream.
@@ -364,6 +366,9 @@ impl Lifecycle {
         decision: Decision,
     ) -> Result<GrantRecord> {
         let slot = self.slot(&new.connector)?;
+        if slot.is_draining() {
+            return Err(Error::Draining(new.connector));
+        }
         if new.permissions.is_empty() {
             return Err(Error::Invalid(
                 "a grant needs at least one permission".into(),
@@ -387,10 +392,12 @@ impl Lifecycle {
         if new.ttl_ms == 0 {
             return Err(Error::Invalid("ttl must be greater than zero".into()));
         }
-        if new.ttl_ms > slot.policy.max_ttl_ms {
+        if new.ttl_ms > slot.policy().max_ttl_ms {
             return Err(Error::Invalid(format!(
                 "ttl of {} ms is over the maximum of {} ms for connector `{}`",
-                new.ttl_ms, slot.policy.max_ttl_ms, new.connector
+                new.ttl_ms,
+                slot.policy().max_ttl_ms,
+                new.connector
             )));
         }
         let now = self.now();
@@ -592,7 +599,7 @@ impl Lifecycle {
         // requester's credential just stops working early. The next group commit
         // (at most a second away) makes it durable.
 
-        let policy = slot.policy;
+        let policy = slot.policy();
         if policy.verify_issued
             && connector.info().capabilities.can_verify_issued
             && let Err(e) = self.verify_issued(&slot, &record, &issued).await
@@ -618,7 +625,7 @@ impl Lifecycle {
         issued: &crate::connector::Issued,
     ) -> Result<(), CallError> {
         let deadline = tokio::time::Instant::now()
-            + Duration::from_millis(slot.policy.verify_issued_timeout_ms);
+            + Duration::from_millis(slot.policy().verify_issued_timeout_ms);
         let mut delay = Duration::from_millis(50);
         loop {
             let result = {
@@ -766,13 +773,15 @@ impl Lifecycle {
     async fn do_revoke(&self, record: GrantRecord) -> Result<GrantRecord> {
         let slot = match self.slot(&record.connector) {
             Ok(slot) => slot,
-            Err(e) => return self.failed(record, &e.to_string(), false),
+            Err(e) => return self.failed(record, &e.to_string(), false, None),
         };
+        // The version that serves this call, recorded with its outcome.
+        let connector = slot.connector();
+        let version = connector.digest().to_string();
         let outcome = {
             let _permit = slot.permit(true).await;
             let started = std::time::Instant::now();
-            let outcome = slot
-                .connector()
+            let outcome = connector
                 .revoke(&record.grant, record.handle.as_deref())
                 .await;
             metrics::histogram!("ebb_revoke_seconds", "connector" => record.connector.clone())
@@ -785,12 +794,12 @@ impl Lifecycle {
         match outcome {
             Ok(()) => {
                 let now = self.now();
-                let delay = slot.policy.propagation_delay_ms;
+                let delay = slot.policy().propagation_delay_ms;
                 self.transition(
                     record,
                     Event::RevokeSucceeded,
                     "ebb",
-                    json!({}),
+                    json!({ "connector_version": version }),
                     Sealed::Keep,
                     |r| {
                         r.revoked_at = Some(now);
@@ -799,7 +808,7 @@ impl Lifecycle {
                     },
                 )
             }
-            Err(e) => self.failed(record, &e.to_string(), e.is_retryable()),
+            Err(e) => self.failed(record, &e.to_string(), e.is_retryable(), Some(&version)),
         }
     }
 
@@ -808,14 +817,16 @@ impl Lifecycle {
     async fn do_verify(&self, record: GrantRecord) -> Result<GrantRecord> {
         let slot = match self.slot(&record.connector) {
             Ok(slot) => slot,
-            Err(e) => return self.failed(record, &e.to_string(), false),
+            Err(e) => return self.failed(record, &e.to_string(), false, None),
         };
         let connector = slot.connector();
+        let version = connector.digest().to_string();
         if !connector.info().capabilities.can_verify {
             return self.failed(
                 record,
                 "the connector cannot verify revocation; an operator must confirm it by hand",
                 false,
+                Some(&version),
             );
         }
         let credential = match self.inner.store.sealed_credential(&record.grant.id)? {
@@ -846,7 +857,7 @@ impl Lifecycle {
             count_error(&record.connector, "verify-revoked", e);
         }
         let now = self.now();
-        let policy = slot.policy;
+        let policy = slot.policy();
         match outcome {
             Ok(Verdict::Revoked) if record.state == GrantState::Verified => {
                 let until = record.reverify_until.unwrap_or(now);
@@ -855,7 +866,7 @@ impl Lifecycle {
                     record,
                     Event::Reverify,
                     "ebb",
-                    json!({ "verdict": "revoked" }),
+                    json!({ "verdict": "revoked", "connector_version": version }),
                     Sealed::Keep,
                     |r| {
                         r.due_at = (next < until).then_some(next);
@@ -869,7 +880,7 @@ impl Lifecycle {
                     record,
                     Event::VerifiedRevoked,
                     "ebb",
-                    json!({ "verdict": "revoked" }),
+                    json!({ "verdict": "revoked", "connector_version": version }),
                     // The secret has no further use once removal is proven.
                     Sealed::Shred,
                     |r| {
@@ -882,8 +893,10 @@ impl Lifecycle {
                     },
                 )
             }
-            Ok(Verdict::Residual(residue)) => self.found_residue(record, residue, &policy),
-            Err(e) => self.failed(record, &e.to_string(), e.is_retryable()),
+            Ok(Verdict::Residual(residue)) => {
+                self.found_residue(record, residue, &policy, &version)
+            }
+            Err(e) => self.failed(record, &e.to_string(), e.is_retryable(), Some(&version)),
         }
     }
 
@@ -892,6 +905,7 @@ impl Lifecycle {
         record: GrantRecord,
         residue: Vec<Residue>,
         policy: &crate::config::LifecyclePolicy,
+        version: &str,
     ) -> Result<GrantRecord> {
         let now = self.now();
         let attempts = record.attempts + 1;
@@ -904,7 +918,7 @@ impl Lifecycle {
             record,
             Event::FoundResidue,
             "ebb",
-            json!({ "residue": residue, "attempts": attempts }),
+            json!({ "residue": residue, "attempts": attempts, "connector_version": version }),
             Sealed::Keep,
             |r| {
                 r.residue = residue;
@@ -913,19 +927,30 @@ impl Lifecycle {
             },
         )?;
         if escalate {
-            return self.escalate(record, "access remains after repeated revocation");
+            return self.escalate(
+                record,
+                "access remains after repeated revocation",
+                Some(version),
+            );
         }
         Ok(record)
     }
 
     /// A failed step: retry with backoff, or escalate past the budget (and retry
     /// anyway, at the slowest pace).
-    fn failed(&self, record: GrantRecord, error: &str, retryable: bool) -> Result<GrantRecord> {
+    /// `version` is the connector version whose call failed, if one was made.
+    fn failed(
+        &self,
+        record: GrantRecord,
+        error: &str,
+        retryable: bool,
+        version: Option<&str>,
+    ) -> Result<GrantRecord> {
         let slot_policy = self
             .inner
             .registry
             .get(&record.connector)
-            .map(|s| s.policy)
+            .map(|s| s.policy())
             .unwrap_or_default();
         let attempts = record.attempts + 1;
         let now = self.now();
@@ -935,7 +960,7 @@ impl Lifecycle {
             r.attempts = attempts;
             r.last_error = Some(error.to_owned());
             r.due_at = Some(now + slot_policy.retry_max_ms);
-            return self.escalate(r, error);
+            return self.escalate(r, error, version);
         }
         let delay = if escalate {
             slot_policy.retry_max_ms
@@ -947,7 +972,7 @@ impl Lifecycle {
             record,
             Event::CallFailed,
             "ebb",
-            json!({ "error": error, "attempts": attempts, "retry_in_ms": delay }),
+            json!({ "error": error, "attempts": attempts, "retry_in_ms": delay, "connector_version": version }),
             Sealed::Keep,
             |r| {
                 r.attempts = attempts;
@@ -957,7 +982,12 @@ impl Lifecycle {
         )
     }
 
-    fn escalate(&self, record: GrantRecord, why: &str) -> Result<GrantRecord> {
+    fn escalate(
+        &self,
+        record: GrantRecord,
+        why: &str,
+        version: Option<&str>,
+    ) -> Result<GrantRecord> {
         let now = self.now();
         let first = record.escalated_at.is_none();
         if first {
@@ -970,7 +1000,7 @@ impl Lifecycle {
             record,
             Event::Escalate,
             "ebb",
-            json!({ "why": why, "first": first }),
+            json!({ "why": why, "first": first, "connector_version": version }),
             Sealed::Keep,
             |r| {
                 if r.escalated_at.is_none() {
@@ -1002,6 +1032,52 @@ impl Lifecycle {
         let _all = self.inner.jobs.acquire_many(max).await;
         self.inner.store.sync().await?;
         Ok(())
+    }
+
+    /// Grants of connector instance `connector` that still need it: every grant not
+    /// closed, and closed grants still being re-verified.
+    pub fn live_grants(&self, connector: &str) -> Result<Vec<GrantRecord>> {
+        let mut live = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self.inner.store.list(&store::ListFilter {
+                connector: Some(connector.to_owned()),
+                after,
+                limit: 1000,
+                ..Default::default()
+            })?;
+            live.extend(page.grants.into_iter().filter(|r| {
+                r.due_at.is_some() || !matches!(r.state, GrantState::Denied | GrantState::Verified)
+            }));
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(live),
+            }
+        }
+    }
+
+    /// Hands grant `id` to connector instance `to`: from now on its calls
+    /// (revocation, verification) go there. Waits for work in flight on the grant.
+    pub async fn hand_over(&self, id: &str, to: &str, actor: &str) -> Result<GrantRecord> {
+        let _lock = self.inner.locks.lock(id).await;
+        let mut record = self.load(id)?;
+        if record.connector == to {
+            return Ok(record);
+        }
+        let from = std::mem::replace(&mut record.connector, to.to_owned());
+        record.updated_at = self.now();
+        let handed = event("grant.handed-over", actor, &record)
+            .detail(json!({ "from": from, "to": to, "state": record.state }));
+        let (record, _) = self.inner.store.commit(Commit {
+            record,
+            sealed: Sealed::Keep,
+            event: handed,
+            lease_until: None,
+        })?;
+        if record.due_at.is_some() {
+            self.inner.wake.notify_one();
+        }
+        Ok(record)
     }
 
     /// Grants whose revocation is still not verified after the attempt budget.

@@ -139,16 +139,25 @@ impl Runtime {
         let bytes = tokio::fs::read(&config.component)
             .await
             .with_context(|| format!("reading component {}", config.component.display()))?;
-        let digest = Digest::of(&bytes);
+        self.load_bytes(name, config, &bytes).await
+    }
+
+    /// [`Runtime::load`] for a component already read (so a caller can check its
+    /// digest against an allow-list first, without reading the file twice).
+    pub async fn load_bytes(
+        &self,
+        name: &str,
+        config: &ConnectorConfig,
+        bytes: &[u8],
+    ) -> anyhow::Result<Connector> {
+        let digest = Digest::of(bytes);
         if let Some(pin) = &config.sha256
             && !pin.eq_ignore_ascii_case(&digest.to_string())
         {
-            {
-                bail!(
-                    "component {} has sha256 {digest}, but the configuration pins {pin}",
-                    config.component.display()
-                );
-            }
+            bail!(
+                "component {} has sha256 {digest}, but the configuration pins {pin}",
+                config.component.display()
+            );
         }
         let memory_bytes = config.limits.memory_mib * 1024 * 1024;
         if memory_bytes > self.inner.max_memory_bytes {
@@ -157,7 +166,7 @@ impl Runtime {
                 config.limits.memory_mib
             );
         }
-        let component = self.compile(&bytes, &digest).await?;
+        let component = self.compile(bytes, &digest).await?;
         let pre = self
             .inner
             .linker

@@ -45,7 +45,7 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// An approval of a grant request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Approval {
     pub by: String,
     pub at: Timestamp,
@@ -54,7 +54,7 @@ pub struct Approval {
 }
 
 /// Everything the host knows about one grant.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GrantRecord {
     /// What the connector sees. `grant.not_after` is 0 until issuance sets it.
     pub grant: Grant,
@@ -175,7 +175,7 @@ pub struct Commit {
 }
 
 /// A page of grants.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct Page {
     pub grants: Vec<GrantRecord>,
     /// Pass as `after` to get the next page.
