@@ -15,6 +15,9 @@ fi
 need=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v runuser >/dev/null 2>&1 || need+=(util-linux)
+# Python with venv and pip, for the API fuzz pass (schemathesis from PyPI).
+python3 -m venv --help >/dev/null 2>&1 || need+=(python3-venv python3-pip)
+command -v curl >/dev/null 2>&1 || need+=(curl ca-certificates)
 if [ ${#need[@]} -gt 0 ]; then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"

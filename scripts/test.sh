@@ -15,6 +15,11 @@ cargo test --workspace --all-targets --locked 2>&1 | tee -a "$log" || status=$?
 if [ "$status" = 0 ]; then
   cargo test --workspace --doc --locked 2>&1 | tee -a "$log" || status=$?
 fi
+# The API fuzz pass (schemathesis against the served OpenAPI document) counts as one test.
+if [ "$status" = 0 ]; then
+  ./scripts/fuzz-api.sh 2>&1 | tee -a "$log" || status=$?
+fi
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }
+     /^api fuzz: passed/ { p += 1 } /^api fuzz: FAILED/ { f += 1 }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
 exit "$status"

@@ -56,7 +56,7 @@ impl From<LoadError> for ApiError {
 }
 
 /// Lists the loaded connector instances.
-#[utoipa::path(get, path = "/v1/connectors", tag = "connectors",
+#[utoipa::path(get, operation_id = "list_connectors", path = "/v1/connectors", tag = "connectors",
     security(("bearer" = [])),
     responses(
         (status = 200, body = Vec<ConnectorView>),
@@ -76,7 +76,7 @@ pub async fn list(State(state): State<AppState>, _p: Principal) -> Json<Vec<Conn
 
 /// Describes one instance: what `describe` answered, its version, and how many
 /// grants still need it.
-#[utoipa::path(get, path = "/v1/connectors/{name}", tag = "connectors",
+#[utoipa::path(get, operation_id = "get_connector", path = "/v1/connectors/{name}", tag = "connectors",
     security(("bearer" = [])),
     params(("name" = String, Path, description = "The instance name")),
     responses(
@@ -106,7 +106,7 @@ pub async fn get(
 /// (`component` relative to the plugins folder; SQL connections by `dsn-env` only).
 /// The component is validated before it serves anything, its sha256 is pinned, and
 /// the instance is written to the plugins folder so that it survives a restart.
-#[utoipa::path(post, path = "/v1/connectors/{name}", tag = "connectors",
+#[utoipa::path(post, operation_id = "load_connector", path = "/v1/connectors/{name}", tag = "connectors",
     security(("bearer" = [])),
     params(("name" = String, Path, description = "The new instance's name")),
     request_body(content = Object, description = "The keys of a [connectors.<name>] table, e.g. {\"component\": \"postgres.wasm\", \"config\": {...}, \"sql\": {\"main\": {\"dsn-env\": \"PG_DSN\"}}}"),
@@ -138,6 +138,7 @@ pub struct ReloadBody {
     pub component: Option<String>,
     /// The new version's sha256; the load fails if the component does not match.
     #[serde(default)]
+    #[schema(pattern = "^[0-9a-fA-F]{64}$")]
     pub sha256: Option<String>,
 }
 
@@ -151,7 +152,7 @@ pub struct Reloaded {
 
 /// Loads a new version of an instance and swaps it in: calls in flight finish on
 /// the old version. Without a body the configured component is read again.
-#[utoipa::path(post, path = "/v1/connectors/{name}/reload", tag = "connectors",
+#[utoipa::path(post, operation_id = "reload_connector", path = "/v1/connectors/{name}/reload", tag = "connectors",
     security(("bearer" = [])),
     params(("name" = String, Path, description = "The instance name")),
     request_body(content = Option<ReloadBody>),
@@ -167,10 +168,10 @@ pub async fn reload(
     State(state): State<AppState>,
     principal: Principal,
     Path(name): Path<String>,
-    body: Result<Json<ReloadBody>, JsonRejection>,
+    body: super::extract::Body,
 ) -> Result<Json<Reloaded>, ApiError> {
     principal.require(&state, &[Role::Operator], "reload connectors")?;
-    let body = super::grants::optional_body(body)?;
+    let body: ReloadBody = super::extract::optional_object(body)?;
     if let Some(pin) = &body.sha256
         && !crate::config::is_sha256_hex(pin)
     {
@@ -232,7 +233,7 @@ pub struct UnloadView {
 /// Unloads an instance. Refused while it has live grants, unless `live=revoke`
 /// (answers 202 and unloads once every revocation is verified) or
 /// `live=hand-over&to=<instance>`.
-#[utoipa::path(delete, path = "/v1/connectors/{name}", tag = "connectors",
+#[utoipa::path(delete, operation_id = "unload_connector", path = "/v1/connectors/{name}", tag = "connectors",
     security(("bearer" = [])),
     params(("name" = String, Path, description = "The instance name"), UnloadParams),
     responses(

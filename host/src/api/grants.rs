@@ -2,13 +2,14 @@
 //! report.
 
 use super::error::{ErrorBody, rejection};
+use super::extract;
 use super::{ApiError, AppState, Principal};
 use crate::config::{ApprovalMode, Role};
 use crate::connector::{Credential, Permission, Subject, SubjectKind};
 use crate::lifecycle::{Decision, GrantState, NewGrant, Report, Trigger};
 use crate::store::{GrantRecord, ListFilter, Page};
 use axum::Json;
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
@@ -18,15 +19,29 @@ const AUTO_ISSUE_WINDOW_MS: u64 = 30_000;
 
 /// `POST /v1/grants`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({
+    "connector": "noop",
+    "permissions": [{"action": "use", "resource": "reports"}],
+    "ttl": "15m",
+    "task": "nightly invoice export",
+    "reason": "ticket OPS-1234"
+}))]
 #[serde(deny_unknown_fields)]
 pub struct GrantRequest {
     /// The connector instance, e.g. `postgres`.
+    #[schema(min_length = 1, example = "postgres")]
     pub connector: String,
     /// Exactly what to grant.
+    #[schema(min_items = 1)]
     pub permissions: Vec<Permission>,
-    /// How long, e.g. `15m`, `90s`, `1h`.
+    /// How long, e.g. `15m`, `90s`, `1h 30m`; at most the connector's `max-ttl-ms`.
+    #[schema(
+        pattern = r"^\s*[0-9]+\s*[a-zµ]+(\s*[0-9]+\s*[a-zµ]+)*\s*$",
+        example = "15m"
+    )]
     pub ttl: String,
     /// The task the grant is for; completing or failing it revokes the grant.
+    #[schema(min_length = 1, example = "nightly invoice export")]
     pub task: String,
     #[serde(default)]
     pub reason: Option<String>,
@@ -61,22 +76,13 @@ pub struct ReasonBody {
     pub reason: Option<String>,
 }
 
-fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
-    body.map(|Json(b)| b).map_err(rejection)
-}
-
-/// An optional body: absent or empty is the default.
-pub(super) fn optional_body<T: Default>(
-    body: Result<Json<T>, JsonRejection>,
-) -> Result<T, ApiError> {
-    match body {
-        Ok(Json(b)) => Ok(b),
-        Err(JsonRejection::MissingJsonContentType(_)) => Ok(T::default()),
-        Err(JsonRejection::JsonSyntaxError(_) | JsonRejection::JsonDataError(_)) | Err(_) => {
-            Err(ApiError::BadRequest(
-                "the body must be a JSON object like {\"reason\": \"...\"}".into(),
-            ))
-        }
+/// A page size from a query: 1-1000, default 100.
+pub(super) fn page_size(limit: Option<u16>) -> Result<usize, ApiError> {
+    match limit.unwrap_or(100) {
+        n @ 1..=1000 => Ok(usize::from(n)),
+        n => Err(ApiError::BadRequest(format!(
+            "limit must be 1-1000, got {n}"
+        ))),
     }
 }
 
@@ -109,7 +115,7 @@ fn load_visible(state: &AppState, p: &Principal, id: &str) -> Result<GrantRecord
 }
 
 /// Requests a grant. Approved by policy at once, it is issued in the same call.
-#[utoipa::path(post, path = "/v1/grants", tag = "grants",
+#[utoipa::path(post, operation_id = "request_grant", path = "/v1/grants", tag = "grants",
     security(("bearer" = [])),
     request_body = GrantRequest,
     responses(
@@ -124,10 +130,10 @@ fn load_visible(state: &AppState, p: &Principal, id: &str) -> Result<GrantRecord
 pub async fn request(
     State(state): State<AppState>,
     principal: Principal,
-    req: Result<Json<GrantRequest>, JsonRejection>,
+    req: extract::Body,
 ) -> Result<(StatusCode, Json<GrantResponse>), ApiError> {
     principal.require(&state, &[Role::Requester], "request grants")?;
-    let req = body(req)?;
+    let req: GrantRequest = extract::object(req)?;
     let ttl_ms = parse_ttl(&req.ttl)?;
     if req.task.trim().is_empty() {
         return Err(ApiError::BadRequest("a grant must name its task".into()));
@@ -188,7 +194,7 @@ pub async fn request(
 }
 
 /// Issues an approved grant; only its requester may.
-#[utoipa::path(post, path = "/v1/grants/{id}/issue", tag = "grants",
+#[utoipa::path(post, operation_id = "issue_grant", path = "/v1/grants/{id}/issue", tag = "grants",
     security(("bearer" = [])),
     params(("id" = String, Path, description = "The grant id")),
     responses(
@@ -222,7 +228,7 @@ pub async fn issue(
 }
 
 /// Approves a request. A requester can never approve its own.
-#[utoipa::path(post, path = "/v1/grants/{id}/approve", tag = "grants",
+#[utoipa::path(post, operation_id = "approve_grant", path = "/v1/grants/{id}/approve", tag = "grants",
     security(("bearer" = [])),
     params(("id" = String, Path, description = "The grant id")),
     request_body(content = Option<ReasonBody>),
@@ -238,10 +244,10 @@ pub async fn approve(
     State(state): State<AppState>,
     principal: Principal,
     Path(id): Path<String>,
-    note: Result<Json<ReasonBody>, JsonRejection>,
+    note: extract::Body,
 ) -> Result<Json<GrantRecord>, ApiError> {
     principal.require(&state, &[Role::Approver], "approve grants")?;
-    let note = optional_body(note)?;
+    let note: ReasonBody = extract::optional_object(note)?;
     let grant = state.lifecycle.get(&id)?;
     if owns(&principal, &grant) {
         let _ = state.lifecycle.store().append_audit(
@@ -260,7 +266,7 @@ pub async fn approve(
 }
 
 /// Denies a request.
-#[utoipa::path(post, path = "/v1/grants/{id}/deny", tag = "grants",
+#[utoipa::path(post, operation_id = "deny_grant", path = "/v1/grants/{id}/deny", tag = "grants",
     security(("bearer" = [])),
     params(("id" = String, Path, description = "The grant id")),
     request_body(content = Option<ReasonBody>),
@@ -276,10 +282,10 @@ pub async fn deny(
     State(state): State<AppState>,
     principal: Principal,
     Path(id): Path<String>,
-    reason: Result<Json<ReasonBody>, JsonRejection>,
+    reason: extract::Body,
 ) -> Result<Json<GrantRecord>, ApiError> {
     principal.require(&state, &[Role::Approver], "deny grants")?;
-    let reason = optional_body(reason)?;
+    let reason: ReasonBody = extract::optional_object(reason)?;
     let reason = reason.reason.unwrap_or_else(|| "denied".into());
     Ok(Json(
         state.lifecycle.deny(&id, &principal.name, &reason).await?,
@@ -308,7 +314,7 @@ async fn end(
 }
 
 /// The task is done: revokes the grant and verifies it.
-#[utoipa::path(post, path = "/v1/grants/{id}/complete", tag = "grants",
+#[utoipa::path(post, operation_id = "complete_grant", path = "/v1/grants/{id}/complete", tag = "grants",
     security(("bearer" = [])),
     params(("id" = String, Path, description = "The grant id")),
     request_body(content = Option<ReasonBody>),
@@ -324,14 +330,14 @@ pub async fn complete(
     State(state): State<AppState>,
     principal: Principal,
     Path(id): Path<String>,
-    reason: Result<Json<ReasonBody>, JsonRejection>,
+    reason: extract::Body,
 ) -> Result<Json<GrantRecord>, ApiError> {
-    let reason = optional_body(reason)?;
+    let reason: ReasonBody = extract::optional_object(reason)?;
     end(state, principal, id, Trigger::TaskCompleted, reason.reason).await
 }
 
 /// The task failed: revokes the grant and verifies it.
-#[utoipa::path(post, path = "/v1/grants/{id}/fail", tag = "grants",
+#[utoipa::path(post, operation_id = "fail_grant", path = "/v1/grants/{id}/fail", tag = "grants",
     security(("bearer" = [])),
     params(("id" = String, Path, description = "The grant id")),
     request_body(content = Option<ReasonBody>),
@@ -347,14 +353,14 @@ pub async fn fail(
     State(state): State<AppState>,
     principal: Principal,
     Path(id): Path<String>,
-    reason: Result<Json<ReasonBody>, JsonRejection>,
+    reason: extract::Body,
 ) -> Result<Json<GrantRecord>, ApiError> {
-    let reason = optional_body(reason)?;
+    let reason: ReasonBody = extract::optional_object(reason)?;
     end(state, principal, id, Trigger::TaskFailed, reason.reason).await
 }
 
 /// Revokes a grant now (its requester, or an operator for any grant).
-#[utoipa::path(post, path = "/v1/grants/{id}/revoke", tag = "grants",
+#[utoipa::path(post, operation_id = "revoke_grant", path = "/v1/grants/{id}/revoke", tag = "grants",
     security(("bearer" = [])),
     params(("id" = String, Path, description = "The grant id")),
     request_body(content = Option<ReasonBody>),
@@ -370,14 +376,14 @@ pub async fn revoke(
     State(state): State<AppState>,
     principal: Principal,
     Path(id): Path<String>,
-    reason: Result<Json<ReasonBody>, JsonRejection>,
+    reason: extract::Body,
 ) -> Result<Json<GrantRecord>, ApiError> {
-    let reason = optional_body(reason)?;
+    let reason: ReasonBody = extract::optional_object(reason)?;
     end(state, principal, id, Trigger::Manual, reason.reason).await
 }
 
 /// One grant. Never its credential.
-#[utoipa::path(get, path = "/v1/grants/{id}", tag = "grants",
+#[utoipa::path(get, operation_id = "get_grant", path = "/v1/grants/{id}", tag = "grants",
     security(("bearer" = [])),
     params(("id" = String, Path, description = "The grant id")),
     responses(
@@ -394,7 +400,7 @@ pub async fn get(
 }
 
 /// What was requested, granted and remains, with the grant's audit trail.
-#[utoipa::path(get, path = "/v1/grants/{id}/report", tag = "grants",
+#[utoipa::path(get, operation_id = "grant_report", path = "/v1/grants/{id}/report", tag = "grants",
     security(("bearer" = [])),
     params(("id" = String, Path, description = "The grant id")),
     responses(
@@ -416,20 +422,21 @@ pub async fn report(
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
-    /// Only grants in this state, e.g. `active`, `escalated`.
-    pub state: Option<String>,
+    /// Only grants in this state.
+    pub state: Option<GrantState>,
     /// Only grants of this connector instance.
     pub connector: Option<String>,
     /// Only grants of this subject (ignored for requesters: always their own).
     pub subject: Option<String>,
     /// The `next` of the previous page.
     pub after: Option<String>,
-    /// Grants per page, 1-1000 (default 100).
-    pub limit: Option<usize>,
+    /// Grants per page (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u16>,
 }
 
 /// Lists grants, oldest first. Requesters see only their own subject's.
-#[utoipa::path(get, path = "/v1/grants", tag = "grants",
+#[utoipa::path(get, operation_id = "list_grants", path = "/v1/grants", tag = "grants",
     security(("bearer" = [])),
     params(ListQuery),
     responses(
@@ -444,12 +451,7 @@ pub async fn list(
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Page>, ApiError> {
     let Query(q) = query.map_err(rejection)?;
-    let grant_state = q
-        .state
-        .as_deref()
-        .map(str::parse::<GrantState>)
-        .transpose()
-        .map_err(ApiError::BadRequest)?;
+    let grant_state = q.state;
     let sees_all = principal.has(Role::Operator)
         || principal.has(Role::Auditor)
         || principal.has(Role::Approver);
@@ -466,7 +468,7 @@ pub async fn list(
         connector: q.connector,
         subject,
         after: q.after,
-        limit: q.limit.unwrap_or(100).clamp(1, 1000),
+        limit: page_size(q.limit)?,
     };
     Ok(Json(
         state

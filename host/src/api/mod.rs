@@ -12,6 +12,7 @@
 pub mod auth;
 mod connectors;
 mod error;
+mod extract;
 mod grants;
 mod ops;
 
@@ -109,9 +110,46 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
-/// The OpenAPI document of the API.
-pub fn openapi() -> utoipa::openapi::OpenApi {
-    ApiDoc::openapi()
+/// The OpenAPI document of the API, as JSON.
+///
+/// Links from a new grant to what can be done with it are added here, so clients
+/// (and fuzzers) can follow a grant through its lifecycle. (utoipa 5.5's `Link`
+/// serializes `operation_id` in snake case, which OpenAPI does not read.)
+pub fn openapi() -> &'static serde_json::Value {
+    static DOC: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+    DOC.get_or_init(|| {
+        let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+        let links: serde_json::Map<String, serde_json::Value> = [
+            "get_grant",
+            "grant_report",
+            "approve_grant",
+            "deny_grant",
+            "issue_grant",
+            "complete_grant",
+            "fail_grant",
+            "revoke_grant",
+        ]
+        .into_iter()
+        .map(|op| {
+            (
+                op.to_owned(),
+                serde_json::json!({
+                    "operationId": op,
+                    "parameters": { "id": "$response.body#/grant/grant/id" },
+                }),
+            )
+        })
+        .collect();
+        for status in ["201", "202"] {
+            if let Some(response) =
+                doc.pointer_mut(&format!("/paths/~1v1~1grants/post/responses/{status}"))
+                && let Some(response) = response.as_object_mut()
+            {
+                response.insert("links".into(), links.clone().into());
+            }
+        }
+        doc
+    })
 }
 
 #[cfg(test)]

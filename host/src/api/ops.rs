@@ -19,13 +19,15 @@ pub struct AuditParams {
     /// Only this grant's events.
     pub grant: Option<String>,
     /// Only events after this sequence number.
-    pub after: Option<u64>,
-    /// Events per page, 1-1000 (default 100).
-    pub limit: Option<usize>,
+    #[param(minimum = 0)]
+    pub after: Option<i64>,
+    /// Events per page (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u16>,
 }
 
 /// Reads the audit log, oldest first.
-#[utoipa::path(get, path = "/v1/audit", tag = "audit",
+#[utoipa::path(get, operation_id = "read_audit", path = "/v1/audit", tag = "audit",
     security(("bearer" = [])),
     params(AuditParams),
     responses(
@@ -50,15 +52,16 @@ pub async fn audit(
         .store()
         .audit(&AuditQuery {
             grant_id: q.grant,
-            after_seq: q.after.unwrap_or(0),
-            limit: q.limit.unwrap_or(100).clamp(1, 1000),
+            after_seq: u64::try_from(q.after.unwrap_or(0))
+                .map_err(|_| ApiError::BadRequest("after must not be negative".into()))?,
+            limit: super::grants::page_size(q.limit)?,
         })
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok(Json(events))
 }
 
 /// Verifies the whole audit chain: keyed hashes, order, gaps and the recorded head.
-#[utoipa::path(get, path = "/v1/audit/verify", tag = "audit",
+#[utoipa::path(get, operation_id = "verify_audit", path = "/v1/audit/verify", tag = "audit",
     security(("bearer" = [])),
     responses(
         (status = 200, body = ChainReport),
@@ -83,14 +86,14 @@ pub async fn verify_audit(
 }
 
 /// Alive.
-#[utoipa::path(get, path = "/healthz", tag = "ops",
+#[utoipa::path(get, operation_id = "healthz", path = "/healthz", tag = "ops",
     responses((status = 200, content_type = "text/plain", body = String)))]
 pub async fn healthz() -> &'static str {
     "ok"
 }
 
 /// Ready when the store answers.
-#[utoipa::path(get, path = "/readyz", tag = "ops",
+#[utoipa::path(get, operation_id = "readyz", path = "/readyz", tag = "ops",
     responses(
         (status = 200, content_type = "text/plain", body = String),
         (status = 503, body = ErrorBody),
@@ -104,7 +107,7 @@ pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiEr
 }
 
 /// Prometheus exposition. Counts only: no grant ids, subjects or secrets.
-#[utoipa::path(get, path = "/metrics", tag = "ops",
+#[utoipa::path(get, operation_id = "metrics", path = "/metrics", tag = "ops",
     responses(
         (status = 200, content_type = "text/plain", body = String),
         (status = 404, body = ErrorBody),
@@ -130,6 +133,6 @@ pub async fn not_found() -> (StatusCode, Json<ErrorBody>) {
 }
 
 /// The OpenAPI document of this API.
-pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+pub async fn openapi() -> Json<&'static serde_json::Value> {
     Json(super::openapi())
 }

@@ -480,7 +480,7 @@ async fn bad_input_gets_a_clear_4xx_never_a_5xx() {
             "/v1/grants?state=bogus",
             None,
             StatusCode::BAD_REQUEST,
-            "unknown grant state",
+            "unknown variant `bogus`",
         ),
         (
             "GET",
@@ -570,4 +570,18 @@ async fn serves_an_openapi_document_of_every_route() {
         doc["components"]["securitySchemes"]["bearer"]["scheme"],
         "bearer"
     );
+    let link = &doc["paths"]["/v1/grants"]["post"]["responses"]["202"]["links"]["approve_grant"];
+    assert_eq!(link["operationId"], "approve_grant", "{link}");
+    let ids: Vec<&str> = paths
+        .values()
+        .flat_map(|p| p.as_object().unwrap().values())
+        .filter_map(|op| op["operationId"].as_str())
+        .collect();
+    let unique: std::collections::BTreeSet<&str> = ids.iter().copied().collect();
+    assert_eq!(
+        ids.len(),
+        unique.len(),
+        "operation ids must be unique: {ids:?}"
+    );
+    assert_eq!(ids.len(), 20);
 }
