@@ -53,10 +53,12 @@ enum Command {
         #[command(subcommand)]
         command: cli::AuditCommand,
     },
-    /// Lists the host's loaded connectors.
+    /// Lists, describes, loads, reloads and unloads the host's connectors.
     Connectors {
         #[command(flatten)]
         remote: cli::Remote,
+        #[command(subcommand)]
+        command: Option<cli::ConnectorsCommand>,
     },
     /// Makes API tokens.
     Token {
@@ -116,7 +118,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve { config } => serve(config).await,
         Command::Grant { remote, command } => cli::grant(remote, command).await,
         Command::Audit { remote, command } => cli::audit(remote, command).await,
-        Command::Connectors { remote } => cli::connectors(remote).await,
+        Command::Connectors { remote, command } => cli::connectors(remote, command).await,
         Command::Token { command } => match command {
             TokenCommand::New { name, role } => {
                 let mut bytes = [0u8; 32];

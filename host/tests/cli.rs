@@ -1,5 +1,6 @@
-//! The `ebb` CLI against a running `ebb serve`: a whole lifecycle with separation of
-//! duties, in JSON and in tables.
+//! The `ebb` CLI against a running `ebb serve`: the README's lifecycle against the
+//! postgres connector and a real PostgreSQL, with separation of duties, in JSON and
+//! in tables; and an operator loading, reloading and unloading a connector.
 
 #![allow(
     clippy::unwrap_used,
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 const AGENT: &str = "cli-test-agent-token";
 const APPROVER: &str = "cli-test-approver-token";
+const OPERATOR: &str = "cli-test-operator-token";
 
 fn ebb(api: &str, token: &str, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_ebb"))
@@ -39,9 +41,11 @@ fn json(api: &str, token: &str, args: &[&str]) -> Value {
 }
 
 #[test]
-fn a_whole_lifecycle_through_the_cli() {
+fn the_readme_lifecycle_and_connector_operations_through_the_cli() {
+    let pg = ebb_test_support::Postgres::start().unwrap();
     let dir = std::env::temp_dir().join(format!("ebb-cli-{}", rand::random::<u64>()));
-    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::create_dir_all(dir.join("plugins")).unwrap();
+    std::fs::copy(ebb_test_plugins::NOOP, dir.join("plugins/noop.wasm")).unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -65,18 +69,28 @@ roles = ["requester"]
 name = "alice"
 sha256 = "{}"
 roles = ["approver", "auditor"]
-[connectors.noop]
+[[tokens]]
+name = "ops"
+sha256 = "{}"
+roles = ["operator", "auditor"]
+[plugins]
+dir = "plugins"
+[connectors.postgres]
 component = "{}"
+config = {{ allowed-resources = "public.invoices, public.customers" }}
+sql.main = {{ dsn-env = "EBB_TEST_PG_DSN", max-connections = 2 }}
 "#,
             hash(AGENT),
             hash(APPROVER),
-            ebb_test_plugins::NOOP
+            hash(OPERATOR),
+            ebb_test_plugins::POSTGRES
         ),
     )
     .unwrap();
     let mut host = Command::new(env!("CARGO_BIN_EXE_ebb"))
         .args(["serve", "--config"])
         .arg(dir.join("ebb.toml"))
+        .env("EBB_TEST_PG_DSN", pg.admin_dsn())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -96,13 +110,13 @@ component = "{}"
             "grant",
             "request",
             "--connector",
-            "noop",
+            "postgres",
             "-p",
-            "use:reports",
+            "select:public.invoices",
             "--ttl",
-            "10m",
+            "15m",
             "--task",
-            "weekly report",
+            "reconcile invoices",
         ],
     );
     assert_eq!(requested["grant"]["state"], "requested");
@@ -114,20 +128,29 @@ component = "{}"
     // The requester cannot approve; the approver can.
     let (ok, _, err) = ebb(&api, AGENT, &["grant", "approve", &id]);
     assert!(!ok && err.contains("403"), "{err}");
-    let approved = json(&api, APPROVER, &["grant", "approve", &id, "--note", "fine"]);
+    let approved = json(
+        &api,
+        APPROVER,
+        &["grant", "approve", &id, "--note", "on call"],
+    );
     assert_eq!(approved["state"], "approved");
 
     // Issue: the human output shows the credential, once.
     let (ok, out, err) = ebb(&api, AGENT, &["grant", "issue", &id]);
     assert!(ok, "{err}");
     assert!(
-        out.contains("credential (shown once):") && out.contains("token: noop"),
+        out.contains("credential (shown once):") && out.contains("user: ebb_"),
         "{out}"
     );
+    let password = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("password: "))
+        .unwrap()
+        .to_owned();
     let listed = json(&api, AGENT, &["grant", "list"]);
     assert_eq!(listed["grants"][0]["state"], "active");
     assert!(
-        !listed.to_string().contains("\"noop\"}"),
+        !listed.to_string().contains(&password),
         "no credential in listings"
     );
 
@@ -146,6 +169,62 @@ component = "{}"
     assert!(ok && out.contains("audit chain intact"), "{out}{err}");
     let (ok, _, err) = ebb(&api, "wrong-token", &["grant", "list"]);
     assert!(!ok && err.contains("401"), "{err}");
+
+    // An operator loads a connector from the plugins folder, reloads it, and unloads
+    // it with a live grant revoked first.
+    let (ok, out, err) = ebb(
+        &api,
+        OPERATOR,
+        &[
+            "connectors",
+            "load",
+            "extra",
+            "--component",
+            "noop.wasm",
+            "--auto-approve",
+        ],
+    );
+    assert!(
+        ok && out.contains("loaded extra") && out.contains("source: plugins-dir"),
+        "{out}{err}"
+    );
+    let (ok, out, _) = ebb(&api, OPERATOR, &["connectors"]);
+    assert!(
+        ok && out.contains("extra") && out.contains("postgres"),
+        "{out}"
+    );
+    let (ok, out, err) = ebb(&api, OPERATOR, &["connectors", "reload", "extra"]);
+    assert!(ok && out.contains("reloaded extra"), "{out}{err}");
+    let issued = json(
+        &api,
+        AGENT,
+        &[
+            "grant",
+            "request",
+            "--connector",
+            "extra",
+            "-p",
+            "use:x",
+            "--ttl",
+            "5m",
+            "--task",
+            "t",
+        ],
+    );
+    assert_eq!(issued["grant"]["state"], "active");
+    let (ok, _, err) = ebb(&api, OPERATOR, &["connectors", "unload", "extra"]);
+    assert!(!ok && err.contains("live grant"), "{err}");
+    let (ok, out, err) = ebb(
+        &api,
+        OPERATOR,
+        &["connectors", "unload", "extra", "--revoke", "--wait"],
+    );
+    assert!(ok && out.contains("unloaded extra"), "{out}{err}");
+    let (ok, _, err) = ebb(&api, OPERATOR, &["connectors", "get", "extra"]);
+    assert!(!ok && err.contains("404"), "{err}");
+    let id = issued["grant"]["grant"]["id"].as_str().unwrap();
+    let closed = json(&api, AGENT, &["grant", "get", id]);
+    assert_eq!(closed["state"], "verified");
 
     host.kill().unwrap();
     host.wait().unwrap();

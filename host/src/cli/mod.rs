@@ -1,5 +1,5 @@
 //! The `ebb` CLI over the admin API: `ebb grant …`, `ebb audit …`,
-//! `ebb connectors`. Human tables by default, `--json` for scripts.
+//! `ebb connectors …`. Human tables by default, `--json` for scripts.
 //!
 //! The API address and token come from `--api`/`EBB_API` and `--token`/`EBB_TOKEN`.
 
@@ -7,6 +7,9 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 use std::time::Duration;
+
+mod connectors;
+pub use connectors::{ConnectorsCommand, connectors};
 
 /// How to reach the API.
 #[derive(Debug, Args)]
@@ -122,13 +125,13 @@ pub enum AuditCommand {
     },
 }
 
-struct Client {
+pub(crate) struct Client {
     http: reqwest::Client,
     remote: Remote,
 }
 
 impl Client {
-    fn new(remote: Remote) -> anyhow::Result<Self> {
+    pub(crate) fn new(remote: Remote) -> anyhow::Result<Self> {
         Ok(Self {
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(120))
@@ -137,7 +140,7 @@ impl Client {
         })
     }
 
-    async fn send(
+    pub(crate) async fn send(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -163,16 +166,16 @@ impl Client {
         Ok(value)
     }
 
-    async fn get(&self, path: &str) -> anyhow::Result<Value> {
+    pub(crate) async fn get(&self, path: &str) -> anyhow::Result<Value> {
         self.send(reqwest::Method::GET, path, None).await
     }
 
-    async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+    pub(crate) async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
         self.send(reqwest::Method::POST, path, Some(body)).await
     }
 }
 
-fn s(v: &Value) -> String {
+pub(crate) fn s(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Null => "-".into(),
@@ -180,7 +183,7 @@ fn s(v: &Value) -> String {
     }
 }
 
-fn print_table(headers: &[&str], rows: &[Vec<String>]) {
+pub(crate) fn print_table(headers: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -488,32 +491,5 @@ pub async fn audit(remote: Remote, command: AuditCommand) -> anyhow::Result<()> 
             ),
         }
     }
-    Ok(())
-}
-
-/// Runs `ebb connectors`.
-pub async fn connectors(remote: Remote) -> anyhow::Result<()> {
-    let json_out = remote.json;
-    let client = Client::new(remote)?;
-    let v = client.get("/v1/connectors").await?;
-    if json_out {
-        println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(());
-    }
-    let rows: Vec<Vec<String>> = v
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|c| {
-            let sha = s(&c["sha256"]);
-            vec![
-                s(&c["name"]),
-                s(&c["info"]["version"]),
-                s(&c["info"]["system"]),
-                sha.chars().take(12).collect(),
-            ]
-        })
-        .collect();
-    print_table(&["name", "version", "system", "sha256"], &rows);
     Ok(())
 }
