@@ -36,6 +36,10 @@ key-file = "host.key"
 [runtime]
 cache-dir = "$(pwd)/.ebb/cache"
 
+# Connectors loaded while the host runs (ebb connectors load|reload|unload, or files).
+[plugins]
+dir = "plugins"
+
 [[tokens]]
 name = "operator"
 sha256 = "$(hash "$EBB_TOKEN_OPERATOR")"

@@ -17,6 +17,7 @@ use std::time::Duration;
 const TOKEN: &str = "shutdown-test-token";
 
 fn start(config: &Path, port: u16) -> Child {
+    #[allow(clippy::zombie_processes, reason = "callers wait for it")]
     let child = Command::new(env!("CARGO_BIN_EXE_ebb"))
         .args(["serve", "--config"])
         .arg(config)
