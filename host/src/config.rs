@@ -36,6 +36,15 @@ pub struct Config {
     pub server: ServerConfig,
     #[serde(default)]
     pub plugins: PluginsConfig,
+    /// Requesters proving who they are with tokens from an identity provider.
+    #[serde(default)]
+    pub identity: IdentityConfig,
+    /// Cedar policies that decide requests; without them, each connector's
+    /// `lifecycle.approval` decides.
+    pub policy: Option<PolicyConfig>,
+    /// Where loud events (break-glass, anomalies, escalations) are sent.
+    #[serde(default)]
+    pub alerts: AlertsConfig,
     /// API bearer tokens, stored as sha256 hashes.
     #[serde(default)]
     pub tokens: Vec<TokenConfig>,
@@ -72,6 +81,116 @@ impl Default for PluginsConfig {
     }
 }
 
+/// Identity providers whose tokens the API accepts.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct IdentityConfig {
+    pub issuers: Vec<IssuerConfig>,
+}
+
+/// One identity provider (an OIDC issuer or a SPIFFE trust domain's JWT issuer).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct IssuerConfig {
+    /// The exact `iss` of its tokens.
+    pub issuer: String,
+    /// Accepted `aud` values; a token must name one of them.
+    pub audiences: Vec<String>,
+    /// Its JWKS, from a file…
+    pub jwks_file: Option<PathBuf>,
+    /// …or a URL (fetched at start, refreshed every 5 minutes and on unknown keys).
+    pub jwks_url: Option<String>,
+    /// Whether its subjects are workloads or people.
+    #[serde(default = "default_kind")]
+    pub kind: crate::connector::SubjectKind,
+    /// What its token holders may do (default: request grants).
+    #[serde(default = "default_roles")]
+    pub roles: Vec<Role>,
+    /// The claim that names the subject.
+    #[serde(default = "default_subject_claim")]
+    pub subject_claim: String,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds.
+    #[serde(default = "default_leeway")]
+    pub leeway_seconds: u64,
+}
+
+fn default_kind() -> crate::connector::SubjectKind {
+    crate::connector::SubjectKind::Workload
+}
+fn default_roles() -> Vec<Role> {
+    vec![Role::Requester]
+}
+fn default_subject_claim() -> String {
+    "sub".into()
+}
+fn default_leeway() -> u64 {
+    30
+}
+
+/// Cedar policy files.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PolicyConfig {
+    /// A `.cedar` file or a folder of them, for normal requests.
+    pub path: PathBuf,
+    /// Reload when the files change (a broken file keeps the old policies).
+    #[serde(default = "yes")]
+    pub watch: bool,
+    #[serde(default)]
+    pub break_glass: Option<BreakGlassConfig>,
+    /// How long a subject reported anomalous carries the `anomalous-subject` risk
+    /// flag in policy context.
+    #[serde(default = "default_anomaly_window", with = "humantime_serde_str")]
+    pub anomaly_window: std::time::Duration,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_anomaly_window() -> std::time::Duration {
+    std::time::Duration::from_secs(3600)
+}
+
+/// The break-glass path: its own policies, a mandatory reason, a shorter TTL.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct BreakGlassConfig {
+    /// A `.cedar` file or folder, deciding break-glass requests only.
+    pub path: PathBuf,
+    /// The longest a break-glass grant may last.
+    #[serde(default = "default_break_glass_ttl", with = "humantime_serde_str")]
+    pub max_ttl: std::time::Duration,
+    /// The shortest reason accepted.
+    #[serde(default = "default_reason_len")]
+    pub min_reason_chars: usize,
+}
+
+fn default_break_glass_ttl() -> std::time::Duration {
+    std::time::Duration::from_secs(3600)
+}
+fn default_reason_len() -> usize {
+    10
+}
+
+/// Durations written like `15m` or `1h 30m`.
+mod humantime_serde_str {
+    use serde::Deserialize;
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<std::time::Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Where alerts go.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AlertsConfig {
+    /// URLs that receive each alert as a JSON POST.
+    pub webhooks: Vec<String>,
+}
+
 /// The admin API's listener.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
@@ -99,6 +218,8 @@ pub enum Role {
     Operator,
     /// Reads grants, reports and the audit log.
     Auditor,
+    /// Reports anomalies (a SIEM's webhook, say): revokes the grants concerned.
+    Reporter,
 }
 
 /// One API token. The token itself is never stored: only its sha256.
@@ -112,6 +233,9 @@ pub struct TokenConfig {
     pub roles: Vec<Role>,
     /// The subject a requester acts as (default: `name`).
     pub subject: Option<String>,
+    /// Whether that subject is a workload (default) or a person.
+    #[serde(default = "default_kind")]
+    pub kind: crate::connector::SubjectKind,
 }
 
 /// Where grants, sealed credentials and the audit log live.
@@ -162,6 +286,23 @@ impl Config {
         {
             config.plugins.dir = Some(base.join(dir));
         }
+        for issuer in &mut config.identity.issuers {
+            if let Some(file) = &issuer.jwks_file
+                && file.is_relative()
+            {
+                issuer.jwks_file = Some(base.join(file));
+            }
+        }
+        if let Some(policy) = &mut config.policy {
+            if policy.path.is_relative() {
+                policy.path = base.join(&policy.path);
+            }
+            if let Some(bg) = &mut policy.break_glass
+                && bg.path.is_relative()
+            {
+                bg.path = base.join(&bg.path);
+            }
+        }
         Ok(config)
     }
 
@@ -176,6 +317,20 @@ impl Config {
         for token in &config.tokens {
             if !is_sha256_hex(&token.sha256) {
                 bail!("token `{}`: sha256 must be 64 hex digits", token.name);
+            }
+        }
+        for issuer in &config.identity.issuers {
+            if issuer.jwks_file.is_some() == issuer.jwks_url.is_some() {
+                bail!(
+                    "identity issuer `{}` needs exactly one of jwks-file or jwks-url",
+                    issuer.issuer
+                );
+            }
+            if issuer.audiences.is_empty() {
+                bail!(
+                    "identity issuer `{}` needs at least one audience",
+                    issuer.issuer
+                );
             }
         }
         for digest in &config.plugins.allowed_sha256 {

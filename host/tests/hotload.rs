@@ -112,6 +112,7 @@ async fn start_host(tag: &str, watch: bool, allowed: &[&str]) -> Host {
         sha256: api::auth::hash_token(&format!("tok-{name}")),
         roles: roles.to_vec(),
         subject: Some(format!("spiffe://test/{name}")),
+        kind: ebb_host::connector::SubjectKind::Workload,
     };
     let tokens = Tokens::new(&[
         token("ops", &[Role::Operator, Role::Auditor]),

@@ -20,6 +20,7 @@ fn token(name: &str, roles: &[Role]) -> TokenConfig {
         sha256: auth::hash_token(&format!("tok-{name}")),
         roles: roles.to_vec(),
         subject: Some(format!("spiffe://test/{name}")),
+        kind: crate::connector::SubjectKind::Workload,
     }
 }
 
