@@ -78,6 +78,9 @@ fn new_grant(ttl_ms: u64) -> NewGrant {
         ttl_ms,
         task: "bench".into(),
         reason: None,
+        approvals_required: 1,
+        break_glass: false,
+        decided_by: None,
     }
 }
 

@@ -17,6 +17,7 @@
 //! See `ARCHITECTURE.md` at the repository root for the codemap and invariants.
 
 pub mod api;
+pub mod approval;
 pub mod audit;
 pub mod config;
 pub mod connector;

@@ -5,7 +5,9 @@ mod cli;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ebb_host::api::{self, AppState, Tokens};
+use ebb_host::approval::{Alerts, Approval};
 use ebb_host::config::{Config, ConnectorConfig, RuntimeConfig};
+use ebb_host::identity::Verifier;
 use ebb_host::lifecycle::{Clock, EngineConfig, Lifecycle};
 use ebb_host::loader::Loader;
 use ebb_host::registry::Registry;
@@ -207,11 +209,42 @@ async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
             "no API tokens are configured: every API call will be refused (see `ebb token new`)"
         );
     }
+    // Policies are validated against the loaded connectors' actions; a host whose
+    // policies do not load refuses to start rather than decide without them.
+    let approval = Arc::new(
+        Approval::new(
+            config.policy.as_ref(),
+            lifecycle.registry(),
+            Alerts::new(config.alerts.webhooks.clone()),
+        )
+        .map_err(|e| anyhow::anyhow!("policies: {e}"))?,
+    );
+    let identity = if config.identity.issuers.is_empty() {
+        None
+    } else {
+        let verifier = Arc::new(
+            Verifier::new(&config.identity)
+                .await
+                .context("identity providers")?,
+        );
+        verifier.spawn_refresh();
+        Some(verifier)
+    };
     let state = AppState {
         lifecycle: lifecycle.clone(),
         loader,
+        approval,
+        identity,
         tokens: Arc::new(Tokens::new(&config.tokens)?),
         metrics: Some(metrics),
+    };
+    let _policy_watcher = match &config.policy {
+        Some(p) if p.watch => {
+            let mut paths = vec![p.path.clone()];
+            paths.extend(p.break_glass.as_ref().map(|b| b.path.clone()));
+            Some(api::policy::watch(state.clone(), paths).context("watching the policy files")?)
+        }
+        _ => None,
     };
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await

@@ -122,6 +122,10 @@ async fn start_host(tag: &str, watch: bool, allowed: &[&str]) -> Host {
     let app = api::router(AppState {
         lifecycle,
         loader,
+        approval: Arc::new(ebb_host::approval::Approval::connector_modes(
+            Default::default(),
+        )),
+        identity: None,
         tokens: Arc::new(tokens),
         metrics: None,
     });

@@ -66,6 +66,9 @@ async fn grants_expiring_during_a_database_outage_end_verified() {
             ttl_ms: 1_000 + i * 50,
             task: "outage test".into(),
             reason: None,
+            approvals_required: 1,
+            break_glass: false,
+            decided_by: None,
         };
         let r = engine
             .request(

@@ -5,6 +5,7 @@
 use super::{ApiError, AppState};
 use crate::audit::NewEvent;
 use crate::config::{Role, TokenConfig};
+use crate::connector::SubjectKind;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use sha2::{Digest, Sha256};
@@ -13,10 +14,16 @@ use std::collections::{HashMap, HashSet};
 /// Who is calling.
 #[derive(Debug, Clone)]
 pub struct Principal {
-    /// The token's name, for the audit log.
+    /// The token's name (or a verified token's subject), for the audit log.
     pub name: String,
     /// The subject a requester acts as.
     pub subject: String,
+    pub kind: SubjectKind,
+    /// Who vouched for the subject: a verified token's issuer, `None` for a
+    /// configured token.
+    pub issuer: Option<String>,
+    /// A verified token's claims.
+    pub claims: Vec<(String, String)>,
     pub roles: HashSet<Role>,
 }
 
@@ -57,6 +64,9 @@ impl Tokens {
                 Principal {
                     name: c.name.clone(),
                     subject: c.subject.clone().unwrap_or_else(|| c.name.clone()),
+                    kind: c.kind,
+                    issuer: None,
+                    claims: vec![],
                     roles: c.roles.iter().copied().collect(),
                 },
             );
@@ -85,17 +95,35 @@ impl FromRequestParts<AppState> for Principal {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim);
-        match token.and_then(|t| state.tokens.find(t)) {
-            Some(principal) => Ok(principal.clone()),
-            None => {
-                let _ = state.lifecycle.store().append_audit(
-                    NewEvent::new("auth.unauthenticated", "anonymous").detail(serde_json::json!({
-                        "path": parts.uri.path(),
-                        "token_present": token.is_some(),
-                    })),
-                );
-                Err(ApiError::Unauthenticated)
+        if let Some(principal) = token.and_then(|t| state.tokens.find(t)) {
+            return Ok(principal.clone());
+        }
+        // A JWT from a configured identity provider.
+        let mut refused = None;
+        if let (Some(t), Some(verifier)) = (token, &state.identity)
+            && t.split('.').count() == 3
+        {
+            match verifier.verify(t).await {
+                Ok(id) => {
+                    return Ok(Principal {
+                        name: id.subject.clone(),
+                        subject: id.subject,
+                        kind: id.kind,
+                        issuer: Some(id.issuer),
+                        claims: id.claims,
+                        roles: id.roles,
+                    });
+                }
+                Err(e) => refused = Some(e.to_string()),
             }
         }
+        let _ = state.lifecycle.store().append_audit(
+            NewEvent::new("auth.unauthenticated", "anonymous").detail(serde_json::json!({
+                "path": parts.uri.path(),
+                "token_present": token.is_some(),
+                "why": refused,
+            })),
+        );
+        Err(ApiError::Unauthenticated)
     }
 }

@@ -95,7 +95,7 @@ impl From<lifecycle::Error> for ApiError {
         match e {
             E::NotFound(_) => Self::NotFound(e.to_string()),
             E::Invalid(_) | E::UnknownConnector(_) => Self::BadRequest(e.to_string()),
-            E::Illegal(_) | E::Draining(_) => Self::Conflict(e.to_string()),
+            E::Illegal(_) | E::Draining(_) | E::AlreadyApproved(_) => Self::Conflict(e.to_string()),
             E::SelfApproval => Self::Forbidden(e.to_string()),
             E::Issue(_) | E::VerifyIssued(_) => Self::Downstream(e.to_string()),
             E::Store(crate::store::Error::Conflict(_)) => Self::Conflict(e.to_string()),

@@ -4,8 +4,9 @@
 use super::error::{ErrorBody, rejection};
 use super::extract;
 use super::{ApiError, AppState, Principal};
-use crate::config::{ApprovalMode, Role};
-use crate::connector::{Credential, Permission, Subject, SubjectKind};
+use crate::approval::{Ask, Requester};
+use crate::config::Role;
+use crate::connector::{Credential, Permission, Subject};
 use crate::lifecycle::{Decision, GrantState, NewGrant, Report, Trigger};
 use crate::store::{GrantRecord, ListFilter, Page};
 use axum::Json;
@@ -138,6 +139,44 @@ pub async fn request(
     if req.task.trim().is_empty() {
         return Err(ApiError::BadRequest("a grant must name its task".into()));
     }
+    create(state, principal, req, ttl_ms, false).await
+}
+
+/// Requests a grant through the break-glass path: its own policies, a mandatory
+/// reason, a shorter maximum TTL, and an alert to the configured webhooks.
+#[utoipa::path(post, operation_id = "request_break_glass_grant", path = "/v1/grants/break-glass", tag = "grants",
+    security(("bearer" = [])),
+    request_body = GrantRequest,
+    responses(
+        (status = 201, description = "Approved by the break-glass policies and issued: the credential is in this response and never again", body = GrantResponse),
+        (status = 202, description = "Recorded; waiting for approval", body = GrantResponse),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 409, body = ErrorBody),
+        (status = 502, body = ErrorBody),
+    ))]
+pub async fn break_glass(
+    State(state): State<AppState>,
+    principal: Principal,
+    req: extract::Body,
+) -> Result<(StatusCode, Json<GrantResponse>), ApiError> {
+    principal.require(&state, &[Role::Requester], "request break-glass grants")?;
+    let req: GrantRequest = extract::object(req)?;
+    let ttl_ms = parse_ttl(&req.ttl)?;
+    if req.task.trim().is_empty() {
+        return Err(ApiError::BadRequest("a grant must name its task".into()));
+    }
+    create(state, principal, req, ttl_ms, true).await
+}
+
+async fn create(
+    state: AppState,
+    principal: Principal,
+    req: GrantRequest,
+    ttl_ms: u64,
+    break_glass: bool,
+) -> Result<(StatusCode, Json<GrantResponse>), ApiError> {
     let slot = state
         .lifecycle
         .registry()
@@ -145,32 +184,87 @@ pub async fn request(
         .ok_or_else(|| {
             ApiError::BadRequest(format!("no connector named `{}` is loaded", req.connector))
         })?;
-    let decision = match slot.policy().approval {
+    let decided = state
+        .approval
+        .decide(
+            &Requester {
+                subject: &principal.subject,
+                kind: principal.kind,
+                issuer: principal.issuer.as_deref(),
+                claims: &principal.claims,
+            },
+            &slot,
+            &Ask {
+                permissions: &req.permissions,
+                ttl_ms,
+                task: &req.task,
+                reason: req.reason.as_deref(),
+                break_glass,
+                now_ms: state.lifecycle.clock().now_ms(),
+            },
+        )
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let decision = match decided.decision {
         // Issued in this same request: if the host dies before issuing, nobody will
         // come back for it, so the approval lapses soon (nothing exists downstream).
-        ApprovalMode::Auto => Decision::Approve {
-            by: "policy:auto".into(),
-            note: None,
+        Decision::Approve { by, note, .. } => Decision::Approve {
+            by,
+            note,
             issue_within_ms: Some(AUTO_ISSUE_WINDOW_MS),
         },
-        ApprovalMode::Required => Decision::Pending,
+        other => other,
     };
+    let denied = matches!(decision, Decision::Deny { .. });
     let new = NewGrant {
         connector: req.connector,
         subject: Subject {
             id: principal.subject.clone(),
-            kind: SubjectKind::Workload,
-            claims: vec![],
+            kind: principal.kind,
+            claims: principal.claims.clone(),
         },
         permissions: req.permissions,
         ttl_ms,
         task: req.task,
         reason: req.reason,
+        approvals_required: decided.approvals_required,
+        break_glass,
+        decided_by: Some(decided.detail),
     };
     let grant = state
         .lifecycle
         .request(new, &principal.name, decision)
         .await?;
+    if break_glass {
+        let alert = serde_json::json!({
+            "kind": "break-glass",
+            "grant": grant.grant.id,
+            "state": grant.state,
+            "subject": grant.grant.subject.id,
+            "requested_by": principal.name,
+            "connector": grant.connector,
+            "permissions": grant.grant.permissions,
+            "ttl_ms": grant.ttl_ms,
+            "reason": grant.reason,
+        });
+        tracing::warn!(grant = %grant.grant.id, subject = %grant.grant.subject.id, state = %grant.state, "BREAK-GLASS request");
+        state
+            .lifecycle
+            .store()
+            .append_audit(
+                crate::audit::NewEvent::new("alert.break-glass", &principal.name)
+                    .grant(&grant.grant.id)
+                    .detail(alert.clone()),
+            )
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        state.approval.alerts.send(alert);
+    }
+    if denied {
+        return Err(ApiError::Forbidden(format!(
+            "denied by policy: {} (grant {})",
+            grant.last_error.as_deref().unwrap_or("no reason given"),
+            grant.grant.id
+        )));
+    }
     if grant.state != GrantState::Approved {
         return Ok((
             StatusCode::ACCEPTED,

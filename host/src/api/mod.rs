@@ -15,6 +15,7 @@ mod error;
 mod extract;
 mod grants;
 mod ops;
+pub mod policy;
 
 pub use auth::{Principal, Tokens};
 pub use error::{ApiError, ErrorBody};
@@ -31,6 +32,10 @@ use utoipa::OpenApi as _;
 pub struct AppState {
     pub lifecycle: Lifecycle,
     pub loader: Arc<Loader>,
+    /// Policies, break-glass rules, anomaly flags and alerts.
+    pub approval: Arc<crate::approval::Approval>,
+    /// Verifies tokens from identity providers, if any are configured.
+    pub identity: Option<Arc<crate::identity::Verifier>>,
     pub tokens: Arc<Tokens>,
     /// The Prometheus recorder's handle; `/metrics` answers 404 without one.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
@@ -40,6 +45,7 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/grants", post(grants::request).get(grants::list))
+        .route("/v1/grants/break-glass", post(grants::break_glass))
         .route("/v1/grants/{id}", get(grants::get))
         .route("/v1/grants/{id}/report", get(grants::report))
         .route("/v1/grants/{id}/approve", post(grants::approve))
@@ -56,6 +62,9 @@ pub fn router(state: AppState) -> Router {
                 .delete(connectors::unload),
         )
         .route("/v1/connectors/{name}/reload", post(connectors::reload))
+        .route("/v1/anomalies", post(policy::report_anomaly))
+        .route("/v1/policies", get(policy::policies))
+        .route("/v1/policies/reload", post(policy::reload_policies))
         .route("/v1/audit", get(ops::audit))
         .route("/v1/audit/verify", get(ops::verify_audit))
         .route("/v1/openapi.json", get(ops::openapi))
@@ -74,10 +83,11 @@ pub fn router(state: AppState) -> Router {
                        load, upgrade and unload connectors; read and verify the audit log."
     ),
     paths(
-        grants::request, grants::list, grants::get, grants::report, grants::approve,
+        grants::request, grants::break_glass, grants::list, grants::get, grants::report, grants::approve,
         grants::deny, grants::issue, grants::complete, grants::fail, grants::revoke,
         connectors::list, connectors::get, connectors::load, connectors::reload,
         connectors::unload,
+        policy::report_anomaly, policy::policies, policy::reload_policies,
         ops::audit, ops::verify_audit, ops::healthz, ops::readyz, ops::metrics,
     ),
     components(schemas(ErrorBody, connectors::LiveGrants)),
@@ -85,6 +95,7 @@ pub fn router(state: AppState) -> Router {
     tags(
         (name = "grants", description = "The grant lifecycle"),
         (name = "connectors", description = "Connector instances: describe, load, reload, unload"),
+        (name = "approval", description = "Policies and anomaly reports"),
         (name = "audit", description = "The tamper-evident audit log"),
         (name = "ops", description = "Health and metrics"),
     )

@@ -80,6 +80,10 @@ async fn app() -> Router {
     router(AppState {
         lifecycle,
         loader,
+        approval: Arc::new(crate::approval::Approval::connector_modes(
+            Default::default(),
+        )),
+        identity: None,
         tokens: Arc::new(tokens),
         metrics: Some(recorder()),
     })
@@ -543,6 +547,10 @@ async fn serves_an_openapi_document_of_every_route() {
     for (path, method) in [
         ("/v1/grants", "post"),
         ("/v1/grants", "get"),
+        ("/v1/grants/break-glass", "post"),
+        ("/v1/anomalies", "post"),
+        ("/v1/policies", "get"),
+        ("/v1/policies/reload", "post"),
         ("/v1/grants/{id}", "get"),
         ("/v1/grants/{id}/report", "get"),
         ("/v1/grants/{id}/approve", "post"),
@@ -584,5 +592,5 @@ async fn serves_an_openapi_document_of_every_route() {
         unique.len(),
         "operation ids must be unique: {ids:?}"
     );
-    assert_eq!(ids.len(), 20);
+    assert_eq!(ids.len(), 24);
 }

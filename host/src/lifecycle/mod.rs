@@ -55,6 +55,8 @@ pub enum Error {
     Draining(String),
     #[error("a requester cannot approve their own request")]
     SelfApproval,
+    #[error("`{0}` has already approved this grant; another person must")]
+    AlreadyApproved(String),
     /// `issue` failed; the grant is being compensated (revoked by id).
     #[error("issuing failed, and the grant is being revoked to be sure: {0}")]
     Issue(CallError),
@@ -78,6 +80,35 @@ pub struct NewGrant {
     pub ttl_ms: u64,
     pub task: String,
     pub reason: Option<String>,
+    /// People who must approve it (when the decision is pending), at least 1.
+    pub approvals_required: u32,
+    /// Requested through the break-glass path.
+    pub break_glass: bool,
+    /// What decided it (policy ids, reasons), recorded with the request.
+    pub decided_by: Option<serde_json::Value>,
+}
+
+impl NewGrant {
+    /// A request with one approval required, not break-glass, no policy detail.
+    pub fn new(
+        connector: impl Into<String>,
+        subject: Subject,
+        permissions: Vec<Permission>,
+        ttl_ms: u64,
+        task: impl Into<String>,
+    ) -> Self {
+        Self {
+            connector: connector.into(),
+            subject,
+            permissions,
+            ttl_ms,
+            task: task.into(),
+            reason: None,
+            approvals_required: 1,
+            break_glass: false,
+            decided_by: None,
+        }
+    }
 }
 
 /// What approval decided for a new request.
@@ -416,6 +447,8 @@ impl Lifecycle {
             requested_by.to_owned(),
             new.reason,
         );
+        record.approvals_required = new.approvals_required.max(1);
+        record.break_glass = new.break_glass;
         // An automatic approval that never lands (the host died in between) has no
         // one waiting for it: let it lapse as soon as its issue window would.
         record.due_at = Some(
@@ -434,6 +467,9 @@ impl Lifecycle {
             "ttl_ms": record.ttl_ms,
             "task": record.grant.task,
             "reason": record.reason,
+            "approvals_required": record.approvals_required,
+            "break_glass": record.break_glass,
+            "policy": new.decided_by,
         });
         let mut requested = event("grant.requested", requested_by, &record).detail(detail);
         requested.to = Some(GrantState::Requested);
@@ -455,12 +491,35 @@ impl Lifecycle {
         }
     }
 
-    /// Approves a requested grant. The requester can never approve it.
+    /// Approves a requested grant. The requester can never approve it, nor can one
+    /// person approve twice; a grant that needs N approvals is approved by the Nth.
     pub async fn approve(&self, id: &str, by: &str, note: Option<String>) -> Result<GrantRecord> {
         let _lock = self.inner.locks.lock(id).await;
         let record = self.load(id)?;
         if record.requested_by == by || record.grant.subject.id == by {
             return Err(Error::SelfApproval);
+        }
+        if record.approvals.iter().any(|a| a.by == by) {
+            return Err(Error::AlreadyApproved(by.to_owned()));
+        }
+        let have = u32::try_from(record.approvals.len()).unwrap_or(u32::MAX) + 1;
+        if record.state == GrantState::Requested && have < record.approvals_required {
+            let now = self.now();
+            let required = record.approvals_required;
+            return self.transition(
+                record,
+                Event::RecordApproval,
+                by,
+                json!({ "note": note, "approvals": have, "approvals_required": required }),
+                Sealed::Keep,
+                |r| {
+                    r.approvals.push(Approval {
+                        by: by.to_owned(),
+                        at: now,
+                        note,
+                    });
+                },
+            );
         }
         self.approve_locked(record, by, note, None)
     }

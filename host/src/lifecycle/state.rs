@@ -162,6 +162,8 @@ impl fmt::Display for Trigger {
 /// Something that happened to a grant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
+    /// One of several required approvals; more are needed.
+    RecordApproval,
     Approve,
     Deny,
     /// Issuance starts (the intent is written before the connector is called).
@@ -194,6 +196,7 @@ pub fn next(from: GrantState, event: Event) -> Result<GrantState, IllegalTransit
     use Event as E;
     use GrantState as S;
     let to = match (from, event) {
+        (S::Requested, E::RecordApproval) => S::Requested,
         (S::Requested, E::Approve) => S::Approved,
         // Approved but never issued (withdrawn, or the approval lapsed): nothing was
         // created, because `issuing` is written before the connector is called.
@@ -234,6 +237,7 @@ mod tests {
     #[test]
     fn the_happy_path() {
         check(&[
+            (S::Requested, E::RecordApproval, Some(S::Requested)),
             (S::Requested, E::Approve, Some(S::Approved)),
             (S::Approved, E::BeginIssue, Some(S::Issuing)),
             (S::Issuing, E::IssueSucceeded, Some(S::Active)),
@@ -301,6 +305,8 @@ mod tests {
             // Nothing is issued without approval, nor twice.
             (S::Requested, E::BeginIssue, None),
             (S::Denied, E::Approve, None),
+            (S::Approved, E::RecordApproval, None),
+            (S::Denied, E::RecordApproval, None),
             (S::Active, E::BeginIssue, None),
             (S::Active, E::IssueSucceeded, None),
             // Nothing is marked done without a verdict.

@@ -73,6 +73,9 @@ fn new_grant(connector: &str, ttl_ms: u64) -> NewGrant {
         ttl_ms,
         task: "test task".into(),
         reason: Some("testing".into()),
+        approvals_required: 1,
+        break_glass: false,
+        decided_by: None,
     }
 }
 

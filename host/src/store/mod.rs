@@ -53,6 +53,10 @@ pub struct Approval {
     pub note: Option<String>,
 }
 
+fn one() -> u32 {
+    1
+}
+
 /// Everything the host knows about one grant.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GrantRecord {
@@ -71,6 +75,13 @@ pub struct GrantRecord {
     pub reason: Option<String>,
     #[serde(default)]
     pub approvals: Vec<Approval>,
+    /// Approvals needed before it can be issued, each by a different person other
+    /// than the requester.
+    #[serde(default = "one")]
+    pub approvals_required: u32,
+    /// Requested through the break-glass path.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub break_glass: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issued_at: Option<Timestamp>,
     /// What `issue` created (non-secret).
@@ -131,6 +142,8 @@ impl GrantRecord {
             requested_by,
             reason,
             approvals: vec![],
+            approvals_required: 1,
+            break_glass: false,
             issued_at: None,
             handle: None,
             issued_by_digest: None,
