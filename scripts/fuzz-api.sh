@@ -72,14 +72,16 @@ curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null
 # document to succeed, but some input is refused for what a schema cannot say (a
 # connector that is not loaded, an action the connector does not have, `to` without
 # live=hand-over). Those answers are 4xx with a message, which the other checks
-# hold to the document.
+# hold to the document. One worker: with two, schemathesis 4.32.5's example
+# generation races inside hypothesis (a KeyError in its lambda cache) and reports
+# it as a flaky failure of ours.
 status=0
 "$venv/bin/schemathesis" run "http://127.0.0.1:$port/v1/openapi.json" \
   --checks all --exclude-checks positive_data_acceptance \
   --header "Authorization: Bearer $token" \
   --max-examples "${EBB_FUZZ_EXAMPLES:-60}" \
   ${EBB_FUZZ_SEED:+--seed "$EBB_FUZZ_SEED"} \
-  --workers 2 \
+  --workers 1 \
   --request-timeout 30 \
   --output-sanitize true \
   --report junit --report-dir "$work/report" || status=$?

@@ -36,10 +36,7 @@ pub struct GrantRequest {
     #[schema(min_items = 1)]
     pub permissions: Vec<Permission>,
     /// How long, e.g. `15m`, `90s`, `1h 30m`; at most the connector's `max-ttl-ms`.
-    #[schema(
-        pattern = r"^\s*[0-9]+\s*[a-zµ]+(\s*[0-9]+\s*[a-zµ]+)*\s*$",
-        example = "15m"
-    )]
+    #[schema(pattern = "^[0-9]+ ?[a-z]+( ?[0-9]+ ?[a-z]+)*$", example = "15m")]
     pub ttl: String,
     /// The task the grant is for; completing or failing it revokes the grant.
     #[schema(min_length = 1, example = "nightly invoice export")]
