@@ -62,6 +62,20 @@ enum Command {
         #[command(subcommand)]
         command: Option<cli::ConnectorsCommand>,
     },
+    /// Lists or reloads the Cedar policies in force.
+    Policy {
+        #[command(flatten)]
+        remote: cli::Remote,
+        #[command(subcommand)]
+        command: cli::PolicyCommand,
+    },
+    /// Reports an anomaly: revokes a grant, or all of a subject's grants, now.
+    Anomaly {
+        #[command(flatten)]
+        remote: cli::Remote,
+        #[command(flatten)]
+        args: cli::AnomalyArgs,
+    },
     /// Makes API tokens.
     Token {
         #[command(subcommand)]
@@ -121,6 +135,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Grant { remote, command } => cli::grant(remote, command).await,
         Command::Audit { remote, command } => cli::audit(remote, command).await,
         Command::Connectors { remote, command } => cli::connectors(remote, command).await,
+        Command::Policy { remote, command } => cli::policy(remote, command).await,
+        Command::Anomaly { remote, args } => cli::anomaly(remote, args).await,
         Command::Token { command } => match command {
             TokenCommand::New { name, role } => {
                 let mut bytes = [0u8; 32];

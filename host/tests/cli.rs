@@ -212,6 +212,40 @@ sql.main = {{ dsn-env = "EBB_TEST_PG_DSN", max-connections = 2 }}
         ],
     );
     assert_eq!(issued["grant"]["state"], "active");
+    // An anomaly report revokes a grant at once; policies are listed.
+    let flagged = json(
+        &api,
+        AGENT,
+        &[
+            "grant",
+            "request",
+            "--connector",
+            "extra",
+            "-p",
+            "use:y",
+            "--ttl",
+            "5m",
+            "--task",
+            "t2",
+        ],
+    );
+    let flagged_id = flagged["grant"]["grant"]["id"].as_str().unwrap();
+    let (ok, out, err) = ebb(
+        &api,
+        OPERATOR,
+        &[
+            "anomaly",
+            "--grant",
+            flagged_id,
+            "--reason",
+            "odd query volume",
+        ],
+    );
+    assert!(ok && out.contains("revoking 1 grant(s)"), "{out}{err}");
+    let got = json(&api, AGENT, &["grant", "get", flagged_id]);
+    assert_eq!(got["trigger"], "anomaly");
+    let (ok, out, _) = ebb(&api, OPERATOR, &["policy", "list"]);
+    assert!(ok && out.contains("no policies configured"), "{out}");
     let (ok, _, err) = ebb(&api, OPERATOR, &["connectors", "unload", "extra"]);
     assert!(!ok && err.contains("live grant"), "{err}");
     let (ok, out, err) = ebb(

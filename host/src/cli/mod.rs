@@ -46,8 +46,12 @@ pub enum GrantCommand {
         /// The task it is for.
         #[arg(long)]
         task: String,
+        /// Why (mandatory for --break-glass).
         #[arg(long)]
         reason: Option<String>,
+        /// Through the break-glass path: its own policies, a shorter TTL, alerts.
+        #[arg(long)]
+        break_glass: bool,
     },
     /// Approves someone else's request.
     Approve {
@@ -311,13 +315,19 @@ pub async fn grant(remote: Remote, command: GrantCommand) -> anyhow::Result<()> 
             ttl,
             task,
             reason,
+            break_glass,
         } => {
             let permissions = permissions
                 .iter()
                 .map(|p| parse_permission(p))
                 .collect::<anyhow::Result<Vec<_>>>()?;
+            let path = if break_glass {
+                "/v1/grants/break-glass"
+            } else {
+                "/v1/grants"
+            };
             let v = client
-                .post("/v1/grants", json!({ "connector": connector, "permissions": permissions, "ttl": ttl, "task": task, "reason": reason }))
+                .post(path, json!({ "connector": connector, "permissions": permissions, "ttl": ttl, "task": task, "reason": reason }))
                 .await?;
             out(&v, &|v| {
                 print_issued(v);
@@ -449,6 +459,77 @@ async fn end(
 }
 
 /// Runs `ebb audit …`.
+/// `ebb policy …`.
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Lists the policies in force.
+    List,
+    /// Loads the policy files again (a broken file is refused with the error; the
+    /// policies in force stay).
+    Reload,
+}
+
+/// Runs `ebb policy …`.
+pub async fn policy(remote: Remote, command: PolicyCommand) -> anyhow::Result<()> {
+    let json_out = remote.json;
+    let client = Client::new(remote)?;
+    let v = match command {
+        PolicyCommand::List => client.get("/v1/policies").await?,
+        PolicyCommand::Reload => client.post("/v1/policies/reload", json!({})).await?,
+    };
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else if v["configured"] == false {
+        println!("no policies configured: each connector's lifecycle.approval decides");
+    } else {
+        for id in v["ids"].as_array().into_iter().flatten() {
+            println!("{}", s(id));
+        }
+    }
+    Ok(())
+}
+
+/// `ebb anomaly report`: revokes a grant, or a subject's grants, at once.
+#[derive(Debug, Args)]
+pub struct AnomalyArgs {
+    /// A grant to revoke.
+    #[arg(long, required_unless_present = "subject")]
+    grant: Option<String>,
+    /// A subject whose grants are all revoked and who is flagged for policy.
+    #[arg(long)]
+    subject: Option<String>,
+    /// What was seen.
+    #[arg(long)]
+    reason: String,
+}
+
+/// Runs `ebb anomaly`.
+pub async fn anomaly(remote: Remote, args: AnomalyArgs) -> anyhow::Result<()> {
+    let json_out = remote.json;
+    let client = Client::new(remote)?;
+    let v = client
+        .post(
+            "/v1/anomalies",
+            json!({ "grant": args.grant, "subject": args.subject, "reason": args.reason, "source": "ebb-cli" }),
+        )
+        .await?;
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        let revoked: Vec<String> = v["revoked"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(s)
+            .collect();
+        println!("revoking {} grant(s): {}", revoked.len(), revoked.join(" "));
+        if let Some(subject) = v["flagged_subject"].as_str() {
+            println!("flagged {subject} as anomalous");
+        }
+    }
+    Ok(())
+}
+
 pub async fn audit(remote: Remote, command: AuditCommand) -> anyhow::Result<()> {
     let json_out = remote.json;
     let client = Client::new(remote)?;
