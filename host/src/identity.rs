@@ -56,7 +56,8 @@ struct Issuer {
 #[derive(Debug, Default)]
 struct Keys {
     jwks: Vec<Jwk>,
-    fetched: Option<Instant>,
+    /// The last fetch an unknown `kid` caused (rate-limits them).
+    refetched: Option<Instant>,
 }
 
 /// Verifies tokens for the configured issuers.
@@ -116,7 +117,6 @@ impl Verifier {
             .with_context(|| format!("the JWKS of issuer {}", issuer.config.issuer))?;
         let mut keys = issuer.keys.write().unwrap_or_else(|p| p.into_inner());
         keys.jwks = jwks;
-        keys.fetched = Some(Instant::now());
         Ok(())
     }
 
@@ -217,9 +217,15 @@ impl Verifier {
         }
     }
 
+    /// Whether an unknown `kid` may fetch the keys now (at most once per
+    /// [`MIN_REFETCH`], so junk tokens cannot make the host hammer the issuer).
     fn may_refetch(&self, issuer: &Issuer) -> bool {
-        let keys = issuer.keys.read().unwrap_or_else(|p| p.into_inner());
-        keys.fetched.is_none_or(|t| t.elapsed() >= MIN_REFETCH)
+        let mut keys = issuer.keys.write().unwrap_or_else(|p| p.into_inner());
+        if keys.refetched.is_some_and(|t| t.elapsed() < MIN_REFETCH) {
+            return false;
+        }
+        keys.refetched = Some(Instant::now());
+        true
     }
 }
 

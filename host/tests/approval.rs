@@ -64,6 +64,7 @@ permit (principal is Ebb::Person, action, resource) when { context.reason like "
 
 struct Env {
     app: Router,
+    state: AppState,
     dir: PathBuf,
     key: EncodingKey,
     alerts: Arc<Mutex<Vec<Value>>>,
@@ -188,16 +189,17 @@ async fn env() -> Env {
     ])
     .unwrap();
     let loader = Loader::new(lifecycle.clone(), PluginsConfig::default());
-    let app = api::router(AppState {
+    let state = AppState {
         lifecycle,
         loader,
         approval: Arc::new(approval),
         identity: Some(Arc::new(identity)),
         tokens: Arc::new(tokens),
         metrics: None,
-    });
+    };
     Env {
-        app,
+        app: api::router(state.clone()),
+        state,
         dir,
         key: EncodingKey::from_ed_der(signing.to_pkcs8_der().unwrap().as_bytes()),
         alerts,
@@ -555,4 +557,50 @@ async fn a_broken_policy_reload_keeps_the_old_policies() {
     assert_eq!(s, StatusCode::FORBIDDEN);
     let (s, _) = call(app, "POST", "/v1/policies/reload", "dana", None).await;
     assert_eq!(s, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_files_are_watched() {
+    let env = env().await;
+    let app = &env.app;
+    let file = env.dir.join("policies.cedar");
+    let watcher = api::policy::watch(env.state.clone(), vec![file.clone()]).unwrap();
+    let (_, before) = call(app, "GET", "/v1/policies", "ops", None).await;
+    // Broken: reported, and the old policies stay.
+    std::fs::write(
+        &file,
+        "permit (principal, action, resource) when { nonsense };",
+    )
+    .unwrap();
+    let mut reported = false;
+    for _ in 0..200 {
+        if events(app)
+            .await
+            .iter()
+            .any(|e| e["kind"] == "policy.reload-failed")
+        {
+            reported = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(reported, "the broken file was not reported");
+    let (_, after) = call(app, "GET", "/v1/policies", "ops", None).await;
+    assert_eq!(after, before);
+    // Fixed: it takes over.
+    std::fs::write(
+        &file,
+        "@id(\"only\")\npermit (principal, action, resource);",
+    )
+    .unwrap();
+    let mut ids = Value::Null;
+    for _ in 0..200 {
+        ids = call(app, "GET", "/v1/policies", "ops", None).await.1["ids"].clone();
+        if ids == json!(["only", "incident-break-glass"]) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(ids, json!(["only", "incident-break-glass"]));
+    drop(watcher);
 }

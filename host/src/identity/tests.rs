@@ -174,3 +174,49 @@ async fn only_a_valid_token_passes() {
         assert!(err.to_string().contains(why), "{name}: {err}");
     }
 }
+
+#[tokio::test]
+async fn keys_come_from_a_url_and_rotate() {
+    let first = keypair("k1");
+    let second = keypair("k2");
+    let served = std::sync::Arc::new(std::sync::Mutex::new(
+        json!({ "keys": [first.jwk.clone()] }),
+    ));
+    let doc = served.clone();
+    let app = axum::Router::new().route(
+        "/jwks",
+        axum::routing::get(move || {
+            let doc = doc.clone();
+            async move { axum::Json(doc.lock().unwrap().clone()) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/jwks", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let v = Verifier::new(&IdentityConfig {
+        issuers: vec![IssuerConfig {
+            issuer: ISSUER.into(),
+            audiences: vec![AUDIENCE.into()],
+            jwks_file: None,
+            jwks_url: Some(url),
+            kind: SubjectKind::Person,
+            roles: vec![Role::Requester],
+            subject_claim: "sub".into(),
+            leeway_seconds: 5,
+        }],
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        v.verify(&mint(&first, "k1", claims())).await.unwrap().kind,
+        SubjectKind::Person
+    );
+    // The issuer rotates in a new key: a token signed with it makes the host fetch again.
+    served.lock().unwrap()["keys"] = json!([first.jwk.clone(), second.jwk.clone()]);
+    v.verify(&mint(&second, "k2", claims())).await.unwrap();
+    // Unknown keys cannot make it fetch again at once.
+    let third = keypair("k3");
+    served.lock().unwrap()["keys"] = json!([third.jwk.clone()]);
+    let err = v.verify(&mint(&third, "k3", claims())).await.unwrap_err();
+    assert_eq!(err, TokenError::UnknownKey("k3".into()));
+}
