@@ -20,6 +20,7 @@ pub mod api;
 pub mod approval;
 pub mod audit;
 pub mod config;
+pub mod conformance;
 pub mod connector;
 pub mod identity;
 pub mod lifecycle;

@@ -14,7 +14,7 @@ use ebb_host::registry::Registry;
 use ebb_host::runtime::{Digest, Runtime};
 use ebb_host::seal::{HostKey, Sealer};
 use ebb_host::store::SledStore;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 #[derive(Debug, Parser)]
@@ -110,6 +110,25 @@ enum ConnectorCommand {
     },
     /// Prints a component's sha256, the value to pin in the configuration.
     Digest { component: PathBuf },
+    /// Runs the conformance kit against a real downstream system: issue, the
+    /// credential works, verify finds it, revoke, verify says revoked, revoke twice,
+    /// revoke without the handle, verify a never-issued grant. Exits 1 on failure.
+    Test {
+        component: PathBuf,
+        /// The instance's settings (the keys of a `[connectors.<name>]` table,
+        /// `component` aside), e.g. `config` and `sql`.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The permission to grant, `action:resource`.
+        #[arg(long, short = 'p')]
+        permission: String,
+        /// How long revocation may take to show downstream.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        settle: std::time::Duration,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -176,6 +195,68 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                             action.name, action.description, action.resource_syntax
                         );
                     }
+                }
+                Ok(())
+            }
+            ConnectorCommand::Test {
+                component,
+                config,
+                permission,
+                settle,
+                json,
+            } => {
+                let mut table: toml::Table = match &config {
+                    Some(path) => toml::from_str(
+                        &std::fs::read_to_string(path)
+                            .with_context(|| format!("reading {}", path.display()))?,
+                    )
+                    .with_context(|| format!("in {}", path.display()))?,
+                    None => toml::Table::new(),
+                };
+                table.insert(
+                    "component".into(),
+                    toml::Value::String(component.display().to_string()),
+                );
+                let instance =
+                    ConnectorConfig::parse_toml(&toml::to_string(&table)?, Path::new("."))?;
+                let (action, resource) = permission
+                    .split_once(':')
+                    .context("--permission must look like action:resource")?;
+                let runtime = Runtime::new(&RuntimeConfig::default())?;
+                let connector = runtime.load("conformance", &instance).await?;
+                let report = ebb_host::conformance::run(
+                    &connector,
+                    &ebb_host::conformance::Case {
+                        granted: ebb_host::connector::Permission {
+                            action: action.into(),
+                            resource: resource.into(),
+                        },
+                        other: None,
+                        settle,
+                    },
+                    None,
+                )
+                .await;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                } else {
+                    for c in &report.checks {
+                        println!(
+                            "{} {}  ({})",
+                            if c.passed { "ok  " } else { "FAIL" },
+                            c.name,
+                            c.detail
+                        );
+                    }
+                    let failed = report.checks.iter().filter(|c| !c.passed).count();
+                    println!(
+                        "\n{}: {} checks, {failed} failed",
+                        report.connector,
+                        report.checks.len()
+                    );
+                }
+                if !report.passed() {
+                    std::process::exit(1);
                 }
                 Ok(())
             }

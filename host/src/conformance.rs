@@ -1,0 +1,242 @@
+//! The connector conformance kit: one suite every connector must pass against its
+//! real downstream system.
+//!
+//! It checks the contract's promises, not a connector's internals: `describe`
+//! declares the action under test; `verify-revoked` says `revoked` for a grant never
+//! issued and finds the access of a live one; `issue` creates a credential that works
+//! for the granted permission and not for another (when a [`Probe`] can tell);
+//! `revoke` ends it, `verify-revoked` then says `revoked` and the credential fails;
+//! `revoke` is idempotent and works without the handle.
+//!
+//! Run it from the CLI (`ebb connector test`) or from tests, where a probe written
+//! against the downstream system's own client judges the credential independently
+//! of the connector.
+
+use crate::connector::{Credential, Grant, Permission, Subject, SubjectKind, Verdict};
+use crate::runtime::Connector;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+/// Judges a credential with the downstream system's own client, independently of
+/// the connector: does it work for `permission`?
+pub trait Probe: Send + Sync {
+    fn works<'a>(
+        &'a self,
+        credential: &'a Credential,
+        permission: &'a Permission,
+    ) -> Pin<Box<dyn Future<Output = anyhow::Result<bool>> + Send + 'a>>;
+}
+
+/// What to test with.
+#[derive(Debug, Clone)]
+pub struct Case {
+    /// A permission the connector can grant.
+    pub granted: Permission,
+    /// A permission the grant must not give (checked with a probe).
+    pub other: Option<Permission>,
+    /// How long revocation may take to show (the connector's propagation delay).
+    pub settle: Duration,
+}
+
+/// One check's outcome.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Check {
+    pub name: &'static str,
+    pub passed: bool,
+    /// What was seen (never a secret).
+    pub detail: String,
+}
+
+/// Every check, in order.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Report {
+    pub connector: String,
+    pub checks: Vec<Check>,
+}
+
+impl Report {
+    pub fn passed(&self) -> bool {
+        self.checks.iter().all(|c| c.passed)
+    }
+
+    fn check(&mut self, name: &'static str, passed: bool, detail: impl Into<String>) -> bool {
+        self.checks.push(Check {
+            name,
+            passed,
+            detail: detail.into(),
+        });
+        passed
+    }
+}
+
+fn grant(case: &Case, tag: &str) -> Grant {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    Grant {
+        id: format!("conf{tag}{}", ulid::Ulid::new().to_string().to_lowercase()),
+        subject: Subject {
+            id: "spiffe://ebb.conformance/kit".into(),
+            kind: SubjectKind::Workload,
+            claims: vec![],
+        },
+        permissions: vec![case.granted.clone()],
+        not_after: now + 10 * 60 * 1000,
+        task: "ebb connector conformance".into(),
+    }
+}
+
+/// Asks `verify-revoked` until it says `revoked`, for up to `settle` (plus a second).
+async fn settles(
+    connector: &Connector,
+    grant: &Grant,
+    handle: Option<&str>,
+    credential: Option<&Credential>,
+    settle: Duration,
+) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + settle + Duration::from_secs(1);
+    loop {
+        let answer = connector.verify_revoked(grant, handle, credential).await;
+        match answer {
+            Ok(Verdict::Revoked) => return Ok(()),
+            other if tokio::time::Instant::now() >= deadline => {
+                return Err(format!("still {other:?}"));
+            }
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// Runs the suite. Leaves nothing behind downstream when it passes, and revokes
+/// what it created when it fails.
+pub async fn run(connector: &Connector, case: &Case, probe: Option<&dyn Probe>) -> Report {
+    let mut r = Report {
+        connector: connector.info().name.clone(),
+        checks: vec![],
+    };
+    let info = connector.info();
+    r.check(
+        "describe declares the action",
+        info.actions.iter().any(|a| a.name == case.granted.action),
+        format!(
+            "actions: {}",
+            info.actions
+                .iter()
+                .map(|a| a.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    );
+
+    let never = grant(case, "n");
+    let answer = connector.verify_revoked(&never, None, None).await;
+    r.check(
+        "verify on a never-issued grant says revoked",
+        matches!(answer, Ok(Verdict::Revoked)),
+        format!("{answer:?}"),
+    );
+
+    let g = grant(case, "a");
+    let issued = match connector.issue(&g).await {
+        Ok(issued) => {
+            r.check("issue", true, format!("handle {}", issued.handle));
+            issued
+        }
+        Err(e) => {
+            r.check("issue", false, e.to_string());
+            let _ = connector.revoke(&g, None).await;
+            return r;
+        }
+    };
+    let cred = &issued.credential;
+    let handle = Some(issued.handle.as_str());
+    if info.capabilities.can_verify_issued {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut answer = connector.verify_issued(&g, &issued.handle, cred).await;
+        while answer.as_ref().is_err_and(|e| e.is_retryable())
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            answer = connector.verify_issued(&g, &issued.handle, cred).await;
+        }
+        r.check(
+            "verify-issued: the credential works",
+            answer.is_ok(),
+            format!("{answer:?}"),
+        );
+    }
+    if let Some(probe) = probe {
+        let works = probe.works(cred, &case.granted).await;
+        r.check(
+            "the credential works for the granted permission",
+            matches!(works, Ok(true)),
+            format!("{works:?}"),
+        );
+        if let Some(other) = &case.other {
+            let works = probe.works(cred, other).await;
+            r.check(
+                "the credential does not work for another permission",
+                matches!(works, Ok(false)),
+                format!("{works:?}"),
+            );
+        }
+    }
+    let answer = connector.verify_revoked(&g, handle, Some(cred)).await;
+    r.check(
+        "verify finds the access of a live grant",
+        matches!(&answer, Ok(Verdict::Residual(residue)) if !residue.is_empty()),
+        format!("{answer:?}"),
+    );
+
+    let revoked = connector.revoke(&g, handle).await;
+    r.check("revoke", revoked.is_ok(), format!("{revoked:?}"));
+    let verdict = settles(connector, &g, handle, Some(cred), case.settle).await;
+    r.check(
+        "verify after revoke says revoked",
+        verdict.is_ok(),
+        verdict.err().unwrap_or_else(|| "revoked".into()),
+    );
+    if let Some(probe) = probe {
+        let works = probe.works(cred, &case.granted).await;
+        r.check(
+            "the credential fails after revoke",
+            matches!(works, Ok(false)),
+            format!("{works:?}"),
+        );
+    }
+    let again = connector.revoke(&g, handle).await;
+    r.check("revoke twice succeeds", again.is_ok(), format!("{again:?}"));
+
+    // Revoke by grant id alone: what compensation does after a lost `issue`.
+    let g2 = grant(case, "b");
+    match connector.issue(&g2).await {
+        Ok(issued) => {
+            let revoked = connector.revoke(&g2, None).await;
+            let verdict =
+                settles(connector, &g2, None, Some(&issued.credential), case.settle).await;
+            r.check(
+                "revoke without the handle",
+                revoked.is_ok() && verdict.is_ok(),
+                format!(
+                    "{revoked:?}; {}",
+                    verdict.err().unwrap_or_else(|| "revoked".into())
+                ),
+            );
+            if let Some(probe) = probe {
+                let works = probe.works(&issued.credential, &case.granted).await;
+                r.check(
+                    "the credential fails after revoke without the handle",
+                    matches!(works, Ok(false)),
+                    format!("{works:?}"),
+                );
+            }
+        }
+        Err(e) => {
+            r.check("revoke without the handle", false, format!("issue: {e}"));
+            let _ = connector.revoke(&g2, None).await;
+        }
+    }
+    r
+}

@@ -1,0 +1,173 @@
+//! The conformance kit against every bundled connector with a real downstream
+//! system, judged by a probe that uses that system's own client; and the same kit
+//! through `ebb connector test`.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests fail loudly"
+)]
+
+use ebb_host::config::{ConnectorConfig, RuntimeConfig};
+use ebb_host::conformance::{self, Case, Probe};
+use ebb_host::connector::{Credential, Permission};
+use ebb_host::runtime::Runtime;
+use ebb_test_support::Postgres;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+/// Logs in with the credential and tries the permission with tokio-postgres.
+struct PgProbe {
+    port: u16,
+}
+
+impl Probe for PgProbe {
+    fn works<'a>(
+        &'a self,
+        credential: &'a Credential,
+        permission: &'a Permission,
+    ) -> Pin<Box<dyn Future<Output = anyhow::Result<bool>> + Send + 'a>> {
+        Box::pin(async move {
+            let dsn = format!(
+                "host=127.0.0.1 port={} dbname=postgres user={} password={} connect_timeout=5",
+                self.port,
+                credential.get("user").unwrap_or_default(),
+                credential.get("password").unwrap_or_default()
+            );
+            let (client, conn) = match tokio_postgres::connect(&dsn, tokio_postgres::NoTls).await {
+                Ok(c) => c,
+                // 28P01 / 28000: the login is refused.
+                Err(e) if e.as_db_error().is_some() => return Ok(false),
+                Err(e) => return Err(e.into()),
+            };
+            tokio::spawn(conn);
+            assert_eq!(permission.action, "select", "the probe tries reads");
+            let sql = format!("SELECT count(*) FROM {}", permission.resource);
+            match client.simple_query(&sql).await {
+                Ok(_) => Ok(true),
+                // 42501: insufficient privilege.
+                Err(e) if e.as_db_error().is_some_and(|d| d.code().code() == "42501") => Ok(false),
+                Err(e) => Err(e.into()),
+            }
+        })
+    }
+}
+
+fn print(report: &conformance::Report) {
+    for c in &report.checks {
+        eprintln!(
+            "{} {} ({})",
+            if c.passed { "ok  " } else { "FAIL" },
+            c.name,
+            c.detail
+        );
+    }
+}
+
+#[tokio::test]
+async fn postgres_passes_the_conformance_kit() {
+    let pg = Postgres::start().unwrap();
+    let config = ConnectorConfig::new(ebb_test_plugins::POSTGRES)
+        .with_config("allowed-resources", "public.invoices, public.customers")
+        .with_sql("main", &pg.admin_dsn());
+    let connector = Runtime::new(&RuntimeConfig::default())
+        .unwrap()
+        .load("pg", &config)
+        .await
+        .unwrap();
+    let report = conformance::run(
+        &connector,
+        &Case {
+            granted: Permission {
+                action: "select".into(),
+                resource: "public.invoices".into(),
+            },
+            other: Some(Permission {
+                action: "select".into(),
+                resource: "public.salaries".into(),
+            }),
+            settle: Duration::from_secs(2),
+        },
+        Some(&PgProbe { port: pg.port() }),
+    )
+    .await;
+    print(&report);
+    assert!(report.passed(), "{report:#?}");
+    assert_eq!(report.checks.len(), 13, "every check ran");
+    assert!(pg.ebb_roles().unwrap().is_empty(), "nothing left behind");
+}
+
+/// A connector that says `revoked` while access remains fails the kit.
+#[tokio::test]
+async fn a_connector_that_lies_fails_the_kit() {
+    let config = ConnectorConfig::new(ebb_test_plugins::MISBEHAVE).with_config("mode", "none");
+    let connector = Runtime::new(&RuntimeConfig::default())
+        .unwrap()
+        .load("liar", &config)
+        .await
+        .unwrap();
+    let report = conformance::run(
+        &connector,
+        &Case {
+            granted: Permission {
+                action: "use".into(),
+                resource: "x".into(),
+            },
+            other: None,
+            settle: Duration::from_millis(100),
+        },
+        None,
+    )
+    .await;
+    print(&report);
+    assert!(!report.passed());
+    let failed: Vec<&str> = report
+        .checks
+        .iter()
+        .filter(|c| !c.passed)
+        .map(|c| c.name)
+        .collect();
+    assert!(
+        failed.contains(&"verify finds the access of a live grant"),
+        "{failed:?}"
+    );
+}
+
+#[test]
+fn ebb_connector_test_runs_the_kit() {
+    let pg = Postgres::start().unwrap();
+    let dir = std::env::temp_dir().join(format!("ebb-conf-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("pg.toml"),
+        "config = { allowed-resources = \"public.invoices\" }\nsql.main = { dsn-env = \"EBB_CONF_DSN\" }\n",
+    )
+    .unwrap();
+    let run = |permission: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ebb"))
+            .args(["connector", "test", ebb_test_plugins::POSTGRES, "--config"])
+            .arg(dir.join("pg.toml"))
+            .args(["--permission", permission])
+            .env("EBB_CONF_DSN", pg.admin_dsn())
+            .output()
+            .unwrap()
+    };
+    let out = run("select:public.invoices");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("ok   verify after revoke says revoked"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("0 failed"), "{stdout}");
+    // A permission the connector refuses fails the kit, with exit code 1.
+    let out = run("select:public.salaries");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("FAIL issue"));
+}
