@@ -15,6 +15,8 @@ fi
 need=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v runuser >/dev/null 2>&1 || need+=(util-linux)
+# Redis for the redis connector's tests.
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 # Python with venv and pip, for the API fuzz pass (schemathesis from PyPI).
 python3 -m venv --help >/dev/null 2>&1 || need+=(python3-venv python3-pip)
 command -v curl >/dev/null 2>&1 || need+=(curl ca-certificates)

@@ -393,6 +393,9 @@ pub struct ConnectorConfig {
     /// Named SQL connections, used through `ebb:connector/sql`.
     #[serde(default)]
     pub sql: BTreeMap<String, SqlConnectionConfig>,
+    /// Named Redis connections, used through `ebb:connector/redis`.
+    #[serde(default)]
+    pub redis: BTreeMap<String, RedisConnectionConfig>,
     /// Outbound HTTP allowed through `wasi:http/outgoing-handler`.
     #[serde(default)]
     pub http: HttpConfig,
@@ -470,6 +473,7 @@ impl ConnectorConfig {
             sha256: None,
             config: BTreeMap::new(),
             sql: BTreeMap::new(),
+            redis: BTreeMap::new(),
             http: HttpConfig::default(),
             limits: LimitsConfig::default(),
             lifecycle: LifecyclePolicy::default(),
@@ -495,6 +499,18 @@ impl ConnectorConfig {
             SqlConnectionConfig {
                 dsn: Some(Secret::new(dsn.to_owned())),
                 ..SqlConnectionConfig::default()
+            },
+        );
+        self
+    }
+
+    /// Lends a Redis connection under `name` (default allowed commands).
+    pub fn with_redis(mut self, name: &str, url: &str) -> Self {
+        self.redis.insert(
+            name.to_owned(),
+            RedisConnectionConfig {
+                url: Some(Secret::new(url.to_owned())),
+                ..RedisConnectionConfig::default()
             },
         );
         self
@@ -541,6 +557,16 @@ impl ConnectorConfig {
             }
             if sql.max_connections == 0 {
                 bail!("sql connection `{name}`: max-connections must be at least 1");
+            }
+        }
+        for (name, redis) in &self.redis {
+            if redis.url.is_some() == redis.url_env.is_some() {
+                bail!("redis connection `{name}` needs exactly one of `url` or `url-env`");
+            }
+            if redis.allow_commands.is_empty() || redis.timeout_ms == 0 {
+                bail!(
+                    "redis connection `{name}`: allow-commands and timeout-ms must not be empty or 0"
+                );
             }
         }
         for origin in self.http.allow.iter().chain(&self.http.allow_private) {
@@ -597,6 +623,44 @@ impl SqlConnectionConfig {
                 .map(Secret::new)
                 .with_context(|| format!("environment variable {var} is not set")),
             (None, None) => bail!("no dsn configured"),
+        }
+    }
+}
+
+/// A named Redis connection. The connector never sees its URL.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RedisConnectionConfig {
+    /// `redis://user:password@host:port/db`.
+    pub url: Option<Secret>,
+    /// The name of an environment variable that holds the URL.
+    pub url_env: Option<String>,
+    /// The commands the connector may send, by name.
+    pub allow_commands: Vec<String>,
+    /// Time limit per command, in milliseconds.
+    pub timeout_ms: u64,
+}
+
+impl Default for RedisConnectionConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            url_env: None,
+            allow_commands: vec!["ACL".into(), "CLIENT".into(), "PING".into()],
+            timeout_ms: 5_000,
+        }
+    }
+}
+
+impl RedisConnectionConfig {
+    /// The URL, read from the environment if configured so.
+    pub fn resolve_url(&self) -> anyhow::Result<Secret> {
+        match (&self.url, &self.url_env) {
+            (Some(url), _) => Ok(url.clone()),
+            (None, Some(var)) => std::env::var(var)
+                .map(Secret::new)
+                .with_context(|| format!("environment variable {var} is not set")),
+            (None, None) => bail!("no url configured"),
         }
     }
 }

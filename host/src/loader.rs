@@ -722,6 +722,14 @@ fn api_table(body: serde_json::Value) -> Result<toml::Table, LoadError> {
              use `dsn-env` with the name of an environment variable of the host"
         )));
     }
+    if let Some(redis) = body.get("redis").and_then(|s| s.as_object())
+        && let Some((conn, _)) = redis.iter().find(|(_, c)| c.get("url").is_some())
+    {
+        return Err(LoadError::Invalid(format!(
+            "redis connection `{conn}`: the API does not take a `url` (it holds a password); \
+             use `url-env` with the name of an environment variable of the host"
+        )));
+    }
     let table: toml::Table = serde_json::from_value(body)
         .map_err(|e| LoadError::Invalid(format!("the body is not a connector table: {e}")))?;
     Ok(table)

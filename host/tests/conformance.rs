@@ -13,7 +13,7 @@ use ebb_host::config::{ConnectorConfig, RuntimeConfig};
 use ebb_host::conformance::{self, Case, Probe};
 use ebb_host::connector::{Credential, Permission};
 use ebb_host::runtime::Runtime;
-use ebb_test_support::Postgres;
+use ebb_test_support::{Postgres, Redis};
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
@@ -49,6 +49,49 @@ impl Probe for PgProbe {
                 Ok(_) => Ok(true),
                 // 42501: insufficient privilege.
                 Err(e) if e.as_db_error().is_some_and(|d| d.code().code() == "42501") => Ok(false),
+                Err(e) => Err(e.into()),
+            }
+        })
+    }
+}
+
+/// Authenticates with the credential and runs the permission's command on a key
+/// its pattern names, with the redis crate.
+struct RedisProbe {
+    port: u16,
+}
+
+impl Probe for RedisProbe {
+    fn works<'a>(
+        &'a self,
+        credential: &'a Credential,
+        permission: &'a Permission,
+    ) -> Pin<Box<dyn Future<Output = anyhow::Result<bool>> + Send + 'a>> {
+        Box::pin(async move {
+            let url = format!(
+                "redis://{}:{}@127.0.0.1:{}",
+                credential.get("user").unwrap_or_default(),
+                credential.get("password").unwrap_or_default(),
+                self.port
+            );
+            let mut conn = match redis::Client::open(url)?
+                .get_multiplexed_async_connection()
+                .await
+            {
+                Ok(c) => c,
+                Err(e) if e.kind() == redis::ErrorKind::AuthenticationFailed => return Ok(false),
+                Err(e) => return Err(e.into()),
+            };
+            let key = permission.resource.replace('*', "a");
+            let result = redis::cmd(&permission.action.to_ascii_uppercase())
+                .arg(&key)
+                .query_async::<redis::Value>(&mut conn)
+                .await;
+            match result {
+                Ok(_) => Ok(true),
+                Err(e) if e.code() == Some("NOPERM") => Ok(false),
+                // Deleted while connected: the server closed the connection.
+                Err(e) if e.is_io_error() || e.is_connection_dropped() => Ok(false),
                 Err(e) => Err(e.into()),
             }
         })
@@ -97,6 +140,44 @@ async fn postgres_passes_the_conformance_kit() {
     assert!(report.passed(), "{report:#?}");
     assert_eq!(report.checks.len(), 13, "every check ran");
     assert!(pg.ebb_roles().unwrap().is_empty(), "nothing left behind");
+}
+
+#[tokio::test]
+async fn redis_passes_the_conformance_kit() {
+    let server = Redis::start().unwrap();
+    let config = ConnectorConfig::new(ebb_test_plugins::REDIS)
+        .with_config("allowed-keys", "cache:*")
+        .with_redis("main", &server.admin_url());
+    let connector = Runtime::new(&RuntimeConfig::default())
+        .unwrap()
+        .load("redis", &config)
+        .await
+        .unwrap();
+    let report = conformance::run(
+        &connector,
+        &Case {
+            granted: Permission {
+                action: "get".into(),
+                resource: "cache:*".into(),
+            },
+            other: Some(Permission {
+                action: "get".into(),
+                resource: "secret:*".into(),
+            }),
+            settle: Duration::from_secs(1),
+        },
+        Some(&RedisProbe {
+            port: server.port(),
+        }),
+    )
+    .await;
+    print(&report);
+    assert!(report.passed(), "{report:#?}");
+    assert_eq!(report.checks.len(), 13, "every check ran");
+    assert!(
+        server.ebb_users().unwrap().is_empty(),
+        "nothing left behind"
+    );
 }
 
 /// A connector that says `revoked` while access remains fails the kit.

@@ -44,6 +44,8 @@
 pub mod config;
 pub mod http;
 pub mod log;
+pub mod random;
+pub mod redis;
 pub mod sql;
 
 /// The raw bindings of `wit/`. Not part of the SDK's API; used by

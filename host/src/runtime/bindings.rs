@@ -8,6 +8,7 @@ mod generated {
         world: "ebb:connector/plugin",
         imports: {
             "ebb:connector/sql": async | trappable,
+            "ebb:connector/redis": async | trappable,
             default: trappable,
         },
         exports: { default: async },
@@ -20,5 +21,5 @@ mod generated {
     });
 }
 
-pub(crate) use generated::ebb::connector::{config, log, sql, types};
+pub(crate) use generated::ebb::connector::{config, log, redis, sql, types};
 pub(crate) use generated::{Plugin, PluginPre};

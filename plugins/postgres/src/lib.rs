@@ -117,28 +117,6 @@ fn check_permissions(grant: &Grant) -> Result<Vec<(String, TableRef)>, Error> {
         .collect()
 }
 
-fn random_password() -> Result<String, Error> {
-    const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|e| Error::Internal(format!("no randomness: {e}")))?;
-    // 256 is not a multiple of the alphabet's size; reject the biased tail.
-    let limit = 256 - (256 % ALPHABET.len());
-    let mut out = String::with_capacity(40);
-    let mut pool = bytes.to_vec();
-    while out.len() < 40 {
-        if pool.is_empty() {
-            getrandom::fill(&mut bytes)
-                .map_err(|e| Error::Internal(format!("no randomness: {e}")))?;
-            pool = bytes.to_vec();
-        }
-        let b = usize::from(pool.pop().unwrap_or(0));
-        if b < limit {
-            out.push(char::from(ALPHABET[b % ALPHABET.len()]));
-        }
-    }
-    Ok(out)
-}
-
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -174,7 +152,7 @@ impl Connector for Postgres {
             return Err(Error::Invalid("the grant has already ended".into()));
         }
         let role = role_name(&grant.id)?;
-        let password = random_password()?;
+        let password = ebb_connector_sdk::random::password(40)?;
         let limit: u32 = config::get_or("connection-limit", "4")
             .parse()
             .map_err(|_| Error::Invalid("connection-limit must be a number".into()))?;

@@ -2,5 +2,7 @@
 //! fake: each type runs the real server from the distribution's packages.
 
 pub mod postgres;
+pub mod redis;
 
 pub use postgres::Postgres;
+pub use redis::Redis;

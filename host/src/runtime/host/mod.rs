@@ -8,6 +8,7 @@
 pub(crate) mod config;
 pub(crate) mod http;
 pub(crate) mod log;
+pub(crate) mod redis;
 pub(crate) mod sql;
 
 use super::bindings;
@@ -26,6 +27,7 @@ pub(crate) struct Lent {
     pub name: Arc<str>,
     pub config: BTreeMap<String, String>,
     pub sql: BTreeMap<String, sql::SqlConnection>,
+    pub redis: BTreeMap<String, redis::RedisConnection>,
     pub http: Arc<http::HttpPolicy>,
 }
 
@@ -38,11 +40,18 @@ impl Lent {
                 .with_context(|| format!("sql connection `{conn_name}`"))?;
             connections.insert(conn_name.clone(), connection);
         }
+        let mut redis_connections = BTreeMap::new();
+        for (conn_name, conn) in &config.redis {
+            let connection = redis::RedisConnection::new(conn)
+                .with_context(|| format!("redis connection `{conn_name}`"))?;
+            redis_connections.insert(conn_name.clone(), connection);
+        }
         Ok(Arc::new(Self {
             http: Arc::new(http::HttpPolicy::new(name.clone(), &config.http)?),
             name,
             config: config.config.clone(),
             sql: connections,
+            redis: redis_connections,
         }))
     }
 }
@@ -106,5 +115,6 @@ pub(crate) fn add_to_linker(linker: &mut Linker<CallState>) -> anyhow::Result<()
     bindings::log::add_to_linker::<_, HasSelf<CallState>>(linker, |s| s)?;
     bindings::config::add_to_linker::<_, HasSelf<CallState>>(linker, |s| s)?;
     bindings::sql::add_to_linker::<_, HasSelf<CallState>>(linker, |s| s)?;
+    bindings::redis::add_to_linker::<_, HasSelf<CallState>>(linker, |s| s)?;
     Ok(())
 }

@@ -1,0 +1,247 @@
+//! JIT access to Redis through ACL users.
+//!
+//! `issue` creates an ACL user named from the grant id (`ebb_<id>`) with a random
+//! password, allowed exactly the requested commands on exactly the requested key
+//! patterns (`ACL SETUSER … reset on >password -@all +cmd ~pattern resetchannels`;
+//! `reset` first, so a retried issue replaces everything). `revoke` deletes the user
+//! with `ACL DELUSER`, which also disconnects its live connections (`ACL SETUSER
+//! off` would not). `verify-revoked` asks Redis: does the user exist, is any
+//! connection of it open, does the credential still authenticate?
+//!
+//! A permission is `<command>` on `<key pattern>`, e.g. `get` on `cache:*`.
+//!
+//! Settings (`[connectors.<name>.config]`):
+//! - `connection`: the lent Redis connection (default `main`).
+//! - `allowed-commands`: comma-separated commands a grant may name (default
+//!   `get, mget, exists, ttl, hget, hgetall, lrange, smembers`).
+//! - `allowed-keys`: comma-separated key patterns (`prefix*` or exact keys) a grant's
+//!   patterns must fall within. Nothing is allowed until this is set.
+//!
+//! The lent connection's user needs `+acl +client|list` (and the host's
+//! `allow-commands` must include `ACL` and `CLIENT`). Redis does not replicate ACL
+//! changes: lend the connector each node it must manage.
+
+use ebb_connector_sdk::redis::{self, AuthOutcome, Reply};
+use ebb_connector_sdk::{
+    Capabilities, Connector, ConnectorInfo, Credential, Error, Grant, Issued, Residue, ResidueKind,
+    Subject, Verdict, config, export_connector,
+};
+
+const DEFAULT_COMMANDS: &str = "get, mget, exists, ttl, hget, hgetall, lrange, smembers";
+
+struct Redis;
+
+fn connection() -> String {
+    config::get_or("connection", "main")
+}
+
+fn list(setting: &str, default: &str) -> Vec<String> {
+    config::get_or(setting, default)
+        .split(',')
+        .map(|s| s.trim().to_ascii_lowercase())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// The user a grant gets: `ebb_` and the grant id, lowercased, from a safe alphabet.
+fn user_name(grant_id: &str) -> Result<String, Error> {
+    if grant_id.is_empty()
+        || grant_id.len() > 100
+        || !grant_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        return Err(Error::Invalid(format!(
+            "grant id `{grant_id}` cannot name a Redis user"
+        )));
+    }
+    Ok(format!("ebb_{}", grant_id.to_ascii_lowercase()))
+}
+
+/// Whether `pattern` (a Redis glob) stays within `allowed` (`prefix*` or exact).
+fn within(pattern: &str, allowed: &str) -> bool {
+    match allowed.strip_suffix('*') {
+        Some(prefix) => pattern.starts_with(prefix),
+        None => pattern == allowed,
+    }
+}
+
+/// `(command, key pattern)` for each permission, or why not.
+fn checked(grant: &Grant) -> Result<Vec<(String, String)>, Error> {
+    if grant.permissions.is_empty() {
+        return Err(Error::Invalid(
+            "a grant needs at least one permission".into(),
+        ));
+    }
+    let commands = list("allowed-commands", DEFAULT_COMMANDS);
+    let keys = list("allowed-keys", "");
+    grant
+        .permissions
+        .iter()
+        .map(|p| {
+            let command = p.action.to_ascii_lowercase();
+            if !commands.contains(&command) {
+                return Err(Error::Invalid(format!(
+                    "unknown command `{}`; this connector grants {}",
+                    p.action,
+                    commands.join(", ")
+                )));
+            }
+            let pattern = p.resource.trim();
+            // Only plain globs: no ACL syntax (`%R~`, `&`, spaces) can ride along.
+            if pattern.is_empty()
+                || !pattern
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b":_-./*".contains(&b))
+            {
+                return Err(Error::Invalid(format!(
+                    "`{}` is not a key pattern (use letters, digits, `:_-./` and `*`)",
+                    p.resource
+                )));
+            }
+            // A `*` other than at the end could reach past the allowed prefix.
+            if pattern.trim_end_matches('*').contains('*') {
+                return Err(Error::Invalid(format!(
+                    "`{pattern}`: `*` only at the end of a key pattern"
+                )));
+            }
+            if !keys.iter().any(|allowed| within(pattern, allowed)) {
+                return Err(Error::Denied(format!(
+                    "`{pattern}` is not within this connector's allowed-keys"
+                )));
+            }
+            Ok((command, pattern.to_owned()))
+        })
+        .collect()
+}
+
+/// Whether the user still exists.
+fn user_exists(conn: &str, user: &str) -> Result<bool, Error> {
+    Ok(!matches!(
+        redis::command(conn, &["ACL", "GETUSER", user])?,
+        Reply::Nil
+    ))
+}
+
+/// Open connections authenticated as the user.
+fn sessions(conn: &str, user: &str) -> Result<usize, Error> {
+    let needle = format!(" user={user} ");
+    Ok(match redis::command(conn, &["CLIENT", "LIST"])? {
+        Reply::Text(text) | Reply::Status(text) => text
+            .lines()
+            .filter(|l| format!(" {l} ").contains(&needle))
+            .count(),
+        _ => 0,
+    })
+}
+
+impl Connector for Redis {
+    fn describe() -> ConnectorInfo {
+        let mut info = ConnectorInfo::new("redis", env!("CARGO_PKG_VERSION"), "redis")
+            .with_description(
+                "Per-grant Redis ACL users with exactly the granted commands and key patterns",
+            );
+        for command in list("allowed-commands", DEFAULT_COMMANDS) {
+            info = info.with_action(
+                &command,
+                &format!("run {} on the granted keys", command.to_ascii_uppercase()),
+                "a key pattern within allowed-keys, e.g. cache:*",
+            );
+        }
+        info.with_capabilities(
+            Capabilities::REVOCABLE
+                | Capabilities::TERMINATES_SESSIONS
+                | Capabilities::CAN_VERIFY
+                | Capabilities::CAN_VERIFY_ISSUED,
+        )
+    }
+
+    fn issue(grant: Grant) -> Result<Issued, Error> {
+        let rules = checked(&grant)?;
+        let conn = connection();
+        let user = user_name(&grant.id)?;
+        let password = ebb_connector_sdk::random::password(40)?;
+        let secret = format!(">{password}");
+        let mut args = vec![
+            "ACL",
+            "SETUSER",
+            user.as_str(),
+            "reset",
+            "on",
+            secret.as_str(),
+            "-@all",
+            "resetchannels",
+        ];
+        let rules: Vec<(String, String)> = rules
+            .into_iter()
+            .map(|(command, pattern)| (format!("+{command}"), format!("~{pattern}")))
+            .collect();
+        for (command, pattern) in &rules {
+            args.push(command);
+            args.push(pattern);
+        }
+        redis::command(&conn, &args)?;
+        Ok(Issued::new(
+            format!("user={user}"),
+            Credential::new([("user", user.as_str()), ("password", password.as_str())]),
+        ))
+    }
+
+    fn revoke(grant: Grant, _handle: Option<String>) -> Result<(), Error> {
+        let user = user_name(&grant.id)?;
+        // Deleting a missing user answers 0: revoking twice is fine.
+        redis::command(&connection(), &["ACL", "DELUSER", &user])?;
+        Ok(())
+    }
+
+    fn verify_revoked(
+        grant: Grant,
+        _handle: Option<String>,
+        credential: Option<Credential>,
+    ) -> Result<Verdict, Error> {
+        let conn = connection();
+        let user = user_name(&grant.id)?;
+        let mut residue = Vec::new();
+        if user_exists(&conn, &user)? {
+            residue.push(Residue::new(
+                ResidueKind::EntitlementPresent,
+                format!("ACL user {user} still exists"),
+            ));
+        }
+        let open = sessions(&conn, &user)?;
+        if open > 0 {
+            residue.push(Residue::new(
+                ResidueKind::SessionOpen,
+                format!("{open} connection(s) of {user} still open"),
+            ));
+        }
+        if let Some(password) = credential.as_ref().and_then(|c| c.get("password"))
+            && let AuthOutcome::Accepted = redis::auth_probe(&conn, &user, password)?
+        {
+            residue.push(Residue::new(
+                ResidueKind::CredentialAccepted,
+                format!("AUTH as {user} with the issued password still succeeds"),
+            ));
+        }
+        Ok(Verdict::from_residue(residue))
+    }
+
+    fn verify_issued(grant: Grant, _handle: String, credential: Credential) -> Result<(), Error> {
+        let user = user_name(&grant.id)?;
+        let password = credential.get("password").unwrap_or_default();
+        match redis::auth_probe(&connection(), &user, password)? {
+            AuthOutcome::Accepted => Ok(()),
+            AuthOutcome::Refused(why) => Err(Error::Unavailable(format!(
+                "the new user cannot authenticate yet: {why}"
+            ))),
+        }
+    }
+
+    fn standing_access(_subject: Subject) -> Result<Vec<Residue>, Error> {
+        Err(Error::Unsupported(
+            "Redis ACL users carry no subject; standing access is not reported".into(),
+        ))
+    }
+}
+
+export_connector!(Redis);

@@ -1,0 +1,112 @@
+//! A throwaway Redis server: `redis-server` from Debian's packages on a free
+//! loopback port, no persistence, the `default` user protected by a password.
+//! The `ebb` admin user the redis connector is lent is created with exactly what
+//! the connector needs (`+acl +client|list +ping`), and a few keys are seeded.
+
+use anyhow::{Context, bail};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `default` user's password.
+pub const DEFAULT_PASSWORD: &str = "redis-test-default";
+/// The `ebb` admin user's password.
+pub const ADMIN_PASSWORD: &str = "redis-test-ebb-admin";
+
+/// A running Redis server, stopped and deleted on drop.
+#[derive(Debug)]
+pub struct Redis {
+    child: Child,
+    dir: PathBuf,
+    port: u16,
+}
+
+impl Redis {
+    /// Starts a server and waits until it answers.
+    pub fn start() -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let dir = std::env::temp_dir().join(format!("ebb-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .args(["--requirepass", DEFAULT_PASSWORD, "--dir"])
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("redis-server is not installed; run scripts/setup.sh")?;
+        let redis = Self { child, dir, port };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while redis.run(&["PING"]).is_err() {
+            if Instant::now() > deadline {
+                bail!("redis-server did not start on port {port}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        redis.run(&[
+            "ACL",
+            "SETUSER",
+            "ebb",
+            "on",
+            &format!(">{ADMIN_PASSWORD}"),
+            "+acl",
+            "+client|list",
+            "+ping",
+        ])?;
+        for (k, v) in [("cache:a", "1"), ("cache:b", "2"), ("secret:x", "s")] {
+            redis.run(&["SET", k, v])?;
+        }
+        Ok(redis)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The URL of the `ebb` admin user, as the operator would lend it.
+    pub fn admin_url(&self) -> String {
+        format!("redis://ebb:{ADMIN_PASSWORD}@127.0.0.1:{}", self.port)
+    }
+
+    fn client(&self) -> anyhow::Result<redis::Connection> {
+        let url = format!("redis://default:{DEFAULT_PASSWORD}@127.0.0.1:{}", self.port);
+        Ok(redis::Client::open(url)?.get_connection_with_timeout(Duration::from_secs(5))?)
+    }
+
+    /// Runs one command as the `default` user.
+    pub fn run(&self, args: &[&str]) -> anyhow::Result<redis::Value> {
+        let mut cmd = redis::cmd(args.first().copied().unwrap_or("PING"));
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        Ok(cmd.query(&mut self.client()?)?)
+    }
+
+    /// The ACL users whose names start with `ebb_` (what grants left behind).
+    pub fn ebb_users(&self) -> anyhow::Result<Vec<String>> {
+        let users: Vec<String> = redis::cmd("ACL").arg("USERS").query(&mut self.client()?)?;
+        Ok(users
+            .into_iter()
+            .filter(|u| u.starts_with("ebb_"))
+            .collect())
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
