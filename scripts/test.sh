@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 # Warnings in connectors fail the build in CI, as in the host.
 if [ "${CI:-}" = "true" ]; then export EBB_PLUGINS_DENY_WARNINGS=1; fi
+# Connectors written in other languages, built before the tests that load them.
+./scripts/build-py-connector.sh
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0

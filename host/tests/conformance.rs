@@ -144,10 +144,32 @@ async fn postgres_passes_the_conformance_kit() {
 
 #[tokio::test]
 async fn redis_passes_the_conformance_kit() {
+    redis_kit(ebb_test_plugins::REDIS).await;
+}
+
+/// The Python connector (`plugins/python-redis`, built by
+/// `scripts/build-py-connector.sh`, which `scripts/test.sh` runs first).
+fn python_redis() -> String {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../target/py-plugins/redis_py.wasm"
+    );
+    assert!(
+        std::path::Path::new(path).exists(),
+        "{path} is missing: run scripts/build-py-connector.sh (scripts/test.sh does)"
+    );
+    path.to_owned()
+}
+
+async fn redis_kit(component: &str) {
     let server = Redis::start().unwrap();
-    let config = ConnectorConfig::new(ebb_test_plugins::REDIS)
+    let config = ConnectorConfig::new(component)
         .with_config("allowed-keys", "cache:*")
-        .with_redis("main", &server.admin_url());
+        .with_redis("main", &server.admin_url())
+        .with_limits(ebb_host::config::LimitsConfig {
+            memory_mib: 128,
+            ..Default::default()
+        });
     let connector = Runtime::new(&RuntimeConfig::default())
         .unwrap()
         .load("redis", &config)
@@ -178,6 +200,11 @@ async fn redis_passes_the_conformance_kit() {
         server.ebb_users().unwrap().is_empty(),
         "nothing left behind"
     );
+}
+
+#[tokio::test]
+async fn the_python_redis_connector_passes_the_conformance_kit() {
+    redis_kit(&python_redis()).await;
 }
 
 /// A connector that says `revoked` while access remains fails the kit.
