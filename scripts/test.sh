@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 if [ "${CI:-}" = "true" ]; then export EBB_PLUGINS_DENY_WARNINGS=1; fi
 # Connectors written in other languages, built before the tests that load them.
 ./scripts/build-py-connector.sh
+./scripts/build-js-connector.sh
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0

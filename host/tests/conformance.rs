@@ -207,6 +207,21 @@ async fn the_python_redis_connector_passes_the_conformance_kit() {
     redis_kit(&python_redis()).await;
 }
 
+/// The JavaScript connector (`plugins/js-redis`, built by
+/// `scripts/build-js-connector.sh`, which `scripts/test.sh` runs first).
+#[tokio::test]
+async fn the_javascript_redis_connector_passes_the_conformance_kit() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../target/js-plugins/redis_js.wasm"
+    );
+    assert!(
+        std::path::Path::new(path).exists(),
+        "{path} is missing: run scripts/build-js-connector.sh (scripts/test.sh does)"
+    );
+    redis_kit(path).await;
+}
+
 /// A connector that says `revoked` while access remains fails the kit.
 #[tokio::test]
 async fn a_connector_that_lies_fails_the_kit() {
