@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
+./scripts/build-py-connector.sh >/dev/null
+./scripts/build-js-connector.sh >/dev/null
 runs=${1:-3}
 for i in $(seq "$runs"); do
   cargo bench --locked -p ebb-host --bench runtime -- --noplot >/dev/null

@@ -20,6 +20,8 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 # Python with venv and pip, for the API fuzz pass (schemathesis from PyPI).
 python3 -m venv --help >/dev/null 2>&1 || need+=(python3-venv python3-pip)
 command -v curl >/dev/null 2>&1 || need+=(curl ca-certificates)
+# Node.js and npm, to build the JavaScript connector with jco.
+command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
 if [ ${#need[@]} -gt 0 ]; then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"

@@ -198,5 +198,56 @@ fn postgres_lifecycle(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, noop_call, postgres_lifecycle);
+/// Per-call overhead by language: the same Redis connector in Rust, Python and
+/// JavaScript (all precompiled by the runtime at load), timing `describe` (a fresh
+/// instance and a call, no downstream work) and `revoke` (one `ACL DELUSER`
+/// through the host's Redis capability against a real server).
+fn languages(c: &mut Criterion) {
+    let rt = rt();
+    let server = ebb_test_support::Redis::start().unwrap();
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let components = [
+        ("rust", ebb_test_plugins::REDIS.to_owned()),
+        ("python", format!("{root}/target/py-plugins/redis_py.wasm")),
+        (
+            "javascript",
+            format!("{root}/target/js-plugins/redis_js.wasm"),
+        ),
+    ];
+    let mut group = c.benchmark_group("call/redis_connector");
+    for (language, path) in components {
+        assert!(
+            std::path::Path::new(&path).exists(),
+            "{path} is missing: scripts/bench.sh builds it"
+        );
+        let connector = rt.block_on(async {
+            Runtime::new(&RuntimeConfig::default())
+                .unwrap()
+                .load(
+                    language,
+                    &ConnectorConfig::new(&path)
+                        .with_config("allowed-keys", "cache:*")
+                        .with_redis("main", &server.admin_url())
+                        .with_limits(ebb_host::config::LimitsConfig {
+                            memory_mib: 128,
+                            ..Default::default()
+                        }),
+                )
+                .await
+                .unwrap()
+        });
+        let g = grant("01JBENCHLANG".into());
+        group.bench_function(format!("{language}/describe"), |b| {
+            b.to_async(&rt)
+                .iter(|| async { connector.describe().await.unwrap() })
+        });
+        group.bench_function(format!("{language}/revoke"), |b| {
+            b.to_async(&rt)
+                .iter(|| async { connector.revoke(&g, None).await.unwrap() })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, noop_call, postgres_lifecycle, languages);
 criterion_main!(benches);
