@@ -269,16 +269,28 @@ impl Loader {
         if self.registry().get(name).is_some() {
             return Err(LoadError::Exists(name.to_owned()));
         }
-        let mut table = api_table(body)?;
+        let table = api_table(body)?;
         let mut config = parse_instance(&table, &dir)?;
         // Whatever the API may load must already be in the plugins folder.
         config.component = inside(&dir, table_str(&table, "component")?)?;
+        self.pin_and_install(&dir, name, table, config, actor).await
+    }
+
+    /// Validates `config`, pins the validated version's sha256 in the instance's
+    /// file (written atomically), and swaps it in.
+    async fn pin_and_install(
+        &self,
+        dir: &Path,
+        name: &str,
+        mut table: toml::Table,
+        mut config: ConnectorConfig,
+        actor: &str,
+    ) -> Result<Arc<Slot>, LoadError> {
         let connector = self.prepare(name, &config).await?;
-        // Pin the version that was validated.
         let digest = connector.digest().to_string();
         table.insert("sha256".into(), toml::Value::String(digest.clone()));
         config.sha256 = Some(digest.clone());
-        let fingerprint = write_instance(&dir, name, &table, &digest).await?;
+        let fingerprint = write_instance(dir, name, &table, &digest).await?;
         Ok(self
             .installed(
                 name,
@@ -321,22 +333,10 @@ impl Loader {
                 if let Some(pin) = &change.sha256 {
                     table.insert("sha256".into(), toml::Value::String(pin.clone()));
                 }
-                let mut config = parse_instance(&table, &dir)?;
-                let connector = self.prepare(name, &config).await?;
-                let digest = connector.digest().to_string();
-                table.insert("sha256".into(), toml::Value::String(digest.clone()));
-                config.sha256 = Some(digest.clone());
-                let fingerprint = write_instance(&dir, name, &table, &digest).await?;
+                let config = parse_instance(&table, &dir)?;
                 let slot = self
-                    .installed(
-                        name,
-                        connector,
-                        config,
-                        Some(Origin::Dir { fingerprint }),
-                        actor,
-                        "api",
-                    )
-                    .await;
+                    .pin_and_install(&dir, name, table, config, actor)
+                    .await?;
                 return Ok((slot, previous));
             }
             Some(Origin::Dir { .. }) => {

@@ -10,8 +10,7 @@
 )]
 
 use axum::Router;
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::StatusCode;
 use base64::Engine as _;
 use ebb_host::api::{self, AppState, Tokens};
 use ebb_host::approval::{Alerts, Approval};
@@ -33,7 +32,6 @@ use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tower::ServiceExt;
 
 const ISSUER: &str = "https://ci.idp.test";
 const CI: &str = "spiffe://acme.test/ci/billing";
@@ -219,26 +217,8 @@ async fn call(
     } else {
         format!("tok-{who}")
     };
-    let req = Request::builder()
-        .method(method)
-        .uri(uri)
-        .header("authorization", format!("Bearer {bearer}"));
-    let req = match body {
-        Some(b) => req
-            .header("content-type", "application/json")
-            .body(Body::from(b.to_string())),
-        None => req.body(Body::empty()),
-    }
-    .unwrap();
-    let response = app.clone().oneshot(req).await.unwrap();
-    let status = response.status();
-    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
-        .await
-        .unwrap();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
+    let body = body.map(|b| b.to_string());
+    ebb_test_support::api::send(app, method, uri, Some(&bearer), body.as_deref()).await
 }
 
 fn ask(ttl: &str, reason: Option<&str>) -> Value {

@@ -9,8 +9,7 @@
 )]
 
 use axum::Router;
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::StatusCode;
 use ebb_host::api::{self, AppState, Tokens};
 use ebb_host::config::{ConnectorConfig, PluginsConfig, Role, RuntimeConfig, TokenConfig};
 use ebb_host::lifecycle::{Clock, EngineConfig, Lifecycle};
@@ -24,7 +23,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tower::ServiceExt;
 
 /// A component that behaves exactly like `bytes` but has another sha256: a custom
 /// section appended to the component.
@@ -145,26 +143,15 @@ async fn call(
     who: &str,
     body: Option<Value>,
 ) -> (StatusCode, Value) {
-    let req = Request::builder()
-        .method(method)
-        .uri(uri)
-        .header("authorization", format!("Bearer tok-{who}"));
-    let req = match body {
-        Some(b) => req
-            .header("content-type", "application/json")
-            .body(Body::from(b.to_string())),
-        None => req.body(Body::empty()),
-    }
-    .unwrap();
-    let response = app.clone().oneshot(req).await.unwrap();
-    let status = response.status();
-    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
-        .await
-        .unwrap();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    let body = body.map(|b| b.to_string());
+    ebb_test_support::api::send(
+        app,
+        method,
+        uri,
+        Some(&format!("tok-{who}")),
+        body.as_deref(),
     )
+    .await
 }
 
 fn grant_request(connector: &str) -> Value {

@@ -131,12 +131,7 @@ pub async fn request(
     req: extract::Body,
 ) -> Result<(StatusCode, Json<GrantResponse>), ApiError> {
     principal.require(&state, &[Role::Requester], "request grants")?;
-    let req: GrantRequest = extract::object(req)?;
-    let ttl_ms = parse_ttl(&req.ttl)?;
-    if req.task.trim().is_empty() {
-        return Err(ApiError::BadRequest("a grant must name its task".into()));
-    }
-    create(state, principal, req, ttl_ms, false).await
+    create(state, principal, req, false).await
 }
 
 /// Requests a grant through the break-glass path: its own policies, a mandatory
@@ -159,21 +154,21 @@ pub async fn break_glass(
     req: extract::Body,
 ) -> Result<(StatusCode, Json<GrantResponse>), ApiError> {
     principal.require(&state, &[Role::Requester], "request break-glass grants")?;
+    create(state, principal, req, true).await
+}
+
+/// Decides a request and records it; issues it at once if it was approved.
+async fn create(
+    state: AppState,
+    principal: Principal,
+    req: extract::Body,
+    break_glass: bool,
+) -> Result<(StatusCode, Json<GrantResponse>), ApiError> {
     let req: GrantRequest = extract::object(req)?;
     let ttl_ms = parse_ttl(&req.ttl)?;
     if req.task.trim().is_empty() {
         return Err(ApiError::BadRequest("a grant must name its task".into()));
     }
-    create(state, principal, req, ttl_ms, true).await
-}
-
-async fn create(
-    state: AppState,
-    principal: Principal,
-    req: GrantRequest,
-    ttl_ms: u64,
-    break_glass: bool,
-) -> Result<(StatusCode, Json<GrantResponse>), ApiError> {
     let slot = state
         .lifecycle
         .registry()

@@ -9,10 +9,8 @@ use crate::registry::Registry;
 use crate::runtime::Runtime;
 use crate::seal::{HostKey, Sealer};
 use crate::store::SledStore;
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::StatusCode;
 use serde_json::{Value, json};
-use tower::ServiceExt;
 
 fn token(name: &str, roles: &[Role]) -> TokenConfig {
     TokenConfig {
@@ -96,25 +94,8 @@ async fn call(
     who: Option<&str>,
     body: Option<&str>,
 ) -> (StatusCode, Value) {
-    let mut req = Request::builder().method(method).uri(uri);
-    if let Some(who) = who {
-        req = req.header("authorization", format!("Bearer tok-{who}"));
-    }
-    let req = match body {
-        Some(b) => req
-            .header("content-type", "application/json")
-            .body(Body::from(b.to_owned())),
-        None => req.body(Body::empty()),
-    }
-    .unwrap();
-    let response = app.clone().oneshot(req).await.unwrap();
-    let status = response.status();
-    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
-        .await
-        .unwrap();
-    let value = serde_json::from_slice(&bytes)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
-    (status, value)
+    let bearer = who.map(|w| format!("tok-{w}"));
+    ebb_test_support::api::send(app, method, uri, bearer.as_deref(), body).await
 }
 
 fn grant_body(connector: &str, ttl: &str) -> String {
