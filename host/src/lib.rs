@@ -16,6 +16,7 @@
 //!
 //! See `ARCHITECTURE.md` at the repository root for the codemap and invariants.
 
+pub mod alerts;
 pub mod api;
 pub mod approval;
 pub mod audit;

@@ -308,13 +308,11 @@ async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
     }
     // Policies are validated against the loaded connectors' actions; a host whose
     // policies do not load refuses to start rather than decide without them.
+    let alerts = Alerts::new(config.alerts.webhooks.clone());
+    lifecycle.set_alerts(alerts.clone());
     let approval = Arc::new(
-        Approval::new(
-            config.policy.as_ref(),
-            lifecycle.registry(),
-            Alerts::new(config.alerts.webhooks.clone()),
-        )
-        .map_err(|e| anyhow::anyhow!("policies: {e}"))?,
+        Approval::new(config.policy.as_ref(), lifecycle.registry(), alerts)
+            .map_err(|e| anyhow::anyhow!("policies: {e}"))?,
     );
     let identity = if config.identity.issuers.is_empty() {
         None

@@ -185,6 +185,8 @@ struct Inner {
     wake: Notify,
     jobs: Arc<Semaphore>,
     shutdown: shutdown::Shutdown,
+    /// Where escalations are announced, once set.
+    alerts: std::sync::OnceLock<crate::alerts::Alerts>,
 }
 
 /// The engine's shutdown signal: a flag plus a notify.
@@ -268,8 +270,15 @@ impl Lifecycle {
                 wake: Notify::new(),
                 jobs: Arc::new(Semaphore::new(config.max_jobs)),
                 shutdown: shutdown::Shutdown::default(),
+                alerts: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Announces escalations through `alerts` (the first escalation of a grant).
+    /// Only the first call takes effect.
+    pub fn set_alerts(&self, alerts: crate::alerts::Alerts) {
+        let _ = self.inner.alerts.set(alerts);
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -1055,7 +1064,18 @@ impl Lifecycle {
             tracing::error!(grant = %record.grant.id, connector = %record.connector, attempts = record.attempts, why, "ESCALATED: revocation of this grant is not verified; it will keep being retried");
         }
         let due = record.due_at;
-        self.transition(
+        let alert = (first && self.inner.alerts.get().is_some()).then(|| {
+            json!({
+                "kind": "escalation",
+                "grant": record.grant.id,
+                "subject": record.grant.subject.id,
+                "connector": record.connector,
+                "state": record.state,
+                "attempts": record.attempts,
+                "why": why,
+            })
+        });
+        let record = self.transition(
             record,
             Event::Escalate,
             "ebb",
@@ -1067,7 +1087,11 @@ impl Lifecycle {
                 }
                 r.due_at = due.or(Some(now));
             },
-        )
+        )?;
+        if let (Some(alert), Some(alerts)) = (alert, self.inner.alerts.get()) {
+            alerts.send(alert);
+        }
+        Ok(record)
     }
 
     /// Starts the scheduler: voids the previous process's leases (so its in-flight

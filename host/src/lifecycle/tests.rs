@@ -229,6 +229,20 @@ async fn issue_failure_compensates_by_grant_id() {
 #[tokio::test]
 async fn revoke_outage_retries_escalates_and_recovers() {
     let engine = engine(&[("flaky", misbehave(&[("revoke", "fail")]))]).await;
+    // Escalations are announced to the operator's webhook.
+    let alerts = Arc::new(std::sync::Mutex::new(Vec::<serde_json::Value>::new()));
+    let sink = alerts.clone();
+    let hook = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |axum::Json(v): axum::Json<serde_json::Value>| {
+            let sink = sink.clone();
+            async move { sink.lock().unwrap().push(v) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, hook).await.unwrap() });
+    engine.set_alerts(crate::alerts::Alerts::new(vec![url]));
     let record = issued(&engine, "flaky", 60_000).await;
     let id = record.grant.id.clone();
     engine
@@ -246,6 +260,16 @@ async fn revoke_outage_retries_escalates_and_recovers() {
     );
     assert!(r.escalated_at.is_some());
     assert_eq!(engine.escalated().unwrap().len(), 1);
+    for _ in 0..200 {
+        if !alerts.lock().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let got = alerts.lock().unwrap().clone();
+    assert_eq!(got.len(), 1, "one alert for the first escalation: {got:?}");
+    assert_eq!(got[0]["kind"], "escalation");
+    assert_eq!(got[0]["grant"], id.as_str());
     // Escalated grants keep being retried: when the downstream system comes back,
     // revocation completes and is verified.
     engine
