@@ -6,7 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 src=plugins/js-redis
 if [ ! -x "$src/node_modules/.bin/jco" ]; then
-  (cd "$src" && npm ci --no-audit --no-fund --loglevel=error)
+  # `npm install`, not `npm ci`: this npm leaves platform-specific optional
+  # packages out of the lock file, and `npm ci` then refuses it. Versions are pinned
+  # exactly in package.json and, transitively, by the lock.
+  (cd "$src" && npm install --no-audit --no-fund --loglevel=error)
 fi
 mkdir -p target/js-plugins
 out=target/js-plugins/redis_js.wasm
