@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job: sets up the machine, builds the bundled connectors and the host, starts
-# a demo PostgreSQL (unless EBB_PG_DSN points at yours) and runs `ebb serve` with the
-# embedded store under .ebb/.
+# a demo PostgreSQL and Redis (unless EBB_PG_DSN / EBB_REDIS_URL point at yours) and
+# runs `ebb serve` with the embedded store under .ebb/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 cargo build --release --locked -p ebb-host
 mkdir -p .ebb
 export EBB_PG_DSN=${EBB_PG_DSN:-$(./scripts/demo-postgres.sh)}
+export EBB_REDIS_URL=${EBB_REDIS_URL:-$(./scripts/demo-redis.sh)}
 wasm=$(pwd)/plugins/target/wasm32-wasip2/release
 
 # Demo API tokens, made once. The config holds only their sha256.
@@ -60,6 +61,11 @@ roles = ["approver"]
 component = "$wasm/postgres.wasm"
 config = { allowed-resources = "public.invoices, public.customers" }
 sql.main = { dsn-env = "EBB_PG_DSN", max-connections = 4 }
+
+[connectors.redis]
+component = "$wasm/redis.wasm"
+config = { allowed-keys = "cache:*" }
+redis.main = { url-env = "EBB_REDIS_URL" }
 
 [connectors.noop]
 component = "$wasm/noop.wasm"
