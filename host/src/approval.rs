@@ -79,31 +79,29 @@ impl Approval {
         registry: &Registry,
         alerts: Alerts,
     ) -> Result<Self, PolicyError> {
-        let policies = match config {
-            Some(c) => Some(Policies::load(
-                PolicyFiles {
-                    normal: c.path.clone(),
-                    break_glass: c.break_glass.as_ref().map(|b| b.path.clone()),
-                },
-                &connector_actions(registry),
-            )?),
-            None => None,
+        let Some(c) = config else {
+            return Ok(Self::connector_modes(alerts));
+        };
+        let files = PolicyFiles {
+            normal: c.path.clone(),
+            break_glass: c.break_glass.as_ref().map(|b| b.path.clone()),
         };
         Ok(Self {
-            policies,
-            break_glass: config.and_then(|c| c.break_glass.clone()),
-            anomaly_window: config.map_or(Duration::from_secs(3600), |c| c.anomaly_window),
+            policies: Some(Policies::load(files, &connector_actions(registry))?),
+            break_glass: c.break_glass.clone(),
+            anomaly_window: c.anomaly_window,
             flagged: Mutex::new(HashMap::new()),
             alerts,
         })
     }
 
-    /// No policies: each connector's `lifecycle.approval` decides.
+    /// No policies: each connector's `lifecycle.approval` decides (and anomaly flags,
+    /// which only policies read, lapse at once).
     pub fn connector_modes(alerts: Alerts) -> Self {
         Self {
             policies: None,
             break_glass: None,
-            anomaly_window: Duration::from_secs(3600),
+            anomaly_window: Duration::ZERO,
             flagged: Mutex::new(HashMap::new()),
             alerts,
         }

@@ -179,13 +179,18 @@ impl Loader {
     /// Reads and checks a component, then compiles, links and describes it. Nothing
     /// is swapped here.
     async fn prepare(&self, name: &str, config: &ConnectorConfig) -> Result<Connector, LoadError> {
-        let bytes = tokio::fs::read(&config.component).await.map_err(|e| {
-            LoadError::Invalid(format!(
-                "reading component {}: {e}",
-                config.component.display()
-            ))
-        })?;
-        let digest = Digest::of(&bytes).to_string();
+        let bytes = read_component(config).await?;
+        self.prepare_bytes(name, config, &bytes).await
+    }
+
+    /// [`Loader::prepare`] for a component already read.
+    async fn prepare_bytes(
+        &self,
+        name: &str,
+        config: &ConnectorConfig,
+        bytes: &[u8],
+    ) -> Result<Connector, LoadError> {
+        let digest = Digest::of(bytes).to_string();
         let allowed = &self.plugins.allowed_sha256;
         if !allowed.is_empty() && !allowed.iter().any(|d| d.eq_ignore_ascii_case(&digest)) {
             return Err(LoadError::NotAllowed(format!(
@@ -195,7 +200,7 @@ impl Loader {
         }
         self.registry()
             .runtime()
-            .load_bytes(name, config, &bytes)
+            .load_bytes(name, config, bytes)
             .await
             .map_err(|e| LoadError::Invalid(format!("{e:#}")))
     }
@@ -324,7 +329,7 @@ impl Loader {
         let (config, connector, origin) = match origin {
             Some(Origin::Dir { .. }) if changes => {
                 let dir = self.dir()?.to_owned();
-                let mut table = read_table(&dir, name).await?;
+                let (_, mut table) = read_instance(&dir, name).await?;
                 if let Some(component) = &change.component {
                     inside(&dir, component)?;
                     table.insert("component".into(), toml::Value::String(component.clone()));
@@ -341,11 +346,10 @@ impl Loader {
             }
             Some(Origin::Dir { .. }) => {
                 let dir = self.dir()?.to_owned();
-                let table = read_table(&dir, name).await?;
+                let (text, table) = read_instance(&dir, name).await?;
                 let config = parse_instance(&table, &dir)?;
                 let connector = self.prepare(name, &config).await?;
-                let fingerprint =
-                    fingerprint_of(&dir.join(format!("{name}.toml")), &connector).await?;
+                let fingerprint = fingerprint(&text, &connector.digest().to_string());
                 (config, connector, Some(Origin::Dir { fingerprint }))
             }
             _ if changes => {
@@ -386,7 +390,7 @@ impl Loader {
         }
         match mode {
             UnloadMode::Refuse => {
-                let live = self.lifecycle.live_grants(name)?;
+                let live = self.live(name).await?;
                 if !live.is_empty() {
                     return Err(LoadError::Conflict(format!(
                         "connector `{name}` has {} live grant(s): unload with live=revoke to \
@@ -463,7 +467,7 @@ impl Loader {
     /// admitted just before draining began may land after the first scan).
     async fn hand_over_all(&self, name: &str, target: &Slot, actor: &str) -> Result<(), LoadError> {
         loop {
-            let live = self.lifecycle.live_grants(name)?;
+            let live = self.live(name).await?;
             if live.is_empty() {
                 return Ok(());
             }
@@ -475,10 +479,21 @@ impl Loader {
         }
     }
 
+    /// The grants that still need instance `name`. A scan of the store: it runs off
+    /// the async workers.
+    pub async fn live(&self, name: &str) -> Result<Vec<crate::store::GrantRecord>, LoadError> {
+        let lifecycle = self.lifecycle.clone();
+        let name = name.to_owned();
+        tokio::task::spawn_blocking(move || lifecycle.live_grants(&name))
+            .await
+            .map_err(|e| LoadError::Internal(e.to_string()))?
+            .map_err(LoadError::from)
+    }
+
     /// Starts revoking every live grant not already on its way out; returns how many
     /// are live.
     async fn revoke_live(&self, name: &str, actor: &str) -> Result<usize, LoadError> {
-        let live = self.lifecycle.live_grants(name)?;
+        let live = self.live(name).await?;
         for grant in &live {
             if matches!(
                 grant.state,
@@ -494,28 +509,36 @@ impl Loader {
                     .await?;
             }
         }
-        Ok(self.lifecycle.live_grants(name)?.len())
+        Ok(self.live(name).await?.len())
     }
 
-    /// Waits until a draining instance has no live grant, then removes it.
+    /// Waits until a draining instance has no live grant, then removes it. The scans
+    /// run without holding `changes`; only the removal takes it, and checks again.
     async fn finish_drain(&self, name: &str, actor: &str) {
+        let draining = || self.registry().get(name).is_some_and(|s| s.is_draining());
         loop {
             tokio::time::sleep(DRAIN_POLL).await;
-            let _change = self.changes.lock().await;
-            match self.registry().get(name) {
-                // Reloaded, unloaded or cancelled meanwhile: nothing left to do here.
-                Some(slot) if slot.is_draining() => {}
-                _ => return,
+            // Reloaded, unloaded or cancelled meanwhile: nothing left to do here.
+            if !draining() {
+                return;
             }
             match self.revoke_live(name, actor).await {
-                Ok(0) => {
-                    if let Err(e) = self.remove(name, actor).await {
-                        tracing::error!(connector = name, error = %e, "could not finish unloading");
-                    }
-                    return;
+                Ok(0) => {}
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::warn!(connector = name, error = %e, "draining: will try again");
+                    continue;
                 }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(connector = name, error = %e, "draining: will try again"),
+            }
+            let _change = self.changes.lock().await;
+            if !draining() {
+                return;
+            }
+            if self.live(name).await.is_ok_and(|live| live.is_empty()) {
+                if let Err(e) = self.remove(name, actor).await {
+                    tracing::error!(connector = name, error = %e, "could not finish unloading");
+                }
+                return;
             }
         }
     }
@@ -572,21 +595,22 @@ impl Loader {
                 );
                 continue;
             }
+            // Each file and its component are read once; nothing is compiled unless
+            // one of them changed.
             let prepared = async {
-                let table = read_table(&dir, name).await?;
+                let (text, table) = read_instance(&dir, name).await?;
                 let config = parse_instance(&table, &dir)?;
-                let connector = self.prepare(name, &config).await?;
-                let fingerprint = fingerprint_of(file, &connector).await?;
-                Ok::<_, LoadError>((config, connector, fingerprint))
+                let bytes = read_component(&config).await?;
+                let fingerprint = fingerprint(&text, &Digest::of(&bytes).to_string());
+                if matches!(&origin, Some(Origin::Dir { fingerprint: f }) if *f == fingerprint) {
+                    return Ok(None);
+                }
+                let connector = self.prepare_bytes(name, &config, &bytes).await?;
+                Ok::<_, LoadError>(Some((config, connector, fingerprint)))
             };
-            // Cheap check first: unchanged file and component mean nothing to do.
-            if let Some(Origin::Dir { fingerprint }) = &origin
-                && quick_fingerprint(&dir, name, file).await.as_deref() == Some(fingerprint)
-            {
-                continue;
-            }
             match prepared.await {
-                Ok((config, connector, fingerprint)) => {
+                Ok(None) => {}
+                Ok(Some((config, connector, fingerprint))) => {
                     self.installed(
                         name,
                         connector,
@@ -607,7 +631,7 @@ impl Loader {
             .map(|(name, _)| name.clone())
             .collect();
         for name in gone {
-            match self.lifecycle.live_grants(&name) {
+            match self.live(&name).await {
                 Ok(live) if live.is_empty() => {
                     if let Err(e) = self.remove(&name, "plugins-dir").await {
                         tracing::error!(connector = %name, error = %e, "could not unload");
@@ -762,12 +786,27 @@ fn parse_instance(table: &toml::Table, dir: &Path) -> Result<ConnectorConfig, Lo
     ConnectorConfig::parse_toml(&text, dir).map_err(|e| LoadError::Invalid(format!("{e:#}")))
 }
 
-async fn read_table(dir: &Path, name: &str) -> Result<toml::Table, LoadError> {
+/// `<dir>/<name>.toml` as read: its bytes (for the fingerprint) and its table.
+async fn read_instance(dir: &Path, name: &str) -> Result<(Vec<u8>, toml::Table), LoadError> {
     let file = dir.join(format!("{name}.toml"));
-    let text = tokio::fs::read_to_string(&file)
+    let bytes = tokio::fs::read(&file)
         .await
         .map_err(|e| LoadError::Invalid(format!("reading {}: {e}", file.display())))?;
-    toml::from_str(&text).map_err(|e| LoadError::Invalid(format!("{}: {e}", file.display())))
+    let table = std::str::from_utf8(&bytes)
+        .map_err(|e| LoadError::Invalid(format!("{}: {e}", file.display())))
+        .and_then(|text| {
+            toml::from_str(text).map_err(|e| LoadError::Invalid(format!("{}: {e}", file.display())))
+        })?;
+    Ok((bytes, table))
+}
+
+async fn read_component(config: &ConnectorConfig) -> Result<Vec<u8>, LoadError> {
+    tokio::fs::read(&config.component).await.map_err(|e| {
+        LoadError::Invalid(format!(
+            "reading component {}: {e}",
+            config.component.display()
+        ))
+    })
 }
 
 /// Writes `<dir>/<name>.toml` atomically (temporary file, fsync, rename) and
@@ -797,21 +836,4 @@ async fn write_instance(
 
 fn fingerprint(file: &[u8], component_digest: &str) -> String {
     format!("{}:{component_digest}", Digest::of(file))
-}
-
-async fn fingerprint_of(file: &Path, connector: &Connector) -> Result<String, LoadError> {
-    let text = tokio::fs::read(file)
-        .await
-        .map_err(|e| LoadError::Invalid(format!("reading {}: {e}", file.display())))?;
-    Ok(fingerprint(&text, &connector.digest().to_string()))
-}
-
-/// The fingerprint of an instance file and its component as they are on disk now,
-/// without compiling anything; `None` if either cannot be read.
-async fn quick_fingerprint(dir: &Path, name: &str, file: &Path) -> Option<String> {
-    let text = tokio::fs::read(file).await.ok()?;
-    let table = read_table(dir, name).await.ok()?;
-    let config = parse_instance(&table, dir).ok()?;
-    let component = tokio::fs::read(&config.component).await.ok()?;
-    Some(fingerprint(&text, &Digest::of(&component).to_string()))
 }

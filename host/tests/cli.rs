@@ -46,11 +46,7 @@ fn the_readme_lifecycle_and_connector_operations_through_the_cli() {
     let dir = std::env::temp_dir().join(format!("ebb-cli-{}", rand::random::<u64>()));
     std::fs::create_dir_all(dir.join("plugins")).unwrap();
     std::fs::copy(ebb_test_plugins::NOOP, dir.join("plugins/noop.wasm")).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = ebb_test_support::free_port().unwrap();
     let hash = ebb_host::api::auth::hash_token;
     std::fs::write(
         dir.join("ebb.toml"),
@@ -96,12 +92,7 @@ sql.main = {{ dsn-env = "EBB_TEST_PG_DSN", max-connections = 2 }}
         .spawn()
         .unwrap();
     let api = format!("http://127.0.0.1:{port}");
-    for _ in 0..300 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    ebb_test_support::wait_for_port(port, Duration::from_secs(6));
 
     let requested = json(
         &api,

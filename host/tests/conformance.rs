@@ -109,56 +109,39 @@ fn print(report: &conformance::Report) {
     }
 }
 
+fn permission(action: &str, resource: &str) -> Permission {
+    Permission {
+        action: action.into(),
+        resource: resource.into(),
+    }
+}
+
+/// Loads `config` and runs the kit; every check must run and pass.
+async fn passes(name: &str, config: &ConnectorConfig, case: &Case, probe: &dyn Probe) {
+    let connector = Runtime::new(&RuntimeConfig::default())
+        .unwrap()
+        .load(name, config)
+        .await
+        .unwrap();
+    let report = conformance::run(&connector, case, Some(probe)).await;
+    print(&report);
+    assert!(report.passed(), "{report:#?}");
+    assert_eq!(report.checks.len(), 13, "every check ran");
+}
+
 #[tokio::test]
 async fn postgres_passes_the_conformance_kit() {
     let pg = Postgres::start().unwrap();
     let config = ConnectorConfig::new(ebb_test_plugins::POSTGRES)
         .with_config("allowed-resources", "public.invoices, public.customers")
         .with_sql("main", &pg.admin_dsn());
-    let connector = Runtime::new(&RuntimeConfig::default())
-        .unwrap()
-        .load("pg", &config)
-        .await
-        .unwrap();
-    let report = conformance::run(
-        &connector,
-        &Case {
-            granted: Permission {
-                action: "select".into(),
-                resource: "public.invoices".into(),
-            },
-            other: Some(Permission {
-                action: "select".into(),
-                resource: "public.salaries".into(),
-            }),
-            settle: Duration::from_secs(2),
-        },
-        Some(&PgProbe { port: pg.port() }),
-    )
-    .await;
-    print(&report);
-    assert!(report.passed(), "{report:#?}");
-    assert_eq!(report.checks.len(), 13, "every check ran");
+    let case = Case {
+        granted: permission("select", "public.invoices"),
+        other: Some(permission("select", "public.salaries")),
+        settle: Duration::from_secs(2),
+    };
+    passes("pg", &config, &case, &PgProbe { port: pg.port() }).await;
     assert!(pg.ebb_roles().unwrap().is_empty(), "nothing left behind");
-}
-
-#[tokio::test]
-async fn redis_passes_the_conformance_kit() {
-    redis_kit(ebb_test_plugins::REDIS).await;
-}
-
-/// The Python connector (`plugins/python-redis`, built by
-/// `scripts/build-py-connector.sh`, which `scripts/test.sh` runs first).
-fn python_redis() -> String {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../target/py-plugins/redis_py.wasm"
-    );
-    assert!(
-        std::path::Path::new(path).exists(),
-        "{path} is missing: run scripts/build-py-connector.sh (scripts/test.sh does)"
-    );
-    path.to_owned()
 }
 
 async fn redis_kit(component: &str) {
@@ -170,56 +153,55 @@ async fn redis_kit(component: &str) {
             memory_mib: 128,
             ..Default::default()
         });
-    let connector = Runtime::new(&RuntimeConfig::default())
-        .unwrap()
-        .load("redis", &config)
-        .await
-        .unwrap();
-    let report = conformance::run(
-        &connector,
-        &Case {
-            granted: Permission {
-                action: "get".into(),
-                resource: "cache:*".into(),
-            },
-            other: Some(Permission {
-                action: "get".into(),
-                resource: "secret:*".into(),
-            }),
-            settle: Duration::from_secs(1),
-        },
-        Some(&RedisProbe {
-            port: server.port(),
-        }),
-    )
-    .await;
-    print(&report);
-    assert!(report.passed(), "{report:#?}");
-    assert_eq!(report.checks.len(), 13, "every check ran");
+    let case = Case {
+        granted: permission("get", "cache:*"),
+        other: Some(permission("get", "secret:*")),
+        settle: Duration::from_secs(1),
+    };
+    let probe = RedisProbe {
+        port: server.port(),
+    };
+    passes("redis", &config, &case, &probe).await;
     assert!(
         server.ebb_users().unwrap().is_empty(),
         "nothing left behind"
     );
 }
 
-#[tokio::test]
-async fn the_python_redis_connector_passes_the_conformance_kit() {
-    redis_kit(&python_redis()).await;
+/// A component that `script` (run by `scripts/test.sh` first) builds at `path`,
+/// relative to the repository.
+fn built(path: &str, script: &str) -> String {
+    let path = format!("{}/../{path}", env!("CARGO_MANIFEST_DIR"));
+    assert!(
+        std::path::Path::new(&path).exists(),
+        "{path} is missing: run {script} (scripts/test.sh does)"
+    );
+    path
 }
 
-/// The JavaScript connector (`plugins/js-redis`, built by
-/// `scripts/build-js-connector.sh`, which `scripts/test.sh` runs first).
+#[tokio::test]
+async fn redis_passes_the_conformance_kit() {
+    redis_kit(ebb_test_plugins::REDIS).await;
+}
+
+/// The Python connector, `plugins/python-redis`.
+#[tokio::test]
+async fn the_python_redis_connector_passes_the_conformance_kit() {
+    let path = built(
+        "target/py-plugins/redis_py.wasm",
+        "scripts/build-py-connector.sh",
+    );
+    redis_kit(&path).await;
+}
+
+/// The JavaScript connector, `plugins/js-redis`.
 #[tokio::test]
 async fn the_javascript_redis_connector_passes_the_conformance_kit() {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../target/js-plugins/redis_js.wasm"
+    let path = built(
+        "target/js-plugins/redis_js.wasm",
+        "scripts/build-js-connector.sh",
     );
-    assert!(
-        std::path::Path::new(path).exists(),
-        "{path} is missing: run scripts/build-js-connector.sh (scripts/test.sh does)"
-    );
-    redis_kit(path).await;
+    redis_kit(&path).await;
 }
 
 /// A connector that says `revoked` while access remains fails the kit.

@@ -131,11 +131,7 @@ async fn kill_9_at_random_moments_loses_nothing() {
     let pg = Postgres::start().unwrap();
     let dir = std::env::temp_dir().join(format!("ebb-crash-{}", rand::random::<u64>()));
     std::fs::create_dir_all(&dir).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = ebb_test_support::free_port().unwrap();
     let config = write_config(&dir, &pg, port);
     let log = dir.join("host.log");
     let base = format!("http://127.0.0.1:{port}");

@@ -365,33 +365,15 @@ async fn unload_refuses_live_grants_unless_they_are_revoked_or_handed_over() {
     let (s, _) = call(app, "DELETE", "/v1/connectors/a?live=revoke", "agent", None).await;
     assert_eq!(s, StatusCode::FORBIDDEN);
     // Handing over needs a target of the same connector that is not itself.
-    let (s, _) = call(
-        app,
-        "DELETE",
-        "/v1/connectors/a?live=hand-over",
-        "ops",
-        None,
-    )
-    .await;
-    assert_eq!(s, StatusCode::BAD_REQUEST);
-    let (s, _) = call(
-        app,
-        "DELETE",
-        "/v1/connectors/a?live=hand-over&to=a",
-        "ops",
-        None,
-    )
-    .await;
-    assert_eq!(s, StatusCode::BAD_REQUEST);
-    let (s, _) = call(
-        app,
-        "DELETE",
-        "/v1/connectors/a?live=hand-over&to=zz",
-        "ops",
-        None,
-    )
-    .await;
-    assert_eq!(s, StatusCode::BAD_REQUEST);
+    for query in [
+        "live=hand-over",
+        "live=hand-over&to=a",
+        "live=hand-over&to=zz",
+    ] {
+        let uri = format!("/v1/connectors/a?{query}");
+        let (s, _) = call(app, "DELETE", &uri, "ops", None).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{query}");
+    }
 
     // Hand-over: the grant moves to `b`, on record, and `a` goes.
     let (s, v) = call(

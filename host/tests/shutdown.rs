@@ -25,24 +25,18 @@ fn start(config: &Path, port: u16) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    for _ in 0..500 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return child;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("the host did not start");
+    assert!(
+        ebb_test_support::wait_for_port(port, Duration::from_secs(10)),
+        "the host did not start"
+    );
+    child
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_requests_and_loses_nothing() {
     let dir = std::env::temp_dir().join(format!("ebb-shutdown-{}", rand::random::<u64>()));
     std::fs::create_dir_all(&dir).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = ebb_test_support::free_port().unwrap();
     let config = dir.join("ebb.toml");
     std::fs::write(
         &config,
@@ -127,27 +121,15 @@ lifecycle = {{ approval = "auto" }}
 
     // After a restart, every grant a caller was told about is there, active.
     let mut host = start(&config, port);
+    let get = |path: String| {
+        let request = http.get(format!("{api}{path}")).bearer_auth(TOKEN);
+        async move { request.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
     for id in &told {
-        let v: Value = http
-            .get(format!("{api}/v1/grants/{id}"))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = get(format!("/v1/grants/{id}")).await;
         assert_eq!(v["state"], "active", "{id}: {v}");
     }
-    let chain: Value = http
-        .get(format!("{api}/v1/audit/verify"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let chain = get("/v1/audit/verify".into()).await;
     assert_eq!(chain["problem"], Value::Null, "{chain}");
     host.kill().unwrap();
     host.wait().unwrap();

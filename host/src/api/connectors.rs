@@ -94,11 +94,7 @@ pub async fn get(
         .registry()
         .get(&name)
         .ok_or_else(|| ApiError::NotFound(format!("no connector named `{name}`")))?;
-    let lifecycle = state.lifecycle.clone();
-    let counted = name.clone();
-    let live = tokio::task::spawn_blocking(move || lifecycle.live_grants(&counted))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    let live = state.loader.live(&name).await?;
     Ok(Json(view(&state, &slot, Some(live.len()))))
 }
 

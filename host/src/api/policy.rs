@@ -82,25 +82,12 @@ pub async fn report_anomaly(
         targets.push(grant);
     }
     if let Some(s) = &report.subject {
-        state.approval.flag(s);
-        let mut after = None;
-        loop {
-            let page = lifecycle
-                .store()
-                .list(&ListFilter {
-                    subject: Some(s.clone()),
-                    after,
-                    limit: 1000,
-                    ..Default::default()
-                })
-                .map_err(|e| ApiError::Internal(e.to_string()))?;
-            targets.extend(page.grants);
-            match page.next {
-                Some(n) => after = Some(n),
-                None => break,
-            }
-        }
-    } else if let Some(s) = &subject {
+        targets.extend(lifecycle.grants_matching(ListFilter {
+            subject: Some(s.clone()),
+            ..Default::default()
+        })?);
+    }
+    if let Some(s) = &subject {
         state.approval.flag(s);
     }
     let actor = format!("{} (anomaly)", principal.name);

@@ -88,29 +88,6 @@ pub struct NewGrant {
     pub decided_by: Option<serde_json::Value>,
 }
 
-impl NewGrant {
-    /// A request with one approval required, not break-glass, no policy detail.
-    pub fn new(
-        connector: impl Into<String>,
-        subject: Subject,
-        permissions: Vec<Permission>,
-        ttl_ms: u64,
-        task: impl Into<String>,
-    ) -> Self {
-        Self {
-            connector: connector.into(),
-            subject,
-            permissions,
-            ttl_ms,
-            task: task.into(),
-            reason: None,
-            approvals_required: 1,
-            break_glass: false,
-            decided_by: None,
-        }
-    }
-}
-
 /// What approval decided for a new request.
 #[derive(Debug, Clone)]
 pub enum Decision {
@@ -432,12 +409,11 @@ impl Lifecycle {
         if new.ttl_ms == 0 {
             return Err(Error::Invalid("ttl must be greater than zero".into()));
         }
-        if new.ttl_ms > slot.policy().max_ttl_ms {
+        let max_ttl_ms = slot.policy().max_ttl_ms;
+        if new.ttl_ms > max_ttl_ms {
             return Err(Error::Invalid(format!(
                 "ttl of {} ms is over the maximum of {} ms for connector `{}`",
-                new.ttl_ms,
-                slot.policy().max_ttl_ms,
-                new.connector
+                new.ttl_ms, max_ttl_ms, new.connector
             )));
         }
         let now = self.now();
@@ -1120,21 +1096,30 @@ impl Lifecycle {
     /// Grants of connector instance `connector` that still need it: every grant not
     /// closed, and closed grants still being re-verified.
     pub fn live_grants(&self, connector: &str) -> Result<Vec<GrantRecord>> {
-        let mut live = Vec::new();
-        let mut after = None;
+        let mut all = self.grants_matching(store::ListFilter {
+            connector: Some(connector.to_owned()),
+            ..Default::default()
+        })?;
+        all.retain(|r| {
+            r.due_at.is_some() || !matches!(r.state, GrantState::Denied | GrantState::Verified)
+        });
+        Ok(all)
+    }
+
+    /// Every grant `filter` matches (its `after` and `limit` aside), page by page.
+    pub fn grants_matching(&self, filter: store::ListFilter) -> Result<Vec<GrantRecord>> {
+        let mut filter = store::ListFilter {
+            after: None,
+            limit: 1000,
+            ..filter
+        };
+        let mut all = Vec::new();
         loop {
-            let page = self.inner.store.list(&store::ListFilter {
-                connector: Some(connector.to_owned()),
-                after,
-                limit: 1000,
-                ..Default::default()
-            })?;
-            live.extend(page.grants.into_iter().filter(|r| {
-                r.due_at.is_some() || !matches!(r.state, GrantState::Denied | GrantState::Verified)
-            }));
+            let page = self.inner.store.list(&filter)?;
+            all.extend(page.grants);
             match page.next {
-                Some(next) => after = Some(next),
-                None => return Ok(live),
+                Some(next) => filter.after = Some(next),
+                None => return Ok(all),
             }
         }
     }

@@ -7,3 +7,22 @@ pub mod redis;
 
 pub use postgres::Postgres;
 pub use redis::Redis;
+
+/// A loopback port free at the time of asking.
+pub fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// Waits until something listens on loopback `port`; false if nothing does within
+/// `limit`.
+pub fn wait_for_port(port: u16, limit: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    false
+}

@@ -68,11 +68,6 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
-}
-
 impl Postgres {
     /// Creates, starts and seeds a new cluster. Blocks for about a second.
     pub fn start() -> anyhow::Result<Self> {
@@ -94,7 +89,7 @@ impl Postgres {
         }
         let pg = Self {
             bin,
-            port: free_port()?,
+            port: crate::free_port()?,
             dir,
             as_postgres,
         };

@@ -24,9 +24,7 @@ pub struct Redis {
 impl Redis {
     /// Starts a server and waits until it answers.
     pub fn start() -> anyhow::Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let port = crate::free_port()?;
         let dir = std::env::temp_dir().join(format!("ebb-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let child = Command::new("redis-server")
