@@ -59,7 +59,7 @@ fn noop_call(c: &mut Criterion) {
     let g = grant("01JBENCH".into());
     c.bench_function("call/noop_fresh_instance", |b| {
         b.to_async(&rt)
-            .iter(|| async { connector.revoke(&g, None).await.unwrap() })
+            .iter(|| async { connector.revoke(&g, None, None).await.unwrap() })
     });
 }
 
@@ -181,7 +181,10 @@ fn postgres_lifecycle(c: &mut Criterion) {
         b.to_async(&rt).iter(|| async {
             let g = grant(format!("w{}", counter.fetch_add(1, Ordering::Relaxed)));
             let issued = connector.issue(&g).await.unwrap();
-            connector.revoke(&g, Some(&issued.handle)).await.unwrap();
+            connector
+                .revoke(&g, Some(&issued.handle), None)
+                .await
+                .unwrap();
             let verdict = connector
                 .verify_revoked(&g, Some(&issued.handle), None)
                 .await
@@ -243,7 +246,7 @@ fn languages(c: &mut Criterion) {
         });
         group.bench_function(format!("{language}/revoke"), |b| {
             b.to_async(&rt)
-                .iter(|| async { connector.revoke(&g, None).await.unwrap() })
+                .iter(|| async { connector.revoke(&g, None, None).await.unwrap() })
         });
     }
     group.finish();

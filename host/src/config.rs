@@ -399,6 +399,10 @@ pub struct ConnectorConfig {
     /// Outbound HTTP allowed through `wasi:http/outgoing-handler`.
     #[serde(default)]
     pub http: HttpConfig,
+    /// Secrets lent to the connector by name through `ebb:connector/secrets`, each
+    /// read from an environment variable of the host.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, EnvSecret>,
     #[serde(default)]
     pub limits: LimitsConfig,
     /// How the lifecycle treats this connector's grants.
@@ -475,6 +479,7 @@ impl ConnectorConfig {
             sql: BTreeMap::new(),
             redis: BTreeMap::new(),
             http: HttpConfig::default(),
+            secrets: BTreeMap::new(),
             limits: LimitsConfig::default(),
             lifecycle: LifecyclePolicy::default(),
         }
@@ -523,6 +528,30 @@ impl ConnectorConfig {
         if private {
             self.http.allow_private.push(origin.to_owned());
         }
+        self
+    }
+
+    /// Has the host add basic auth (`user`, the password from the environment
+    /// variable `password_env`) to requests for `origin` without their own.
+    pub fn with_http_basic_auth(mut self, origin: &str, user: &str, password_env: &str) -> Self {
+        self.http.basic_auth.insert(
+            origin.to_owned(),
+            BasicAuth {
+                user: user.to_owned(),
+                password_env: password_env.to_owned(),
+            },
+        );
+        self
+    }
+
+    /// Lends the secret in the environment variable `env` under `name`.
+    pub fn with_secret(mut self, name: &str, env: &str) -> Self {
+        self.secrets.insert(
+            name.to_owned(),
+            EnvSecret {
+                env: env.to_owned(),
+            },
+        );
         self
     }
 
@@ -676,6 +705,43 @@ pub struct HttpConfig {
     /// These are allowed as if listed in `allow`.
     #[serde(default)]
     pub allow_private: Vec<String>,
+    /// Basic-auth credentials the host adds to requests for an origin (keyed by
+    /// `scheme://host[:port]`, which must be allowed) that carry no `Authorization`
+    /// header of their own: an OAuth client authenticates without its secret ever
+    /// entering the connector.
+    #[serde(default)]
+    pub basic_auth: BTreeMap<String, BasicAuth>,
+}
+
+/// A user and a password held by the host for one origin.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct BasicAuth {
+    pub user: String,
+    /// The environment variable of the host that holds the password.
+    pub password_env: String,
+}
+
+/// A secret lent from an environment variable of the host (never written in a file).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct EnvSecret {
+    pub env: String,
+}
+
+impl EnvSecret {
+    /// Reads the variable.
+    pub fn resolve(&self) -> anyhow::Result<Secret> {
+        read_env_secret(&self.env)
+    }
+}
+
+/// Reads a secret from an environment variable of the host.
+pub fn read_env_secret(var: &str) -> anyhow::Result<Secret> {
+    match std::env::var(var) {
+        Ok(value) if !value.is_empty() => Ok(Secret::new(value)),
+        _ => bail!("environment variable {var} is not set"),
+    }
 }
 
 /// Per-call resource limits of one connector.

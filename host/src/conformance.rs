@@ -12,7 +12,7 @@
 //! against the downstream system's own client judges the credential independently
 //! of the connector.
 
-use crate::connector::{Credential, Grant, Permission, Subject, SubjectKind, Verdict};
+use crate::connector::{Credential, Grant, Permission, ResidueKind, Subject, SubjectKind, Verdict};
 use crate::runtime::Connector;
 use std::future::Future;
 use std::pin::Pin;
@@ -70,11 +70,15 @@ impl Report {
     }
 }
 
-fn grant(case: &Case, tag: &str) -> Grant {
-    let now = std::time::SystemTime::now()
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0);
+        .unwrap_or(0)
+}
+
+fn grant(case: &Case, tag: &str) -> Grant {
+    let now = now_ms();
     Grant {
         id: format!("conf{tag}{}", ulid::Ulid::new().to_string().to_lowercase()),
         subject: Subject {
@@ -130,13 +134,33 @@ pub async fn run(connector: &Connector, case: &Case, probe: Option<&dyn Probe>) 
         ),
     );
 
+    let by_value = info.capabilities.revokes_by_value;
     let never = grant(case, "n");
     let answer = connector.verify_revoked(&never, None, None).await;
-    r.check(
-        "verify on a never-issued grant says revoked",
-        matches!(answer, Ok(Verdict::Revoked)),
-        format!("{answer:?}"),
-    );
+    if by_value {
+        // It cannot tell a never-issued grant from one whose `issue` reply was lost,
+        // so it must say what may remain, until `not-after` bounds it.
+        r.check(
+            "verify without handle or credential reports what may remain until not-after",
+            matches!(&answer, Ok(Verdict::Residual(residue))
+                if !residue.is_empty() && residue.iter().all(|x| x.kind == ResidueKind::TokenActive)),
+            format!("{answer:?}"),
+        );
+        let mut past = grant(case, "p");
+        past.not_after = now_ms().saturating_sub(1000);
+        let answer = connector.verify_revoked(&past, None, None).await;
+        r.check(
+            "verify on a never-issued grant past not-after says revoked",
+            matches!(answer, Ok(Verdict::Revoked)),
+            format!("{answer:?}"),
+        );
+    } else {
+        r.check(
+            "verify on a never-issued grant says revoked",
+            matches!(answer, Ok(Verdict::Revoked)),
+            format!("{answer:?}"),
+        );
+    }
 
     let g = grant(case, "a");
     let issued = match connector.issue(&g).await {
@@ -146,7 +170,7 @@ pub async fn run(connector: &Connector, case: &Case, probe: Option<&dyn Probe>) 
         }
         Err(e) => {
             r.check("issue", false, e.to_string());
-            let _ = connector.revoke(&g, None).await;
+            let _ = connector.revoke(&g, None, None).await;
             return r;
         }
     };
@@ -190,7 +214,7 @@ pub async fn run(connector: &Connector, case: &Case, probe: Option<&dyn Probe>) 
         format!("{answer:?}"),
     );
 
-    let revoked = connector.revoke(&g, handle).await;
+    let revoked = connector.revoke(&g, handle, Some(cred)).await;
     r.check("revoke", revoked.is_ok(), format!("{revoked:?}"));
     let verdict = settles(connector, &g, handle, Some(cred), case.settle).await;
     r.check(
@@ -206,14 +230,26 @@ pub async fn run(connector: &Connector, case: &Case, probe: Option<&dyn Probe>) 
             format!("{works:?}"),
         );
     }
-    let again = connector.revoke(&g, handle).await;
+    let again = connector.revoke(&g, handle, Some(cred)).await;
     r.check("revoke twice succeeds", again.is_ok(), format!("{again:?}"));
 
     // Revoke by grant id alone: what compensation does after a lost `issue`.
     let g2 = grant(case, "b");
     match connector.issue(&g2).await {
         Ok(issued) => {
-            let revoked = connector.revoke(&g2, None).await;
+            let revoked = if by_value {
+                // Nothing to revoke by: it must succeed and say what may remain.
+                let blind = connector.revoke(&g2, None, None).await;
+                let answer = connector.verify_revoked(&g2, None, None).await;
+                r.check(
+                    "revoke without handle or credential leaves the unknown reported",
+                    blind.is_ok() && matches!(&answer, Ok(Verdict::Residual(x)) if !x.is_empty()),
+                    format!("{blind:?}; {answer:?}"),
+                );
+                connector.revoke(&g2, None, Some(&issued.credential)).await
+            } else {
+                connector.revoke(&g2, None, None).await
+            };
             let verdict =
                 settles(connector, &g2, None, Some(&issued.credential), case.settle).await;
             r.check(
@@ -235,7 +271,7 @@ pub async fn run(connector: &Connector, case: &Case, probe: Option<&dyn Probe>) 
         }
         Err(e) => {
             r.check("revoke without the handle", false, format!("issue: {e}"));
-            let _ = connector.revoke(&g2, None).await;
+            let _ = connector.revoke(&g2, None, None).await;
         }
     }
     r

@@ -155,6 +155,10 @@ pub struct Capabilities {
     pub can_verify: bool,
     pub can_verify_issued: bool,
     pub reports_standing_access: bool,
+    /// What `issue` created is found and revoked only through the credential's value
+    /// (an OAuth token); see the WIT contract.
+    #[serde(default)]
+    pub revokes_by_value: bool,
 }
 
 /// One action a connector understands.

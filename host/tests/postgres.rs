@@ -127,7 +127,10 @@ async fn issued_credential_reads_exactly_the_granted_table() {
         .verify_issued(&g, &issued.handle, &issued.credential)
         .await
         .unwrap();
-    pg_connector.revoke(&g, Some(&issued.handle)).await.unwrap();
+    pg_connector
+        .revoke(&g, Some(&issued.handle), None)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -166,7 +169,10 @@ async fn revoke_ends_live_session_and_login_then_verifies_revoked() {
         "no secret in evidence"
     );
 
-    pg_connector.revoke(&g, Some(&issued.handle)).await.unwrap();
+    pg_connector
+        .revoke(&g, Some(&issued.handle), None)
+        .await
+        .unwrap();
 
     // The open session is gone...
     assert!(
@@ -215,7 +221,10 @@ async fn incomplete_revoke_is_reported_as_residual_session() {
     assert!(residue[0].detail.contains("backend pid"), "{residue:?}");
 
     // Revoking again (what the host does on residue) finishes the job.
-    pg_connector.revoke(&g, Some(&issued.handle)).await.unwrap();
+    pg_connector
+        .revoke(&g, Some(&issued.handle), None)
+        .await
+        .unwrap();
     assert!(session.query("select 1", &[]).await.is_err());
     assert_eq!(
         pg_connector
@@ -237,14 +246,17 @@ async fn revoke_without_handle_cleans_up_and_revoke_twice_succeeds() {
     let session = pg.connect(&user, &password).await.unwrap();
     assert_eq!(pg.ebb_roles().unwrap(), vec![user.clone()]);
 
-    pg_connector.revoke(&g, None).await.unwrap();
+    pg_connector.revoke(&g, None, None).await.unwrap();
     assert!(pg.ebb_roles().unwrap().is_empty());
     assert!(
         session.query("select 1", &[]).await.is_err(),
         "session survived revoke"
     );
-    pg_connector.revoke(&g, None).await.unwrap();
-    pg_connector.revoke(&g, Some(&issued.handle)).await.unwrap();
+    pg_connector.revoke(&g, None, None).await.unwrap();
+    pg_connector
+        .revoke(&g, Some(&issued.handle), None)
+        .await
+        .unwrap();
     assert_eq!(
         pg_connector
             .verify_revoked(&g, None, Some(&issued.credential))
@@ -256,6 +268,7 @@ async fn revoke_without_handle_cleans_up_and_revoke_twice_succeeds() {
     pg_connector
         .revoke(
             &grant("01JNEVERISSUED", &[("select", "public.invoices")]),
+            None,
             None,
         )
         .await
@@ -278,7 +291,7 @@ async fn retried_issue_replaces_the_lost_password() {
         "the lost password must stop working"
     );
     pg.connect(&user, &new).await.unwrap();
-    pg_connector.revoke(&g, None).await.unwrap();
+    pg_connector.revoke(&g, None, None).await.unwrap();
 }
 
 #[tokio::test]
@@ -387,7 +400,7 @@ async fn database_outage_is_unavailable_and_retryable() {
     let issued = pg_connector.issue(&g).await.unwrap();
     pg.stop().unwrap();
     let err = pg_connector
-        .revoke(&g, Some(&issued.handle))
+        .revoke(&g, Some(&issued.handle), None)
         .await
         .unwrap_err();
     assert!(
@@ -397,7 +410,10 @@ async fn database_outage_is_unavailable_and_retryable() {
     assert!(err.is_retryable());
     pg.start_server().unwrap();
     // The pool reconnects; the retried revoke completes.
-    pg_connector.revoke(&g, Some(&issued.handle)).await.unwrap();
+    pg_connector
+        .revoke(&g, Some(&issued.handle), None)
+        .await
+        .unwrap();
     assert_eq!(
         pg_connector
             .verify_revoked(&g, Some(&issued.handle), Some(&issued.credential))

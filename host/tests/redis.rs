@@ -78,7 +78,7 @@ async fn revoke_ends_a_live_connection() {
         ),
         Verdict::Revoked => panic!("a live grant verified as revoked"),
     }
-    c.revoke(&g, Some(&issued.handle)).await.unwrap();
+    c.revoke(&g, Some(&issued.handle), None).await.unwrap();
     let after = redis::cmd("GET")
         .arg("cache:a")
         .query_async::<String>(&mut live)
@@ -122,6 +122,6 @@ async fn only_plain_patterns_and_allowed_commands_are_granted() {
     // An exact key is allowed as itself.
     let g = grant("01EXACT", "get", "config:feature-flags");
     c.issue(&g).await.unwrap();
-    c.revoke(&g, None).await.unwrap();
+    c.revoke(&g, None, None).await.unwrap();
     assert!(server.ebb_users().unwrap().is_empty());
 }

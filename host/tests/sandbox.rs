@@ -68,7 +68,7 @@ async fn trap_fails_only_its_call() {
     assert!(matches!(err, CallError::Trap { .. }), "{err:?}");
     assert!(err.to_string().contains("misbehave-trap` trapped"), "{err}");
     // The same connector serves its next call from a fresh instance.
-    bad.revoke(&grant("g1"), None).await.unwrap();
+    bad.revoke(&grant("g1"), None, None).await.unwrap();
     assert_host_still_serves(&noop).await;
 }
 
@@ -290,7 +290,7 @@ async fn sql_on_connection_not_lent_is_a_clear_error() {
     let config = ConnectorConfig::new(ebb_test_plugins::POSTGRES)
         .with_config("allowed-resources", "public.*");
     let pg = runtime.load("pg-unlent", &config).await.unwrap();
-    let err = pg.revoke(&grant("g1"), None).await.unwrap_err();
+    let err = pg.revoke(&grant("g1"), None, None).await.unwrap_err();
     assert!(
         matches!(&err, CallError::Connector(ConnectorError::Invalid(m)) if m.contains("no sql connection named `main`")),
         "{err:?}"

@@ -122,7 +122,7 @@ export const connector = {
     };
   },
 
-  revoke(grant, _handle) {
+  revoke(grant, _handle, _credential) {
     call("ACL", "DELUSER", userName(grant.id));
   },
 

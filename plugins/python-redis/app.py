@@ -139,7 +139,7 @@ class Connector(exports.Connector):
             expires_at=None,
         )
 
-    def revoke(self, grant, handle):
+    def revoke(self, grant, handle, credential):
         call("ACL", "DELUSER", user_name(grant.id))
 
     def verify_revoked(self, grant, handle, credential):

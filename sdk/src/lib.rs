@@ -21,7 +21,7 @@
 //!     fn issue(grant: Grant) -> Result<Issued, Error> {
 //!         Ok(Issued::new(grant.id, Credential::new([("token", "t")])))
 //!     }
-//!     fn revoke(_grant: Grant, _handle: Option<String>) -> Result<(), Error> {
+//!     fn revoke(_: Grant, _: Option<String>, _: Option<Credential>) -> Result<(), Error> {
 //!         Ok(())
 //!     }
 //!     fn verify_revoked(
@@ -81,7 +81,13 @@ pub trait Connector {
 
     /// Removes everything `issue(grant)` could have created, including live sessions.
     /// Idempotent; with `handle = None` it finds what to remove from `grant.id`.
-    fn revoke(grant: Grant, handle: Option<String>) -> Result<(), Error>;
+    /// `credential` is what `issue` returned, when the host still holds it; only a
+    /// connector that revokes by value (see [`Capabilities::REVOKES_BY_VALUE`]) needs it.
+    fn revoke(
+        grant: Grant,
+        handle: Option<String>,
+        credential: Option<Credential>,
+    ) -> Result<(), Error>;
 
     /// Asks the downstream system whether anything the grant created still grants
     /// access.
@@ -119,8 +125,9 @@ macro_rules! export_connector {
                 fn revoke(
                     grant: $crate::Grant,
                     handle: Option<String>,
+                    credential: Option<$crate::Credential>,
                 ) -> Result<(), $crate::Error> {
-                    <$ty as $crate::Connector>::revoke(grant, handle)
+                    <$ty as $crate::Connector>::revoke(grant, handle, credential)
                 }
                 fn verify_revoked(
                     grant: $crate::Grant,

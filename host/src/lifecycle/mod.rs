@@ -813,12 +813,28 @@ impl Lifecycle {
         }
     }
 
+    /// The grant's credential, unsealed, while the store still holds it.
+    fn credential(&self, id: &str) -> Result<Option<Credential>> {
+        let Some(sealed) = self.inner.store.sealed_credential(id)? else {
+            return Ok(None);
+        };
+        let plain = self
+            .inner
+            .sealer
+            .open(id, &sealed)
+            .map_err(|e| Error::Seal(e.to_string()))?;
+        serde_json::from_slice::<Credential>(&plain)
+            .map(Some)
+            .map_err(|e| Error::Seal(e.to_string()))
+    }
+
     /// Calls `revoke`; success moves to `revoked`, failure retries or escalates.
     async fn do_revoke(&self, record: GrantRecord) -> Result<GrantRecord> {
         let slot = match self.slot(&record.connector) {
             Ok(slot) => slot,
             Err(e) => return self.failed(record, &e.to_string(), false, None),
         };
+        let credential = self.credential(&record.grant.id)?;
         // The version that serves this call, recorded with its outcome.
         let connector = slot.connector();
         let version = connector.digest().to_string();
@@ -826,7 +842,7 @@ impl Lifecycle {
             let _permit = slot.permit(true).await;
             let started = std::time::Instant::now();
             let outcome = connector
-                .revoke(&record.grant, record.handle.as_deref())
+                .revoke(&record.grant, record.handle.as_deref(), credential.as_ref())
                 .await;
             metrics::histogram!("ebb_revoke_seconds", "connector" => record.connector.clone())
                 .record(started.elapsed().as_secs_f64());
@@ -873,20 +889,7 @@ impl Lifecycle {
                 Some(&version),
             );
         }
-        let credential = match self.inner.store.sealed_credential(&record.grant.id)? {
-            Some(sealed) => {
-                let plain = self
-                    .inner
-                    .sealer
-                    .open(&record.grant.id, &sealed)
-                    .map_err(|e| Error::Seal(e.to_string()))?;
-                Some(
-                    serde_json::from_slice::<Credential>(&plain)
-                        .map_err(|e| Error::Seal(e.to_string()))?,
-                )
-            }
-            None => None,
-        };
+        let credential = self.credential(&record.grant.id)?;
         let outcome = {
             let _permit = slot.permit_verify().await;
             let started = std::time::Instant::now();

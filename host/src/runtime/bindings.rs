@@ -21,5 +21,5 @@ mod generated {
     });
 }
 
-pub(crate) use generated::ebb::connector::{config, log, redis, sql, types};
+pub(crate) use generated::ebb::connector::{config, log, redis, secrets, sql, types};
 pub(crate) use generated::{Plugin, PluginPre};

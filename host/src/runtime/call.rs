@@ -290,14 +290,20 @@ impl Connector {
 
     /// Calls `revoke`.
     #[tracing::instrument(name = "ebb_runtime.revoke", skip_all, fields(connector = %self.inner.name, grant = %grant.id))]
-    pub async fn revoke(&self, grant: &Grant, handle: Option<&str>) -> Result<(), CallError> {
+    pub async fn revoke(
+        &self,
+        grant: &Grant,
+        handle: Option<&str>,
+        credential: Option<&Credential>,
+    ) -> Result<(), CallError> {
         let grant = convert::grant(grant);
         let handle = handle.map(str::to_owned);
+        let credential = credential.map(convert::credential);
         self.call("revoke", move |store, plugin| {
             Box::pin(async move {
                 plugin
                     .ebb_connector_connector()
-                    .call_revoke(store, &grant, handle.as_ref())
+                    .call_revoke(store, &grant, handle.as_ref(), credential.as_ref())
                     .await
             })
         })
@@ -527,6 +533,7 @@ mod convert {
                 can_verify: c.contains(wit::Capabilities::CAN_VERIFY),
                 can_verify_issued: c.contains(wit::Capabilities::CAN_VERIFY_ISSUED),
                 reports_standing_access: c.contains(wit::Capabilities::REPORTS_STANDING_ACCESS),
+                revokes_by_value: c.contains(wit::Capabilities::REVOKES_BY_VALUE),
             },
         }
     }

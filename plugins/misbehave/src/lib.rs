@@ -71,7 +71,7 @@ impl Connector for Misbehave {
         }
     }
 
-    fn revoke(_grant: Grant, _handle: Option<String>) -> Result<(), Error> {
+    fn revoke(_: Grant, _: Option<String>, _: Option<Credential>) -> Result<(), Error> {
         match config::get_or("revoke", "ok").as_str() {
             "fail" => Err(Error::Unavailable("misbehave: downstream is down".into())),
             _ => Ok(()),

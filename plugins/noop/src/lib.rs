@@ -20,7 +20,7 @@ impl Connector for Noop {
         Ok(Issued::new(grant.id, Credential::new([("token", "noop")])))
     }
 
-    fn revoke(_grant: Grant, _handle: Option<String>) -> Result<(), Error> {
+    fn revoke(_: Grant, _: Option<String>, _: Option<Credential>) -> Result<(), Error> {
         Ok(())
     }
 

@@ -204,7 +204,7 @@ impl Connector for Postgres {
         .expiring_at(grant.not_after))
     }
 
-    fn revoke(grant: Grant, handle: Option<String>) -> Result<(), Error> {
+    fn revoke(grant: Grant, handle: Option<String>, _: Option<Credential>) -> Result<(), Error> {
         let conn = connection();
         let role = role_name(&grant.id)?;
         let handle = handle.as_deref().map(Handle::parse).transpose()?;

@@ -187,7 +187,7 @@ impl Connector for Redis {
         ))
     }
 
-    fn revoke(grant: Grant, _handle: Option<String>) -> Result<(), Error> {
+    fn revoke(grant: Grant, _: Option<String>, _: Option<Credential>) -> Result<(), Error> {
         let user = user_name(&grant.id)?;
         // Deleting a missing user answers 0: revoking twice is fine.
         redis::command(&connection(), &["ACL", "DELUSER", &user])?;

@@ -7,10 +7,15 @@
 //! requests are then sent to the checked address itself, so DNS cannot be changed
 //! between the check and the connection. HTTPS requests connect by name so that TLS
 //! can verify it; a rebinding attacker would also need a valid certificate for it.
+//!
+//! For origins the operator holds basic-auth credentials for, the host adds them to
+//! requests that carry no `Authorization` header (an OAuth client's secret stays in
+//! the host; the connector sends its own header to use an issued token).
 
-use crate::config::HttpConfig;
+use crate::config::{HttpConfig, read_env_secret};
 use anyhow::{Context, bail};
-use std::collections::BTreeSet;
+use base64::Engine as _;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -81,6 +86,8 @@ pub(crate) struct HttpPolicy {
     connector: Arc<str>,
     allow: BTreeSet<Origin>,
     allow_private: BTreeSet<Origin>,
+    /// `Authorization: Basic ...` per origin, held by the host (sensitive).
+    basic_auth: BTreeMap<Origin, http::HeaderValue>,
 }
 
 impl HttpPolicy {
@@ -93,10 +100,30 @@ impl HttpPolicy {
         let allow_private = parse(&config.allow_private)?;
         let mut allow = parse(&config.allow)?;
         allow.extend(allow_private.iter().cloned());
+        let mut basic_auth = BTreeMap::new();
+        for (origin, auth) in &config.basic_auth {
+            let parsed =
+                Origin::parse(origin).with_context(|| format!("basic-auth origin `{origin}`"))?;
+            if !allow.contains(&parsed) {
+                bail!("basic-auth origin `{origin}` is not an allowed origin");
+            }
+            let password = read_env_secret(&auth.password_env)
+                .with_context(|| format!("basic-auth password for `{origin}`"))?;
+            let pair = zeroize::Zeroizing::new(format!("{}:{}", auth.user, password.expose()));
+            let header = zeroize::Zeroizing::new(format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(pair.as_bytes())
+            ));
+            let mut value = http::HeaderValue::try_from(header.as_str())
+                .context("basic-auth credentials are not a valid header")?;
+            value.set_sensitive(true);
+            basic_auth.insert(parsed, value);
+        }
         Ok(Self {
             connector,
             allow,
             allow_private,
+            basic_auth,
         })
     }
 
@@ -183,6 +210,13 @@ impl WasiHttpHooks for HttpHooks {
         Box::new(async move {
             use http_body_util::BodyExt;
             let (origin, addr) = policy.check(request.uri()).await?;
+            if let Some(auth) = policy.basic_auth.get(&origin)
+                && !request.headers().contains_key(http::header::AUTHORIZATION)
+            {
+                request
+                    .headers_mut()
+                    .insert(http::header::AUTHORIZATION, auth.clone());
+            }
             if !origin.https {
                 // Pin the connection to the address we checked. The Host header was
                 // already set from the original authority.
@@ -254,6 +288,7 @@ mod tests {
         let config = HttpConfig {
             allow: vec!["http://localhost:9000".into()],
             allow_private: vec!["http://127.0.0.1:9001".into()],
+            basic_auth: BTreeMap::new(),
         };
         let policy = HttpPolicy::new(Arc::from("t"), &config).unwrap();
         let err = policy

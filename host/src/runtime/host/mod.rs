@@ -3,12 +3,14 @@
 //! [`Lent`] is built once per connector instance from its configuration; every call
 //! gets a fresh [`CallState`] pointing at it. WASI is linked with an empty context
 //! (no files, environment, arguments, sockets or name lookups); `wasi:http` goes
-//! through [`http::HttpPolicy`].
+//! through [`http::HttpPolicy`]. Secrets are lent only by name from the host's
+//! environment (`secrets`, HTTP basic-auth), never from configuration files.
 
 pub(crate) mod config;
 pub(crate) mod http;
 pub(crate) mod log;
 pub(crate) mod redis;
+pub(crate) mod secrets;
 pub(crate) mod sql;
 
 use super::bindings;
@@ -29,6 +31,7 @@ pub(crate) struct Lent {
     pub sql: BTreeMap<String, sql::SqlConnection>,
     pub redis: BTreeMap<String, redis::RedisConnection>,
     pub http: Arc<http::HttpPolicy>,
+    pub secrets: BTreeMap<String, crate::config::Secret>,
 }
 
 impl Lent {
@@ -46,8 +49,16 @@ impl Lent {
                 .with_context(|| format!("redis connection `{conn_name}`"))?;
             redis_connections.insert(conn_name.clone(), connection);
         }
+        let mut secrets = BTreeMap::new();
+        for (secret_name, source) in &config.secrets {
+            let value = source
+                .resolve()
+                .with_context(|| format!("secret `{secret_name}`"))?;
+            secrets.insert(secret_name.clone(), value);
+        }
         Ok(Arc::new(Self {
             http: Arc::new(http::HttpPolicy::new(name.clone(), &config.http)?),
+            secrets,
             name,
             config: config.config.clone(),
             sql: connections,
@@ -116,5 +127,6 @@ pub(crate) fn add_to_linker(linker: &mut Linker<CallState>) -> anyhow::Result<()
     bindings::config::add_to_linker::<_, HasSelf<CallState>>(linker, |s| s)?;
     bindings::sql::add_to_linker::<_, HasSelf<CallState>>(linker, |s| s)?;
     bindings::redis::add_to_linker::<_, HasSelf<CallState>>(linker, |s| s)?;
+    bindings::secrets::add_to_linker::<_, HasSelf<CallState>>(linker, |s| s)?;
     Ok(())
 }
