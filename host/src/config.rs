@@ -399,10 +399,9 @@ pub struct ConnectorConfig {
     /// Outbound HTTP allowed through `wasi:http/outgoing-handler`.
     #[serde(default)]
     pub http: HttpConfig,
-    /// Secrets lent to the connector by name through `ebb:connector/secrets`, each
-    /// read from an environment variable of the host.
+    /// Secrets lent to the connector by name through `ebb:connector/secrets`.
     #[serde(default)]
-    pub secrets: BTreeMap<String, EnvSecret>,
+    pub secrets: BTreeMap<String, LentSecret>,
     #[serde(default)]
     pub limits: LimitsConfig,
     /// How the lifecycle treats this connector's grants.
@@ -531,25 +530,26 @@ impl ConnectorConfig {
         self
     }
 
-    /// Has the host add basic auth (`user`, the password from the environment
-    /// variable `password_env`) to requests for `origin` without their own.
-    pub fn with_http_basic_auth(mut self, origin: &str, user: &str, password_env: &str) -> Self {
+    /// Has the host add basic auth to requests for `origin` without their own.
+    pub fn with_http_basic_auth(mut self, origin: &str, user: &str, password: &str) -> Self {
         self.http.basic_auth.insert(
             origin.to_owned(),
             BasicAuth {
                 user: user.to_owned(),
-                password_env: password_env.to_owned(),
+                password: Some(Secret::new(password.to_owned())),
+                password_env: None,
             },
         );
         self
     }
 
-    /// Lends the secret in the environment variable `env` under `name`.
-    pub fn with_secret(mut self, name: &str, env: &str) -> Self {
+    /// Lends `value` to the connector as the secret `name`.
+    pub fn with_secret(mut self, name: &str, value: &str) -> Self {
         self.secrets.insert(
             name.to_owned(),
-            EnvSecret {
-                env: env.to_owned(),
+            LentSecret {
+                value: Some(Secret::new(value.to_owned())),
+                env: None,
             },
         );
         self
@@ -718,29 +718,44 @@ pub struct HttpConfig {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct BasicAuth {
     pub user: String,
+    /// The password, inline (files only; the admin API refuses it).
+    pub password: Option<Secret>,
     /// The environment variable of the host that holds the password.
-    pub password_env: String,
+    pub password_env: Option<String>,
 }
 
-/// A secret lent from an environment variable of the host (never written in a file).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct EnvSecret {
-    pub env: String,
-}
-
-impl EnvSecret {
-    /// Reads the variable.
-    pub fn resolve(&self) -> anyhow::Result<Secret> {
-        read_env_secret(&self.env)
+impl BasicAuth {
+    /// The password, read from the environment if configured so.
+    pub fn resolve_password(&self) -> anyhow::Result<Secret> {
+        resolve_secret(self.password.as_ref(), self.password_env.as_deref())
     }
 }
 
-/// Reads a secret from an environment variable of the host.
-pub fn read_env_secret(var: &str) -> anyhow::Result<Secret> {
-    match std::env::var(var) {
-        Ok(value) if !value.is_empty() => Ok(Secret::new(value)),
-        _ => bail!("environment variable {var} is not set"),
+/// A secret lent to a connector: inline (files only; the admin API refuses it) or
+/// from an environment variable of the host.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct LentSecret {
+    pub value: Option<Secret>,
+    pub env: Option<String>,
+}
+
+impl LentSecret {
+    /// The value, read from the environment if configured so.
+    pub fn resolve(&self) -> anyhow::Result<Secret> {
+        resolve_secret(self.value.as_ref(), self.env.as_deref())
+    }
+}
+
+fn resolve_secret(inline: Option<&Secret>, env: Option<&str>) -> anyhow::Result<Secret> {
+    match (inline, env) {
+        (Some(value), None) => Ok(value.clone()),
+        (None, Some(var)) => match std::env::var(var) {
+            Ok(value) if !value.is_empty() => Ok(Secret::new(value)),
+            _ => bail!("environment variable {var} is not set"),
+        },
+        (Some(_), Some(_)) => bail!("set the value or the environment variable, not both"),
+        (None, None) => bail!("no value and no environment variable configured"),
     }
 }
 

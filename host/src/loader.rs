@@ -754,6 +754,22 @@ fn api_table(body: serde_json::Value) -> Result<toml::Table, LoadError> {
              use `url-env` with the name of an environment variable of the host"
         )));
     }
+    if let Some(auth) = body.pointer("/http/basic-auth").and_then(|s| s.as_object())
+        && let Some((origin, _)) = auth.iter().find(|(_, a)| a.get("password").is_some())
+    {
+        return Err(LoadError::Invalid(format!(
+            "basic-auth for `{origin}`: the API does not take a `password`; use \
+             `password-env` with the name of an environment variable of the host"
+        )));
+    }
+    if let Some(secrets) = body.get("secrets").and_then(|s| s.as_object())
+        && let Some((name, _)) = secrets.iter().find(|(_, s)| s.get("value").is_some())
+    {
+        return Err(LoadError::Invalid(format!(
+            "secret `{name}`: the API does not take a `value`; use `env` with the name of \
+             an environment variable of the host"
+        )));
+    }
     let table: toml::Table = serde_json::from_value(body)
         .map_err(|e| LoadError::Invalid(format!("the body is not a connector table: {e}")))?;
     Ok(table)

@@ -266,6 +266,15 @@ pub fn form_encode(s: &str) -> String {
     out
 }
 
+/// An `application/x-www-form-urlencoded` body from `pairs`, in their order.
+pub fn form(pairs: &[(&str, &str)]) -> String {
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", form_encode(k), form_encode(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,5 +295,6 @@ mod tests {
     #[test]
     fn form_encodes_like_urlencode() {
         assert_eq!(form_encode("a b&c=d/é"), "a+b%26c%3Dd%2F%C3%A9");
+        assert_eq!(form(&[("a", "1 2"), ("b", "x:y")]), "a=1+2&b=x%3Ay");
     }
 }

@@ -36,8 +36,9 @@
 //! export_connector!(Hello);
 //! ```
 //!
-//! What the host lends a connector is reached through [`config`], [`log`], [`sql`] and
-//! [`http`]; each works only as far as the operator's configuration allows.
+//! What the host lends a connector is reached through [`config`], [`log`], [`sql`],
+//! [`redis`], [`secrets`] and [`http`]; each works only as far as the operator's
+//! configuration allows. [`sigv4`] signs AWS requests.
 
 #![deny(missing_docs)]
 
@@ -46,6 +47,8 @@ pub mod http;
 pub mod log;
 pub mod random;
 pub mod redis;
+pub mod secrets;
+pub mod sigv4;
 pub mod sql;
 
 /// The raw bindings of `wit/`. Not part of the SDK's API; used by

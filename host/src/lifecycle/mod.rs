@@ -909,27 +909,35 @@ impl Lifecycle {
             Ok(Verdict::Revoked) if record.state == GrantState::Verified => {
                 let until = record.reverify_until.unwrap_or(now);
                 let next = now + policy.reverify_every_ms;
+                let last = next >= until;
                 self.transition(
                     record,
                     Event::Reverify,
                     "ebb",
                     json!({ "verdict": "revoked", "connector_version": version }),
-                    Sealed::Keep,
+                    if last { Sealed::Shred } else { Sealed::Keep },
                     |r| {
-                        r.due_at = (next < until).then_some(next);
+                        r.due_at = (!last).then_some(next);
                     },
                 )
             }
             Ok(Verdict::Revoked) => {
                 let window = policy.reverify_window_ms;
                 let every = policy.reverify_every_ms;
+                // The secret has no further use once removal is proven — except to a
+                // connector that can only re-verify by the credential's value, until
+                // the re-verification window closes.
+                let sealed = if window > 0 && connector.info().capabilities.revokes_by_value {
+                    Sealed::Keep
+                } else {
+                    Sealed::Shred
+                };
                 self.transition(
                     record,
                     Event::VerifiedRevoked,
                     "ebb",
                     json!({ "verdict": "revoked", "connector_version": version }),
-                    // The secret has no further use once removal is proven.
-                    Sealed::Shred,
+                    sealed,
                     |r| {
                         r.verified_at = Some(now);
                         r.residue.clear();

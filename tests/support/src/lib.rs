@@ -2,9 +2,13 @@
 //! fake: each type runs the real server from the distribution's packages.
 
 pub mod api;
+pub mod moto;
+pub mod oidc;
 pub mod postgres;
 pub mod redis;
 
+pub use moto::Moto;
+pub use oidc::Oidc;
 pub use postgres::Postgres;
 pub use redis::Redis;
 

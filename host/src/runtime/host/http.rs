@@ -12,7 +12,7 @@
 //! requests that carry no `Authorization` header (an OAuth client's secret stays in
 //! the host; the connector sends its own header to use an issued token).
 
-use crate::config::{HttpConfig, read_env_secret};
+use crate::config::HttpConfig;
 use anyhow::{Context, bail};
 use base64::Engine as _;
 use std::collections::{BTreeMap, BTreeSet};
@@ -107,7 +107,8 @@ impl HttpPolicy {
             if !allow.contains(&parsed) {
                 bail!("basic-auth origin `{origin}` is not an allowed origin");
             }
-            let password = read_env_secret(&auth.password_env)
+            let password = auth
+                .resolve_password()
                 .with_context(|| format!("basic-auth password for `{origin}`"))?;
             let pair = zeroize::Zeroizing::new(format!("{}:{}", auth.user, password.expose()));
             let header = zeroize::Zeroizing::new(format!(

@@ -3,8 +3,8 @@
 //! [`Lent`] is built once per connector instance from its configuration; every call
 //! gets a fresh [`CallState`] pointing at it. WASI is linked with an empty context
 //! (no files, environment, arguments, sockets or name lookups); `wasi:http` goes
-//! through [`http::HttpPolicy`]. Secrets are lent only by name from the host's
-//! environment (`secrets`, HTTP basic-auth), never from configuration files.
+//! through [`http::HttpPolicy`], which also adds the basic auth the operator holds
+//! for an origin; `secrets` lends named secrets explicitly.
 
 pub(crate) mod config;
 pub(crate) mod http;

@@ -1,0 +1,516 @@
+//! JIT access to AWS through a per-grant IAM user, over `wasi:http` with SigV4
+//! signing in the connector.
+//!
+//! `issue` creates the IAM user `ebb-<grant id>` (path `/ebb/`, tagged with the
+//! grant), gives it one inline policy allowing exactly the requested actions on
+//! exactly the requested resources — with an `aws:CurrentTime` condition, so AWS
+//! itself stops honouring it at `not-after` — and an access key, the credential. A
+//! retried `issue` replaces any key it finds (its secret was lost with the reply).
+//! `revoke` finds the user from the grant id and deletes its access keys (no new
+//! requests authenticate), its policies (sessions derived from a key, e.g. by
+//! `GetSessionToken`, are evaluated against them and lose every permission), then
+//! the user. `verify-revoked` asks STS `GetCallerIdentity` with the key whether it
+//! still authenticates, and IAM whether the user, a key or a policy remains.
+//!
+//! A permission is `<service>:<Action>` on a resource ARN (or `*`), e.g.
+//! `s3:GetObject` on `arn:aws:s3:::invoices/*`.
+//!
+//! Settings (`[connectors.<name>.config]`):
+//! - `iam-endpoint` (default `https://iam.amazonaws.com`), `sts-endpoint` (default
+//!   `https://sts.amazonaws.com`), `region` (default `us-east-1`).
+//! - `access-key-id`: the connector's own key id. Its secret is lent as the secret
+//!   `secret-access-key` (`[connectors.<name>.secrets]`); it needs `iam:CreateUser`,
+//!   `iam:DeleteUser`, `iam:GetUser`, `iam:TagUser`, `iam:*UserPolic*`,
+//!   `iam:*AccessKey*` on `arn:aws:iam::*:user/ebb/*`.
+//! - `allowed-actions`: comma-separated actions a grant may name (exact names).
+//! - `allowed-resources`: comma-separated ARNs (or `prefix*`, or `*`) a grant's
+//!   resources must fall within. Nothing is allowed until both are set.
+
+use ebb_connector_sdk::http::{Request, form};
+use ebb_connector_sdk::sigv4::{self, Key, Scope};
+use ebb_connector_sdk::{
+    Capabilities, Connector, ConnectorInfo, Credential, Error, Grant, Issued, Residue, ResidueKind,
+    Verdict, config, export_connector, log, secrets,
+};
+
+struct AwsIam;
+
+const POLICY: &str = "ebb-grant";
+const PATH: &str = "/ebb/";
+
+fn list(setting: &str) -> Vec<String> {
+    config::get_or(setting, "")
+        .split(',')
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The IAM user a grant gets: `ebb-` and the grant id, from IAM's alphabet.
+fn user_name(grant_id: &str) -> Result<String, Error> {
+    if grant_id.is_empty()
+        || grant_id.len() > 60
+        || !grant_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        return Err(Error::Invalid(format!(
+            "grant id `{grant_id}` cannot name an IAM user"
+        )));
+    }
+    Ok(format!("ebb-{grant_id}"))
+}
+
+/// Whether `resource` stays within `allowed` (`*`, `prefix*` or exact).
+fn within(resource: &str, allowed: &str) -> bool {
+    match allowed.strip_suffix('*') {
+        Some(prefix) => resource.starts_with(prefix),
+        None => resource == allowed,
+    }
+}
+
+/// The inline policy for a grant: exactly its permissions, until `not-after`.
+fn policy_document(grant: &Grant) -> Result<String, Error> {
+    let actions = list("allowed-actions");
+    let resources = list("allowed-resources");
+    if grant.permissions.is_empty() {
+        return Err(Error::Invalid(
+            "a grant must name at least one permission".into(),
+        ));
+    }
+    let mut statements = Vec::new();
+    for p in &grant.permissions {
+        if !actions.iter().any(|a| a == &p.action) {
+            return Err(Error::Invalid(format!(
+                "action `{}` is not in the connector's allowed-actions",
+                p.action
+            )));
+        }
+        let resource = p.resource.trim();
+        if resource != "*" && !resource.starts_with("arn:") {
+            return Err(Error::Invalid(format!(
+                "`{resource}` is not an ARN (or `*`)"
+            )));
+        }
+        if !resources.iter().any(|a| within(resource, a)) {
+            return Err(Error::Invalid(format!(
+                "resource `{resource}` is not within the connector's allowed-resources"
+            )));
+        }
+        statements.push(serde_json::json!({
+            "Effect": "Allow",
+            "Action": p.action,
+            "Resource": resource,
+            "Condition": { "DateLessThan": { "aws:CurrentTime": iso8601(grant.not_after / 1000) } },
+        }));
+    }
+    Ok(serde_json::json!({ "Version": "2012-10-17", "Statement": statements }).to_string())
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ`, from SigV4's compact date.
+fn iso8601(unix_secs: u64) -> String {
+    let compact = sigv4::amz_date(unix_secs);
+    format!(
+        "{}-{}-{}T{}:{}:{}Z",
+        &compact[0..4],
+        &compact[4..6],
+        &compact[6..8],
+        &compact[9..11],
+        &compact[11..13],
+        &compact[13..15]
+    )
+}
+
+/// An AWS query-API error: its code and message.
+#[derive(Debug)]
+struct AwsError {
+    status: u16,
+    code: String,
+    message: String,
+}
+
+impl AwsError {
+    fn is(&self, code: &str) -> bool {
+        self.code == code
+    }
+}
+
+impl From<AwsError> for Error {
+    fn from(e: AwsError) -> Self {
+        let message = format!("HTTP {} {}: {}", e.status, e.code, e.message);
+        match e.code.as_str() {
+            "InvalidClientTokenId"
+            | "SignatureDoesNotMatch"
+            | "AccessDenied"
+            | "AccessDeniedException"
+            | "ExpiredToken"
+            | "UnrecognizedClientException" => Error::Denied(message),
+            "Throttling" | "ServiceUnavailable" | "RequestLimitExceeded" => {
+                Error::Unavailable(message)
+            }
+            "MalformedPolicyDocument" | "ValidationError" | "InvalidInput" => {
+                Error::Invalid(message)
+            }
+            _ if e.status >= 500 => Error::Unavailable(message),
+            _ => Error::Internal(message),
+        }
+    }
+}
+
+/// The text of the first `<tag>…</tag>` in `xml`.
+fn tag<'a>(xml: &'a str, tag: &str) -> Option<&'a str> {
+    let open = format!("<{tag}>");
+    let start = xml.find(&open)? + open.len();
+    let end = xml[start..].find(&format!("</{tag}>"))? + start;
+    Some(&xml[start..end])
+}
+
+/// The text of every `<tag>…</tag>` in `xml`.
+fn tags<'a>(mut xml: &'a str, name: &str) -> Vec<&'a str> {
+    let mut out = Vec::new();
+    while let Some(value) = tag(xml, name) {
+        out.push(value);
+        let consumed = xml.find(&format!("</{name}>")).unwrap_or(xml.len());
+        xml = &xml[consumed + name.len() + 3..];
+    }
+    out
+}
+
+/// Calls a query API (`Action=...`) signed with `key`; the body as text, or the
+/// service's error. Transport failures are [`Error`]s.
+fn call(
+    endpoint: &str,
+    service: &str,
+    key: &Key<'_>,
+    params: &[(&str, &str)],
+) -> Result<Result<String, AwsError>, Error> {
+    let body = form(params);
+    let region = config::get_or("region", "us-east-1");
+    let content_type = "application/x-www-form-urlencoded; charset=utf-8";
+    let url = format!("{}/", endpoint.trim_end_matches('/'));
+    let signed = sigv4::sign(
+        key,
+        &Scope {
+            region: &region,
+            service,
+        },
+        "POST",
+        &url,
+        &[("content-type", content_type)],
+        body.as_bytes(),
+        now_secs(),
+    )
+    .map_err(Error::Invalid)?;
+    let mut request = Request::post(&url).header("content-type", content_type);
+    for (name, value) in &signed {
+        request = request.header(name, value);
+    }
+    let response = request.body(body).send()?;
+    let text = response.text();
+    if response.status == 200 {
+        return Ok(Ok(text));
+    }
+    Ok(Err(AwsError {
+        status: response.status,
+        code: tag(&text, "Code").unwrap_or("Unknown").to_owned(),
+        message: tag(&text, "Message")
+            .unwrap_or("")
+            .chars()
+            .take(300)
+            .collect(),
+    }))
+}
+
+/// An IAM call with the connector's own key.
+fn iam(params: &[(&str, &str)]) -> Result<Result<String, AwsError>, Error> {
+    let endpoint = config::get_or("iam-endpoint", "https://iam.amazonaws.com");
+    let key_id = config::require("access-key-id")?;
+    let secret = secrets::require("secret-access-key")?;
+    let key = Key {
+        access_key_id: &key_id,
+        secret_access_key: &secret,
+    };
+    let mut all = params.to_vec();
+    all.push(("Version", "2010-05-08"));
+    call(&endpoint, "iam", &key, &all)
+}
+
+/// An IAM call that must succeed, or fail with one of `tolerated` codes (`None`).
+fn iam_ok(params: &[(&str, &str)], tolerated: &[&str]) -> Result<Option<String>, Error> {
+    match iam(params)? {
+        Ok(body) => Ok(Some(body)),
+        Err(e) if tolerated.iter().any(|c| e.is(c)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Asks STS who `credential`'s key is: its ARN, or `None` if it does not authenticate.
+fn caller_identity(credential: &Credential) -> Result<Option<String>, Error> {
+    let (Some(id), Some(secret)) = (
+        credential.get("access_key_id"),
+        credential.get("secret_access_key"),
+    ) else {
+        return Err(Error::Invalid("the credential is not an access key".into()));
+    };
+    let endpoint = config::get_or("sts-endpoint", "https://sts.amazonaws.com");
+    let key = Key {
+        access_key_id: id,
+        secret_access_key: secret,
+    };
+    let params = [("Action", "GetCallerIdentity"), ("Version", "2011-06-15")];
+    match call(&endpoint, "sts", &key, &params)? {
+        Ok(body) => Ok(Some(tag(&body, "Arn").unwrap_or("").to_owned())),
+        Err(e) if e.is("InvalidClientTokenId") || e.is("SignatureDoesNotMatch") => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn access_keys(user: &str) -> Result<Vec<String>, Error> {
+    Ok(iam_ok(
+        &[("Action", "ListAccessKeys"), ("UserName", user)],
+        &["NoSuchEntity"],
+    )?
+    .map(|body| {
+        tags(&body, "AccessKeyId")
+            .into_iter()
+            .map(str::to_owned)
+            .collect()
+    })
+    .unwrap_or_default())
+}
+
+fn inline_policies(user: &str) -> Result<Vec<String>, Error> {
+    Ok(iam_ok(
+        &[("Action", "ListUserPolicies"), ("UserName", user)],
+        &["NoSuchEntity"],
+    )?
+    .map(|body| {
+        tag(&body, "PolicyNames")
+            .map(|names| {
+                tags(names, "member")
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default()
+    })
+    .unwrap_or_default())
+}
+
+fn attached_policies(user: &str) -> Result<Vec<String>, Error> {
+    Ok(iam_ok(
+        &[("Action", "ListAttachedUserPolicies"), ("UserName", user)],
+        &["NoSuchEntity"],
+    )?
+    .map(|body| {
+        tags(&body, "PolicyArn")
+            .into_iter()
+            .map(str::to_owned)
+            .collect()
+    })
+    .unwrap_or_default())
+}
+
+impl Connector for AwsIam {
+    fn describe() -> ConnectorInfo {
+        let mut info = ConnectorInfo::new(
+            "aws-iam",
+            env!("CARGO_PKG_VERSION"),
+            "AWS IAM and STS (query API, SigV4)",
+        )
+        .with_description(
+            "A per-grant IAM user with an inline policy of exactly the granted actions and \
+             resources, and an access key as the credential",
+        )
+        .with_capabilities(
+            Capabilities::REVOCABLE
+                | Capabilities::DOWNSTREAM_EXPIRY
+                | Capabilities::CAN_VERIFY
+                | Capabilities::CAN_VERIFY_ISSUED,
+        );
+        for action in list("allowed-actions") {
+            info = info.with_action(
+                &action,
+                &format!("Allow `{action}`"),
+                "a resource ARN within the connector's allowed-resources, or `*`",
+            );
+        }
+        info
+    }
+
+    fn issue(grant: Grant) -> Result<Issued, Error> {
+        let user = user_name(&grant.id)?;
+        let document = policy_document(&grant)?;
+        iam_ok(
+            &[
+                ("Action", "CreateUser"),
+                ("UserName", &user),
+                ("Path", PATH),
+                ("Tags.member.1.Key", "ebb-grant"),
+                ("Tags.member.1.Value", &grant.id),
+            ],
+            &["EntityAlreadyExists"],
+        )?;
+        iam_ok(
+            &[
+                ("Action", "PutUserPolicy"),
+                ("UserName", &user),
+                ("PolicyName", POLICY),
+                ("PolicyDocument", &document),
+            ],
+            &[],
+        )?;
+        // A retried issue: the earlier key's secret went with the lost reply.
+        for key in access_keys(&user)? {
+            iam_ok(
+                &[
+                    ("Action", "DeleteAccessKey"),
+                    ("UserName", &user),
+                    ("AccessKeyId", &key),
+                ],
+                &["NoSuchEntity"],
+            )?;
+        }
+        let body =
+            iam_ok(&[("Action", "CreateAccessKey"), ("UserName", &user)], &[])?.unwrap_or_default();
+        let (Some(key_id), Some(secret)) =
+            (tag(&body, "AccessKeyId"), tag(&body, "SecretAccessKey"))
+        else {
+            return Err(Error::Internal(
+                "CreateAccessKey answered without a key".into(),
+            ));
+        };
+        Ok(Issued::new(
+            format!("user={user};key={key_id}"),
+            Credential::new([("access_key_id", key_id), ("secret_access_key", secret)]),
+        )
+        .expiring_at(grant.not_after))
+    }
+
+    fn revoke(grant: Grant, _: Option<String>, _: Option<Credential>) -> Result<(), Error> {
+        let user = user_name(&grant.id)?;
+        for key in access_keys(&user)? {
+            iam_ok(
+                &[
+                    ("Action", "DeleteAccessKey"),
+                    ("UserName", &user),
+                    ("AccessKeyId", &key),
+                ],
+                &["NoSuchEntity"],
+            )?;
+        }
+        for policy in inline_policies(&user)? {
+            iam_ok(
+                &[
+                    ("Action", "DeleteUserPolicy"),
+                    ("UserName", &user),
+                    ("PolicyName", &policy),
+                ],
+                &["NoSuchEntity"],
+            )?;
+        }
+        for arn in attached_policies(&user)? {
+            iam_ok(
+                &[
+                    ("Action", "DetachUserPolicy"),
+                    ("UserName", &user),
+                    ("PolicyArn", &arn),
+                ],
+                &["NoSuchEntity"],
+            )?;
+        }
+        iam_ok(
+            &[("Action", "DeleteUser"), ("UserName", &user)],
+            &["NoSuchEntity"],
+        )?;
+        Ok(())
+    }
+
+    fn verify_revoked(
+        grant: Grant,
+        _: Option<String>,
+        credential: Option<Credential>,
+    ) -> Result<Verdict, Error> {
+        let user = user_name(&grant.id)?;
+        let mut residue = Vec::new();
+        if let Some(credential) = &credential
+            && let Some(arn) = caller_identity(credential)?
+        {
+            residue.push(Residue::new(
+                ResidueKind::CredentialAccepted,
+                format!("the access key still authenticates as {arn} (STS GetCallerIdentity)"),
+            ));
+        }
+        if iam_ok(
+            &[("Action", "GetUser"), ("UserName", &user)],
+            &["NoSuchEntity"],
+        )?
+        .is_some()
+        {
+            residue.push(Residue::new(
+                ResidueKind::EntitlementPresent,
+                format!("IAM user {user} exists"),
+            ));
+            for key in access_keys(&user)? {
+                residue.push(Residue::new(
+                    ResidueKind::EntitlementPresent,
+                    format!("access key {key} of {user} exists"),
+                ));
+            }
+            for policy in inline_policies(&user)? {
+                residue.push(Residue::new(
+                    ResidueKind::EntitlementPresent,
+                    format!("inline policy {policy} of {user} exists"),
+                ));
+            }
+        }
+        Ok(Verdict::from_residue(residue))
+    }
+
+    fn verify_issued(grant: Grant, _handle: String, credential: Credential) -> Result<(), Error> {
+        let user = user_name(&grant.id)?;
+        match caller_identity(&credential)? {
+            Some(arn) if arn.ends_with(&format!("/{user}")) => Ok(()),
+            Some(arn) => Err(Error::Internal(format!(
+                "the new key authenticates as {arn}, not {user}"
+            ))),
+            None => {
+                log::debug("the new key does not authenticate yet");
+                Err(Error::Unavailable(
+                    "the new access key does not authenticate yet".into(),
+                ))
+            }
+        }
+    }
+}
+
+export_connector!(AwsIam);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_query_api_xml() {
+        let xml = "<R><AccessKeyMetadata><member><AccessKeyId>A1</AccessKeyId></member>\
+                   <member><AccessKeyId>A2</AccessKeyId></member></AccessKeyMetadata></R>";
+        assert_eq!(tags(xml, "AccessKeyId"), vec!["A1", "A2"]);
+        assert_eq!(tag(xml, "Missing"), None);
+    }
+
+    #[test]
+    fn names_and_bounds() {
+        assert_eq!(user_name("01abc").unwrap(), "ebb-01abc");
+        assert!(user_name("a/b").is_err());
+        assert!(within("arn:aws:s3:::b/k", "arn:aws:s3:::b/*"));
+        assert!(!within("arn:aws:s3:::bb/k", "arn:aws:s3:::b/*"));
+        assert_eq!(iso8601(1_795_953_600), "2026-11-29T12:00:00Z");
+    }
+}
