@@ -1,15 +1,24 @@
 #!/usr/bin/env bash
 # The main job: sets up the machine, builds the bundled connectors and the host, starts
-# a demo PostgreSQL and Redis (unless EBB_PG_DSN / EBB_REDIS_URL point at yours) and
-# runs `ebb serve` with the embedded store under .ebb/.
+# a demo PostgreSQL and Redis (unless EBB_PG_DSN / EBB_REDIS_URL point at yours), a
+# demo OAuth 2.0 server (oidc-provider) and AWS IAM (moto), and runs `ebb serve` with
+# the embedded store under .ebb/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
+./scripts/test-servers.sh
 (cd plugins && cargo build --release --workspace --locked)
 cargo build --release --locked -p ebb-host
 mkdir -p .ebb
 export EBB_PG_DSN=${EBB_PG_DSN:-$(./scripts/demo-postgres.sh)}
 export EBB_REDIS_URL=${EBB_REDIS_URL:-$(./scripts/demo-redis.sh)}
+# Secrets the host holds for the oauth2 and aws-iam connectors, from the environment.
+EBB_OIDC_CLIENT_SECRET=$(./scripts/demo-oauth.sh)
+export EBB_OIDC_CLIENT_SECRET
+read -r aws_key_id EBB_AWS_SECRET_ACCESS_KEY < <(./scripts/demo-aws.sh)
+export EBB_AWS_SECRET_ACCESS_KEY
+oidc=http://127.0.0.1:${EBB_DEMO_OIDC_PORT:-44440}
+moto=http://127.0.0.1:${EBB_DEMO_MOTO_PORT:-50550}
 wasm=$(pwd)/plugins/target/wasm32-wasip2/release
 
 # Demo API tokens, made once. The config holds only their sha256.
@@ -26,7 +35,7 @@ fi
 hash() { printf %s "$1" | sha256sum | cut -d' ' -f1; }
 
 cat > .ebb/ebb.toml <<TOML
-# Written by scripts/run.sh. The DSN is read from the environment, never stored here.
+# Written by scripts/run.sh. DSNs and secrets are read from the environment, never stored here.
 [server]
 listen = "127.0.0.1:${EBB_PORT:-8700}"
 
@@ -66,6 +75,31 @@ sql.main = { dsn-env = "EBB_PG_DSN", max-connections = 4 }
 component = "$wasm/redis.wasm"
 config = { allowed-keys = "cache:*" }
 redis.main = { url-env = "EBB_REDIS_URL" }
+
+# OAuth 2.0 tokens; the client secret is added by the host, never seen by the connector.
+[connectors.oauth2]
+component = "$wasm/oauth2.wasm"
+http.allow-private = ["$oidc"]
+http.basic-auth."$oidc" = { user = "ebb", password-env = "EBB_OIDC_CLIENT_SECRET" }
+
+[connectors.oauth2.config]
+token-endpoint = "$oidc/token"
+revocation-endpoint = "$oidc/token/revocation"
+introspection-endpoint = "$oidc/token/introspection"
+allowed-scopes = "invoices:read, reports:read"
+
+# Per-grant IAM users; the admin secret is lent to the connector for SigV4 signing.
+[connectors.aws]
+component = "$wasm/aws_iam.wasm"
+http.allow-private = ["$moto"]
+secrets.secret-access-key = { env = "EBB_AWS_SECRET_ACCESS_KEY" }
+
+[connectors.aws.config]
+iam-endpoint = "$moto"
+sts-endpoint = "$moto"
+access-key-id = "$aws_key_id"
+allowed-actions = "s3:ListAllMyBuckets, s3:GetObject"
+allowed-resources = "*"
 
 [connectors.noop]
 component = "$wasm/noop.wasm"

@@ -5,6 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
+# The OAuth and AWS servers the oauth2 and aws-iam connectors are tested against.
+./scripts/test-servers.sh
 # Warnings in connectors fail the build in CI, as in the host.
 if [ "${CI:-}" = "true" ]; then export EBB_PLUGINS_DENY_WARNINGS=1; fi
 # Connectors written in other languages, built before the tests that load them.

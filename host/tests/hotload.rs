@@ -518,6 +518,27 @@ async fn bad_versions_are_refused_before_anything_is_swapped() {
         ),
         (
             "POST",
+            "/v1/connectors/secret",
+            json!({ "component": "noop-v1.wasm", "http": { "allow": ["https://idp.example"], "basic-auth": { "https://idp.example": { "user": "ebb", "password": "hunter2" } } } }),
+            StatusCode::BAD_REQUEST,
+            "password-env",
+        ),
+        (
+            "POST",
+            "/v1/connectors/secret",
+            json!({ "component": "noop-v1.wasm", "secrets": { "secret-access-key": { "value": "hunter2" } } }),
+            StatusCode::BAD_REQUEST,
+            "`env`",
+        ),
+        (
+            "POST",
+            "/v1/connectors/secret",
+            json!({ "component": "noop-v1.wasm", "secrets": { "secret-access-key": { "env": "EBB_TEST_UNSET_VARIABLE" } } }),
+            StatusCode::BAD_REQUEST,
+            "EBB_TEST_UNSET_VARIABLE is not set",
+        ),
+        (
+            "POST",
             "/v1/connectors/svc/reload",
             json!({ "component": "garbage.wasm" }),
             StatusCode::BAD_REQUEST,

@@ -284,6 +284,28 @@ mod tests {
         }
     }
 
+    #[test]
+    fn basic_auth_only_for_allowed_origins() {
+        let auth = |origin: &str| HttpConfig {
+            allow: vec!["https://idp.example".into()],
+            allow_private: vec![],
+            basic_auth: BTreeMap::from([(
+                origin.to_owned(),
+                crate::config::BasicAuth {
+                    user: "ebb".into(),
+                    password: Some(crate::config::Secret::new("pw".into())),
+                    password_env: None,
+                },
+            )]),
+        };
+        let policy = HttpPolicy::new(Arc::from("t"), &auth("https://idp.example")).unwrap();
+        let header = &policy.basic_auth[&Origin::parse("https://idp.example").unwrap()];
+        assert!(header.is_sensitive());
+        assert_eq!(header.to_str().unwrap(), "Basic ZWJiOnB3");
+        let err = HttpPolicy::new(Arc::from("t"), &auth("https://other.example")).unwrap_err();
+        assert!(err.to_string().contains("not an allowed origin"), "{err}");
+    }
+
     #[tokio::test]
     async fn denies_origins_off_the_list_and_private_addresses() {
         let config = HttpConfig {

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Starts (or reuses) a demo OAuth 2.0 server — oidc-provider, tests/servers/oidc —
+# on 127.0.0.1:${EBB_DEMO_OIDC_PORT:-44440}, logging to .ebb/oidc/server.log. Its
+# client `ebb` may request invoices:read, invoices:write and reports:read; tokens
+# live 5 minutes. Prints the client secret on stdout (it is also in .ebb/oidc/).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+port=${EBB_DEMO_OIDC_PORT:-44440}
+dir=$(pwd)/.ebb/oidc
+mkdir -p "$dir"
+umask 077
+[ -f "$dir/client.pw" ] || head -c 24 /dev/urandom | base64 | tr -d '/+=' > "$dir/client.pw"
+[ -f "$dir/probe.pw" ] || head -c 24 /dev/urandom | base64 | tr -d '/+=' > "$dir/probe.pw"
+if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+  (cd tests/servers/oidc && OIDC_PORT=$port OIDC_CLIENT_SECRET=$(cat "$dir/client.pw") \
+    OIDC_PROBE_SECRET=$(cat "$dir/probe.pw") OIDC_TOKEN_TTL=300 \
+    nohup node server.mjs > "$dir/server.log" 2>&1 &)
+  for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.05; done
+fi
+cat "$dir/client.pw"
