@@ -6,7 +6,10 @@
 //! issued and finds the access of a live one; `issue` creates a credential that works
 //! for the granted permission and not for another (when a [`Probe`] can tell);
 //! `revoke` ends it, `verify-revoked` then says `revoked` and the credential fails;
-//! `revoke` is idempotent and works without the handle.
+//! `revoke` is idempotent and works without the handle. A connector that declares
+//! its credential irrevocable must instead keep reporting it after `revoke`; one
+//! that revokes by value must report what may remain when it holds nothing to
+//! revoke by.
 //!
 //! Run it from the CLI (`ebb connector test`) or from tests, where a probe written
 //! against the downstream system's own client judges the credential independently
@@ -216,6 +219,19 @@ pub async fn run(connector: &Connector, case: &Case, probe: Option<&dyn Probe>) 
 
     let revoked = connector.revoke(&g, handle, Some(cred)).await;
     r.check("revoke", revoked.is_ok(), format!("{revoked:?}"));
+    if !info.capabilities.revocable {
+        // A credential declared irrevocable (a self-contained JWT) outlives `revoke`:
+        // verify must keep saying so, never trust the revoke call.
+        let answer = connector.verify_revoked(&g, handle, Some(cred)).await;
+        r.check(
+            "verify after revoke still reports the irrevocable credential",
+            matches!(&answer, Ok(Verdict::Residual(x)) if !x.is_empty()),
+            format!("{answer:?}"),
+        );
+        let again = connector.revoke(&g, handle, Some(cred)).await;
+        r.check("revoke twice succeeds", again.is_ok(), format!("{again:?}"));
+        return r;
+    }
     let verdict = settles(connector, &g, handle, Some(cred), case.settle).await;
     r.check(
         "verify after revoke says revoked",

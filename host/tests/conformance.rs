@@ -390,3 +390,38 @@ async fn aws_iam_passes_the_conformance_kit() {
         "nothing left behind"
     );
 }
+
+/// The same connector for self-contained JWTs, which it declares irrevocable: the
+/// kit checks that `verify-revoked` keeps reporting the token after `revoke`.
+/// (Introspection cannot judge a JWT, so no probe.)
+#[tokio::test]
+async fn oauth2_with_jwt_tokens_passes_the_conformance_kit_honestly() {
+    let server = Oidc::start(300).unwrap();
+    let config = ConnectorConfig::new(ebb_test_plugins::OAUTH2)
+        .with_config("token-endpoint", &server.url("/token"))
+        .with_config("revocation-endpoint", &server.url("/token/revocation"))
+        .with_config("introspection-endpoint", &server.url("/token/introspection"))
+        .with_config("allowed-scopes", "invoices:read")
+        .with_config("token-format", "jwt")
+        .with_http_origin(&server.origin(), true)
+        .with_http_basic_auth(&server.origin(), "ebb-jwt", ebb_test_support::oidc::CLIENT_SECRET);
+    let connector = Runtime::new(&RuntimeConfig::default())
+        .unwrap()
+        .load("oauth2-jwt", &config)
+        .await
+        .unwrap();
+    let case = Case {
+        granted: permission("scope", "invoices:read"),
+        other: None,
+        settle: Duration::from_secs(1),
+    };
+    let report = conformance::run(&connector, &case, None).await;
+    print(&report);
+    assert!(report.passed(), "{report:#?}");
+    let names: Vec<&str> = report.checks.iter().map(|c| c.name).collect();
+    assert!(
+        names.contains(&"verify after revoke still reports the irrevocable credential"),
+        "{names:?}"
+    );
+    assert_eq!(report.checks.len(), 8, "every check ran: {names:?}");
+}
