@@ -400,11 +400,18 @@ async fn oauth2_with_jwt_tokens_passes_the_conformance_kit_honestly() {
     let config = ConnectorConfig::new(ebb_test_plugins::OAUTH2)
         .with_config("token-endpoint", &server.url("/token"))
         .with_config("revocation-endpoint", &server.url("/token/revocation"))
-        .with_config("introspection-endpoint", &server.url("/token/introspection"))
+        .with_config(
+            "introspection-endpoint",
+            &server.url("/token/introspection"),
+        )
         .with_config("allowed-scopes", "invoices:read")
         .with_config("token-format", "jwt")
         .with_http_origin(&server.origin(), true)
-        .with_http_basic_auth(&server.origin(), "ebb-jwt", ebb_test_support::oidc::CLIENT_SECRET);
+        .with_http_basic_auth(
+            &server.origin(),
+            "ebb-jwt",
+            ebb_test_support::oidc::CLIENT_SECRET,
+        );
     let connector = Runtime::new(&RuntimeConfig::default())
         .unwrap()
         .load("oauth2-jwt", &config)

@@ -512,3 +512,52 @@ async fn reverification_catches_access_that_comes_back() {
         engine.get(&id).unwrap()
     );
 }
+
+/// A connector that revokes by value gets the sealed credential back in `revoke` and
+/// in every re-verification, and the credential is shredded when the window closes.
+#[tokio::test]
+async fn a_by_value_connector_gets_the_credential_until_the_reverify_window_closes() {
+    let policy = LifecyclePolicy {
+        reverify_window_ms: 600,
+        reverify_every_ms: 50,
+        ..fast_policy()
+    };
+    let config = misbehave(&[("by-value", "yes")]).with_lifecycle(policy);
+    let engine = engine(&[("token", config)]).await;
+    let record = issued(&engine, "token", 60_000).await;
+    let id = record.grant.id.clone();
+    engine
+        .revoke(&id, Trigger::TaskCompleted, "agent", None)
+        .await
+        .unwrap();
+    let verified = wait_for(&engine, &id, GrantState::Verified).await;
+    assert!(verified.reverify_until.is_some());
+    assert!(
+        engine.store().sealed_credential(&id).unwrap().is_some(),
+        "kept for re-verification by value"
+    );
+    for _ in 0..600 {
+        let r = engine.get(&id).unwrap();
+        if r.due_at.is_none() {
+            assert_eq!(r.state, GrantState::Verified, "{r:?}");
+            assert_eq!(engine.store().sealed_credential(&id).unwrap(), None);
+            let report = engine.report(&id).unwrap();
+            let reverified = report
+                .events
+                .iter()
+                .filter(|e| e.detail["event"] == "Reverify")
+                .count();
+            assert!(reverified >= 2, "re-verified by value {reverified} times");
+            assert!(
+                !report
+                    .events
+                    .iter()
+                    .any(|e| e.detail["event"] == "FoundResidue"),
+                "never without the credential"
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the window never closed: {:?}", engine.get(&id).unwrap());
+}

@@ -11,7 +11,10 @@
 //! `describe` always behaves, so the host can load it. `revoke` follows the `revoke`
 //! setting (`fail`: unavailable; otherwise succeeds) and `verify-revoked` the
 //! `verify` setting (`residual`: reports a session; `fail`: unavailable; otherwise
-//! revoked), so tests can simulate outages and access that will not go away.
+//! revoked), so tests can simulate outages and access that will not go away. With
+//! `by-value = "yes"` it behaves like a connector that revokes by the credential's
+//! value (an OAuth token): it declares `revokes-by-value`, `revoke` fails without the
+//! credential and `verify-revoked` cannot say `revoked` without it.
 
 use ebb_connector_sdk::{
     Capabilities, Connector, ConnectorInfo, Credential, Error, Grant, Issued, Residue, ResidueKind,
@@ -20,12 +23,20 @@ use ebb_connector_sdk::{
 
 struct Misbehave;
 
+fn by_value() -> bool {
+    config::get("by-value").as_deref() == Some("yes")
+}
+
 impl Connector for Misbehave {
     fn describe() -> ConnectorInfo {
+        let mut capabilities = Capabilities::REVOCABLE | Capabilities::CAN_VERIFY;
+        if by_value() {
+            capabilities |= Capabilities::REVOKES_BY_VALUE;
+        }
         ConnectorInfo::new("misbehave", env!("CARGO_PKG_VERSION"), "none")
             .with_description("Misbehaves on purpose, to test the host's sandbox")
             .with_action("use", "does nothing, badly", "any string")
-            .with_capabilities(Capabilities::REVOCABLE | Capabilities::CAN_VERIFY)
+            .with_capabilities(capabilities)
     }
 
     fn issue(grant: Grant) -> Result<Issued, Error> {
@@ -71,7 +82,12 @@ impl Connector for Misbehave {
         }
     }
 
-    fn revoke(_: Grant, _: Option<String>, _: Option<Credential>) -> Result<(), Error> {
+    fn revoke(_: Grant, _: Option<String>, credential: Option<Credential>) -> Result<(), Error> {
+        if by_value() && credential.is_none() {
+            return Err(Error::Invalid(
+                "misbehave: no credential to revoke by".into(),
+            ));
+        }
         match config::get_or("revoke", "ok").as_str() {
             "fail" => Err(Error::Unavailable("misbehave: downstream is down".into())),
             _ => Ok(()),
@@ -81,8 +97,14 @@ impl Connector for Misbehave {
     fn verify_revoked(
         grant: Grant,
         _handle: Option<String>,
-        _credential: Option<Credential>,
+        credential: Option<Credential>,
     ) -> Result<Verdict, Error> {
+        if by_value() && credential.is_none() {
+            return Ok(Verdict::Residual(vec![Residue::new(
+                ResidueKind::TokenActive,
+                "misbehave: the token cannot be checked without its value",
+            )]));
+        }
         match config::get_or("verify", "revoked").as_str() {
             "residual" => Ok(Verdict::Residual(vec![Residue::new(
                 ResidueKind::SessionOpen,
