@@ -11,7 +11,7 @@ mkdir -p "$dir"
 umask 077
 if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || [ ! -s "$dir/admin.json" ]; then
   if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-    nohup .ebb/moto/bin/moto_server -H 127.0.0.1 -p "$port" > "$dir/server.log" 2>&1 &
+    nohup .ebb/moto/bin/moto_server -H 127.0.0.1 -p "$port" < /dev/null > "$dir/server.log" 2>&1 &
     for _ in $(seq 1 200); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.05; done
   fi
   .ebb/moto/bin/python tests/servers/aws/admin.py "http://127.0.0.1:$port" > "$dir/admin.json"

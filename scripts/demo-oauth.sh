@@ -12,9 +12,10 @@ umask 077
 [ -f "$dir/client.pw" ] || head -c 24 /dev/urandom | base64 | tr -d '/+=' > "$dir/client.pw"
 [ -f "$dir/probe.pw" ] || head -c 24 /dev/urandom | base64 | tr -d '/+=' > "$dir/probe.pw"
 if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+  # Detached from this script's stdout, which the caller reads to its end.
   (cd tests/servers/oidc && OIDC_PORT=$port OIDC_CLIENT_SECRET=$(cat "$dir/client.pw") \
     OIDC_PROBE_SECRET=$(cat "$dir/probe.pw") OIDC_TOKEN_TTL=300 \
-    nohup node server.mjs > "$dir/server.log" 2>&1 &)
+    exec nohup node server.mjs) < /dev/null > "$dir/server.log" 2>&1 &
   for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.05; done
 fi
 cat "$dir/client.pw"

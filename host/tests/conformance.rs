@@ -330,25 +330,30 @@ fn ebb_connector_test_runs_the_kit() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("FAIL issue"));
 }
 
-/// `plugins/oauth2` against oidc-provider: opaque tokens, revoked by value (RFC
-/// 7009) and judged by introspection as a resource server.
-#[tokio::test]
-async fn oauth2_passes_the_conformance_kit() {
-    let server = Oidc::start(300).unwrap();
-    let config = ConnectorConfig::new(ebb_test_plugins::OAUTH2)
+/// The oauth2 connector for `server`'s `client`, which the host authenticates.
+fn oauth2_config(server: &Oidc, client: &str, scopes: &str) -> ConnectorConfig {
+    ConnectorConfig::new(ebb_test_plugins::OAUTH2)
         .with_config("token-endpoint", &server.url("/token"))
         .with_config("revocation-endpoint", &server.url("/token/revocation"))
         .with_config(
             "introspection-endpoint",
             &server.url("/token/introspection"),
         )
-        .with_config("allowed-scopes", "invoices:read, reports:read")
+        .with_config("allowed-scopes", scopes)
         .with_http_origin(&server.origin(), true)
         .with_http_basic_auth(
             &server.origin(),
-            "ebb",
+            client,
             ebb_test_support::oidc::CLIENT_SECRET,
-        );
+        )
+}
+
+/// `plugins/oauth2` against oidc-provider: opaque tokens, revoked by value (RFC
+/// 7009) and judged by introspection as a resource server.
+#[tokio::test]
+async fn oauth2_passes_the_conformance_kit() {
+    let server = Oidc::start(300).unwrap();
+    let config = oauth2_config(&server, "ebb", "invoices:read, reports:read");
     let case = Case {
         granted: permission("scope", "invoices:read"),
         other: Some(permission("scope", "reports:read")),
@@ -397,21 +402,8 @@ async fn aws_iam_passes_the_conformance_kit() {
 #[tokio::test]
 async fn oauth2_with_jwt_tokens_passes_the_conformance_kit_honestly() {
     let server = Oidc::start(300).unwrap();
-    let config = ConnectorConfig::new(ebb_test_plugins::OAUTH2)
-        .with_config("token-endpoint", &server.url("/token"))
-        .with_config("revocation-endpoint", &server.url("/token/revocation"))
-        .with_config(
-            "introspection-endpoint",
-            &server.url("/token/introspection"),
-        )
-        .with_config("allowed-scopes", "invoices:read")
-        .with_config("token-format", "jwt")
-        .with_http_origin(&server.origin(), true)
-        .with_http_basic_auth(
-            &server.origin(),
-            "ebb-jwt",
-            ebb_test_support::oidc::CLIENT_SECRET,
-        );
+    let config =
+        oauth2_config(&server, "ebb-jwt", "invoices:read").with_config("token-format", "jwt");
     let connector = Runtime::new(&RuntimeConfig::default())
         .unwrap()
         .load("oauth2-jwt", &config)

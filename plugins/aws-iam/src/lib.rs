@@ -286,6 +286,20 @@ fn access_keys(user: &str) -> Result<Vec<String>, Error> {
     .unwrap_or_default())
 }
 
+fn delete_access_keys(user: &str) -> Result<(), Error> {
+    for key in access_keys(user)? {
+        iam_ok(
+            &[
+                ("Action", "DeleteAccessKey"),
+                ("UserName", user),
+                ("AccessKeyId", &key),
+            ],
+            &["NoSuchEntity"],
+        )?;
+    }
+    Ok(())
+}
+
 fn inline_policies(user: &str) -> Result<Vec<String>, Error> {
     Ok(iam_ok(
         &[("Action", "ListUserPolicies"), ("UserName", user)],
@@ -368,16 +382,7 @@ impl Connector for AwsIam {
             &[],
         )?;
         // A retried issue: the earlier key's secret went with the lost reply.
-        for key in access_keys(&user)? {
-            iam_ok(
-                &[
-                    ("Action", "DeleteAccessKey"),
-                    ("UserName", &user),
-                    ("AccessKeyId", &key),
-                ],
-                &["NoSuchEntity"],
-            )?;
-        }
+        delete_access_keys(&user)?;
         let body =
             iam_ok(&[("Action", "CreateAccessKey"), ("UserName", &user)], &[])?.unwrap_or_default();
         let (Some(key_id), Some(secret)) =
@@ -396,16 +401,7 @@ impl Connector for AwsIam {
 
     fn revoke(grant: Grant, _: Option<String>, _: Option<Credential>) -> Result<(), Error> {
         let user = user_name(&grant.id)?;
-        for key in access_keys(&user)? {
-            iam_ok(
-                &[
-                    ("Action", "DeleteAccessKey"),
-                    ("UserName", &user),
-                    ("AccessKeyId", &key),
-                ],
-                &["NoSuchEntity"],
-            )?;
-        }
+        delete_access_keys(&user)?;
         for policy in inline_policies(&user)? {
             iam_ok(
                 &[
