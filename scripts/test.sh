@@ -20,6 +20,11 @@ cargo test --workspace --all-targets --locked 2>&1 | tee -a "$log" || status=$?
 if [ "$status" = 0 ]; then
   cargo test --workspace --doc --locked 2>&1 | tee -a "$log" || status=$?
 fi
+# The connectors' own unit tests run natively (their build target is wasm32-wasip2).
+if [ "$status" = 0 ]; then
+  host=$(rustc -vV | sed -n 's/^host: //p')
+  (cd plugins && cargo test --workspace --locked --target "$host") 2>&1 | tee -a "$log" || status=$?
+fi
 # The API fuzz pass (schemathesis against the served OpenAPI document) counts as one test.
 if [ "$status" = 0 ]; then
   ./scripts/fuzz-api.sh 2>&1 | tee -a "$log" || status=$?
