@@ -107,6 +107,14 @@ impl HttpPolicy {
             if !allow.contains(&parsed) {
                 bail!("basic-auth origin `{origin}` is not an allowed origin");
             }
+            // A password in cleartext only to what the operator marked private
+            // (loopback, a private network); anything else must be HTTPS.
+            if !parsed.https && !allow_private.contains(&parsed) {
+                bail!(
+                    "basic-auth origin `{origin}` is plain HTTP: use https, or list it in \
+                     allow-private if it is on a private network"
+                );
+            }
             let password = auth
                 .resolve_password()
                 .with_context(|| format!("basic-auth password for `{origin}`"))?;
@@ -304,6 +312,12 @@ mod tests {
         assert_eq!(header.to_str().unwrap(), "Basic ZWJiOnB3");
         let err = HttpPolicy::new(Arc::from("t"), &auth("https://other.example")).unwrap_err();
         assert!(err.to_string().contains("not an allowed origin"), "{err}");
+        let mut plain = auth("http://idp.example");
+        plain.allow.push("http://idp.example".into());
+        let err = HttpPolicy::new(Arc::from("t"), &plain).unwrap_err();
+        assert!(err.to_string().contains("plain HTTP"), "{err}");
+        plain.allow_private.push("http://idp.example".into());
+        assert!(HttpPolicy::new(Arc::from("t"), &plain).is_ok());
     }
 
     #[tokio::test]
