@@ -39,6 +39,27 @@ pub struct Permission {
     pub resource: String,
 }
 
+impl Permission {
+    /// Parses the CLI's `action:resource`, or `action=resource` for actions that
+    /// contain a colon themselves (`s3:GetObject=arn:aws:s3:::reports/*`).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let split = if s.contains('=') {
+            s.split_once('=')
+        } else {
+            s.split_once(':')
+        };
+        match split {
+            Some((action, resource)) if !action.is_empty() && !resource.is_empty() => Ok(Self {
+                action: action.to_owned(),
+                resource: resource.to_owned(),
+            }),
+            _ => Err(format!(
+                "permission `{s}` must be action:resource (or action=resource)"
+            )),
+        }
+    }
+}
+
 /// An approved grant, as a connector sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Grant {
@@ -182,6 +203,26 @@ pub struct ConnectorInfo {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn parses_permissions() {
+        let p = |s: &str| super::Permission::parse(s).map(|p| (p.action, p.resource));
+        assert_eq!(
+            p("select:public.invoices"),
+            Ok(("select".into(), "public.invoices".into()))
+        );
+        assert_eq!(
+            p("scope:invoices:read"),
+            Ok(("scope".into(), "invoices:read".into()))
+        );
+        assert_eq!(
+            p("s3:GetObject=arn:aws:s3:::reports/*"),
+            Ok(("s3:GetObject".into(), "arn:aws:s3:::reports/*".into()))
+        );
+        for bad in ["select", ":x", "x:", "=x", "x="] {
+            assert!(p(bad).is_err(), "{bad}");
+        }
+    }
+
     use super::*;
 
     #[test]

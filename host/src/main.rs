@@ -119,7 +119,8 @@ enum ConnectorCommand {
         /// `component` aside), e.g. `config` and `sql`.
         #[arg(long)]
         config: Option<PathBuf>,
-        /// The permission to grant, `action:resource`.
+        /// The permission to grant, `action:resource` (or `action=resource` when
+        /// the action has a colon, e.g. `s3:GetObject=arn:aws:s3:::reports/*`).
         #[arg(long, short = 'p')]
         permission: String,
         /// How long revocation may take to show downstream.
@@ -219,18 +220,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
                 let instance =
                     ConnectorConfig::parse_toml(&toml::to_string(&table)?, Path::new("."))?;
-                let (action, resource) = permission
-                    .split_once(':')
-                    .context("--permission must look like action:resource")?;
+                let granted = ebb_host::connector::Permission::parse(&permission)
+                    .map_err(anyhow::Error::msg)?;
                 let runtime = Runtime::new(&RuntimeConfig::default())?;
                 let connector = runtime.load("conformance", &instance).await?;
                 let report = ebb_host::conformance::run(
                     &connector,
                     &ebb_host::conformance::Case {
-                        granted: ebb_host::connector::Permission {
-                            action: action.into(),
-                            resource: resource.into(),
-                        },
+                        granted,
                         other: None,
                         settle,
                     },

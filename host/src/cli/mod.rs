@@ -37,7 +37,9 @@ pub enum GrantCommand {
         /// The connector instance.
         #[arg(long)]
         connector: String,
-        /// `action:resource`, e.g. `select:public.invoices` (repeatable).
+        /// `action:resource`, e.g. `select:public.invoices`, or `action=resource` when
+        /// the action has a colon, e.g. `s3:GetObject=arn:aws:s3:::reports/*`
+        /// (repeatable).
         #[arg(long = "permission", short = 'p', required = true)]
         permissions: Vec<String>,
         /// How long, e.g. `15m`.
@@ -288,10 +290,8 @@ async fn wait_closed(client: &Client, id: &str, timeout: Duration) -> anyhow::Re
 }
 
 fn parse_permission(p: &str) -> anyhow::Result<Value> {
-    let (action, resource) = p
-        .split_once(':')
-        .with_context(|| format!("permission `{p}` must be action:resource"))?;
-    Ok(json!({ "action": action, "resource": resource }))
+    let p = ebb_host::connector::Permission::parse(p).map_err(anyhow::Error::msg)?;
+    Ok(json!({ "action": p.action, "resource": p.resource }))
 }
 
 /// Prints a value as JSON or with the given human printer.
