@@ -69,6 +69,12 @@ pub struct PluginsConfig {
     pub watch: bool,
     /// If not empty, only components whose sha256 is listed load, from any source.
     pub allowed_sha256: Vec<String>,
+    /// Environment variables of the host that an instance loaded through the admin
+    /// API may name (`dsn-env`, `url-env`, `password-env`, a secret's `env`): exact
+    /// names, or prefixes ending in `*`. Empty (the default): none. Without this, an
+    /// API caller could lend any of the host's secrets to a connector that sends them
+    /// to an origin it allows.
+    pub lendable_env: Vec<String>,
 }
 
 impl Default for PluginsConfig {
@@ -77,7 +83,33 @@ impl Default for PluginsConfig {
             dir: None,
             watch: true,
             allowed_sha256: Vec::new(),
+            lendable_env: Vec::new(),
         }
+    }
+}
+
+impl PluginsConfig {
+    /// Whether an API-loaded instance may name the environment variable `var`.
+    pub fn may_lend(&self, var: &str) -> bool {
+        self.lendable_env.iter().any(|p| match p.strip_suffix('*') {
+            Some(prefix) => var.starts_with(prefix),
+            None => var == p,
+        })
+    }
+}
+
+impl ConnectorConfig {
+    /// The environment variables this instance reads secrets from.
+    pub fn env_names(&self) -> Vec<&str> {
+        let sql = self.sql.values().filter_map(|c| c.dsn_env.as_deref());
+        let redis = self.redis.values().filter_map(|c| c.url_env.as_deref());
+        let auth = self
+            .http
+            .basic_auth
+            .values()
+            .filter_map(|a| a.password_env.as_deref());
+        let secrets = self.secrets.values().filter_map(|s| s.env.as_deref());
+        sql.chain(redis).chain(auth).chain(secrets).collect()
     }
 }
 

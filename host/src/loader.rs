@@ -276,6 +276,16 @@ impl Loader {
         }
         let table = api_table(body)?;
         let mut config = parse_instance(&table, &dir)?;
+        if let Some(var) = config
+            .env_names()
+            .into_iter()
+            .find(|v| !self.plugins.may_lend(v))
+        {
+            return Err(LoadError::NotAllowed(format!(
+                "the environment variable {var} is not in plugins.lendable-env: the host's \
+                 operator decides which of its secrets the API may lend"
+            )));
+        }
         // Whatever the API may load must already be in the plugins folder.
         config.component = inside(&dir, table_str(&table, "component")?)?;
         self.pin_and_install(&dir, name, table, config, actor).await

@@ -91,6 +91,7 @@ async fn start_host(tag: &str, watch: bool, allowed: &[&str]) -> Host {
             dir: Some(plugins.clone()),
             watch,
             allowed_sha256: allowed.iter().map(|s| (*s).to_owned()).collect(),
+            lendable_env: vec!["EBB_TEST_LEND_*".into()],
         },
     );
     let mut configured = BTreeMap::new();
@@ -533,9 +534,31 @@ async fn bad_versions_are_refused_before_anything_is_swapped() {
         (
             "POST",
             "/v1/connectors/secret",
-            json!({ "component": "noop-v1.wasm", "secrets": { "secret-access-key": { "env": "EBB_TEST_UNSET_VARIABLE" } } }),
+            json!({ "component": "noop-v1.wasm", "secrets": { "secret-access-key": { "env": "EBB_TEST_LEND_UNSET" } } }),
             StatusCode::BAD_REQUEST,
-            "EBB_TEST_UNSET_VARIABLE is not set",
+            "EBB_TEST_LEND_UNSET is not set",
+        ),
+        // The host's other secrets are not the API caller's to lend.
+        (
+            "POST",
+            "/v1/connectors/secret",
+            json!({ "component": "noop-v1.wasm", "secrets": { "key": { "env": "HOME" } } }),
+            StatusCode::FORBIDDEN,
+            "plugins.lendable-env",
+        ),
+        (
+            "POST",
+            "/v1/connectors/secret",
+            json!({ "component": "noop-v1.wasm", "sql": { "main": { "dsn-env": "EBB_PG_DSN" } } }),
+            StatusCode::FORBIDDEN,
+            "EBB_PG_DSN is not in plugins.lendable-env",
+        ),
+        (
+            "POST",
+            "/v1/connectors/secret",
+            json!({ "component": "noop-v1.wasm", "http": { "allow": ["https://idp.example"], "basic-auth": { "https://idp.example": { "user": "ebb", "password-env": "PATH" } } } }),
+            StatusCode::FORBIDDEN,
+            "PATH is not in plugins.lendable-env",
         ),
         (
             "POST",
