@@ -99,7 +99,9 @@ pub async fn get(
 }
 
 /// Loads a new instance. The body has the keys of a `[connectors.<name>]` table
-/// (`component` relative to the plugins folder; SQL connections by `dsn-env` only).
+/// (`component` relative to the plugins folder; secrets only as the names of host
+/// environment variables that `plugins.lendable-env` lists: `dsn-env`, `url-env`,
+/// `password-env`, a secret's `env`).
 /// The component is validated before it serves anything, its sha256 is pinned, and
 /// the instance is written to the plugins folder so that it survives a restart.
 #[utoipa::path(post, operation_id = "load_connector", path = "/v1/connectors/{name}", tag = "connectors",
