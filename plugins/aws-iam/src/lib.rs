@@ -23,8 +23,9 @@
 //!   `iam:DeleteUser`, `iam:GetUser`, `iam:TagUser`, `iam:*UserPolic*`,
 //!   `iam:*AccessKey*` on `arn:aws:iam::*:user/ebb/*`.
 //! - `allowed-actions`: comma-separated actions a grant may name (exact names).
-//! - `allowed-resources`: comma-separated ARNs (or `prefix*`, or `*`) a grant's
-//!   resources must fall within. Nothing is allowed until both are set.
+//! - `allowed-resources`: comma-separated ARNs or `prefix*` patterns a grant's
+//!   resources must fall within (`*` allows any). Nothing is allowed until both are
+//!   set.
 
 use ebb_connector_sdk::http::{Request, form};
 use ebb_connector_sdk::sigv4::{self, Key, Scope};
