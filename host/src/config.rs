@@ -634,6 +634,18 @@ impl ConnectorConfig {
             crate::runtime::Origin::parse(origin)
                 .with_context(|| format!("http origin `{origin}`"))?;
         }
+        for (origin, auth) in &self.http.basic_auth {
+            if auth.password.is_some() == auth.password_env.is_some() {
+                bail!(
+                    "basic-auth for `{origin}` needs exactly one of `password` or `password-env`"
+                );
+            }
+        }
+        for (name, secret) in &self.secrets {
+            if secret.value.is_some() == secret.env.is_some() {
+                bail!("secret `{name}` needs exactly one of `value` or `env`");
+            }
+        }
         if self.limits.memory_mib == 0 || self.limits.timeout_ms == 0 {
             bail!("limits must be greater than zero");
         }
@@ -678,13 +690,7 @@ impl Default for SqlConnectionConfig {
 impl SqlConnectionConfig {
     /// The DSN, read from the environment if configured so.
     pub fn resolve_dsn(&self) -> anyhow::Result<Secret> {
-        match (&self.dsn, &self.dsn_env) {
-            (Some(dsn), _) => Ok(dsn.clone()),
-            (None, Some(var)) => std::env::var(var)
-                .map(Secret::new)
-                .with_context(|| format!("environment variable {var} is not set")),
-            (None, None) => bail!("no dsn configured"),
-        }
+        resolve_secret(self.dsn.as_ref(), self.dsn_env.as_deref(), "dsn")
     }
 }
 
@@ -716,13 +722,7 @@ impl Default for RedisConnectionConfig {
 impl RedisConnectionConfig {
     /// The URL, read from the environment if configured so.
     pub fn resolve_url(&self) -> anyhow::Result<Secret> {
-        match (&self.url, &self.url_env) {
-            (Some(url), _) => Ok(url.clone()),
-            (None, Some(var)) => std::env::var(var)
-                .map(Secret::new)
-                .with_context(|| format!("environment variable {var} is not set")),
-            (None, None) => bail!("no url configured"),
-        }
+        resolve_secret(self.url.as_ref(), self.url_env.as_deref(), "url")
     }
 }
 
@@ -759,7 +759,11 @@ pub struct BasicAuth {
 impl BasicAuth {
     /// The password, read from the environment if configured so.
     pub fn resolve_password(&self) -> anyhow::Result<Secret> {
-        resolve_secret(self.password.as_ref(), self.password_env.as_deref())
+        resolve_secret(
+            self.password.as_ref(),
+            self.password_env.as_deref(),
+            "password",
+        )
     }
 }
 
@@ -775,19 +779,23 @@ pub struct LentSecret {
 impl LentSecret {
     /// The value, read from the environment if configured so.
     pub fn resolve(&self) -> anyhow::Result<Secret> {
-        resolve_secret(self.value.as_ref(), self.env.as_deref())
+        resolve_secret(self.value.as_ref(), self.env.as_deref(), "value")
     }
 }
 
-fn resolve_secret(inline: Option<&Secret>, env: Option<&str>) -> anyhow::Result<Secret> {
+/// A secret given inline or by the name of an environment variable of the host;
+/// `validate` makes sure a configuration names exactly one.
+fn resolve_secret(
+    inline: Option<&Secret>,
+    env: Option<&str>,
+    what: &str,
+) -> anyhow::Result<Secret> {
     match (inline, env) {
-        (Some(value), None) => Ok(value.clone()),
-        (None, Some(var)) => match std::env::var(var) {
-            Ok(value) if !value.is_empty() => Ok(Secret::new(value)),
-            _ => bail!("environment variable {var} is not set"),
-        },
-        (Some(_), Some(_)) => bail!("set the value or the environment variable, not both"),
-        (None, None) => bail!("no value and no environment variable configured"),
+        (Some(value), _) => Ok(value.clone()),
+        (None, Some(var)) => std::env::var(var)
+            .map(Secret::new)
+            .with_context(|| format!("environment variable {var} is not set")),
+        (None, None) => bail!("no {what} configured"),
     }
 }
 

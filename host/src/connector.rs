@@ -203,9 +203,11 @@ pub struct ConnectorInfo {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn parses_permissions() {
-        let p = |s: &str| super::Permission::parse(s).map(|p| (p.action, p.resource));
+        let p = |s: &str| Permission::parse(s).map(|p| (p.action, p.resource));
         assert_eq!(
             p("select:public.invoices"),
             Ok(("select".into(), "public.invoices".into()))
@@ -222,8 +224,6 @@ mod tests {
             assert!(p(bad).is_err(), "{bad}");
         }
     }
-
-    use super::*;
 
     #[test]
     fn credential_debug_never_shows_values() {

@@ -748,37 +748,25 @@ fn api_table(body: serde_json::Value) -> Result<toml::Table, LoadError> {
         ));
     }
     // Secrets never go through the API (nor into the folder): name a variable instead.
-    if let Some(sql) = body.get("sql").and_then(|s| s.as_object())
-        && let Some((conn, _)) = sql.iter().find(|(_, c)| c.get("dsn").is_some())
-    {
-        return Err(LoadError::Invalid(format!(
-            "sql connection `{conn}`: the API does not take a `dsn` (it holds a password); \
-             use `dsn-env` with the name of an environment variable of the host"
-        )));
-    }
-    if let Some(redis) = body.get("redis").and_then(|s| s.as_object())
-        && let Some((conn, _)) = redis.iter().find(|(_, c)| c.get("url").is_some())
-    {
-        return Err(LoadError::Invalid(format!(
-            "redis connection `{conn}`: the API does not take a `url` (it holds a password); \
-             use `url-env` with the name of an environment variable of the host"
-        )));
-    }
-    if let Some(auth) = body.pointer("/http/basic-auth").and_then(|s| s.as_object())
-        && let Some((origin, _)) = auth.iter().find(|(_, a)| a.get("password").is_some())
-    {
-        return Err(LoadError::Invalid(format!(
-            "basic-auth for `{origin}`: the API does not take a `password`; use \
-             `password-env` with the name of an environment variable of the host"
-        )));
-    }
-    if let Some(secrets) = body.get("secrets").and_then(|s| s.as_object())
-        && let Some((name, _)) = secrets.iter().find(|(_, s)| s.get("value").is_some())
-    {
-        return Err(LoadError::Invalid(format!(
-            "secret `{name}`: the API does not take a `value`; use `env` with the name of \
-             an environment variable of the host"
-        )));
+    for (table, field, what, env) in [
+        ("/sql", "dsn", "sql connection", "dsn-env"),
+        ("/redis", "url", "redis connection", "url-env"),
+        (
+            "/http/basic-auth",
+            "password",
+            "basic-auth for",
+            "password-env",
+        ),
+        ("/secrets", "value", "secret", "env"),
+    ] {
+        if let Some(entries) = body.pointer(table).and_then(|t| t.as_object())
+            && let Some((key, _)) = entries.iter().find(|(_, e)| e.get(field).is_some())
+        {
+            return Err(LoadError::Invalid(format!(
+                "{what} `{key}`: the API does not take a `{field}` (it holds a secret); \
+                 use `{env}` with the name of an environment variable of the host"
+            )));
+        }
     }
     let table: toml::Table = serde_json::from_value(body)
         .map_err(|e| LoadError::Invalid(format!("the body is not a connector table: {e}")))?;

@@ -72,6 +72,15 @@ pub use wit::ebb::connector::types::{
     Residue, ResidueKind, Secret, Subject, SubjectKind, Verdict,
 };
 
+/// The wall-clock time in milliseconds since the Unix epoch (WASI's clock), the unit
+/// of [`Grant::not_after`].
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
 /// What a connector implements. Every call runs in a fresh instance: keep no state
 /// between calls; derive downstream names from [`Grant::id`] instead.
 pub trait Connector {

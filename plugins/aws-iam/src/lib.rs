@@ -39,21 +39,6 @@ struct AwsIam;
 const POLICY: &str = "ebb-grant";
 const PATH: &str = "/ebb/";
 
-fn list(setting: &str) -> Vec<String> {
-    config::get_or(setting, "")
-        .split(',')
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .collect()
-}
-
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// The IAM user a grant gets: `ebb-` and the grant id, from IAM's alphabet.
 fn user_name(grant_id: &str) -> Result<String, Error> {
     if grant_id.is_empty()
@@ -69,18 +54,10 @@ fn user_name(grant_id: &str) -> Result<String, Error> {
     Ok(format!("ebb-{grant_id}"))
 }
 
-/// Whether `resource` stays within `allowed` (`*`, `prefix*` or exact).
-fn within(resource: &str, allowed: &str) -> bool {
-    match allowed.strip_suffix('*') {
-        Some(prefix) => resource.starts_with(prefix),
-        None => resource == allowed,
-    }
-}
-
 /// The inline policy for a grant: exactly its permissions, until `not-after`.
 fn policy_document(grant: &Grant) -> Result<String, Error> {
-    let actions = list("allowed-actions");
-    let resources = list("allowed-resources");
+    let actions = config::list("allowed-actions", "");
+    let resources = config::list("allowed-resources", "");
     if grant.permissions.is_empty() {
         return Err(Error::Invalid(
             "a grant must name at least one permission".into(),
@@ -100,7 +77,7 @@ fn policy_document(grant: &Grant) -> Result<String, Error> {
                 "`{resource}` is not an ARN (or `*`)"
             )));
         }
-        if !resources.iter().any(|a| within(resource, a)) {
+        if !resources.iter().any(|a| config::within(resource, a)) {
             return Err(Error::Invalid(format!(
                 "resource `{resource}` is not within the connector's allowed-resources"
             )));
@@ -206,7 +183,7 @@ fn call(
         &url,
         &[("content-type", content_type)],
         body.as_bytes(),
-        now_secs(),
+        ebb_connector_sdk::now_ms() / 1000,
     )
     .map_err(Error::Invalid)?;
     let mut request = Request::post(&url).header("content-type", content_type);
@@ -229,26 +206,74 @@ fn call(
     }))
 }
 
-/// An IAM call with the connector's own key.
-fn iam(params: &[(&str, &str)]) -> Result<Result<String, AwsError>, Error> {
-    let endpoint = config::get_or("iam-endpoint", "https://iam.amazonaws.com");
-    let key_id = config::require("access-key-id")?;
-    let secret = secrets::require("secret-access-key")?;
-    let key = Key {
-        access_key_id: &key_id,
-        secret_access_key: &secret,
-    };
-    let mut all = params.to_vec();
-    all.push(("Version", "2010-05-08"));
-    call(&endpoint, "iam", &key, &all)
+/// The connector's own IAM client: its endpoint and key, read once per operation.
+struct Iam {
+    endpoint: String,
+    key_id: String,
+    secret: String,
 }
 
-/// An IAM call that must succeed, or fail with one of `tolerated` codes (`None`).
-fn iam_ok(params: &[(&str, &str)], tolerated: &[&str]) -> Result<Option<String>, Error> {
-    match iam(params)? {
-        Ok(body) => Ok(Some(body)),
-        Err(e) if tolerated.iter().any(|c| e.is(c)) => Ok(None),
-        Err(e) => Err(e.into()),
+impl Iam {
+    fn new() -> Result<Self, Error> {
+        Ok(Self {
+            endpoint: config::get_or("iam-endpoint", "https://iam.amazonaws.com"),
+            key_id: config::require("access-key-id")?,
+            secret: secrets::require("secret-access-key")?,
+        })
+    }
+
+    /// One IAM call: the body, or the service's error.
+    fn call(&self, params: &[(&str, &str)]) -> Result<Result<String, AwsError>, Error> {
+        let key = Key {
+            access_key_id: &self.key_id,
+            secret_access_key: &self.secret,
+        };
+        let mut all = params.to_vec();
+        all.push(("Version", "2010-05-08"));
+        call(&self.endpoint, "iam", &key, &all)
+    }
+
+    /// A call that must succeed, or fail with one of `tolerated` codes (`None`).
+    fn ok(&self, params: &[(&str, &str)], tolerated: &[&str]) -> Result<Option<String>, Error> {
+        match self.call(params)? {
+            Ok(body) => Ok(Some(body)),
+            Err(e) if tolerated.iter().any(|c| e.is(c)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The `<item>`s a `List…` action answers for `user` (none if it is gone).
+    fn names(&self, action: &str, user: &str, item: &str) -> Result<Vec<String>, Error> {
+        let body = self.ok(&[("Action", action), ("UserName", user)], &["NoSuchEntity"])?;
+        Ok(body
+            .map(|body| tags(&body, item).into_iter().map(str::to_owned).collect())
+            .unwrap_or_default())
+    }
+
+    fn access_keys(&self, user: &str) -> Result<Vec<String>, Error> {
+        self.names("ListAccessKeys", user, "AccessKeyId")
+    }
+
+    fn inline_policies(&self, user: &str) -> Result<Vec<String>, Error> {
+        self.names("ListUserPolicies", user, "member")
+    }
+
+    fn attached_policies(&self, user: &str) -> Result<Vec<String>, Error> {
+        self.names("ListAttachedUserPolicies", user, "PolicyArn")
+    }
+
+    fn delete_access_keys(&self, user: &str) -> Result<(), Error> {
+        for key in self.access_keys(user)? {
+            self.ok(
+                &[
+                    ("Action", "DeleteAccessKey"),
+                    ("UserName", user),
+                    ("AccessKeyId", &key),
+                ],
+                &["NoSuchEntity"],
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -273,66 +298,6 @@ fn caller_identity(credential: &Credential) -> Result<Option<String>, Error> {
     }
 }
 
-fn access_keys(user: &str) -> Result<Vec<String>, Error> {
-    Ok(iam_ok(
-        &[("Action", "ListAccessKeys"), ("UserName", user)],
-        &["NoSuchEntity"],
-    )?
-    .map(|body| {
-        tags(&body, "AccessKeyId")
-            .into_iter()
-            .map(str::to_owned)
-            .collect()
-    })
-    .unwrap_or_default())
-}
-
-fn delete_access_keys(user: &str) -> Result<(), Error> {
-    for key in access_keys(user)? {
-        iam_ok(
-            &[
-                ("Action", "DeleteAccessKey"),
-                ("UserName", user),
-                ("AccessKeyId", &key),
-            ],
-            &["NoSuchEntity"],
-        )?;
-    }
-    Ok(())
-}
-
-fn inline_policies(user: &str) -> Result<Vec<String>, Error> {
-    Ok(iam_ok(
-        &[("Action", "ListUserPolicies"), ("UserName", user)],
-        &["NoSuchEntity"],
-    )?
-    .map(|body| {
-        tag(&body, "PolicyNames")
-            .map(|names| {
-                tags(names, "member")
-                    .into_iter()
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .unwrap_or_default()
-    })
-    .unwrap_or_default())
-}
-
-fn attached_policies(user: &str) -> Result<Vec<String>, Error> {
-    Ok(iam_ok(
-        &[("Action", "ListAttachedUserPolicies"), ("UserName", user)],
-        &["NoSuchEntity"],
-    )?
-    .map(|body| {
-        tags(&body, "PolicyArn")
-            .into_iter()
-            .map(str::to_owned)
-            .collect()
-    })
-    .unwrap_or_default())
-}
-
 impl Connector for AwsIam {
     fn describe() -> ConnectorInfo {
         let mut info = ConnectorInfo::new(
@@ -350,7 +315,7 @@ impl Connector for AwsIam {
                 | Capabilities::CAN_VERIFY
                 | Capabilities::CAN_VERIFY_ISSUED,
         );
-        for action in list("allowed-actions") {
+        for action in config::list("allowed-actions", "") {
             info = info.with_action(
                 &action,
                 &format!("Allow `{action}`"),
@@ -363,7 +328,8 @@ impl Connector for AwsIam {
     fn issue(grant: Grant) -> Result<Issued, Error> {
         let user = user_name(&grant.id)?;
         let document = policy_document(&grant)?;
-        iam_ok(
+        let iam = Iam::new()?;
+        iam.ok(
             &[
                 ("Action", "CreateUser"),
                 ("UserName", &user),
@@ -373,7 +339,7 @@ impl Connector for AwsIam {
             ],
             &["EntityAlreadyExists"],
         )?;
-        iam_ok(
+        iam.ok(
             &[
                 ("Action", "PutUserPolicy"),
                 ("UserName", &user),
@@ -383,9 +349,10 @@ impl Connector for AwsIam {
             &[],
         )?;
         // A retried issue: the earlier key's secret went with the lost reply.
-        delete_access_keys(&user)?;
-        let body =
-            iam_ok(&[("Action", "CreateAccessKey"), ("UserName", &user)], &[])?.unwrap_or_default();
+        iam.delete_access_keys(&user)?;
+        let body = iam
+            .ok(&[("Action", "CreateAccessKey"), ("UserName", &user)], &[])?
+            .unwrap_or_default();
         let (Some(key_id), Some(secret)) =
             (tag(&body, "AccessKeyId"), tag(&body, "SecretAccessKey"))
         else {
@@ -402,9 +369,10 @@ impl Connector for AwsIam {
 
     fn revoke(grant: Grant, _: Option<String>, _: Option<Credential>) -> Result<(), Error> {
         let user = user_name(&grant.id)?;
-        delete_access_keys(&user)?;
-        for policy in inline_policies(&user)? {
-            iam_ok(
+        let iam = Iam::new()?;
+        iam.delete_access_keys(&user)?;
+        for policy in iam.inline_policies(&user)? {
+            iam.ok(
                 &[
                     ("Action", "DeleteUserPolicy"),
                     ("UserName", &user),
@@ -413,8 +381,8 @@ impl Connector for AwsIam {
                 &["NoSuchEntity"],
             )?;
         }
-        for arn in attached_policies(&user)? {
-            iam_ok(
+        for arn in iam.attached_policies(&user)? {
+            iam.ok(
                 &[
                     ("Action", "DetachUserPolicy"),
                     ("UserName", &user),
@@ -423,7 +391,7 @@ impl Connector for AwsIam {
                 &["NoSuchEntity"],
             )?;
         }
-        iam_ok(
+        iam.ok(
             &[("Action", "DeleteUser"), ("UserName", &user)],
             &["NoSuchEntity"],
         )?;
@@ -436,6 +404,7 @@ impl Connector for AwsIam {
         credential: Option<Credential>,
     ) -> Result<Verdict, Error> {
         let user = user_name(&grant.id)?;
+        let iam = Iam::new()?;
         let mut residue = Vec::new();
         if let Some(credential) = &credential
             && let Some(arn) = caller_identity(credential)?
@@ -445,23 +414,24 @@ impl Connector for AwsIam {
                 format!("the access key still authenticates as {arn} (STS GetCallerIdentity)"),
             ));
         }
-        if iam_ok(
-            &[("Action", "GetUser"), ("UserName", &user)],
-            &["NoSuchEntity"],
-        )?
-        .is_some()
+        if iam
+            .ok(
+                &[("Action", "GetUser"), ("UserName", &user)],
+                &["NoSuchEntity"],
+            )?
+            .is_some()
         {
             residue.push(Residue::new(
                 ResidueKind::EntitlementPresent,
                 format!("IAM user {user} exists"),
             ));
-            for key in access_keys(&user)? {
+            for key in iam.access_keys(&user)? {
                 residue.push(Residue::new(
                     ResidueKind::EntitlementPresent,
                     format!("access key {key} of {user} exists"),
                 ));
             }
-            for policy in inline_policies(&user)? {
+            for policy in iam.inline_policies(&user)? {
                 residue.push(Residue::new(
                     ResidueKind::EntitlementPresent,
                     format!("inline policy {policy} of {user} exists"),
@@ -506,8 +476,8 @@ mod tests {
     fn names_and_bounds() {
         assert_eq!(user_name("01abc").unwrap(), "ebb-01abc");
         assert!(user_name("a/b").is_err());
-        assert!(within("arn:aws:s3:::b/k", "arn:aws:s3:::b/*"));
-        assert!(!within("arn:aws:s3:::bb/k", "arn:aws:s3:::b/*"));
+        assert!(config::within("arn:aws:s3:::b/k", "arn:aws:s3:::b/*"));
+        assert!(!config::within("arn:aws:s3:::bb/k", "arn:aws:s3:::b/*"));
         assert_eq!(iso8601(1_795_953_600), "2026-11-29T12:00:00Z");
     }
 }

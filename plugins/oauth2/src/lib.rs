@@ -28,7 +28,7 @@ use base64::Engine as _;
 use ebb_connector_sdk::http::{Request, Response, form};
 use ebb_connector_sdk::{
     Capabilities, Connector, ConnectorInfo, Credential, Error, Grant, Issued, Residue, ResidueKind,
-    Verdict, config, export_connector, log,
+    Verdict, config, export_connector, log, now_ms,
 };
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -42,13 +42,6 @@ fn jwt_format() -> bool {
     config::get("token-format").is_some_and(|f| f.eq_ignore_ascii_case("jwt"))
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
 /// A short, non-secret name for a token: the start of its SHA-256.
 fn fingerprint(token: &str) -> String {
     hex::encode(&Sha256::digest(token.as_bytes())[..6])
@@ -60,11 +53,7 @@ fn access_token(credential: &Credential) -> Option<&str> {
 
 /// The requested scopes, each allowed and named once, in a stable order.
 fn scopes(grant: &Grant) -> Result<Vec<String>, Error> {
-    let allowed: Vec<String> = config::get_or("allowed-scopes", "")
-        .split(',')
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .collect();
+    let allowed = config::list("allowed-scopes", "");
     let mut scopes = Vec::new();
     for p in &grant.permissions {
         if p.action != "scope" {

@@ -117,13 +117,6 @@ fn check_permissions(grant: &Grant) -> Result<Vec<(String, TableRef)>, Error> {
         .collect()
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
 impl Connector for Postgres {
     fn describe() -> ConnectorInfo {
         let mut info = ConnectorInfo::new("postgres", env!("CARGO_PKG_VERSION"), "PostgreSQL 13+")
@@ -148,7 +141,7 @@ impl Connector for Postgres {
     fn issue(grant: Grant) -> Result<Issued, Error> {
         let conn = connection();
         let permissions = check_permissions(&grant)?;
-        if grant.not_after <= now_ms() {
+        if grant.not_after <= ebb_connector_sdk::now_ms() {
             return Err(Error::Invalid("the grant has already ended".into()));
         }
         let role = role_name(&grant.id)?;

@@ -36,10 +36,9 @@ fn connection() -> String {
 }
 
 fn list(setting: &str, default: &str) -> Vec<String> {
-    config::get_or(setting, default)
-        .split(',')
-        .map(|s| s.trim().to_ascii_lowercase())
-        .filter(|s| !s.is_empty())
+    config::list(setting, default)
+        .iter()
+        .map(|s| s.to_ascii_lowercase())
         .collect()
 }
 
@@ -56,14 +55,6 @@ fn user_name(grant_id: &str) -> Result<String, Error> {
         )));
     }
     Ok(format!("ebb_{}", grant_id.to_ascii_lowercase()))
-}
-
-/// Whether `pattern` (a Redis glob) stays within `allowed` (`prefix*` or exact).
-fn within(pattern: &str, allowed: &str) -> bool {
-    match allowed.strip_suffix('*') {
-        Some(prefix) => pattern.starts_with(prefix),
-        None => pattern == allowed,
-    }
 }
 
 /// `(command, key pattern)` for each permission, or why not.
@@ -105,7 +96,7 @@ fn checked(grant: &Grant) -> Result<Vec<(String, String)>, Error> {
                     "`{pattern}`: `*` only at the end of a key pattern"
                 )));
             }
-            if !keys.iter().any(|allowed| within(pattern, allowed)) {
+            if !keys.iter().any(|allowed| config::within(pattern, allowed)) {
                 return Err(Error::Denied(format!(
                     "`{pattern}` is not within this connector's allowed-keys"
                 )));

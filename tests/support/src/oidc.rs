@@ -46,20 +46,19 @@ impl Oidc {
             .spawn()
             .context("node is not installed; run scripts/setup.sh")?;
         let stdout = child.stdout.take().context("no stdout")?;
-        let mut server = Self { child, port };
+        // Dropped (and so stopped) on any early return below.
+        let server = Self { child, port };
         let mut reader = BufReader::new(stdout);
         let mut line = String::new();
         reader.read_line(&mut line)?;
         // Keep draining: a closed pipe would kill the server at its next message.
         std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
         if !line.starts_with("ready") {
-            let _ = server.child.kill();
             bail!("oidc-provider did not start: {line}");
         }
         if !crate::wait_for_port(port, Duration::from_secs(10)) {
             bail!("oidc-provider does not listen on port {port}");
         }
-        server.port = port;
         Ok(server)
     }
 
