@@ -1,0 +1,287 @@
+//! The audit log: every grant transition and security-relevant decision as an event
+//! in an append-only chain.
+//!
+//! Each event carries `prev`, the previous event's `hash`, and its own
+//! `hash = HMAC-SHA256(key, prev ‖ canonical JSON of the event without its hash)`.
+//! [`verify_chain`] recomputes every link: an edited event fails its hash, a deleted
+//! or reordered one breaks the `seq`/`prev` links, and a truncated tail no longer
+//! matches the head the store keeps beside the chain. Keying the chain with a secret
+//! derived from the host key means someone who can write to the store still cannot
+//! forge a consistent chain.
+//!
+//! Events never contain a secret: credentials are not audit data.
+
+use crate::state::GrantState;
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+/// The `prev` of the first event.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// One audit event, as stored and served.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AuditEvent {
+    /// Position in the chain, from 1, without gaps.
+    pub seq: u64,
+    /// Milliseconds since the Unix epoch.
+    pub at: u64,
+    /// What happened, e.g. `grant.transition`, `grant.requested`, `auth.denied`.
+    pub kind: String,
+    /// Who caused it (a subject, an operator token's name, or `ebb` for the host).
+    pub actor: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<GrantState>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<GrantState>,
+    /// Why, and the evidence: trigger, reason, residue found, errors, policy ids.
+    #[serde(default)]
+    pub detail: serde_json::Value,
+    /// The previous event's hash (hex).
+    pub prev: String,
+    /// This event's keyed hash (hex).
+    pub hash: String,
+}
+
+/// An event before it is placed in the chain.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct NewEvent {
+    pub kind: String,
+    pub actor: String,
+    pub grant_id: Option<String>,
+    pub from: Option<GrantState>,
+    pub to: Option<GrantState>,
+    pub detail: serde_json::Value,
+}
+
+impl NewEvent {
+    pub fn new(kind: &str, actor: &str) -> Self {
+        Self {
+            kind: kind.to_owned(),
+            actor: actor.to_owned(),
+            detail: serde_json::Value::Null,
+            ..Self::default()
+        }
+    }
+
+    pub fn grant(mut self, id: &str) -> Self {
+        self.grant_id = Some(id.to_owned());
+        self
+    }
+
+    pub fn detail(mut self, detail: serde_json::Value) -> Self {
+        self.detail = detail;
+        self
+    }
+}
+
+/// Computes event hashes with the chain key.
+#[derive(Clone)]
+pub struct Chain {
+    key: [u8; 32],
+}
+
+impl std::fmt::Debug for Chain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Chain(<key>)")
+    }
+}
+
+impl Chain {
+    pub fn new(key: [u8; 32]) -> Self {
+        Self { key }
+    }
+
+    /// Places `event` after `(prev_seq, prev_hash)`.
+    pub fn seal(&self, event: NewEvent, at: u64, prev_seq: u64, prev_hash: &str) -> AuditEvent {
+        let mut sealed = AuditEvent {
+            seq: prev_seq + 1,
+            at,
+            kind: event.kind,
+            actor: event.actor,
+            grant_id: event.grant_id,
+            from: event.from,
+            to: event.to,
+            detail: event.detail,
+            prev: prev_hash.to_owned(),
+            hash: String::new(),
+        };
+        sealed.hash = self.hash(&sealed);
+        sealed
+    }
+
+    fn hash(&self, event: &AuditEvent) -> String {
+        let mut unhashed = event.clone();
+        unhashed.hash = String::new();
+        // Struct fields serialize in declaration order and `detail` maps are sorted
+        // (serde_json's default `Map` is a BTreeMap), so this encoding is canonical.
+        let body = serde_json::to_vec(&unhashed).unwrap_or_default();
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key)
+            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        mac.update(event.prev.as_bytes());
+        mac.update(&body);
+        hex::encode(mac.finalize().into_bytes())
+    }
+}
+
+/// What [`verify_chain`] found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct ChainReport {
+    /// Events checked.
+    pub events: u64,
+    /// The first problem found, if any.
+    pub problem: Option<String>,
+}
+
+impl ChainReport {
+    pub fn is_intact(&self) -> bool {
+        self.problem.is_none()
+    }
+}
+
+/// Checks a whole chain, in stored order, against the head the store recorded.
+pub fn verify_chain<E: std::fmt::Display>(
+    chain: &Chain,
+    events: impl IntoIterator<Item = Result<AuditEvent, E>>,
+    head: Option<(u64, String)>,
+) -> ChainReport {
+    let mut count = 0;
+    let mut prev_seq = 0;
+    let mut prev_hash = GENESIS.to_owned();
+    let fail = |count, problem: String| ChainReport {
+        events: count,
+        problem: Some(problem),
+    };
+    for event in events {
+        let event = match event {
+            Ok(e) => e,
+            Err(e) => {
+                return fail(
+                    count,
+                    format!("unreadable event after seq {prev_seq}: {e:#}"),
+                );
+            }
+        };
+        count += 1;
+        if event.seq != prev_seq + 1 {
+            return fail(
+                count,
+                format!(
+                    "event seq {} follows seq {prev_seq}: missing or reordered events",
+                    event.seq
+                ),
+            );
+        }
+        if event.prev != prev_hash {
+            return fail(
+                count,
+                format!(
+                    "event seq {} does not link to the event before it",
+                    event.seq
+                ),
+            );
+        }
+        if chain.hash(&event) != event.hash {
+            return fail(
+                count,
+                format!(
+                    "event seq {} was altered: its hash does not match",
+                    event.seq
+                ),
+            );
+        }
+        prev_seq = event.seq;
+        prev_hash = event.hash;
+    }
+    match head {
+        Some((seq, hash)) if seq != prev_seq || hash != prev_hash => fail(
+            count,
+            format!(
+                "the chain ends at seq {prev_seq} but the recorded head is seq {seq}: events were removed from the end"
+            ),
+        ),
+        None if prev_seq != 0 => fail(count, "events exist but no head was recorded".into()),
+        _ => ChainReport {
+            events: count,
+            problem: None,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chain_of(n: u64) -> (Chain, Vec<AuditEvent>) {
+        let chain = Chain::new([7; 32]);
+        let mut events: Vec<AuditEvent> = Vec::new();
+        for i in 0..n {
+            let (seq, prev) = events
+                .last()
+                .map(|e| (e.seq, e.hash.clone()))
+                .unwrap_or((0, GENESIS.into()));
+            let event = NewEvent::new("grant.transition", "ebb")
+                .grant(&format!("g{i}"))
+                .detail(serde_json::json!({"trigger": "expiry", "n": i}));
+            events.push(chain.seal(event, 1000 + i, seq, &prev));
+        }
+        (chain, events)
+    }
+
+    fn verify(chain: &Chain, events: &[AuditEvent]) -> ChainReport {
+        let head = events.last().map(|e| (e.seq, e.hash.clone()));
+        verify_chain(chain, events.iter().cloned().map(Ok::<_, std::convert::Infallible>), head)
+    }
+
+    #[test]
+    fn intact_chain_verifies() {
+        let (chain, events) = chain_of(5);
+        assert_eq!(
+            verify(&chain, &events),
+            ChainReport {
+                events: 5,
+                problem: None
+            }
+        );
+    }
+
+    #[test]
+    fn detects_edit_deletion_reordering_and_truncation() {
+        let (chain, events) = chain_of(5);
+        let head = events.last().map(|e| (e.seq, e.hash.clone()));
+
+        let mut edited = events.clone();
+        edited[2].actor = "mallory".into();
+        let report = verify_chain(&chain, edited.into_iter().map(Ok::<_, std::convert::Infallible>), head.clone());
+        assert!(report.problem.unwrap().contains("seq 3 was altered"));
+
+        let mut deleted = events.clone();
+        deleted.remove(1);
+        let report = verify_chain(&chain, deleted.into_iter().map(Ok::<_, std::convert::Infallible>), head.clone());
+        assert!(report.problem.unwrap().contains("missing or reordered"));
+
+        let mut reordered = events.clone();
+        reordered.swap(1, 2);
+        assert!(!verify_chain(&chain, reordered.into_iter().map(Ok::<_, std::convert::Infallible>), head.clone()).is_intact());
+
+        let truncated = events[..4].to_vec();
+        let report = verify_chain(&chain, truncated.into_iter().map(Ok::<_, std::convert::Infallible>), head.clone());
+        assert!(report.problem.unwrap().contains("removed from the end"));
+
+        // Re-sealing an edited event without the key does not help: a forger with a
+        // different key produces hashes the real chain key rejects.
+        let forger = Chain::new([8; 32]);
+        let mut forged = events.clone();
+        forged[4].actor = "mallory".into();
+        forged[4] = forger.seal(
+            NewEvent::new(&forged[4].kind, "mallory").grant("g4"),
+            forged[4].at,
+            forged[3].seq,
+            &forged[3].hash,
+        );
+        let forged_head = Some((forged[4].seq, forged[4].hash.clone()));
+        assert!(!verify_chain(&chain, forged.into_iter().map(Ok::<_, std::convert::Infallible>), forged_head).is_intact());
+    }
+}

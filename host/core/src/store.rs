@@ -1,0 +1,315 @@
+//! Persistence of grants, the due (expiry) index, sealed credentials and the audit
+//! chain, behind the [`Store`] trait.
+//!
+//! Every state change is one [`Store::commit`]: the grant record, its entry in the
+//! due index, its sealed credential and the audit event that explains it are written
+//! atomically, so no transition exists without its audit event and no audit event
+//! without its transition. [`Store::sync`] makes everything committed so far durable;
+//! concurrent callers share one flush (group commit).
+//!
+//! The due index orders `(due-at, grant id)`: for an active grant `due-at` is its
+//! `not-after`, for a grant mid-revocation it is the next retry, for a grant whose
+//! connector call is in flight it is a lease after which the work is redone.
+//!
+//! Key types: [`Store`], [`GrantRecord`], [`Commit`]. The embedded default is
+//! `ebb_store_sled::SledStore`.
+
+use crate::audit::{AuditEvent, ChainReport, NewEvent};
+use crate::contract::{Grant, Residue, Timestamp};
+use crate::state::{GrantState, Trigger};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::pin::Pin;
+
+/// A store failure. The storage engine's own error is kept as the `source`, so an
+/// `io::ErrorKind` such as a full disk reaches the caller ([`Error::io_kind`]).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The record changed since it was read (another writer got there first).
+    #[error("grant {0} was changed concurrently")]
+    Conflict(String),
+    /// A new grant's id is taken.
+    #[error("grant {0} already exists")]
+    Exists(String),
+    /// The storage engine failed while doing `what`.
+    #[error("storage failure while {what}")]
+    Storage {
+        what: &'static str,
+        #[source]
+        source: BoxError,
+    },
+    /// The storage engine's I/O failed (disk full, device error…).
+    #[error("storage I/O failure while {what}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The background flusher is gone: nothing more can be made durable.
+    #[error("the store's flusher stopped")]
+    FlusherStopped,
+    /// A stored value does not decode.
+    #[error("corrupt stored value at {key}")]
+    Corrupt {
+        key: String,
+        #[source]
+        source: BoxError,
+    },
+}
+
+/// Any error of a storage engine, kept whole.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+impl Error {
+    /// The I/O error kind behind this failure, if an I/O error caused it.
+    pub fn io_kind(&self) -> Option<std::io::ErrorKind> {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(e) = cause {
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                return Some(io.kind());
+            }
+            cause = e.source();
+        }
+        None
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An approval of a grant request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Approval {
+    pub by: String,
+    pub at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// Everything the host knows about one grant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct GrantRecord {
+    /// What the connector sees. `grant.not_after` is 0 until issuance sets it.
+    pub grant: Grant,
+    /// The connector instance that serves it.
+    pub connector: String,
+    pub state: GrantState,
+    /// Incremented by every commit; guards against lost updates.
+    pub version: u64,
+    /// The requested lifetime; `not_after` = issuance time + `ttl_ms`, never more.
+    pub ttl_ms: u64,
+    pub requested_at: Timestamp,
+    pub requested_by: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub approvals: Vec<Approval>,
+    /// Approvals needed before it can be issued, each by a different person other
+    /// than the requester.
+    #[serde(default = "one")]
+    pub approvals_required: u32,
+    /// Requested through the break-glass path.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub break_glass: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued_at: Option<Timestamp>,
+    /// What `issue` created (non-secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handle: Option<String>,
+    /// The sha256 of the connector version that issued the grant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued_by_digest: Option<String>,
+    /// When the downstream system itself ends the credential.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downstream_expires_at: Option<Timestamp>,
+    /// Why revocation started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<Trigger>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoke_started_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalated_at: Option<Timestamp>,
+    /// Re-verify the closed grant until then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reverify_until: Option<Timestamp>,
+    /// Failed attempts of the current step.
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// What the last verification found.
+    #[serde(default)]
+    pub residue: Vec<Residue>,
+    /// When the host next has work to do on this grant; `None` if none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due_at: Option<Timestamp>,
+    pub updated_at: Timestamp,
+}
+
+impl GrantRecord {
+    /// A new request for `grant` (whose `not_after` issuance sets later), with
+    /// nothing granted yet.
+    pub fn requested(
+        grant: Grant,
+        connector: String,
+        ttl_ms: u64,
+        requested_at: Timestamp,
+        requested_by: String,
+        reason: Option<String>,
+    ) -> Self {
+        Self {
+            grant,
+            connector,
+            state: GrantState::Requested,
+            version: 0,
+            ttl_ms,
+            requested_at,
+            requested_by,
+            reason,
+            approvals: vec![],
+            approvals_required: 1,
+            break_glass: false,
+            issued_at: None,
+            handle: None,
+            issued_by_digest: None,
+            downstream_expires_at: None,
+            trigger: None,
+            revoke_started_at: None,
+            revoked_at: None,
+            verified_at: None,
+            escalated_at: None,
+            reverify_until: None,
+            attempts: 0,
+            last_error: None,
+            residue: vec![],
+            due_at: None,
+            updated_at: requested_at,
+        }
+    }
+}
+
+/// What happens to the sealed credential in a commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sealed {
+    Keep,
+    Set(Vec<u8>),
+    /// Delete it: revocation is verified, the secret has no further use.
+    Shred,
+}
+
+/// One atomic state change.
+#[derive(Debug, Clone)]
+pub struct Commit {
+    /// The new record. Its `version` must be the stored one (or 0 for a new grant);
+    /// the store increments it.
+    pub record: GrantRecord,
+    pub sealed: Sealed,
+    /// The audit event that explains the change.
+    pub event: NewEvent,
+    /// For an intent (work about to start): hold the due entry until then, as a
+    /// lease. A restart voids leases, so work that was in flight when the host
+    /// stopped is due at once instead of when the lease would have run out.
+    pub lease_until: Option<Timestamp>,
+}
+
+/// A page of grants.
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
+pub struct Page {
+    pub grants: Vec<GrantRecord>,
+    /// Pass as `after` to get the next page.
+    pub next: Option<String>,
+}
+
+/// Which grants to list.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub state: Option<GrantState>,
+    pub connector: Option<String>,
+    pub subject: Option<String>,
+    /// Start after this grant id (ids sort by creation time).
+    pub after: Option<String>,
+    pub limit: usize,
+}
+
+impl ListFilter {
+    pub fn matches(&self, r: &GrantRecord) -> bool {
+        self.state.is_none_or(|s| s == r.state)
+            && self.connector.as_deref().is_none_or(|c| c == r.connector)
+            && self
+                .subject
+                .as_deref()
+                .is_none_or(|s| s == r.grant.subject.id)
+    }
+}
+
+/// Which audit events to read.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    /// Only this grant's events.
+    pub grant_id: Option<String>,
+    /// Only events with `seq` greater than this.
+    pub after_seq: u64,
+    pub limit: usize,
+}
+
+/// A future returned by [`Store::sync`].
+pub type SyncFuture<'a> = Pin<Box<dyn Future<Output = Result<()>> + Send + 'a>>;
+
+/// Persistence for the lifecycle.
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// The grant `id`.
+    fn get(&self, id: &str) -> Result<Option<GrantRecord>>;
+
+    /// Applies one state change atomically and returns the appended audit event.
+    /// Fails with [`Error::Conflict`] if the record's version moved.
+    fn commit(&self, commit: Commit) -> Result<(GrantRecord, AuditEvent)>;
+
+    /// Appends an audit event that is not a grant transition (e.g. a refused call).
+    fn append_audit(&self, event: NewEvent) -> Result<AuditEvent>;
+
+    /// Claims up to `limit` grants due at or before `now`: their due entries move to
+    /// `lease_until`, so they are not handed out twice, and they come back by
+    /// themselves if the work is never committed.
+    fn claim_due(
+        &self,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<String>>;
+
+    /// Puts grant `id`'s due entry back at `due` (or removes it), releasing a claim
+    /// without a state change: index upkeep, not a transition, so no audit event.
+    fn reschedule(&self, id: &str, due: Option<Timestamp>) -> Result<()>;
+
+    /// When the earliest due entry is, if any.
+    fn next_due(&self) -> Result<Option<Timestamp>>;
+
+    /// Voids every lease (at startup: a previous process's in-flight work is due at
+    /// once, not when its lease would have run out). Returns how many.
+    fn release_leases(&self) -> Result<usize>;
+
+    /// The sealed credential of grant `id`, if still held.
+    fn sealed_credential(&self, id: &str) -> Result<Option<Vec<u8>>>;
+
+    /// Grants matching `filter`, in id order.
+    fn list(&self, filter: &ListFilter) -> Result<Page>;
+
+    /// Audit events matching `query`, in chain order.
+    fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>>;
+
+    /// Checks the whole audit chain.
+    fn verify_audit(&self) -> Result<ChainReport>;
+
+    /// The number of grants in each state.
+    fn counts(&self) -> Result<BTreeMap<GrantState, u64>>;
+
+    /// Makes everything committed before the call durable.
+    fn sync(&self) -> SyncFuture<'_>;
+}

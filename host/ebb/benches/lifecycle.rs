@@ -1,0 +1,355 @@
+//! Lifecycle benchmarks (see BENCHMARKS.md). Without `--bench` (i.e. under
+//! `cargo test`) every scenario runs at a tiny size, as a smoke test.
+//!
+//! - throughput: complete durable lifecycles per second with the noop connector
+//!   (request+approve, issue, task completion, revoke, verify), each state change an
+//!   atomic commit to an on-disk sled store, intents synced (group commit).
+//! - million: RSS with N active grants, restart-to-serving with them, and the
+//!   expiry-to-revoke-start lag of grants expiring among them.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "benchmark"
+)]
+
+use ebb_core::audit::NewEvent;
+use ebb_core::contract::{Grant, Permission, Subject, SubjectKind};
+use ebb_core::seal::{HostKey, Sealer};
+use ebb_core::store::{Commit, GrantRecord, Sealed, Store};
+use ebb_engine::config::{ConnectorConfig, LifecyclePolicy, RuntimeConfig};
+use ebb_engine::lifecycle::{
+    Clock, Decision, EngineConfig, GrantState, Lifecycle, NewGrant, Trigger,
+};
+use ebb_engine::registry::Registry;
+use ebb_runtime::Runtime;
+use ebb_store_sled::SledStore;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb / 1024.0
+}
+
+fn noop_config() -> ConnectorConfig {
+    ConnectorConfig::new(ebb_test_plugins::NOOP).with_lifecycle(LifecyclePolicy {
+        max_concurrent_calls: 64,
+        ..LifecyclePolicy::default()
+    })
+}
+
+async fn engine(store: Arc<dyn Store>) -> Lifecycle {
+    let registry = Arc::new(Registry::new(
+        Runtime::new(&RuntimeConfig::default()).unwrap(),
+    ));
+    registry.load("noop", &noop_config()).await.unwrap();
+    Lifecycle::new(
+        store,
+        Sealer::new(&HostKey::from_hex(&"44".repeat(32)).unwrap()),
+        registry,
+        Clock::system(),
+        EngineConfig {
+            max_jobs: 512,
+            ..EngineConfig::default()
+        },
+    )
+}
+
+fn new_grant(ttl_ms: u64) -> NewGrant {
+    NewGrant {
+        connector: "noop".into(),
+        subject: Subject {
+            id: "spiffe://bench/agent".into(),
+            kind: SubjectKind::Workload,
+            claims: vec![],
+        },
+        permissions: vec![Permission {
+            action: "use".into(),
+            resource: "x".into(),
+        }],
+        ttl_ms,
+        task: "bench".into(),
+        reason: None,
+        approvals_required: 1,
+        break_glass: false,
+        decided_by: None,
+    }
+}
+
+async fn throughput(dir: &Path, total: usize, concurrency: usize) {
+    let store = SledStore::open(dir, [1; 32]).unwrap();
+    let engine = engine(store.clone()).await;
+    engine.start().unwrap();
+    let started = Instant::now();
+    let per_task = total / concurrency;
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let engine = engine.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::with_capacity(per_task);
+            for _ in 0..per_task {
+                let decision = Decision::Approve {
+                    by: "policy".into(),
+                    note: None,
+                    issue_within_ms: None,
+                };
+                let r = engine
+                    .request(new_grant(3_600_000), "agent", decision)
+                    .await
+                    .unwrap();
+                let id = r.grant.id.clone();
+                engine.issue(&id, "agent").await.unwrap();
+                engine
+                    .revoke(&id, Trigger::TaskCompleted, "agent", None)
+                    .await
+                    .unwrap();
+                ids.push(id);
+            }
+            ids
+        }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.extend(t.await.unwrap());
+    }
+    // Wait for the scheduler to revoke and verify every one.
+    loop {
+        let verified = store.counts().unwrap()[&GrantState::Verified] as usize;
+        if verified >= ids.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let elapsed = started.elapsed();
+    store.sync().await.unwrap();
+    println!(
+        "throughput: {} durable lifecycles in {:.2} s = {:.0} lifecycles/s (concurrency {concurrency})",
+        ids.len(),
+        elapsed.as_secs_f64(),
+        ids.len() as f64 / elapsed.as_secs_f64()
+    );
+    engine.shutdown().await.unwrap();
+}
+
+fn active_record(id: String, not_after: u64, now: u64) -> GrantRecord {
+    let grant = Grant {
+        id,
+        subject: Subject {
+            id: "spiffe://bench/agent".into(),
+            kind: SubjectKind::Workload,
+            claims: vec![],
+        },
+        permissions: vec![Permission {
+            action: "use".into(),
+            resource: "x".into(),
+        }],
+        not_after,
+        task: "bench".into(),
+    };
+    let mut r = GrantRecord::requested(
+        grant,
+        "noop".into(),
+        not_after.saturating_sub(now),
+        now,
+        "agent".into(),
+        None,
+    );
+    r.state = GrantState::Active;
+    r.issued_at = Some(now);
+    r.handle = Some("h".into());
+    r.due_at = Some(not_after);
+    r
+}
+
+async fn million(dir: &Path, total: usize, expiring: usize) {
+    let now = Clock::system().now_ms();
+    let sealer = Sealer::new(&HostKey::from_hex(&"44".repeat(32)).unwrap());
+    let rss_before = rss_mib();
+    {
+        let store = SledStore::open(dir, [1; 32]).unwrap();
+        let load = Instant::now();
+        // Far-future grants, plus `expiring` ones due 5–15 s after loading ends.
+        for i in 0..total {
+            let id = ulid::Ulid::new().to_string();
+            let not_after = if i < expiring {
+                u64::MAX / 2 // placed below
+            } else {
+                now + 86_400_000 + (i as u64 % 3_600_000)
+            };
+            let record = active_record(id.clone(), not_after, now);
+            let sealed = sealer
+                .seal(&id, b"{\"fields\":[[\"token\",\"noop\"]]}")
+                .unwrap();
+            let mut event = NewEvent::new("grant.transition", "bench").grant(&id);
+            event.to = Some(GrantState::Active);
+            store
+                .commit(Commit {
+                    record,
+                    sealed: Sealed::Set(sealed),
+                    event,
+                    lease_until: None,
+                })
+                .unwrap();
+        }
+        store.sync().await.unwrap();
+        println!(
+            "million: loaded {total} active grants in {:.1} s",
+            load.elapsed().as_secs_f64()
+        );
+        drop(store);
+    }
+    // Schedule the expiring ones now that loading is done.
+    let start_at = Clock::system().now_ms() + 5_000;
+    {
+        let store = SledStore::open(dir, [1; 32]).unwrap();
+        let mut page = store
+            .list(&ebb_core::store::ListFilter {
+                limit: 1000,
+                ..Default::default()
+            })
+            .unwrap();
+        let mut scheduled = 0;
+        'outer: loop {
+            for mut r in page.grants.clone() {
+                if r.grant.not_after == u64::MAX / 2 {
+                    r.grant.not_after =
+                        start_at + (scheduled as u64 * 10_000 / expiring.max(1) as u64);
+                    r.due_at = Some(r.grant.not_after);
+                    let event = NewEvent::new("grant.rescheduled", "bench").grant(&r.grant.id);
+                    store
+                        .commit(Commit {
+                            record: r,
+                            sealed: Sealed::Keep,
+                            event,
+                            lease_until: None,
+                        })
+                        .unwrap();
+                    scheduled += 1;
+                    if scheduled == expiring {
+                        break 'outer;
+                    }
+                }
+            }
+            match page.next {
+                Some(after) => {
+                    page = store
+                        .list(&ebb_core::store::ListFilter {
+                            limit: 1000,
+                            after: Some(after),
+                            ..Default::default()
+                        })
+                        .unwrap()
+                }
+                None => break,
+            }
+        }
+        store.sync().await.unwrap();
+    }
+    // Restart to serving: open the store, load the connector, start the scheduler,
+    // answer a read.
+    let restart = Instant::now();
+    let store = SledStore::open(dir, [1; 32]).unwrap();
+    let engine = engine(store.clone()).await;
+    engine.start().unwrap();
+    let counts = store.counts().unwrap();
+    let serving = restart.elapsed();
+    println!(
+        "million: restart to serving with {} active grants: {} ms",
+        counts[&GrantState::Active],
+        serving.as_millis()
+    );
+    println!(
+        "million: RSS with {total} active grants: {:.0} MiB (before loading: {rss_before:.0} MiB)",
+        rss_mib()
+    );
+
+    // Expiry lag of the expiring ones.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let verified = store.counts().unwrap()[&GrantState::Verified] as usize;
+        if verified >= expiring || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut lags = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .list(&ebb_core::store::ListFilter {
+                state: Some(GrantState::Verified),
+                limit: 1000,
+                after,
+                ..Default::default()
+            })
+            .unwrap();
+        for r in &page.grants {
+            lags.push(
+                r.revoke_started_at
+                    .unwrap()
+                    .saturating_sub(r.grant.not_after),
+            );
+        }
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    lags.sort_unstable();
+    let pct = |p: f64| {
+        lags.get(((lags.len() as f64 * p) as usize).min(lags.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
+    println!(
+        "million: expiry-to-revoke-start lag over {} expiries among {total} active: p50 {} ms, p99 {} ms, max {} ms",
+        lags.len(),
+        pct(0.50),
+        pct(0.99),
+        lags.last().copied().unwrap_or(0)
+    );
+    println!("million: RSS after expiries: {:.0} MiB", rss_mib());
+    engine.shutdown().await.unwrap();
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let which = std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with("--"))
+        .unwrap_or_default();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let base = std::env::temp_dir().join(format!("ebb-bench-{}", std::process::id()));
+    rt.block_on(async {
+        if which.is_empty() || which == "throughput" {
+            let dir = base.join("throughput");
+            let (total, conc) = if full { (40_000, 256) } else { (200, 16) };
+            throughput(&dir, total, conc).await;
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        if which.is_empty() || which == "million" {
+            let dir = base.join("million");
+            let (total, expiring) = if full {
+                (1_000_000, 10_000)
+            } else {
+                (2_000, 100)
+            };
+            million(&dir, total, expiring).await;
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    });
+    let _ = std::fs::remove_dir_all(&base);
+}

@@ -1,0 +1,110 @@
+//! One error type for the whole API, mapped to status codes with a stable JSON body:
+//! `{"error": {"code": "...", "message": "..."}}`. Client mistakes get a 4xx that
+//! says what is wrong; internal failures get a generic 500 body and are logged.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use ebb_engine::lifecycle;
+use serde::Serialize;
+
+/// The body of every error response.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, for programs: `unauthenticated`, `forbidden`, `not-found`,
+    /// `bad-request`, `conflict`, `downstream-failed`, `unavailable`, `internal`.
+    pub code: String,
+    /// For people: what is wrong and, where it helps, what to do.
+    pub message: String,
+}
+
+impl ErrorBody {
+    pub fn new(code: &str, message: String) -> Self {
+        Self {
+            error: ErrorDetail {
+                code: code.to_owned(),
+                message,
+            },
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("missing or invalid bearer token")]
+    Unauthenticated,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Conflict(String),
+    /// The host cannot serve now (e.g. its store does not answer).
+    #[error("{0}")]
+    Unavailable(String),
+    /// The downstream system or connector failed; the grant is being made safe.
+    #[error("{0}")]
+    Downstream(String),
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            Self::NotFound(_) => (StatusCode::NOT_FOUND, "not-found"),
+            Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request"),
+            Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            Self::Downstream(_) => (StatusCode::BAD_GATEWAY, "downstream-failed"),
+            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        if let Self::Internal(detail) = &self {
+            tracing::error!(error = %detail, "internal error serving a request");
+        }
+        let mut response = (status, Json(ErrorBody::new(code, self.to_string()))).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
+    }
+}
+
+impl From<lifecycle::Error> for ApiError {
+    fn from(e: lifecycle::Error) -> Self {
+        use lifecycle::Error as E;
+        match e {
+            E::NotFound(_) => Self::NotFound(e.to_string()),
+            E::Invalid(_) | E::UnknownConnector(_) => Self::BadRequest(e.to_string()),
+            E::Illegal(_) | E::Draining(_) | E::AlreadyApproved(_) => Self::Conflict(e.to_string()),
+            E::SelfApproval => Self::Forbidden(e.to_string()),
+            E::Issue(_) | E::VerifyIssued(_) => Self::Downstream(e.to_string()),
+            E::Store(ebb_core::store::Error::Conflict(_)) => Self::Conflict(e.to_string()),
+            E::Store(_) | E::Seal(_) => Self::Internal(e.to_string()),
+        }
+    }
+}
+
+/// Turns axum's JSON/path/query rejections into our error body.
+pub(crate) fn rejection(e: impl std::fmt::Display) -> ApiError {
+    ApiError::BadRequest(e.to_string())
+}

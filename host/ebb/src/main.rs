@@ -1,0 +1,392 @@
+//! The `ebb` binary: the server (`ebb serve`, feature `server`) and a CLI.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use ebb::cli;
+#[cfg(feature = "server")]
+use server::{ConnectorCommand, serve};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ebb",
+    version,
+    about = "Just-in-time access that proves it is gone"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs the host: loads the configured connectors and serves.
+    #[cfg(feature = "server")]
+    Serve {
+        /// The configuration file.
+        #[arg(long, short, env = "EBB_CONFIG", default_value = "ebb.toml")]
+        config: std::path::PathBuf,
+    },
+    /// Works with connector components locally.
+    #[cfg(feature = "server")]
+    Connector {
+        #[command(subcommand)]
+        command: ConnectorCommand,
+    },
+    /// Requests, approves, issues and ends grants over the API.
+    Grant {
+        #[command(flatten)]
+        remote: cli::Remote,
+        #[command(subcommand)]
+        command: cli::GrantCommand,
+    },
+    /// Reads and verifies the audit log over the API.
+    Audit {
+        #[command(flatten)]
+        remote: cli::Remote,
+        #[command(subcommand)]
+        command: cli::AuditCommand,
+    },
+    /// Lists, describes, loads, reloads and unloads the host's connectors.
+    Connectors {
+        #[command(flatten)]
+        remote: cli::Remote,
+        #[command(subcommand)]
+        command: Option<cli::ConnectorsCommand>,
+    },
+    /// Lists or reloads the Cedar policies in force.
+    Policy {
+        #[command(flatten)]
+        remote: cli::Remote,
+        #[command(subcommand)]
+        command: cli::PolicyCommand,
+    },
+    /// Reports an anomaly: revokes a grant, or all of a subject's grants, now.
+    Anomaly {
+        #[command(flatten)]
+        remote: cli::Remote,
+        #[command(flatten)]
+        args: cli::AnomalyArgs,
+    },
+    /// Makes API tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Generates a random token and prints it with the `[[tokens]]` entry to
+    /// configure (which holds only its hash).
+    New {
+        /// Who will hold it.
+        #[arg(long)]
+        name: String,
+        /// Roles: requester, approver, operator, auditor (repeat or comma-separate).
+        #[arg(long, value_delimiter = ',', required = true)]
+        role: Vec<String>,
+    },
+    /// Prints the sha256 of a token read from standard input.
+    Hash,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("EBB_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        #[cfg(feature = "server")]
+        Command::Serve { config } => serve(config).await,
+        Command::Grant { remote, command } => cli::grant(remote, command).await,
+        Command::Audit { remote, command } => cli::audit(remote, command).await,
+        Command::Connectors { remote, command } => cli::connectors(remote, command).await,
+        Command::Policy { remote, command } => cli::policy(remote, command).await,
+        Command::Anomaly { remote, args } => cli::anomaly(remote, args).await,
+        Command::Token { command } => match command {
+            TokenCommand::New { name, role } => {
+                let mut bytes = [0u8; 32];
+                rand::fill(&mut bytes);
+                let token = format!("ebb_{}", hex::encode(bytes));
+                println!("token (shown once; give it to {name}):\n  {token}\n");
+                println!(
+                    "[[tokens]]\nname = {name:?}\nsha256 = {:?}\nroles = {role:?}",
+                    ebb::token::hash_token(&token)
+                );
+                Ok(())
+            }
+            TokenCommand::Hash => {
+                let mut token = String::new();
+                std::io::stdin().read_line(&mut token)?;
+                println!("{}", ebb::token::hash_token(token.trim()));
+                Ok(())
+            }
+        },
+        #[cfg(feature = "server")]
+        Command::Connector { command } => server::connector(command).await,
+    }
+}
+
+/// What only the server build has: `ebb serve` and `ebb connector …` (wasmtime,
+/// Cedar, sled).
+#[cfg(feature = "server")]
+mod server {
+    use anyhow::Context;
+    use clap::Subcommand;
+    use ebb::api::{self, AppState, Tokens};
+    use ebb_core::seal::{HostKey, Sealer};
+    use ebb_engine::approval::{Alerts, ApprovalGate};
+    use ebb_engine::config::{Config, ConnectorConfig, ConnectorSpec, RuntimeConfig};
+    use ebb_engine::identity::Verifier;
+    use ebb_engine::lifecycle::{Clock, EngineConfig, Lifecycle};
+    use ebb_engine::loader::Loader;
+    use ebb_engine::registry::Registry;
+    use ebb_runtime::{Digest, Runtime};
+    use ebb_store_sled::SledStore;
+    use std::path::{Path, PathBuf};
+    use std::sync::Arc;
+
+    #[derive(Debug, Subcommand)]
+    pub(crate) enum ConnectorCommand {
+        /// Loads a component with nothing lent and prints what `describe` answers.
+        Describe {
+            component: PathBuf,
+            /// Print JSON instead of text.
+            #[arg(long)]
+            json: bool,
+        },
+        /// Prints a component's sha256, the value to pin in the configuration.
+        Digest { component: PathBuf },
+        /// Runs the conformance kit against a real downstream system: issue, the
+        /// credential works, verify finds it, revoke, verify says revoked, revoke twice,
+        /// revoke without the handle, verify a never-issued grant. Exits 1 on failure.
+        Test {
+            component: PathBuf,
+            /// The instance's settings (the keys of a `[connectors.<name>]` table,
+            /// `component` aside), e.g. `config` and `sql`.
+            #[arg(long)]
+            config: Option<PathBuf>,
+            /// The permission to grant, `action:resource` (or `action=resource` when
+            /// the action has a colon, e.g. `s3:GetObject=arn:aws:s3:::reports/*`).
+            #[arg(long, short = 'p')]
+            permission: String,
+            /// How long revocation may take to show downstream.
+            #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+            settle: std::time::Duration,
+            /// Print JSON instead of text.
+            #[arg(long)]
+            json: bool,
+        },
+    }
+
+    pub(crate) async fn connector(command: ConnectorCommand) -> anyhow::Result<()> {
+        match command {
+            ConnectorCommand::Describe { component, json } => {
+                let runtime = Runtime::new(&RuntimeConfig::default())?;
+                let connector = runtime
+                    .load("describe", &ConnectorSpec::new(&component))
+                    .await?;
+                let info = connector.info();
+                if json {
+                    println!("{}", serde_json::to_string_pretty(info)?);
+                } else {
+                    println!("{} {} — {}", info.name, info.version, info.system);
+                    println!("{}", info.description);
+                    println!("sha256: {}", connector.digest());
+                    println!("capabilities: {:?}", info.capabilities);
+                    for action in &info.actions {
+                        println!(
+                            "  {:<10} {} ({})",
+                            action.name, action.description, action.resource_syntax
+                        );
+                    }
+                }
+                Ok(())
+            }
+            ConnectorCommand::Test {
+                component,
+                config,
+                permission,
+                settle,
+                json,
+            } => {
+                let mut table: toml::Table = match &config {
+                    Some(path) => toml::from_str(
+                        &std::fs::read_to_string(path)
+                            .with_context(|| format!("reading {}", path.display()))?,
+                    )
+                    .with_context(|| format!("in {}", path.display()))?,
+                    None => toml::Table::new(),
+                };
+                table.insert(
+                    "component".into(),
+                    toml::Value::String(component.display().to_string()),
+                );
+                let instance =
+                    ConnectorConfig::parse_toml(&toml::to_string(&table)?, Path::new("."))?;
+                let granted = ebb_core::contract::Permission::parse(&permission)
+                    .map_err(anyhow::Error::msg)?;
+                let runtime = Runtime::new(&RuntimeConfig::default())?;
+                let connector = runtime.load("conformance", &instance.spec()).await?;
+                let report = ebb_runtime::conformance::run(
+                    &connector,
+                    &ebb_runtime::conformance::Case {
+                        granted,
+                        other: None,
+                        settle,
+                    },
+                    None,
+                )
+                .await;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                } else {
+                    for c in &report.checks {
+                        println!(
+                            "{} {}  ({})",
+                            if c.passed { "ok  " } else { "FAIL" },
+                            c.name,
+                            c.detail
+                        );
+                    }
+                    let failed = report.checks.iter().filter(|c| !c.passed).count();
+                    println!(
+                        "\n{}: {} checks, {failed} failed",
+                        report.connector,
+                        report.checks.len()
+                    );
+                }
+                if !report.passed() {
+                    std::process::exit(1);
+                }
+                Ok(())
+            }
+            ConnectorCommand::Digest { component } => {
+                let bytes = std::fs::read(&component)
+                    .with_context(|| format!("reading {}", component.display()))?;
+                println!("{}", Digest::of(&bytes));
+                Ok(())
+            }
+        }
+    }
+
+    pub(crate) async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
+        let config = Config::load(&config_path)?;
+        let metrics = ebb::metrics::install()?;
+        let key = match &config.store.key_env {
+            Some(var) => HostKey::from_hex(
+                &std::env::var(var)
+                    .with_context(|| format!("the host key variable {var} is not set"))?,
+            )?,
+            None => HostKey::load_or_create(&config.store.key_file)?,
+        };
+        std::fs::create_dir_all(&config.store.path)
+            .with_context(|| format!("creating {}", config.store.path.display()))?;
+        let store = SledStore::open(&config.store.path, key.derive("audit-chain"))?;
+        let registry = Arc::new(Registry::new(Runtime::new(&config.runtime)?));
+        let lifecycle = Lifecycle::new(
+            store,
+            Sealer::new(&key),
+            registry,
+            Clock::system(),
+            EngineConfig::default(),
+        );
+        // Connectors first, then the scheduler: work recovered from the last run needs them.
+        let loader = Loader::new(lifecycle.clone(), config.plugins.clone());
+        loader.load_configured(&config.connectors).await;
+        if let Some(dir) = &config.plugins.dir {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating the plugins folder {}", dir.display()))?;
+            loader.reconcile().await;
+        }
+        let _watcher = loader.watch().context("watching the plugins folder")?;
+        lifecycle.start()?;
+        if config.tokens.is_empty() {
+            tracing::warn!(
+                "no API tokens are configured: every API call will be refused (see `ebb token new`)"
+            );
+        }
+        // Policies are validated against the loaded connectors' actions; a host whose
+        // policies do not load refuses to start rather than decide without them.
+        let alerts = Alerts::new(config.alerts.webhooks.clone());
+        lifecycle.set_alerts(alerts.clone());
+        let approval = Arc::new(
+            ApprovalGate::new(config.policy.as_ref(), lifecycle.registry(), alerts)
+                .map_err(|e| anyhow::anyhow!("policies: {e}"))?,
+        );
+        let identity = if config.identity.issuers.is_empty() {
+            None
+        } else {
+            let verifier = Arc::new(
+                Verifier::new(&config.identity)
+                    .await
+                    .context("identity providers")?,
+            );
+            verifier.spawn_refresh();
+            Some(verifier)
+        };
+        let state = AppState {
+            lifecycle: lifecycle.clone(),
+            loader,
+            approval,
+            identity,
+            tokens: Arc::new(Tokens::new(&config.tokens)?),
+            metrics: Some(metrics),
+        };
+        let _policy_watcher = match &config.policy {
+            Some(p) if p.watch => {
+                let mut paths = vec![p.path.clone()];
+                paths.extend(p.break_glass.as_ref().map(|b| b.path.clone()));
+                Some(
+                    api::policy::watch(state.clone(), paths)
+                        .context("watching the policy files")?,
+                )
+            }
+            _ => None,
+        };
+        let listener = tokio::net::TcpListener::bind(config.server.listen)
+            .await
+            .with_context(|| format!("listening on {}", config.server.listen))?;
+        tracing::info!(listen = %config.server.listen, "ebb is serving");
+        axum::serve(listener, api::router(state))
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .context("serving the API")?;
+        tracing::info!("draining in-flight work");
+        lifecycle.shutdown().await?;
+        tracing::info!("stopped");
+        Ok(())
+    }
+
+    /// Ctrl-C or SIGTERM.
+    async fn shutdown_signal() {
+        let ctrl_c = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = ctrl_c => {}
+            () = term => {}
+        }
+    }
+}

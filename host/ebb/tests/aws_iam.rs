@@ -1,0 +1,163 @@
+//! The aws-iam connector against moto's IAM and STS with authentication on: a
+//! retried issue leaves one working key, the policy holds exactly what was granted,
+//! and only allowed actions and resources can be granted. Keys are judged with
+//! boto3, independently of the connector's SigV4 code.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests fail loudly"
+)]
+
+use ebb_core::contract::{ConnectorError, Grant, Permission, Subject, SubjectKind, Verdict};
+use ebb_engine::config::{ConnectorConfig, RuntimeConfig};
+use ebb_runtime::{CallError, LoadedConnector, Runtime};
+use ebb_test_support::Moto;
+
+fn grant(id: &str, permissions: &[(&str, &str)]) -> Grant {
+    Grant {
+        id: id.into(),
+        subject: Subject {
+            id: "spiffe://test/deployer".into(),
+            kind: SubjectKind::Workload,
+            claims: vec![],
+        },
+        permissions: permissions
+            .iter()
+            .map(|(a, r)| Permission {
+                action: (*a).into(),
+                resource: (*r).into(),
+            })
+            .collect(),
+        not_after: 4_102_444_800_000,
+        task: "deploy".into(),
+    }
+}
+
+async fn connector(server: &Moto, secret: &str, resources: &str) -> LoadedConnector {
+    let (key_id, _) = server.admin_key();
+    Runtime::new(&RuntimeConfig::default())
+        .unwrap()
+        .load(
+            "aws",
+            &ConnectorConfig::new(ebb_test_plugins::AWS_IAM)
+                .with_config("iam-endpoint", &server.endpoint())
+                .with_config("sts-endpoint", &server.endpoint())
+                .with_config("access-key-id", key_id)
+                .with_config(
+                    "allowed-actions",
+                    "s3:ListAllMyBuckets, iam:ListUsers, iam:ListRoles",
+                )
+                .with_config("allowed-resources", resources)
+                .with_secret("secret-access-key", secret)
+                .with_http_origin(&server.endpoint(), true)
+                .spec(),
+        )
+        .await
+        .unwrap()
+}
+
+fn key(issued: &ebb_core::contract::Issued) -> (&str, &str) {
+    (
+        issued.credential.get("access_key_id").unwrap(),
+        issued.credential.get("secret_access_key").unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn a_retried_issue_leaves_one_working_key_with_exactly_the_grant() {
+    let server = Moto::start().unwrap();
+    let c = connector(&server, server.admin_key().1, "*").await;
+    let g = grant(
+        "01RETRY",
+        &[("s3:ListAllMyBuckets", "*"), ("iam:ListUsers", "*")],
+    );
+    // The first reply is "lost": the host calls issue again for the same grant.
+    let first = c.issue(&g).await.unwrap();
+    let second = c.issue(&g).await.unwrap();
+    let (id1, secret1) = key(&first);
+    let (id2, secret2) = key(&second);
+    assert_ne!(id1, id2);
+    assert!(
+        !server
+            .allows(id1, secret1, "sts:GetCallerIdentity")
+            .await
+            .unwrap()
+    );
+    for action in [
+        "sts:GetCallerIdentity",
+        "s3:ListAllMyBuckets",
+        "iam:ListUsers",
+    ] {
+        assert!(
+            server.allows(id2, secret2, action).await.unwrap(),
+            "{action}"
+        );
+    }
+    assert!(!server.allows(id2, secret2, "iam:ListRoles").await.unwrap());
+    c.revoke(&g, None, None).await.unwrap();
+    assert_eq!(
+        c.verify_revoked(&g, None, Some(&second.credential))
+            .await
+            .unwrap(),
+        Verdict::Revoked
+    );
+    assert!(
+        !server
+            .allows(id2, secret2, "sts:GetCallerIdentity")
+            .await
+            .unwrap()
+    );
+    assert!(server.ebb_users().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn only_allowed_actions_and_resources_are_granted() {
+    let server = Moto::start().unwrap();
+    // `*` would allow any resource (AWS reads it as all of them).
+    let c = connector(&server, server.admin_key().1, "arn:aws:s3:::reports/*").await;
+    for (action, resource, why) in [
+        (
+            "iam:CreateUser",
+            "arn:aws:s3:::reports/x",
+            "allowed-actions",
+        ),
+        ("s3:ListAllMyBuckets", "*", "allowed-resources"),
+        (
+            "s3:ListAllMyBuckets",
+            "arn:aws:s3:::payroll/x",
+            "allowed-resources",
+        ),
+        ("s3:ListAllMyBuckets", "payroll", "not an ARN"),
+    ] {
+        match c.issue(&grant("01BAD", &[(action, resource)])).await {
+            Err(CallError::Connector(ConnectorError::Invalid(m))) => {
+                assert!(m.contains(why), "{action} {resource}: {m}");
+            }
+            other => panic!("{action} on {resource}: {other:?}"),
+        }
+    }
+    assert!(
+        server.ebb_users().await.unwrap().is_empty(),
+        "nothing was created"
+    );
+}
+
+/// The connector's own key, lent as a secret: a wrong one is refused by AWS and the
+/// error says so without repeating it.
+#[tokio::test]
+async fn a_wrong_admin_secret_is_denied_and_never_echoed() {
+    let server = Moto::start().unwrap();
+    let wrong = "wrong-secret-wrong-secret-wrong-secret-1234";
+    let c = connector(&server, wrong, "*").await;
+    let err = c
+        .issue(&grant("01WRONG", &[("s3:ListAllMyBuckets", "*")]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, CallError::Connector(ConnectorError::Denied(_))),
+        "{err:?}"
+    );
+    assert!(!format!("{err:?}").contains(wrong));
+}

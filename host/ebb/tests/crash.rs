@@ -1,0 +1,306 @@
+//! Crash test: a real `ebb serve` process with the postgres connector, against a
+//! real PostgreSQL, killed with SIGKILL at random moments while clients run
+//! lifecycles with short TTLs, then restarted. In the end every grant must be
+//! verified (or was never issued), no `ebb_*` role may be left in PostgreSQL, and no
+//! grant may have outlived its TTL by more than the time the host was down plus one
+//! second.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests fail loudly"
+)]
+
+use ebb_test_support::Postgres;
+use rand::Rng;
+use serde_json::{Value, json};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const REQUESTER: &str = "crash-test-requester-token";
+const OPERATOR: &str = "crash-test-operator-token";
+
+fn now_ms() -> u64 {
+    u64::try_from(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
+}
+
+fn sha(token: &str) -> String {
+    ebb::api::auth::hash_token(token)
+}
+
+fn write_config(dir: &Path, pg: &Postgres, port: u16) -> std::path::PathBuf {
+    let config = format!(
+        r#"
+[server]
+listen = "127.0.0.1:{port}"
+
+[store]
+path = "data"
+key-file = "host.key"
+
+[[tokens]]
+name = "agent"
+sha256 = "{requester}"
+roles = ["requester"]
+
+[[tokens]]
+name = "ops"
+sha256 = "{operator}"
+roles = ["operator"]
+
+[connectors.pg]
+component = "{component}"
+config = {{ allowed-resources = "public.invoices" }}
+sql.main = {{ dsn = "{dsn}", max-connections = 16 }}
+lifecycle = {{ approval = "auto", retry-base-ms = 100, retry-max-ms = 1000, max-concurrent-calls = 16 }}
+"#,
+        requester = sha(REQUESTER),
+        operator = sha(OPERATOR),
+        component = ebb_test_plugins::POSTGRES,
+        dsn = pg.admin_dsn(),
+    );
+    let path = dir.join("ebb.toml");
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+fn start(config: &Path, log: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_ebb"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("EBB_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .unwrap(),
+        )
+        .spawn()
+        .unwrap()
+}
+
+async fn wait_healthy(client: &reqwest::Client, base: &str) {
+    for _ in 0..600 {
+        if client.get(format!("{base}/healthz")).send().await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the host did not come up");
+}
+
+async fn all_grants(client: &reqwest::Client, base: &str) -> Vec<Value> {
+    let mut grants = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut url = format!("{base}/v1/grants?limit=1000");
+        if let Some(a) = &after {
+            url.push_str(&format!("&after={a}"));
+        }
+        let page: Value = client
+            .get(url)
+            .bearer_auth(OPERATOR)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        grants.extend(page["grants"].as_array().unwrap().iter().cloned());
+        match page["next"].as_str() {
+            Some(next) => after = Some(next.to_owned()),
+            None => return grants,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_at_random_moments_loses_nothing() {
+    let pg = Postgres::start().unwrap();
+    let dir = std::env::temp_dir().join(format!("ebb-crash-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = ebb_test_support::free_port().unwrap();
+    let config = write_config(&dir, &pg, port);
+    let log = dir.join("host.log");
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let mut rng = rand::rng();
+    // (killed at, serving again at), wall-clock ms.
+    let mut downtimes: Vec<(u64, u64)> = Vec::new();
+    let mut issued = 0usize;
+
+    for _round in 0..5 {
+        let mut host = start(&config, &log);
+        wait_healthy(&client, &base).await;
+        if let Some(last) = downtimes.last_mut() {
+            last.1 = now_ms();
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut workers = Vec::new();
+        for _ in 0..4 {
+            let (client, base, stop) = (client.clone(), base.clone(), stop.clone());
+            workers.push(tokio::spawn(async move {
+                let mut ok = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    let ttl = format!("{}ms", rand::rng().random_range(500..3000));
+                    let body = json!({
+                        "connector": "pg",
+                        "permissions": [{"action": "select", "resource": "public.invoices"}],
+                        "ttl": ttl,
+                        "task": "crash test",
+                    });
+                    match client
+                        .post(format!("{base}/v1/grants"))
+                        .bearer_auth(REQUESTER)
+                        .json(&body)
+                        .send()
+                        .await
+                    {
+                        Ok(r) if r.status().as_u16() == 201 => {
+                            ok += 1;
+                            // A busy but plausible client, not a flood: the host shares
+                            // two cores with PostgreSQL and this test.
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        Ok(r) => panic!(
+                            "unexpected status {}: {}",
+                            r.status(),
+                            r.text().await.unwrap_or_default()
+                        ),
+                        // The host was killed mid-request.
+                        Err(_) => break,
+                    }
+                }
+                ok
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(500..2500))).await;
+        host.kill().unwrap(); // SIGKILL
+        let killed = now_ms();
+        host.wait().unwrap();
+        stop.store(true, Ordering::Relaxed);
+        for w in workers {
+            issued += w.await.unwrap();
+        }
+        downtimes.push((killed, u64::MAX));
+        tokio::time::sleep(Duration::from_millis(rng.random_range(200..1500))).await;
+    }
+
+    // The last restart: recover and finish everything.
+    let mut host = start(&config, &log);
+    wait_healthy(&client, &base).await;
+    if let Some(last) = downtimes.last_mut() {
+        last.1 = now_ms();
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let grants = loop {
+        let grants = all_grants(&client, &base).await;
+        // Closed, or requested/approved but never issued (the host died before
+        // issuance: nothing was created downstream, and the request lapses by itself).
+        let open: Vec<&Value> = grants
+            .iter()
+            .filter(|g| match g["state"].as_str() {
+                Some("verified" | "denied") => false,
+                Some("requested" | "approved") => g["issued_at"].as_u64().is_some(),
+                _ => true,
+            })
+            .collect();
+        if open.is_empty() {
+            break grants;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "grants still open after 60 s: {open:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        issued >= 20,
+        "the test issued too few grants to mean anything: {issued}"
+    );
+    assert!(grants.len() >= issued);
+
+    // Nothing is left downstream.
+    assert_eq!(
+        pg.ebb_roles().unwrap(),
+        Vec::<String>::new(),
+        "a role outlived its grant"
+    );
+    let sessions = pg
+        .psql("select count(*) from pg_stat_activity where usename like 'ebb\\_%' and usename <> 'ebb_admin'")
+        .unwrap();
+    assert_eq!(sessions, "0");
+
+    // No grant outlived its TTL by more than the downtime it fell into plus 1 s.
+    let mut late = Vec::new();
+    for g in &grants {
+        let (Some(not_after), Some(revoked_at)) =
+            (g["grant"]["not_after"].as_u64(), g["revoked_at"].as_u64())
+        else {
+            continue;
+        };
+        if revoked_at <= not_after {
+            continue;
+        }
+        // The time the host was down while this grant was overdue does not count.
+        let down: u64 = downtimes
+            .iter()
+            .map(|(killed, back)| {
+                let from = not_after.max(*killed);
+                let to = revoked_at.min(*back);
+                to.saturating_sub(from)
+            })
+            .sum();
+        if revoked_at - not_after > down + 1000 {
+            let started = g["revoke_started_at"].as_u64().unwrap_or(0);
+            late.push((
+                g["grant"]["id"].clone(),
+                revoked_at - not_after,
+                started.saturating_sub(not_after),
+                down,
+            ));
+        }
+    }
+    assert!(
+        late.is_empty(),
+        "grants revoked too late (id, revoked ms after not-after, started ms after not-after, downtime while overdue ms): {late:?}"
+    );
+
+    let verify: Value = client
+        .get(format!("{base}/v1/audit/verify"))
+        .bearer_auth(OPERATOR)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(verify["problem"], Value::Null, "{verify}");
+    let recovered = grants
+        .iter()
+        .filter(|g| g["trigger"] == "compensation")
+        .count();
+    eprintln!(
+        "crash test: {} grants ({issued} issued to clients, {recovered} compensated after a crash), {} kills",
+        grants.len(),
+        downtimes.len()
+    );
+    host.kill().unwrap();
+    host.wait().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}

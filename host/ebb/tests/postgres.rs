@@ -1,0 +1,424 @@
+//! The postgres connector loaded by the host, against a real PostgreSQL started on
+//! loopback (see `ebb_test_support::Postgres`).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests fail loudly"
+)]
+
+use ebb_core::contract::{
+    ConnectorError, Credential, Grant, Permission, ResidueKind, Subject, SubjectKind, Verdict,
+};
+use ebb_engine::config::{ConnectorConfig, RuntimeConfig};
+use ebb_runtime::{CallError, LoadedConnector, Runtime};
+use ebb_test_support::Postgres;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+fn now_ms() -> u64 {
+    u64::try_from(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
+}
+
+fn grant(id: &str, permissions: &[(&str, &str)]) -> Grant {
+    Grant {
+        id: id.into(),
+        subject: Subject {
+            id: "spiffe://test/billing-agent".into(),
+            kind: SubjectKind::Workload,
+            claims: vec![],
+        },
+        permissions: permissions
+            .iter()
+            .map(|(action, resource)| Permission {
+                action: (*action).into(),
+                resource: (*resource).into(),
+            })
+            .collect(),
+        not_after: now_ms() + 60_000,
+        task: "reconcile invoices".into(),
+    }
+}
+
+async fn connector(pg: &Postgres) -> LoadedConnector {
+    let config = ConnectorConfig::new(ebb_test_plugins::POSTGRES)
+        .with_config("allowed-resources", "public.invoices, public.customers")
+        .with_config("standing-role:spiffe://test/billing", "svc_billing")
+        .with_sql("main", &pg.admin_dsn());
+    Runtime::new(&RuntimeConfig::default())
+        .unwrap()
+        .load("pg", &config.spec())
+        .await
+        .unwrap()
+}
+
+fn user_and_password(credential: &Credential) -> (String, String) {
+    (
+        credential.get("user").unwrap().to_owned(),
+        credential.get("password").unwrap().to_owned(),
+    )
+}
+
+fn sqlstate(e: &tokio_postgres::Error) -> String {
+    e.as_db_error()
+        .map(|d| d.code().code().to_owned())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn issued_credential_reads_exactly_the_granted_table() {
+    let pg = Postgres::start().unwrap();
+    let pg_connector = connector(&pg).await;
+    let g = grant("01JTESTREAD", &[("select", "public.invoices")]);
+    let issued = pg_connector.issue(&g).await.unwrap();
+    assert_eq!(issued.expires_at, Some(g.not_after));
+    assert!(
+        issued.handle.starts_with("role=ebb_01jtestread oid="),
+        "{}",
+        issued.handle
+    );
+    let (user, password) = user_and_password(&issued.credential);
+
+    let client = pg.connect(&user, &password).await.unwrap();
+    let rows = client
+        .query("select id from public.invoices order by id", &[])
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2);
+    // Not another table, not another action.
+    let err = client
+        .query("select * from public.customers", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), "42501");
+    let err = client
+        .execute("insert into public.invoices values (3, 1)", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), "42501");
+    let err = client
+        .query("select * from public.salaries", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), "42501");
+    // No membership in any role, and no dangerous attributes.
+    let su = pg.superuser().await;
+    let row = su
+        .query_one(
+            "select rolsuper or rolcreaterole or rolcreatedb or rolbypassrls or rolreplication, \
+             (select count(*) from pg_auth_members where member = r.oid), rolvaliduntil is not null \
+             from pg_roles r where rolname = $1",
+            &[&user],
+        )
+        .await
+        .unwrap();
+    assert!(!row.get::<_, bool>(0));
+    assert_eq!(row.get::<_, i64>(1), 0);
+    assert!(row.get::<_, bool>(2), "VALID UNTIL is set");
+
+    // The host can prove the credential works before handing it out.
+    pg_connector
+        .verify_issued(&g, &issued.handle, &issued.credential)
+        .await
+        .unwrap();
+    pg_connector
+        .revoke(&g, Some(&issued.handle), None)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn revoke_ends_live_session_and_login_then_verifies_revoked() {
+    let pg = Postgres::start().unwrap();
+    let pg_connector = connector(&pg).await;
+    let g = grant(
+        "01JTESTREVOKE",
+        &[("select", "public.invoices"), ("update", "public.invoices")],
+    );
+    let issued = pg_connector.issue(&g).await.unwrap();
+    let (user, password) = user_and_password(&issued.credential);
+    let session = pg.connect(&user, &password).await.unwrap();
+    session.query("select 1", &[]).await.unwrap();
+
+    // Before revoking, verification finds everything that still grants access.
+    let Verdict::Residual(residue) = pg_connector
+        .verify_revoked(&g, Some(&issued.handle), Some(&issued.credential))
+        .await
+        .unwrap()
+    else {
+        panic!("an active grant cannot verify as revoked");
+    };
+    let kinds: Vec<ResidueKind> = residue.iter().map(|r| r.kind).collect();
+    assert!(
+        kinds.contains(&ResidueKind::EntitlementPresent),
+        "{residue:?}"
+    );
+    assert!(kinds.contains(&ResidueKind::SessionOpen), "{residue:?}");
+    assert!(
+        kinds.contains(&ResidueKind::CredentialAccepted),
+        "{residue:?}"
+    );
+    assert!(
+        residue.iter().all(|r| !r.detail.contains(&password)),
+        "no secret in evidence"
+    );
+
+    pg_connector
+        .revoke(&g, Some(&issued.handle), None)
+        .await
+        .unwrap();
+
+    // The open session is gone...
+    assert!(
+        session.query("select 1", &[]).await.is_err(),
+        "session survived revoke"
+    );
+    // ...login fails...
+    let err = pg.connect(&user, &password).await.unwrap_err();
+    assert!(sqlstate(&err).starts_with("28"), "{err}");
+    // ...and the downstream system confirms it.
+    assert_eq!(
+        pg_connector
+            .verify_revoked(&g, Some(&issued.handle), Some(&issued.credential))
+            .await
+            .unwrap(),
+        Verdict::Revoked
+    );
+    assert!(pg.ebb_roles().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn incomplete_revoke_is_reported_as_residual_session() {
+    let pg = Postgres::start().unwrap();
+    let pg_connector = connector(&pg).await;
+    let g = grant("01JTESTINCOMPLETE", &[("select", "public.invoices")]);
+    let issued = pg_connector.issue(&g).await.unwrap();
+    let (user, password) = user_and_password(&issued.credential);
+    let session = pg.connect(&user, &password).await.unwrap();
+
+    // A naive revoke: drop the role but leave its session running. PostgreSQL allows
+    // it, and the session goes on with `usename` NULL.
+    // (A superuser's DROP OWNED would not revoke ebb_admin's grant: revoke as the grantor.)
+    pg.psql(&format!("set role ebb_admin; revoke all on public.invoices from {user}; reset role; drop role {user};"))
+        .unwrap();
+    session.query("select 1", &[]).await.unwrap();
+
+    let verdict = pg_connector
+        .verify_revoked(&g, Some(&issued.handle), Some(&issued.credential))
+        .await
+        .unwrap();
+    let Verdict::Residual(residue) = verdict else {
+        panic!("a live session of a dropped role must be residue, got {verdict:?}");
+    };
+    assert_eq!(residue.len(), 1, "{residue:?}");
+    assert_eq!(residue[0].kind, ResidueKind::SessionOpen);
+    assert!(residue[0].detail.contains("backend pid"), "{residue:?}");
+
+    // Revoking again (what the host does on residue) finishes the job.
+    pg_connector
+        .revoke(&g, Some(&issued.handle), None)
+        .await
+        .unwrap();
+    assert!(session.query("select 1", &[]).await.is_err());
+    assert_eq!(
+        pg_connector
+            .verify_revoked(&g, Some(&issued.handle), None)
+            .await
+            .unwrap(),
+        Verdict::Revoked
+    );
+}
+
+#[tokio::test]
+async fn revoke_without_handle_cleans_up_and_revoke_twice_succeeds() {
+    let pg = Postgres::start().unwrap();
+    let pg_connector = connector(&pg).await;
+    let g = grant("01JTESTNOHANDLE", &[("select", "public.customers")]);
+    // The host lost `issue`'s reply: it knows only the grant.
+    let issued = pg_connector.issue(&g).await.unwrap();
+    let (user, password) = user_and_password(&issued.credential);
+    let session = pg.connect(&user, &password).await.unwrap();
+    assert_eq!(pg.ebb_roles().unwrap(), vec![user.clone()]);
+
+    pg_connector.revoke(&g, None, None).await.unwrap();
+    assert!(pg.ebb_roles().unwrap().is_empty());
+    assert!(
+        session.query("select 1", &[]).await.is_err(),
+        "session survived revoke"
+    );
+    pg_connector.revoke(&g, None, None).await.unwrap();
+    pg_connector
+        .revoke(&g, Some(&issued.handle), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        pg_connector
+            .verify_revoked(&g, None, Some(&issued.credential))
+            .await
+            .unwrap(),
+        Verdict::Revoked
+    );
+    // Revoking a grant that was never issued is fine too.
+    pg_connector
+        .revoke(
+            &grant("01JNEVERISSUED", &[("select", "public.invoices")]),
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn retried_issue_replaces_the_lost_password() {
+    let pg = Postgres::start().unwrap();
+    let pg_connector = connector(&pg).await;
+    let g = grant("01JTESTRETRY", &[("select", "public.invoices")]);
+    let first = pg_connector.issue(&g).await.unwrap();
+    let second = pg_connector.issue(&g).await.unwrap();
+    assert_eq!(pg.ebb_roles().unwrap().len(), 1);
+    let (user, old) = user_and_password(&first.credential);
+    let (_, new) = user_and_password(&second.credential);
+    assert_ne!(old, new);
+    assert!(
+        pg.connect(&user, &old).await.is_err(),
+        "the lost password must stop working"
+    );
+    pg.connect(&user, &new).await.unwrap();
+    pg_connector.revoke(&g, None, None).await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_grants_are_refused_and_leave_nothing_behind() {
+    let pg = Postgres::start().unwrap();
+    let pg_connector = connector(&pg).await;
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], fn(&CallError) -> bool);
+    let cases: &[Case] = &[
+        (
+            "01JBADACTION",
+            &[("drop", "public.invoices")],
+            |e| matches!(e, CallError::Connector(ConnectorError::Invalid(m)) if m.contains("unknown action `drop`")),
+        ),
+        (
+            "01JNOTALLOWED",
+            &[("select", "public.salaries")],
+            |e| matches!(e, CallError::Connector(ConnectorError::Denied(m)) if m.contains("allowed-resources")),
+        ),
+        (
+            "01JMALFORMED",
+            &[("select", "invoices; drop table x")],
+            |e| matches!(e, CallError::Connector(ConnectorError::Invalid(m)) if m.contains("schema.table")),
+        ),
+        ("01JNOPERMS", &[], |e| {
+            matches!(e, CallError::Connector(ConnectorError::Invalid(_)))
+        }),
+        (
+            "bad id!",
+            &[("select", "public.invoices")],
+            |e| matches!(e, CallError::Connector(ConnectorError::Invalid(m)) if m.contains("grant id")),
+        ),
+    ];
+    for (id, permissions, expected) in cases {
+        let err = pg_connector
+            .issue(&grant(id, permissions))
+            .await
+            .unwrap_err();
+        assert!(expected(&err), "{id}: {err:?}");
+    }
+    // A table in the allow-list that does not exist: the whole batch rolls back.
+    let config = ConnectorConfig::new(ebb_test_plugins::POSTGRES)
+        .with_config("allowed-resources", "public.*")
+        .with_sql("main", &pg.admin_dsn());
+    let permissive = Runtime::new(&RuntimeConfig::default())
+        .unwrap()
+        .load("pg2", &config.spec())
+        .await
+        .unwrap();
+    let err = permissive
+        .issue(&grant(
+            "01JNOTABLE",
+            &[("select", "public.invoices"), ("select", "public.nope")],
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, CallError::Connector(ConnectorError::Invalid(m)) if m.contains("42P01")),
+        "{err:?}"
+    );
+    // An expired grant is refused.
+    let mut expired = grant("01JEXPIRED", &[("select", "public.invoices")]);
+    expired.not_after = now_ms() - 1;
+    assert!(matches!(
+        pg_connector.issue(&expired).await.unwrap_err(),
+        CallError::Connector(ConnectorError::Invalid(_))
+    ));
+    assert!(
+        pg.ebb_roles().unwrap().is_empty(),
+        "a refused grant left a role"
+    );
+}
+
+#[tokio::test]
+async fn standing_access_reports_base_role_privileges() {
+    let pg = Postgres::start().unwrap();
+    let pg_connector = connector(&pg).await;
+    let subject = Subject {
+        id: "spiffe://test/billing".into(),
+        kind: SubjectKind::Workload,
+        claims: vec![],
+    };
+    let residue = pg_connector.standing_access(&subject).await.unwrap();
+    let details: Vec<&str> = residue.iter().map(|r| r.detail.as_str()).collect();
+    assert_eq!(
+        details,
+        vec!["role svc_billing can select on public.customers outside any grant"]
+    );
+    let unknown = Subject {
+        id: "nobody".into(),
+        ..subject
+    };
+    assert!(
+        pg_connector
+            .standing_access(&unknown)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn database_outage_is_unavailable_and_retryable() {
+    let pg = Postgres::start().unwrap();
+    let pg_connector = connector(&pg).await;
+    let g = grant("01JTESTOUTAGE", &[("select", "public.invoices")]);
+    let issued = pg_connector.issue(&g).await.unwrap();
+    pg.stop().unwrap();
+    let err = pg_connector
+        .revoke(&g, Some(&issued.handle), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, CallError::Connector(ConnectorError::Unavailable(_))),
+        "{err:?}"
+    );
+    assert!(err.is_retryable());
+    pg.start_server().unwrap();
+    // The pool reconnects; the retried revoke completes.
+    pg_connector
+        .revoke(&g, Some(&issued.handle), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        pg_connector
+            .verify_revoked(&g, Some(&issued.handle), Some(&issued.credential))
+            .await
+            .unwrap(),
+        Verdict::Revoked
+    );
+}

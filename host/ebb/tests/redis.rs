@@ -1,0 +1,128 @@
+//! The redis connector against a real Redis server: live connections end on revoke,
+//! and nothing but plain key patterns and allowed commands can be granted.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests fail loudly"
+)]
+
+use ebb_core::contract::{ConnectorError, Grant, Permission, Subject, SubjectKind, Verdict};
+use ebb_engine::config::{ConnectorConfig, RuntimeConfig};
+use ebb_runtime::{CallError, LoadedConnector, Runtime};
+use ebb_test_support::Redis;
+
+fn grant(id: &str, action: &str, resource: &str) -> Grant {
+    Grant {
+        id: id.into(),
+        subject: Subject {
+            id: "spiffe://test/cache-reader".into(),
+            kind: SubjectKind::Workload,
+            claims: vec![],
+        },
+        permissions: vec![Permission {
+            action: action.into(),
+            resource: resource.into(),
+        }],
+        not_after: u64::MAX / 2,
+        task: "warm the cache".into(),
+    }
+}
+
+async fn connector(server: &Redis) -> LoadedConnector {
+    Runtime::new(&RuntimeConfig::default())
+        .unwrap()
+        .load(
+            "redis",
+            &ConnectorConfig::new(ebb_test_plugins::REDIS)
+                .with_config("allowed-keys", "cache:*, config:feature-flags")
+                .with_redis("main", &server.admin_url())
+                .spec(),
+        )
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn revoke_ends_a_live_connection() {
+    let server = Redis::start().unwrap();
+    let c = connector(&server).await;
+    let g = grant("01LIVE", "get", "cache:*");
+    let issued = c.issue(&g).await.unwrap();
+    let url = format!(
+        "redis://{}:{}@127.0.0.1:{}",
+        issued.credential.get("user").unwrap(),
+        issued.credential.get("password").unwrap(),
+        server.port()
+    );
+    let mut live = redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let value: String = redis::cmd("GET")
+        .arg("cache:a")
+        .query_async(&mut live)
+        .await
+        .unwrap();
+    assert_eq!(value, "1");
+    // While it is open, verification sees the session.
+    match c
+        .verify_revoked(&g, Some(&issued.handle), None)
+        .await
+        .unwrap()
+    {
+        Verdict::Residual(r) => assert!(
+            r.iter().any(|r| r.detail.contains("connection(s)")),
+            "{r:?}"
+        ),
+        Verdict::Revoked => panic!("a live grant verified as revoked"),
+    }
+    c.revoke(&g, Some(&issued.handle), None).await.unwrap();
+    let after = redis::cmd("GET")
+        .arg("cache:a")
+        .query_async::<String>(&mut live)
+        .await;
+    assert!(
+        after.is_err(),
+        "the open connection still works after revoke: {after:?}"
+    );
+    assert_eq!(
+        c.verify_revoked(&g, None, Some(&issued.credential))
+            .await
+            .unwrap(),
+        Verdict::Revoked
+    );
+}
+
+#[tokio::test]
+async fn only_plain_patterns_and_allowed_commands_are_granted() {
+    let server = Redis::start().unwrap();
+    let c = connector(&server).await;
+    for (action, resource, want) in [
+        ("get", "secret:*", "denied"),
+        ("get", "config:*", "denied"),
+        ("get", "cache:* +@all", "invalid"),
+        ("get", "cache:*:x", "invalid"),
+        ("get", "%RW~*", "invalid"),
+        ("flushall", "cache:*", "invalid"),
+        ("set", "cache:*", "invalid"),
+    ] {
+        let err = c
+            .issue(&grant("01BAD", action, resource))
+            .await
+            .unwrap_err();
+        let kind = match &err {
+            CallError::Connector(ConnectorError::Denied(_)) => "denied",
+            CallError::Connector(ConnectorError::Invalid(_)) => "invalid",
+            other => panic!("{action} {resource}: {other}"),
+        };
+        assert_eq!(kind, want, "{action} {resource}: {err}");
+    }
+    // An exact key is allowed as itself.
+    let g = grant("01EXACT", "get", "config:feature-flags");
+    c.issue(&g).await.unwrap();
+    c.revoke(&g, None, None).await.unwrap();
+    assert!(server.ebb_users().unwrap().is_empty());
+}

@@ -1,0 +1,241 @@
+//! The decision at request time: the Cedar policies (when configured) or each
+//! connector's `lifecycle.approval`, the break-glass path's extra rules, subjects
+//! flagged as anomalous, and alerts for loud events.
+
+pub use crate::alerts::Alerts;
+use crate::config::{ApprovalMode, BreakGlassConfig, PolicyConfig};
+use crate::lifecycle::Decision;
+use crate::policy::{Outcome, Policies, PolicyError, PolicyFiles, Query};
+use crate::registry::{Registry, Slot};
+use ebb_core::contract::{Permission, SubjectKind};
+use serde_json::{Value, json};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Who asks, as proven by their token.
+#[derive(Debug, Clone)]
+pub struct Requester<'a> {
+    pub subject: &'a str,
+    pub kind: SubjectKind,
+    pub issuer: Option<&'a str>,
+    pub claims: &'a [(String, String)],
+}
+
+/// What is asked.
+#[derive(Debug, Clone)]
+pub struct Ask<'a> {
+    pub permissions: &'a [Permission],
+    pub ttl_ms: u64,
+    pub task: &'a str,
+    pub reason: Option<&'a str>,
+    pub break_glass: bool,
+    pub now_ms: u64,
+}
+
+/// What was decided, and the evidence for the audit log.
+#[derive(Debug, Clone)]
+pub struct Decided {
+    pub decision: Decision,
+    pub approvals_required: u32,
+    pub detail: Value,
+}
+
+/// A request refused before any policy is asked (a break-glass rule).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);
+
+/// See the module docs.
+#[derive(Debug)]
+pub struct ApprovalGate {
+    policies: Option<Policies>,
+    break_glass: Option<BreakGlassConfig>,
+    anomaly_window: Duration,
+    flagged: Mutex<HashMap<String, Instant>>,
+    pub alerts: Alerts,
+}
+
+/// The action names every loaded connector describes: the policy schema's actions.
+pub fn connector_actions(registry: &Registry) -> BTreeSet<String> {
+    registry
+        .all()
+        .iter()
+        .flat_map(|s| {
+            s.connector()
+                .info()
+                .actions
+                .iter()
+                .map(|a| a.name.clone())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+impl ApprovalGate {
+    /// Loads the policies (validated against the loaded connectors' actions).
+    pub fn new(
+        config: Option<&PolicyConfig>,
+        registry: &Registry,
+        alerts: Alerts,
+    ) -> Result<Self, PolicyError> {
+        let Some(c) = config else {
+            return Ok(Self::connector_modes(alerts));
+        };
+        let files = PolicyFiles {
+            normal: c.path.clone(),
+            break_glass: c.break_glass.as_ref().map(|b| b.path.clone()),
+        };
+        Ok(Self {
+            policies: Some(Policies::load(files, &connector_actions(registry))?),
+            break_glass: c.break_glass.clone(),
+            anomaly_window: c.anomaly_window,
+            flagged: Mutex::new(HashMap::new()),
+            alerts,
+        })
+    }
+
+    /// No policies: each connector's `lifecycle.approval` decides (and anomaly flags,
+    /// which only policies read, lapse at once).
+    pub fn connector_modes(alerts: Alerts) -> Self {
+        Self {
+            policies: None,
+            break_glass: None,
+            anomaly_window: Duration::ZERO,
+            flagged: Mutex::new(HashMap::new()),
+            alerts,
+        }
+    }
+
+    pub fn policies(&self) -> Option<&Policies> {
+        self.policies.as_ref()
+    }
+
+    /// Loads the policy files again; on error the policies in force stay.
+    pub fn reload(&self, registry: &Registry) -> Result<Vec<String>, PolicyError> {
+        match &self.policies {
+            Some(p) => p.reload(&connector_actions(registry)),
+            None => Err(PolicyError(
+                "no policies are configured ([policy] path)".into(),
+            )),
+        }
+    }
+
+    /// Marks `subject` anomalous for the anomaly window: its requests carry the
+    /// `anomalous-subject` risk flag.
+    pub fn flag(&self, subject: &str) {
+        let mut flagged = self.flagged.lock().unwrap_or_else(|p| p.into_inner());
+        flagged.retain(|_, until| *until > Instant::now());
+        flagged.insert(subject.to_owned(), Instant::now() + self.anomaly_window);
+    }
+
+    fn risk(&self, subject: &str) -> Vec<String> {
+        let flagged = self.flagged.lock().unwrap_or_else(|p| p.into_inner());
+        match flagged.get(subject) {
+            Some(until) if *until > Instant::now() => vec!["anomalous-subject".into()],
+            _ => vec![],
+        }
+    }
+
+    /// Decides a request for `slot`.
+    pub fn decide(
+        &self,
+        who: &Requester<'_>,
+        slot: &Slot,
+        ask: &Ask<'_>,
+    ) -> Result<Decided, Refused> {
+        if ask.break_glass {
+            let Some(bg) = &self.break_glass else {
+                return Err(Refused(
+                    "break-glass is not configured on this host ([policy.break-glass])".into(),
+                ));
+            };
+            let reason = ask.reason.unwrap_or("").trim();
+            if reason.chars().count() < bg.min_reason_chars {
+                return Err(Refused(format!(
+                    "break-glass needs a reason of at least {} characters",
+                    bg.min_reason_chars
+                )));
+            }
+            let max = u64::try_from(bg.max_ttl.as_millis()).unwrap_or(u64::MAX);
+            if ask.ttl_ms > max {
+                return Err(Refused(format!(
+                    "break-glass grants last at most {}",
+                    humantime::format_duration(bg.max_ttl)
+                )));
+            }
+        }
+        let Some(policies) = &self.policies else {
+            return Ok(match slot.policy().approval {
+                ApprovalMode::Auto => Decided {
+                    decision: Decision::Approve {
+                        by: "connector:auto".into(),
+                        note: None,
+                        issue_within_ms: None,
+                    },
+                    approvals_required: 1,
+                    detail: json!({ "decided_by": "connector", "approval": "auto" }),
+                },
+                ApprovalMode::Required => Decided {
+                    decision: Decision::Pending,
+                    approvals_required: 1,
+                    detail: json!({ "decided_by": "connector", "approval": "required" }),
+                },
+            });
+        };
+        let connector = slot.connector();
+        let info = connector.info();
+        let risk = self.risk(who.subject);
+        let verdict = policies.decide(&Query {
+            subject: who.subject,
+            kind: who.kind,
+            issuer: who.issuer,
+            claims: who.claims,
+            connector: slot.name(),
+            connector_kind: &info.name,
+            system: &info.system,
+            permissions: ask.permissions,
+            ttl_ms: ask.ttl_ms,
+            task: ask.task,
+            reason: ask.reason.unwrap_or(""),
+            source: if ask.break_glass {
+                "break-glass"
+            } else {
+                "api"
+            },
+            risk: &risk,
+            break_glass: ask.break_glass,
+            now_ms: ask.now_ms,
+        });
+        let by = if verdict.policies.is_empty() {
+            "policy:default-deny".to_owned()
+        } else {
+            format!("policy:{}", verdict.policies.join(","))
+        };
+        let detail = json!({ "decided_by": "policy", "verdict": verdict, "risk": risk });
+        Ok(match verdict.outcome {
+            Outcome::Deny => Decided {
+                decision: Decision::Deny {
+                    by,
+                    reason: verdict.reasons.join("; "),
+                },
+                approvals_required: 1,
+                detail,
+            },
+            Outcome::AutoApprove => Decided {
+                decision: Decision::Approve {
+                    by,
+                    note: None,
+                    issue_within_ms: None,
+                },
+                approvals_required: 1,
+                detail,
+            },
+            Outcome::NeedsApproval(n) => Decided {
+                decision: Decision::Pending,
+                approvals_required: n,
+                detail,
+            },
+        })
+    }
+}

@@ -1,0 +1,562 @@
+//! Engine tests with real connector components (noop, misbehave) and the sled store.
+
+use super::*;
+use crate::config::{ConnectorConfig, LifecyclePolicy, RuntimeConfig};
+use crate::registry::Registry;
+use ebb_core::contract::{Permission, Subject, SubjectKind};
+use ebb_core::seal::{HostKey, Sealer};
+use ebb_runtime::Runtime;
+use ebb_store_sled::SledStore;
+use std::time::Duration;
+
+fn fast_policy() -> LifecyclePolicy {
+    LifecyclePolicy {
+        retry_base_ms: 10,
+        retry_max_ms: 40,
+        escalate_after: 3,
+        ..LifecyclePolicy::default()
+    }
+}
+
+fn misbehave(settings: &[(&str, &str)]) -> ConnectorConfig {
+    settings
+        .iter()
+        .fold(
+            ConnectorConfig::new(ebb_test_plugins::MISBEHAVE),
+            |c, (k, v)| c.with_config(k, v),
+        )
+        .with_lifecycle(fast_policy())
+}
+
+async fn engine_on(store: Arc<dyn Store>, connectors: &[(&str, ConnectorConfig)]) -> Lifecycle {
+    let registry = Arc::new(Registry::new(
+        Runtime::new(&RuntimeConfig::default()).unwrap(),
+    ));
+    for (name, config) in connectors {
+        registry.load(name, config).await.unwrap();
+    }
+    let sealer = Sealer::new(&HostKey::from_hex(&"11".repeat(32)).unwrap());
+    Lifecycle::new(
+        store,
+        sealer,
+        registry,
+        Clock::system(),
+        EngineConfig::default(),
+    )
+}
+
+async fn engine(connectors: &[(&str, ConnectorConfig)]) -> Lifecycle {
+    let engine = engine_on(SledStore::temporary([3; 32]).unwrap(), connectors).await;
+    engine.start().unwrap();
+    engine
+}
+
+fn noop() -> (&'static str, ConnectorConfig) {
+    (
+        "noop",
+        ConnectorConfig::new(ebb_test_plugins::NOOP).with_lifecycle(fast_policy()),
+    )
+}
+
+fn new_grant(connector: &str, ttl_ms: u64) -> NewGrant {
+    NewGrant {
+        connector: connector.into(),
+        subject: Subject {
+            id: "spiffe://test/agent".into(),
+            kind: SubjectKind::Workload,
+            claims: vec![],
+        },
+        permissions: vec![Permission {
+            action: "use".into(),
+            resource: "anything".into(),
+        }],
+        ttl_ms,
+        task: "test task".into(),
+        reason: Some("testing".into()),
+        approvals_required: 1,
+        break_glass: false,
+        decided_by: None,
+    }
+}
+
+fn approve() -> Decision {
+    Decision::Approve {
+        by: "policy".into(),
+        note: None,
+        issue_within_ms: None,
+    }
+}
+
+async fn issued(engine: &Lifecycle, connector: &str, ttl_ms: u64) -> GrantRecord {
+    let r = engine
+        .request(new_grant(connector, ttl_ms), "agent", approve())
+        .await
+        .unwrap();
+    engine.issue(&r.grant.id, "agent").await.unwrap().0
+}
+
+/// Polls until grant `id` is in `state` (real time).
+async fn wait_for(engine: &Lifecycle, id: &str, state: GrantState) -> GrantRecord {
+    for _ in 0..2000 {
+        let r = engine.get(id).unwrap();
+        if r.state == state {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!(
+        "grant {id} never reached {state}: {:?}",
+        engine.get(id).unwrap()
+    );
+}
+
+/// How many of the grant's audit events are `event`.
+fn count(report: &GrantReport, event: &str) -> usize {
+    report
+        .events
+        .iter()
+        .filter(|e| e.detail["event"] == event)
+        .count()
+}
+
+fn states(report: &GrantReport) -> Vec<GrantState> {
+    report.events.iter().filter_map(|e| e.to).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn expiry_revokes_and_verifies_with_paused_time() {
+    let engine = engine(&[noop()]).await;
+    let ttl = 3_600_000;
+    let (record, credential) = {
+        let r = engine
+            .request(new_grant("noop", ttl), "agent", approve())
+            .await
+            .unwrap();
+        engine.issue(&r.grant.id, "agent").await.unwrap()
+    };
+    let id = record.grant.id.clone();
+    assert_eq!(record.state, GrantState::Active);
+    assert_eq!(credential.get("token"), Some("noop"));
+    assert_eq!(record.grant.not_after, record.issued_at.unwrap() + ttl);
+    assert!(engine.store().sealed_credential(&id).unwrap().is_some());
+
+    tokio::time::advance(Duration::from_millis(ttl - 1_000)).await;
+    assert_eq!(
+        engine.get(&id).unwrap().state,
+        GrantState::Active,
+        "revoked before not-after"
+    );
+
+    tokio::time::advance(Duration::from_millis(2_000)).await;
+    let mut record = engine.get(&id).unwrap();
+    for _ in 0..10_000 {
+        if record.state == GrantState::Verified {
+            break;
+        }
+        tokio::task::yield_now().await;
+        record = engine.get(&id).unwrap();
+    }
+    assert_eq!(record.state, GrantState::Verified);
+    assert_eq!(record.trigger, Some(Trigger::Expiry));
+    let started = record.revoke_started_at.unwrap();
+    assert!(
+        started >= record.grant.not_after,
+        "revocation started before not-after"
+    );
+    assert!(
+        started - record.grant.not_after <= 1_000,
+        "revocation started late: {started}"
+    );
+    // No silent extension: not-after never moved.
+    assert_eq!(record.grant.not_after, record.issued_at.unwrap() + ttl);
+    // The secret is shredded once removal is proven.
+    assert_eq!(engine.store().sealed_credential(&id).unwrap(), None);
+    let report = engine.report(&id).unwrap();
+    assert_eq!(
+        states(&report),
+        vec![
+            GrantState::Requested,
+            GrantState::Approved,
+            GrantState::Issuing,
+            GrantState::Active,
+            GrantState::Revoking,
+            GrantState::Revoked,
+            GrantState::Verified
+        ]
+    );
+    assert!(!report.may_have_access);
+    assert!(engine.store().verify_audit().unwrap().is_intact());
+}
+
+#[tokio::test]
+async fn task_completion_revokes_at_once() {
+    let engine = engine(&[noop()]).await;
+    let record = issued(&engine, "noop", 3_600_000).await;
+    let r = engine
+        .revoke(&record.grant.id, Trigger::TaskCompleted, "agent", None)
+        .await
+        .unwrap();
+    assert_eq!(r.state, GrantState::Revoking);
+    let r = wait_for(&engine, &record.grant.id, GrantState::Verified).await;
+    assert_eq!(r.trigger, Some(Trigger::TaskCompleted));
+    // Revoking again is a no-op, recorded in the audit log.
+    let again = engine
+        .revoke(&record.grant.id, Trigger::Manual, "operator", None)
+        .await
+        .unwrap();
+    assert_eq!(again.state, GrantState::Verified);
+    let kinds: Vec<String> = engine
+        .report(&record.grant.id)
+        .unwrap()
+        .events
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(kinds.last().unwrap(), "grant.revoke-requested");
+}
+
+#[tokio::test]
+async fn issue_failure_compensates_by_grant_id() {
+    let engine = engine(&[("bad", misbehave(&[("mode", "fail")]))]).await;
+    let r = engine
+        .request(new_grant("bad", 60_000), "agent", approve())
+        .await
+        .unwrap();
+    let err = engine.issue(&r.grant.id, "agent").await.unwrap_err();
+    assert!(matches!(err, Error::Issue(_)), "{err}");
+    let r = wait_for(&engine, &r.grant.id, GrantState::Verified).await;
+    assert_eq!(r.trigger, Some(Trigger::Compensation));
+    assert_eq!(r.handle, None, "compensation revokes by grant id alone");
+    let path = states(&engine.report(&r.grant.id).unwrap());
+    assert!(
+        path.windows(2)
+            .any(|w| w == [GrantState::IssueFailed, GrantState::Revoking]),
+        "{path:?}"
+    );
+}
+
+#[tokio::test]
+async fn revoke_outage_retries_escalates_and_recovers() {
+    let engine = engine(&[("flaky", misbehave(&[("revoke", "fail")]))]).await;
+    // Escalations are announced to the operator's webhook.
+    let alerts = Arc::new(std::sync::Mutex::new(Vec::<serde_json::Value>::new()));
+    let sink = alerts.clone();
+    let hook = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |axum::Json(v): axum::Json<serde_json::Value>| {
+            let sink = sink.clone();
+            async move { sink.lock().unwrap().push(v) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, hook).await.unwrap() });
+    engine.set_alerts(crate::alerts::Alerts::new(vec![url]));
+    let record = issued(&engine, "flaky", 60_000).await;
+    let id = record.grant.id.clone();
+    engine
+        .revoke(&id, Trigger::Anomaly, "detector", Some("odd queries"))
+        .await
+        .unwrap();
+    let r = wait_for(&engine, &id, GrantState::Escalated).await;
+    assert!(r.attempts >= 3, "{r:?}");
+    assert!(
+        r.last_error
+            .as_deref()
+            .unwrap()
+            .contains("downstream is down"),
+        "{r:?}"
+    );
+    assert!(r.escalated_at.is_some());
+    assert_eq!(engine.escalated().unwrap().len(), 1);
+    for _ in 0..200 {
+        if !alerts.lock().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let got = alerts.lock().unwrap().clone();
+    assert_eq!(got.len(), 1, "one alert for the first escalation: {got:?}");
+    assert_eq!(got[0]["kind"], "escalation");
+    assert_eq!(got[0]["grant"], id.as_str());
+    // Escalated grants keep being retried: when the downstream system comes back,
+    // revocation completes and is verified.
+    engine
+        .registry()
+        .load("flaky", &misbehave(&[]))
+        .await
+        .unwrap();
+    let r = wait_for(&engine, &id, GrantState::Verified).await;
+    assert_eq!(r.trigger, Some(Trigger::Anomaly));
+    assert!(r.escalated_at.is_some(), "the escalation stays on record");
+    assert!(engine.escalated().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn residue_is_revoked_again_until_verified() {
+    let engine = engine(&[("sticky", misbehave(&[("verify", "residual")]))]).await;
+    let record = issued(&engine, "sticky", 60_000).await;
+    let id = record.grant.id.clone();
+    engine
+        .revoke(&id, Trigger::Manual, "operator", None)
+        .await
+        .unwrap();
+    let r = wait_for(&engine, &id, GrantState::Escalated).await;
+    assert!(r.residue[0].detail.contains("session"), "{r:?}");
+    let events = engine.report(&id).unwrap().events;
+    let residual_events = events
+        .iter()
+        .filter(|e| e.to == Some(GrantState::Residual))
+        .count();
+    assert!(
+        residual_events >= 2,
+        "found residue, revoked, found it again: {residual_events}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e.detail["residue"][0]["kind"] == "session-open"),
+        "evidence is audited"
+    );
+    engine
+        .registry()
+        .load("sticky", &misbehave(&[]))
+        .await
+        .unwrap();
+    let r = wait_for(&engine, &id, GrantState::Verified).await;
+    assert!(r.residue.is_empty());
+}
+
+#[tokio::test]
+async fn recovery_finishes_grants_left_mid_flight() {
+    let dir = std::env::temp_dir().join(format!("ebb-recover-{}", rand::random::<u64>()));
+    let store: Arc<dyn Store> = SledStore::open(&dir, [4; 32]).unwrap();
+    // A host that is about to die: it never runs its scheduler.
+    let dying = engine_on(store.clone(), &[noop()]).await;
+    let a = dying
+        .request(new_grant("noop", 60_000), "agent", approve())
+        .await
+        .unwrap();
+    // Intent written, then the host died before calling the connector.
+    let now = dying.now();
+    let lease = now + 60_000;
+    let a = dying
+        .transition_leased(
+            a,
+            Event::BeginIssue,
+            "agent",
+            json!({}),
+            Sealed::Keep,
+            Some(lease),
+            |r| {
+                r.grant.not_after = now + 60_000;
+                r.due_at = Some(now);
+            },
+        )
+        .unwrap();
+    // Another grant was mid-revocation; its job had claimed a lease.
+    let b = issued(&dying, "noop", 60_000).await;
+    dying
+        .revoke(&b.grant.id, Trigger::TaskCompleted, "agent", None)
+        .await
+        .unwrap();
+    store
+        .claim_due(dying.now(), dying.now() + 60_000, 10)
+        .unwrap();
+    store.sync().await.unwrap();
+    drop(dying);
+
+    let engine = engine_on(store, &[noop()]).await;
+    engine.start().unwrap();
+    let a = wait_for(&engine, &a.grant.id, GrantState::Verified).await;
+    assert_eq!(a.trigger, Some(Trigger::Compensation));
+    let b = wait_for(&engine, &b.grant.id, GrantState::Verified).await;
+    assert_eq!(b.trigger, Some(Trigger::TaskCompleted));
+    assert!(engine.store().verify_audit().unwrap().is_intact());
+    engine.shutdown().await.unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn bad_requests_are_refused_with_reasons() {
+    let engine = engine(&[noop()]).await;
+    let over = new_grant("noop", LifecyclePolicy::default().max_ttl_ms + 1);
+    let err = engine.request(over, "agent", approve()).await.unwrap_err();
+    assert!(err.to_string().contains("over the maximum"), "{err}");
+    let mut bad_action = new_grant("noop", 1000);
+    bad_action.permissions[0].action = "sudo".into();
+    let err = engine
+        .request(bad_action, "agent", approve())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no action `sudo`"), "{err}");
+    let err = engine
+        .request(new_grant("nope", 1000), "agent", approve())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::UnknownConnector(_)));
+    let err = engine
+        .request(new_grant("noop", 0), "agent", approve())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Invalid(_)));
+
+    // Pending requests: the requester cannot approve, nor issue before approval.
+    let r = engine
+        .request(new_grant("noop", 1000), "agent", Decision::Pending)
+        .await
+        .unwrap();
+    assert!(matches!(
+        engine.approve(&r.grant.id, "agent", None).await,
+        Err(Error::SelfApproval)
+    ));
+    assert!(matches!(
+        engine.issue(&r.grant.id, "agent").await,
+        Err(Error::Illegal(_))
+    ));
+    engine.approve(&r.grant.id, "alice", None).await.unwrap();
+    engine.issue(&r.grant.id, "agent").await.unwrap();
+    // Issued once; never again (a new grant is a new request).
+    assert!(matches!(
+        engine.issue(&r.grant.id, "agent").await,
+        Err(Error::Illegal(_))
+    ));
+    let denied = engine
+        .request(
+            new_grant("noop", 1000),
+            "agent",
+            Decision::Deny {
+                by: "policy".into(),
+                reason: "no".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(denied.state, GrantState::Denied);
+    assert!(matches!(engine.get("missing"), Err(Error::NotFound(_))));
+}
+
+#[tokio::test]
+async fn restart_revokes_past_due_grants_first() {
+    let dir = std::env::temp_dir().join(format!("ebb-pastdue-{}", rand::random::<u64>()));
+    let store: Arc<dyn Store> = SledStore::open(&dir, [5; 32]).unwrap();
+    let first = engine_on(store.clone(), &[noop()]).await;
+    let mut ids = vec![];
+    for _ in 0..50 {
+        ids.push(issued(&first, "noop", 50).await.grant.id);
+    }
+    let late = issued(&first, "noop", 3_600_000).await;
+    store.sync().await.unwrap();
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Restart: everything past due is revoked; the long grant stays active.
+    let engine = engine_on(store, &[noop()]).await;
+    engine.start().unwrap();
+    for id in &ids {
+        let r = wait_for(&engine, id, GrantState::Verified).await;
+        assert_eq!(r.trigger, Some(Trigger::Expiry));
+    }
+    assert_eq!(
+        engine.get(&late.grant.id).unwrap().state,
+        GrantState::Active
+    );
+    engine.shutdown().await.unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn reverification_catches_access_that_comes_back() {
+    let policy = LifecyclePolicy {
+        propagation_delay_ms: 150,
+        reverify_window_ms: 2_000,
+        reverify_every_ms: 50,
+        ..fast_policy()
+    };
+    let config = |verify: &str| misbehave(&[("verify", verify)]).with_lifecycle(policy);
+    let engine = engine(&[("flaky", config("revoked"))]).await;
+    let record = issued(&engine, "flaky", 60_000).await;
+    let id = record.grant.id.clone();
+    engine
+        .revoke(&id, Trigger::TaskCompleted, "agent", None)
+        .await
+        .unwrap();
+    let verified = wait_for(&engine, &id, GrantState::Verified).await;
+    assert!(
+        verified.verified_at.unwrap() - verified.revoked_at.unwrap() >= 150,
+        "verification waited for the propagation delay"
+    );
+    assert!(verified.reverify_until.is_some() && verified.due_at.is_some());
+    // Access reappears downstream (say, re-granted through an inherited role).
+    engine
+        .registry()
+        .load("flaky", &config("residual"))
+        .await
+        .unwrap();
+    // Found on re-verification: revoked again, and escalated while it persists.
+    let residual = wait_for(&engine, &id, GrantState::Escalated).await;
+    assert!(residual.residue[0].detail.contains("session"));
+    engine
+        .registry()
+        .load("flaky", &config("revoked"))
+        .await
+        .unwrap();
+    let again = wait_for(&engine, &id, GrantState::Verified).await;
+    assert!(again.verified_at > verified.verified_at);
+    let reverified = count(&engine.report(&id).unwrap(), "Reverify");
+    assert!(reverified >= 1, "closed grants are re-verified");
+    // The window ends: no more re-verification is scheduled.
+    for _ in 0..600 {
+        if engine.get(&id).unwrap().due_at.is_none() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!(
+        "re-verification never stopped: {:?}",
+        engine.get(&id).unwrap()
+    );
+}
+
+/// A connector that revokes by value gets the sealed credential back in `revoke` and
+/// in every re-verification, and the credential is shredded when the window closes.
+#[tokio::test]
+async fn a_by_value_connector_gets_the_credential_until_the_reverify_window_closes() {
+    // A window long enough that a slow machine still sees the grant inside it.
+    let policy = LifecyclePolicy {
+        reverify_window_ms: 2_000,
+        reverify_every_ms: 100,
+        ..fast_policy()
+    };
+    let config = misbehave(&[("by-value", "yes")]).with_lifecycle(policy);
+    let engine = engine(&[("token", config)]).await;
+    let record = issued(&engine, "token", 60_000).await;
+    let id = record.grant.id.clone();
+    engine
+        .revoke(&id, Trigger::TaskCompleted, "agent", None)
+        .await
+        .unwrap();
+    let verified = wait_for(&engine, &id, GrantState::Verified).await;
+    assert!(verified.reverify_until.is_some());
+    assert!(
+        engine.store().sealed_credential(&id).unwrap().is_some(),
+        "kept for re-verification by value"
+    );
+    for _ in 0..600 {
+        let r = engine.get(&id).unwrap();
+        if r.due_at.is_none() {
+            assert_eq!(r.state, GrantState::Verified, "{r:?}");
+            assert_eq!(engine.store().sealed_credential(&id).unwrap(), None);
+            let report = engine.report(&id).unwrap();
+            let reverified = count(&report, "Reverify");
+            assert!(reverified >= 2, "re-verified by value {reverified} times");
+            assert_eq!(
+                count(&report, "FoundResidue"),
+                0,
+                "never without the credential"
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the window never closed: {:?}", engine.get(&id).unwrap());
+}

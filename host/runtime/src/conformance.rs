@@ -1,0 +1,300 @@
+//! The connector conformance kit: one suite every connector must pass against its
+//! real downstream system.
+//!
+//! It checks the contract's promises, not a connector's internals: `describe`
+//! declares the action under test; `verify-revoked` says `revoked` for a grant never
+//! issued and finds the access of a live one; `issue` creates a credential that works
+//! for the granted permission and not for another (when a [`Probe`] can tell);
+//! `revoke` ends it, `verify-revoked` then says `revoked` and the credential fails;
+//! `revoke` is idempotent and works without the handle. A connector that declares
+//! its credential irrevocable must instead keep reporting it after `revoke`; one
+//! that revokes by value must report what may remain when it holds nothing to
+//! revoke by.
+//!
+//! Run it from the CLI (`ebb connector test`) or from tests, where a probe written
+//! against the downstream system's own client judges the credential independently
+//! of the connector.
+
+use crate::LoadedConnector;
+use ebb_core::contract::{
+    Credential, Grant, Permission, ResidueKind, Subject, SubjectKind, Verdict,
+};
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+/// Judges a credential with the downstream system's own client, independently of
+/// the connector: does it work for `permission`?
+pub trait Probe: Send + Sync {
+    fn works<'a>(
+        &'a self,
+        credential: &'a Credential,
+        permission: &'a Permission,
+    ) -> Pin<Box<dyn Future<Output = anyhow::Result<bool>> + Send + 'a>>;
+}
+
+/// What to test with.
+#[derive(Debug, Clone)]
+pub struct Case {
+    /// A permission the connector can grant.
+    pub granted: Permission,
+    /// A permission the grant must not give (checked with a probe).
+    pub other: Option<Permission>,
+    /// How long revocation may take to show (the connector's propagation delay).
+    pub settle: Duration,
+}
+
+/// One check's outcome.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Check {
+    pub name: &'static str,
+    pub passed: bool,
+    /// What was seen (never a secret).
+    pub detail: String,
+}
+
+/// Every check, in order.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ConformanceReport {
+    pub connector: String,
+    pub checks: Vec<Check>,
+}
+
+impl ConformanceReport {
+    pub fn passed(&self) -> bool {
+        self.checks.iter().all(|c| c.passed)
+    }
+
+    fn check(&mut self, name: &'static str, passed: bool, detail: impl Into<String>) -> bool {
+        self.checks.push(Check {
+            name,
+            passed,
+            detail: detail.into(),
+        });
+        passed
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn grant(case: &Case, tag: &str) -> Grant {
+    let now = now_ms();
+    Grant {
+        id: format!("conf{tag}{}", ulid::Ulid::new().to_string().to_lowercase()),
+        subject: Subject {
+            id: "spiffe://ebb.conformance/kit".into(),
+            kind: SubjectKind::Workload,
+            claims: vec![],
+        },
+        permissions: vec![case.granted.clone()],
+        not_after: now + 10 * 60 * 1000,
+        task: "ebb connector conformance".into(),
+    }
+}
+
+/// Asks `verify-revoked` until it says `revoked`, for up to `settle` (plus a second).
+async fn settles(
+    connector: &LoadedConnector,
+    grant: &Grant,
+    handle: Option<&str>,
+    credential: Option<&Credential>,
+    settle: Duration,
+) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + settle + Duration::from_secs(1);
+    loop {
+        let answer = connector.verify_revoked(grant, handle, credential).await;
+        match answer {
+            Ok(Verdict::Revoked) => return Ok(()),
+            other if tokio::time::Instant::now() >= deadline => {
+                return Err(format!("still {other:?}"));
+            }
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// Runs the suite. Leaves nothing behind downstream when it passes, and revokes
+/// what it created when it fails.
+pub async fn run(
+    connector: &LoadedConnector,
+    case: &Case,
+    probe: Option<&dyn Probe>,
+) -> ConformanceReport {
+    let mut r = ConformanceReport {
+        connector: connector.info().name.clone(),
+        checks: vec![],
+    };
+    let info = connector.info();
+    r.check(
+        "describe declares the action",
+        info.actions.iter().any(|a| a.name == case.granted.action),
+        format!(
+            "actions: {}",
+            info.actions
+                .iter()
+                .map(|a| a.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    );
+
+    let by_value = info.capabilities.revokes_by_value;
+    let never = grant(case, "n");
+    let answer = connector.verify_revoked(&never, None, None).await;
+    if by_value {
+        // It cannot tell a never-issued grant from one whose `issue` reply was lost,
+        // so it must say what may remain, until `not-after` bounds it.
+        r.check(
+            "verify without handle or credential reports what may remain until not-after",
+            matches!(&answer, Ok(Verdict::Residual(residue))
+                if !residue.is_empty() && residue.iter().all(|x| x.kind == ResidueKind::TokenActive)),
+            format!("{answer:?}"),
+        );
+        let mut past = grant(case, "p");
+        past.not_after = now_ms().saturating_sub(60_000);
+        let answer = connector.verify_revoked(&past, None, None).await;
+        r.check(
+            "verify on a never-issued grant past not-after says revoked",
+            matches!(answer, Ok(Verdict::Revoked)),
+            format!("{answer:?}"),
+        );
+    } else {
+        r.check(
+            "verify on a never-issued grant says revoked",
+            matches!(answer, Ok(Verdict::Revoked)),
+            format!("{answer:?}"),
+        );
+    }
+
+    let g = grant(case, "a");
+    let issued = match connector.issue(&g).await {
+        Ok(issued) => {
+            r.check("issue", true, format!("handle {}", issued.handle));
+            issued
+        }
+        Err(e) => {
+            r.check("issue", false, e.to_string());
+            let _ = connector.revoke(&g, None, None).await;
+            return r;
+        }
+    };
+    let cred = &issued.credential;
+    let handle = Some(issued.handle.as_str());
+    if info.capabilities.can_verify_issued {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut answer = connector.verify_issued(&g, &issued.handle, cred).await;
+        while answer.as_ref().is_err_and(|e| e.is_retryable())
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            answer = connector.verify_issued(&g, &issued.handle, cred).await;
+        }
+        r.check(
+            "verify-issued: the credential works",
+            answer.is_ok(),
+            format!("{answer:?}"),
+        );
+    }
+    if let Some(probe) = probe {
+        let works = probe.works(cred, &case.granted).await;
+        r.check(
+            "the credential works for the granted permission",
+            matches!(works, Ok(true)),
+            format!("{works:?}"),
+        );
+        if let Some(other) = &case.other {
+            let works = probe.works(cred, other).await;
+            r.check(
+                "the credential does not work for another permission",
+                matches!(works, Ok(false)),
+                format!("{works:?}"),
+            );
+        }
+    }
+    let answer = connector.verify_revoked(&g, handle, Some(cred)).await;
+    r.check(
+        "verify finds the access of a live grant",
+        matches!(&answer, Ok(Verdict::Residual(residue)) if !residue.is_empty()),
+        format!("{answer:?}"),
+    );
+
+    let revoked = connector.revoke(&g, handle, Some(cred)).await;
+    r.check("revoke", revoked.is_ok(), format!("{revoked:?}"));
+    if !info.capabilities.revocable {
+        // A credential declared irrevocable (a self-contained JWT) outlives `revoke`:
+        // verify must keep saying so, never trust the revoke call.
+        let answer = connector.verify_revoked(&g, handle, Some(cred)).await;
+        r.check(
+            "verify after revoke still reports the irrevocable credential",
+            matches!(&answer, Ok(Verdict::Residual(x)) if !x.is_empty()),
+            format!("{answer:?}"),
+        );
+        let again = connector.revoke(&g, handle, Some(cred)).await;
+        r.check("revoke twice succeeds", again.is_ok(), format!("{again:?}"));
+        return r;
+    }
+    let verdict = settles(connector, &g, handle, Some(cred), case.settle).await;
+    r.check(
+        "verify after revoke says revoked",
+        verdict.is_ok(),
+        verdict.err().unwrap_or_else(|| "revoked".into()),
+    );
+    if let Some(probe) = probe {
+        let works = probe.works(cred, &case.granted).await;
+        r.check(
+            "the credential fails after revoke",
+            matches!(works, Ok(false)),
+            format!("{works:?}"),
+        );
+    }
+    let again = connector.revoke(&g, handle, Some(cred)).await;
+    r.check("revoke twice succeeds", again.is_ok(), format!("{again:?}"));
+
+    // Revoke by grant id alone: what compensation does after a lost `issue`.
+    let g2 = grant(case, "b");
+    match connector.issue(&g2).await {
+        Ok(issued) => {
+            let revoked = if by_value {
+                // Nothing to revoke by: it must succeed and say what may remain.
+                let blind = connector.revoke(&g2, None, None).await;
+                let answer = connector.verify_revoked(&g2, None, None).await;
+                r.check(
+                    "revoke without handle or credential leaves the unknown reported",
+                    blind.is_ok() && matches!(&answer, Ok(Verdict::Residual(x)) if !x.is_empty()),
+                    format!("{blind:?}; {answer:?}"),
+                );
+                connector.revoke(&g2, None, Some(&issued.credential)).await
+            } else {
+                connector.revoke(&g2, None, None).await
+            };
+            let verdict =
+                settles(connector, &g2, None, Some(&issued.credential), case.settle).await;
+            r.check(
+                "revoke without the handle",
+                revoked.is_ok() && verdict.is_ok(),
+                format!(
+                    "{revoked:?}; {}",
+                    verdict.err().unwrap_or_else(|| "revoked".into())
+                ),
+            );
+            if let Some(probe) = probe {
+                let works = probe.works(&issued.credential, &case.granted).await;
+                r.check(
+                    "the credential fails after revoke without the handle",
+                    matches!(works, Ok(false)),
+                    format!("{works:?}"),
+                );
+            }
+        }
+        Err(e) => {
+            r.check("revoke without the handle", false, format!("issue: {e}"));
+            let _ = connector.revoke(&g2, None, None).await;
+        }
+    }
+    r
+}

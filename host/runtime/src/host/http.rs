@@ -1,0 +1,347 @@
+//! Outbound HTTP for connectors (`wasi:http/outgoing-handler`), limited to the
+//! origins the operator allow-listed for each connector.
+//!
+//! A request is sent only if its `scheme://host:port` is allow-listed and every
+//! address its host resolves to is public — or the origin is explicitly allowed to be
+//! private (loopback, link-local, private, CGNAT, unique-local...). Plain-HTTP
+//! requests are then sent to the checked address itself, so DNS cannot be changed
+//! between the check and the connection. HTTPS requests connect by name so that TLS
+//! can verify it; a rebinding attacker would also need a valid certificate for it.
+//!
+//! For origins the operator holds basic-auth credentials for, the host adds them to
+//! requests that carry no `Authorization` header (an OAuth client's secret stays in
+//! the host; the connector sends its own header to use an issued token).
+
+use crate::lend::HttpConfig;
+use anyhow::{Context, bail};
+use base64::Engine as _;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
+
+/// `scheme://host:port`, the unit of the allow-list.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Origin {
+    https: bool,
+    host: String,
+    port: u16,
+}
+
+impl Origin {
+    /// Parses `http://host[:port]` or `https://host[:port]` (no path).
+    pub fn parse(s: &str) -> anyhow::Result<Self> {
+        let uri: http::Uri = s.parse().context("not a URI")?;
+        let https = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => bail!("the scheme must be http or https"),
+        };
+        if uri
+            .path_and_query()
+            .is_some_and(|p| p.as_str() != "/" && !p.as_str().is_empty())
+        {
+            bail!("an origin has no path");
+        }
+        let host = uri.host().context("no host")?;
+        Ok(Self::new(https, host, uri.port_u16()))
+    }
+
+    fn new(https: bool, host: &str, port: Option<u16>) -> Self {
+        Self {
+            https,
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_ascii_lowercase(),
+            port: port.unwrap_or(if https { 443 } else { 80 }),
+        }
+    }
+
+    fn of_request(uri: &http::Uri) -> Option<Self> {
+        let https = match uri.scheme_str()? {
+            "https" => true,
+            "http" => false,
+            _ => return None,
+        };
+        Some(Self::new(https, uri.host()?, uri.port_u16()))
+    }
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.https { "https" } else { "http" };
+        if self.host.contains(':') {
+            write!(f, "{scheme}://[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{scheme}://{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// One connector's egress policy.
+#[derive(Debug)]
+pub(crate) struct HttpPolicy {
+    connector: Arc<str>,
+    allow: BTreeSet<Origin>,
+    allow_private: BTreeSet<Origin>,
+    /// `Authorization: Basic ...` per origin, held by the host (sensitive).
+    basic_auth: BTreeMap<Origin, http::HeaderValue>,
+}
+
+impl HttpPolicy {
+    pub fn new(connector: Arc<str>, config: &HttpConfig) -> anyhow::Result<Self> {
+        let parse = |list: &[String]| -> anyhow::Result<BTreeSet<Origin>> {
+            list.iter()
+                .map(|o| Origin::parse(o).with_context(|| format!("http origin `{o}`")))
+                .collect()
+        };
+        let allow_private = parse(&config.allow_private)?;
+        let mut allow = parse(&config.allow)?;
+        allow.extend(allow_private.iter().cloned());
+        let mut basic_auth = BTreeMap::new();
+        for (origin, auth) in &config.basic_auth {
+            let parsed =
+                Origin::parse(origin).with_context(|| format!("basic-auth origin `{origin}`"))?;
+            if !allow.contains(&parsed) {
+                bail!("basic-auth origin `{origin}` is not an allowed origin");
+            }
+            // A password in cleartext only to what the operator marked private
+            // (loopback, a private network); anything else must be HTTPS.
+            if !parsed.https && !allow_private.contains(&parsed) {
+                bail!(
+                    "basic-auth origin `{origin}` is plain HTTP: use https, or list it in \
+                     allow-private if it is on a private network"
+                );
+            }
+            let password = auth
+                .resolve_password()
+                .with_context(|| format!("basic-auth password for `{origin}`"))?;
+            let pair = zeroize::Zeroizing::new(format!("{}:{}", auth.user, password.expose()));
+            let header = zeroize::Zeroizing::new(format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(pair.as_bytes())
+            ));
+            let mut value = http::HeaderValue::try_from(header.as_str())
+                .context("basic-auth credentials are not a valid header")?;
+            value.set_sensitive(true);
+            basic_auth.insert(parsed, value);
+        }
+        Ok(Self {
+            connector,
+            allow,
+            allow_private,
+            basic_auth,
+        })
+    }
+
+    /// Checks a request and returns the address to connect to.
+    async fn check(&self, uri: &http::Uri) -> Result<(Origin, SocketAddr), HttpError> {
+        let Some(origin) = Origin::of_request(uri) else {
+            return Err(HttpError::HttpRequestUriInvalid);
+        };
+        if !self.allow.contains(&origin) {
+            tracing::warn!(connector = &*self.connector, %origin, "outbound HTTP denied: origin is not on the connector's allow-list");
+            return Err(HttpError::HttpRequestDenied);
+        }
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((origin.host.as_str(), origin.port))
+            .await
+            .map_err(|_| HttpError::DestinationNotFound)?
+            .collect();
+        let first = *addrs.first().ok_or(HttpError::DestinationNotFound)?;
+        if !self.allow_private.contains(&origin)
+            && let Some(bad) = addrs.iter().find(|a| !is_public(a.ip()))
+        {
+            {
+                tracing::warn!(connector = &*self.connector, %origin, address = %bad.ip(), "outbound HTTP denied: origin resolves to a non-public address");
+                return Err(HttpError::DestinationIpProhibited);
+            }
+        }
+        Ok((origin, first))
+    }
+}
+
+/// Whether an address is on the public internet. Everything else — loopback,
+/// unspecified, private, shared (CGNAT), link-local, multicast, broadcast,
+/// documentation, unique-local — needs an explicit `allow-private`.
+pub(crate) fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_unspecified()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_multicast()
+                || v4.is_broadcast()
+                || v4.is_documentation()
+                || (a == 100 && (64..128).contains(&b))
+                || a == 0
+                || a >= 240)
+        }
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => is_public(IpAddr::V4(v4)),
+            None => {
+                !(v6.is_loopback()
+                    || v6.is_unspecified()
+                    || v6.is_multicast()
+                    || v6.is_unique_local()
+                    || v6.is_unicast_link_local())
+            }
+        },
+    }
+}
+
+/// The `wasi:http` hooks of one call.
+pub(crate) struct HttpHooks {
+    policy: Arc<HttpPolicy>,
+}
+
+impl HttpHooks {
+    pub fn new(policy: Arc<HttpPolicy>) -> Self {
+        Self { policy }
+    }
+}
+
+type IoFuture = Box<dyn Future<Output = Result<(), HttpError>> + Send>;
+
+impl WasiHttpHooks for HttpHooks {
+    fn send_request(
+        &mut self,
+        mut request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        fut: IoFuture,
+    ) -> Box<dyn Future<Output = Result<(http::Response<WasiBody>, IoFuture), HttpError>> + Send>
+    {
+        drop(fut);
+        let policy = self.policy.clone();
+        Box::new(async move {
+            use http_body_util::BodyExt;
+            let (origin, addr) = policy.check(request.uri()).await?;
+            if let Some(auth) = policy.basic_auth.get(&origin)
+                && !request.headers().contains_key(http::header::AUTHORIZATION)
+            {
+                request
+                    .headers_mut()
+                    .insert(http::header::AUTHORIZATION, auth.clone());
+            }
+            if !origin.https {
+                // Pin the connection to the address we checked. The Host header was
+                // already set from the original authority.
+                let mut parts = request.uri().clone().into_parts();
+                parts.authority = Some(
+                    addr.to_string()
+                        .parse()
+                        .map_err(|_| HttpError::HttpRequestUriInvalid)?,
+                );
+                *request.uri_mut() =
+                    http::Uri::from_parts(parts).map_err(|_| HttpError::HttpRequestUriInvalid)?;
+            }
+            let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            Ok((
+                response.map(BodyExt::boxed_unsync),
+                Box::new(io) as IoFuture,
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_parse_and_default_ports() {
+        assert_eq!(
+            Origin::parse("https://Example.com").unwrap().to_string(),
+            "https://example.com:443"
+        );
+        assert_eq!(
+            Origin::parse("http://127.0.0.1:9000").unwrap().to_string(),
+            "http://127.0.0.1:9000"
+        );
+        assert_eq!(
+            Origin::parse("http://[::1]:80").unwrap().to_string(),
+            "http://[::1]:80"
+        );
+        assert!(Origin::parse("ftp://x").is_err());
+        assert!(Origin::parse("https://x/path").is_err());
+    }
+
+    #[test]
+    fn private_ranges_are_not_public() {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:127.0.0.1",
+            "255.255.255.255",
+        ] {
+            assert!(!is_public(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["8.8.8.8", "1.1.1.1", "2606:4700::1111"] {
+            assert!(is_public(ip.parse().unwrap()), "{ip}");
+        }
+    }
+
+    #[test]
+    fn basic_auth_only_for_allowed_origins() {
+        let auth = |origin: &str| HttpConfig {
+            allow: vec!["https://idp.example".into()],
+            allow_private: vec![],
+            basic_auth: BTreeMap::from([(
+                origin.to_owned(),
+                crate::lend::BasicAuth {
+                    user: "ebb".into(),
+                    password: Some(crate::lend::Secret::new("pw".into())),
+                    password_env: None,
+                },
+            )]),
+        };
+        let policy = HttpPolicy::new(Arc::from("t"), &auth("https://idp.example")).unwrap();
+        let header = &policy.basic_auth[&Origin::parse("https://idp.example").unwrap()];
+        assert!(header.is_sensitive());
+        assert_eq!(header.to_str().unwrap(), "Basic ZWJiOnB3");
+        let err = HttpPolicy::new(Arc::from("t"), &auth("https://other.example")).unwrap_err();
+        assert!(err.to_string().contains("not an allowed origin"), "{err}");
+        let mut plain = auth("http://idp.example");
+        plain.allow.push("http://idp.example".into());
+        let err = HttpPolicy::new(Arc::from("t"), &plain).unwrap_err();
+        assert!(err.to_string().contains("plain HTTP"), "{err}");
+        plain.allow_private.push("http://idp.example".into());
+        assert!(HttpPolicy::new(Arc::from("t"), &plain).is_ok());
+    }
+
+    #[tokio::test]
+    async fn denies_origins_off_the_list_and_private_addresses() {
+        let config = HttpConfig {
+            allow: vec!["http://localhost:9000".into()],
+            allow_private: vec!["http://127.0.0.1:9001".into()],
+            basic_auth: BTreeMap::new(),
+        };
+        let policy = HttpPolicy::new(Arc::from("t"), &config).unwrap();
+        let err = policy
+            .check(&"http://127.0.0.1:9999/x".parse().unwrap())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, HttpError::HttpRequestDenied), "{err:?}");
+        let err = policy
+            .check(&"http://localhost:9000/x".parse().unwrap())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, HttpError::DestinationIpProhibited), "{err:?}");
+        let (_, addr) = policy
+            .check(&"http://127.0.0.1:9001/x".parse().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(addr, "127.0.0.1:9001".parse().unwrap());
+    }
+}

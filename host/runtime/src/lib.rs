@@ -1,0 +1,235 @@
+//! The WebAssembly runtime: loads connector components and calls them, sandboxed.
+//!
+//! One wasmtime [`Engine`](WasmtimeEngine) (pooling allocator, epoch interruption
+//! driven by a ticker thread) serves every connector. Loading a component
+//! ([`Runtime::load`]) checks its sha256 pin, compiles it or reuses a precompiled
+//! artifact from the cache, links it against WASI with an empty context plus exactly
+//! the capabilities its configuration lends, and calls `describe`. Every call then
+//! gets a fresh `wasmtime::Store` with a memory limit and a deadline, so a connector
+//! that traps, loops, exhausts memory or returns too much fails only that call.
+//!
+//! Key types: [`Runtime`], [`Connector`] (a loaded, callable component), [`CallError`].
+//!
+//! **Architecture invariant:** this module knows nothing about grant states; it
+//! answers "call this connector with this grant" and nothing more.
+
+mod bindings;
+mod cache;
+mod call;
+pub mod conformance;
+mod host;
+pub mod lend;
+mod limits;
+
+pub use call::{CallError, Digest, LoadedConnector};
+pub use host::http::Origin;
+pub use lend::{ConnectorSpec, RuntimeConfig};
+
+use anyhow::{Context, bail};
+use host::CallState;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use wasmtime::Engine as WasmtimeEngine;
+use wasmtime::component::{Component, Linker};
+
+/// How often the epoch advances; deadlines are counted in these ticks.
+pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Bytes of each freed linear memory reset with memset instead of madvise.
+const KEEP_RESIDENT_MEMORY: usize = 1 << 20;
+/// Bytes of each freed table reset with memset instead of madvise.
+const KEEP_RESIDENT_TABLE: usize = 64 << 10;
+/// How many freed slots to decommit in one batch.
+const DECOMMIT_BATCH: usize = 16;
+
+/// The shared engine, linker and compilation cache.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<RuntimeInner>,
+}
+
+struct RuntimeInner {
+    engine: WasmtimeEngine,
+    linker: Linker<CallState>,
+    cache_dir: Option<PathBuf>,
+    max_memory_bytes: u64,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("cache_dir", &self.inner.cache_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for RuntimeInner {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Runtime {
+    /// Builds the engine and linker and starts the epoch ticker.
+    pub fn new(config: &RuntimeConfig) -> anyhow::Result<Self> {
+        let max_memory_bytes = config.max_memory_mib * 1024 * 1024;
+        let mut pool = wasmtime::PoolingAllocationConfig::new();
+        // A component may hold several core instances and memories (WASI adapters,
+        // language runtimes), so the core pools are a multiple of the component pool.
+        pool.total_component_instances(config.max_instances)
+            .total_core_instances(config.max_instances * 8)
+            .total_memories(config.max_instances * 4)
+            .total_tables(config.max_instances * 8)
+            .total_stacks(config.max_instances)
+            .max_memory_size(usize::try_from(max_memory_bytes).context("max-memory-mib")?)
+            // Reset a freed slot with memset rather than madvise up to these sizes, so
+            // the next call's instance does not page-fault its memory back in. Slots
+            // are still zeroed between instances: nothing leaks from call to call.
+            .linear_memory_keep_resident(KEEP_RESIDENT_MEMORY)
+            .table_keep_resident(KEEP_RESIDENT_TABLE)
+            .decommit_batch_size(DECOMMIT_BATCH)
+            .pagemap_scan(wasmtime::Enabled::Auto);
+        let mut wasm = wasmtime::Config::new();
+        wasm.epoch_interruption(true)
+            .allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool))
+            .max_wasm_stack(512 * 1024);
+        let engine = WasmtimeEngine::new(&wasm)
+            .map_err(anyhow::Error::from)
+            .context("creating the wasmtime engine")?;
+
+        let mut linker = Linker::new(&engine);
+        host::add_to_linker(&mut linker)?;
+
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let ticker_engine = engine.weak();
+        let stop = ticker_stop.clone();
+        std::thread::Builder::new()
+            .name("ebb-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    match ticker_engine.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => break,
+                    }
+                }
+            })
+            .context("starting the epoch ticker")?;
+
+        if let Some(dir) = &config.cache_dir {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating cache dir {}", dir.display()))?;
+        }
+        Ok(Self {
+            inner: Arc::new(RuntimeInner {
+                engine,
+                linker,
+                cache_dir: config.cache_dir.clone(),
+                max_memory_bytes,
+                ticker_stop,
+            }),
+        })
+    }
+
+    /// Loads a connector instance named `name`: verifies the pin, compiles (or loads
+    /// from cache), links, prepares its capabilities and checks that `describe`
+    /// answers.
+    pub async fn load(&self, name: &str, spec: &ConnectorSpec) -> anyhow::Result<LoadedConnector> {
+        let bytes = tokio::fs::read(&spec.component)
+            .await
+            .with_context(|| format!("reading component {}", spec.component.display()))?;
+        self.load_bytes(name, spec, &bytes).await
+    }
+
+    /// [`Runtime::load`] for a component already read (so a caller can check its
+    /// digest against an allow-list first, without reading the file twice).
+    pub async fn load_bytes(
+        &self,
+        name: &str,
+        spec: &ConnectorSpec,
+        bytes: &[u8],
+    ) -> anyhow::Result<LoadedConnector> {
+        let digest = Digest::of(bytes);
+        if let Some(pin) = &spec.sha256
+            && !pin.eq_ignore_ascii_case(&digest.to_string())
+        {
+            bail!(
+                "component {} has sha256 {digest}, but the configuration pins {pin}",
+                spec.component.display()
+            );
+        }
+        let memory_bytes = spec.limits.memory_mib * 1024 * 1024;
+        if memory_bytes > self.inner.max_memory_bytes {
+            bail!(
+                "memory limit of {} MiB is above the runtime's max-memory-mib",
+                spec.limits.memory_mib
+            );
+        }
+        let component = self.compile(bytes, &digest).await?;
+        let pre = self
+            .inner
+            .linker
+            .instantiate_pre(&component)
+            .map_err(anyhow::Error::from)
+            .context("linking the component: it imports something the host does not lend")?;
+        let pre = bindings::PluginPre::new(pre)
+            .map_err(anyhow::Error::from)
+            .context("the component does not export ebb:connector/connector@0.1.0")?;
+        let lent = host::Lent::new(name, spec)?;
+        LoadedConnector::new(name, digest, pre, lent, limits::Limits::from(&spec.limits)).await
+    }
+
+    async fn compile(&self, bytes: &[u8], digest: &Digest) -> anyhow::Result<Component> {
+        let engine = self.inner.engine.clone();
+        let bytes = bytes.to_vec();
+        let cache_dir = self.inner.cache_dir.clone();
+        let digest = *digest;
+        // Compilation takes tens of milliseconds to seconds: keep it off the async workers.
+        tokio::task::spawn_blocking(move || match cache_dir {
+            Some(dir) => cache::load_or_compile(&engine, &dir, &digest, &bytes),
+            None => Component::new(&engine, &bytes)
+                .map_err(anyhow::Error::from)
+                .context("compiling the component"),
+        })
+        .await
+        .context("compilation task failed")?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn errors_when_component_is_not_wasm() {
+        let dir = std::env::temp_dir().join(format!("ebb-rt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("garbage.wasm");
+        std::fs::write(&path, b"not a component").unwrap();
+        let runtime = Runtime::new(&RuntimeConfig::default()).unwrap();
+        let err = runtime
+            .load("garbage", &ConnectorSpec::new(&path))
+            .await
+            .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("compiling the component"),
+            "{err:#}"
+        );
+    }
+
+    #[tokio::test]
+    async fn errors_when_pin_does_not_match() {
+        let dir = std::env::temp_dir().join(format!("ebb-rt-pin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.wasm");
+        std::fs::write(&path, b"bytes").unwrap();
+        let mut spec = ConnectorSpec::new(&path);
+        spec.sha256 = Some("0".repeat(64));
+        let runtime = Runtime::new(&RuntimeConfig::default()).unwrap();
+        let err = runtime.load("c", &spec).await.unwrap_err();
+        assert!(format!("{err:#}").contains("pins 0000"), "{err:#}");
+    }
+}

@@ -1,0 +1,875 @@
+//! The embedded default store on sled: one tree, keys by prefix, every commit one
+//! atomic batch.
+//!
+//! | key                          | value                           |
+//! |------------------------------|---------------------------------|
+//! | `g/<id>`                     | grant record (JSON)             |
+//! | `t/<due: u64 BE><id>`        | due index entry (empty)         |
+//! | `d/<id>`                     | the grant's current due key (u64 BE) |
+//! | `l/<id>`                     | a lease's original due (u64 BE) |
+//! | `c/<id>`                     | sealed credential               |
+//! | `a/<seq: u64 BE>`            | audit event (JSON)              |
+//! | `i/<grant id>\0<seq: u64 BE>`| audit-by-grant index (empty)    |
+//! | `m/head`                     | audit head: seq and hash (JSON) |
+//! | `m/count/<state>`            | grants in that state (u64 BE)   |
+//!
+//! Big-endian numbers make byte order equal numeric order, so range scans over
+//! `t/` yield grants by due time, then id (mini-redis's `(Instant, key)` tiebreak).
+
+use ebb_core::audit::{AuditEvent, Chain, ChainReport, GENESIS, NewEvent, verify_chain};
+use ebb_core::contract::Timestamp;
+use ebb_core::state::GrantState;
+use ebb_core::store::{
+    AuditQuery, Commit, Error, GrantRecord, ListFilter, Page, Result, Sealed, Store, SyncFuture,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::{Notify, watch};
+
+/// The sled-backed store.
+pub struct SledStore {
+    /// Shared with the flusher only weakly, so dropping the store closes the db.
+    db: Arc<sled::Db>,
+    chain: Chain,
+    /// Serializes commits: the audit chain is a total order.
+    state: Mutex<Shared>,
+    group: Arc<GroupCommit>,
+    /// False for a temporary store: `sync` has nothing to make durable.
+    durable: bool,
+}
+
+impl std::fmt::Debug for SledStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SledStore").finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Head {
+    seq: u64,
+    hash: String,
+}
+
+struct Shared {
+    head: Head,
+    counts: BTreeMap<GrantState, u64>,
+    /// The audit timestamp source; events never go back in time.
+    clock: fn() -> Timestamp,
+}
+
+/// Group commit: writers bump `written`; one flusher makes everything written so far
+/// durable and publishes how far it got.
+struct GroupCommit {
+    written: AtomicU64,
+    flushed: watch::Receiver<u64>,
+    kick: Arc<Kick>,
+}
+
+/// How the store wakes its flusher, and tells it the store is gone.
+struct Kick {
+    notify: Notify,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+/// Keeps sled's error whole: its I/O errors as [`Error::Io`], so a full disk stays
+/// a full disk for the caller.
+fn sled_error(what: &'static str) -> impl Fn(sled::Error) -> Error {
+    move |e| match e {
+        sled::Error::Io(source) => Error::Io { what, source },
+        other => Error::Storage {
+            what,
+            source: Box::new(other),
+        },
+    }
+}
+
+fn storage(e: sled::Error) -> Error {
+    sled_error("accessing sled")(e)
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(key: &[u8], bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| Error::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        source: Box::new(e),
+    })
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|e| Error::Storage {
+        what: "encoding a value",
+        source: Box::new(e),
+    })
+}
+
+fn key(prefix: &str, id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(prefix.len() + id.len());
+    k.extend_from_slice(prefix.as_bytes());
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+fn due_key(due: Timestamp, id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(10 + id.len());
+    k.extend_from_slice(b"t/");
+    k.extend_from_slice(&due.to_be_bytes());
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+fn parse_due_key(k: &[u8]) -> Result<(Timestamp, String)> {
+    let bad = || Error::Corrupt {
+        key: String::from_utf8_lossy(k).into_owned(),
+        source: "malformed due index key".into(),
+    };
+    let ts: [u8; 8] = k
+        .get(2..10)
+        .and_then(|s| s.try_into().ok())
+        .ok_or_else(bad)?;
+    let id = std::str::from_utf8(k.get(10..).ok_or_else(bad)?).map_err(|_| bad())?;
+    Ok((u64::from_be_bytes(ts), id.to_owned()))
+}
+
+fn be(bytes: &[u8]) -> Option<u64> {
+    bytes.try_into().ok().map(u64::from_be_bytes)
+}
+
+fn audit_key(seq: u64) -> Vec<u8> {
+    let mut k = b"a/".to_vec();
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn audit_index_key(grant: &str, seq: u64) -> Vec<u8> {
+    let mut k = key("i/", grant);
+    k.push(0);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn count_key(state: GrantState) -> Vec<u8> {
+    key("m/count/", state.as_str())
+}
+
+fn wall_clock() -> Timestamp {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+impl SledStore {
+    /// Opens (or creates) the store in `dir`. `chain_key` keys the audit chain.
+    /// Must be called within a tokio runtime (the group-commit flusher is a task).
+    pub fn open(dir: &Path, chain_key: [u8; 32]) -> Result<Arc<Self>> {
+        let config = sled::Config::new()
+            .path(dir)
+            .cache_capacity(64 * 1024 * 1024)
+            .mode(sled::Mode::HighThroughput)
+            .flush_every_ms(Some(1000));
+        // sled's background threads can hold a just-closed database for a moment, so
+        // a reopen in the same process retries a held lock briefly. Another process
+        // holding it still gets the error after two seconds.
+        let mut attempts = 0;
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e))
+                    if e.kind() == std::io::ErrorKind::WouldBlock && attempts < 100 =>
+                {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => return Err(sled_error("opening the store")(e)),
+            }
+        };
+        Self::with_db(db, chain_key, true)
+    }
+
+    /// An in-memory store that vanishes on drop, for tests and benchmarks of
+    /// everything but durability.
+    pub fn temporary(chain_key: [u8; 32]) -> Result<Arc<Self>> {
+        let db = sled::Config::new()
+            .temporary(true)
+            .cache_capacity(64 * 1024 * 1024)
+            .open()
+            .map_err(storage)?;
+        Self::with_db(db, chain_key, false)
+    }
+
+    fn with_db(db: sled::Db, chain_key: [u8; 32], durable: bool) -> Result<Arc<Self>> {
+        let head = match db.get(b"m/head").map_err(storage)? {
+            Some(bytes) => decode(b"m/head", &bytes)?,
+            None => Head {
+                seq: 0,
+                hash: GENESIS.to_owned(),
+            },
+        };
+        let mut counts = BTreeMap::new();
+        for state in GrantState::ALL {
+            let n = db
+                .get(count_key(state))
+                .map_err(storage)?
+                .and_then(|v| be(&v))
+                .unwrap_or(0);
+            counts.insert(state, n);
+        }
+        let db = Arc::new(db);
+        let (flushed_tx, flushed) = watch::channel(0);
+        let group = Arc::new(GroupCommit {
+            written: AtomicU64::new(0),
+            flushed,
+            kick: Arc::new(Kick {
+                notify: Notify::new(),
+                closed: std::sync::atomic::AtomicBool::new(false),
+            }),
+        });
+        let kick = group.kick.clone();
+        let weak_group = Arc::downgrade(&group);
+        let weak_db = Arc::downgrade(&db);
+        tokio::spawn(async move {
+            loop {
+                kick.notify.notified().await;
+                if kick.closed.load(Ordering::Acquire) {
+                    break;
+                }
+                // Hold the db only while flushing, and let go of it before telling
+                // anyone: a caller that syncs and then drops the store must find the
+                // db closed (its file lock released) right away.
+                let flushed = {
+                    let (Some(group), Some(db)) = (weak_group.upgrade(), weak_db.upgrade()) else {
+                        break;
+                    };
+                    let target = group.written.load(Ordering::Acquire);
+                    db.flush_async().await.map(|_| target)
+                };
+                match flushed {
+                    Ok(target) => {
+                        flushed_tx.send_replace(target);
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "store flush failed; retrying");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        kick.notify.notify_one();
+                    }
+                }
+            }
+        });
+        Ok(Arc::new(Self {
+            db,
+            chain: Chain::new(chain_key),
+            state: Mutex::new(Shared {
+                head,
+                counts,
+                clock: wall_clock,
+            }),
+            group,
+            durable,
+        }))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Adds the audit event to `batch` and returns it, advancing `shared.head` only
+    /// once the batch is applied (by the caller, via [`Shared::advance`]).
+    fn seal_event(
+        &self,
+        shared: &Shared,
+        event: NewEvent,
+        batch: &mut sled::Batch,
+    ) -> Result<AuditEvent> {
+        let at = (shared.clock)();
+        let sealed = self
+            .chain
+            .seal(event, at, shared.head.seq, &shared.head.hash);
+        batch.insert(audit_key(sealed.seq), encode(&sealed)?);
+        if let Some(grant) = &sealed.grant_id {
+            batch.insert(audit_index_key(grant, sealed.seq), &[][..]);
+        }
+        batch.insert(
+            &b"m/head"[..],
+            encode(&Head {
+                seq: sealed.seq,
+                hash: sealed.hash.clone(),
+            })?,
+        );
+        Ok(sealed)
+    }
+
+    fn written(&self) {
+        self.group.written.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn current_due(&self, id: &str) -> Result<Option<Timestamp>> {
+        Ok(self
+            .db
+            .get(key("d/", id))
+            .map_err(storage)?
+            .and_then(|v| be(&v)))
+    }
+}
+
+impl Drop for SledStore {
+    fn drop(&mut self) {
+        // Drop runs before the fields are dropped: mark the store closed first, so a
+        // woken flusher ends instead of upgrading its handle and holding the db open.
+        self.group.kick.closed.store(true, Ordering::Release);
+        self.group.kick.notify.notify_one();
+    }
+}
+
+impl Store for SledStore {
+    fn get(&self, id: &str) -> Result<Option<GrantRecord>> {
+        let k = key("g/", id);
+        match self.db.get(&k).map_err(storage)? {
+            Some(bytes) => decode(&k, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn commit(&self, commit: Commit) -> Result<(GrantRecord, AuditEvent)> {
+        let Commit {
+            mut record,
+            sealed,
+            event,
+            lease_until,
+        } = commit;
+        let id = record.grant.id.clone();
+        let mut shared = self.lock();
+        let old = self.get(&id)?;
+        match (&old, record.version) {
+            (None, 0) => {}
+            (None, _) => return Err(Error::Conflict(id)),
+            (Some(_), 0) => return Err(Error::Exists(id)),
+            (Some(o), v) if o.version != v => return Err(Error::Conflict(id)),
+            _ => {}
+        }
+        record.version += 1;
+        let mut batch = sled::Batch::default();
+        batch.insert(key("g/", &id), encode(&record)?);
+        // Move the due entry from wherever it is now (its logical due or a lease).
+        if let Some(current) = self.current_due(&id)? {
+            batch.remove(due_key(current, &id));
+        }
+        match (record.due_at, lease_until) {
+            (Some(due), Some(lease)) => {
+                batch.insert(due_key(lease, &id), &[][..]);
+                batch.insert(key("d/", &id), &lease.to_be_bytes()[..]);
+                batch.insert(key("l/", &id), &due.to_be_bytes()[..]);
+            }
+            (Some(due), None) => {
+                batch.insert(due_key(due, &id), &[][..]);
+                batch.insert(key("d/", &id), &due.to_be_bytes()[..]);
+                batch.remove(key("l/", &id));
+            }
+            (None, _) => {
+                batch.remove(key("d/", &id));
+                batch.remove(key("l/", &id));
+            }
+        }
+        match &sealed {
+            Sealed::Keep => {}
+            Sealed::Set(bytes) => batch.insert(key("c/", &id), bytes.as_slice()),
+            Sealed::Shred => batch.remove(key("c/", &id)),
+        }
+        let old_state = old.as_ref().map(|o| o.state);
+        let mut counts = shared.counts.clone();
+        if old_state != Some(record.state) {
+            if let Some(s) = old_state {
+                let n = counts.entry(s).or_default();
+                *n = n.saturating_sub(1);
+                batch.insert(count_key(s), &n.to_be_bytes()[..]);
+            }
+            let n = counts.entry(record.state).or_default();
+            *n += 1;
+            batch.insert(count_key(record.state), &n.to_be_bytes()[..]);
+        }
+        let event = self.seal_event(&shared, event, &mut batch)?;
+        self.db.apply_batch(batch).map_err(storage)?;
+        shared.head = Head {
+            seq: event.seq,
+            hash: event.hash.clone(),
+        };
+        shared.counts = counts;
+        drop(shared);
+        self.written();
+        Ok((record, event))
+    }
+
+    fn append_audit(&self, event: NewEvent) -> Result<AuditEvent> {
+        let mut shared = self.lock();
+        let mut batch = sled::Batch::default();
+        let event = self.seal_event(&shared, event, &mut batch)?;
+        self.db.apply_batch(batch).map_err(storage)?;
+        shared.head = Head {
+            seq: event.seq,
+            hash: event.hash.clone(),
+        };
+        drop(shared);
+        self.written();
+        Ok(event)
+    }
+
+    fn claim_due(
+        &self,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<String>> {
+        let _shared = self.lock();
+        let mut claimed = Vec::new();
+        let mut batch = sled::Batch::default();
+        for entry in self
+            .db
+            .range(due_key(0, "")..due_key(now.saturating_add(1), ""))
+        {
+            if claimed.len() >= limit {
+                break;
+            }
+            let (k, _) = entry.map_err(storage)?;
+            let (due, id) = parse_due_key(&k)?;
+            batch.remove(k);
+            batch.insert(due_key(lease_until, &id), &[][..]);
+            batch.insert(key("d/", &id), &lease_until.to_be_bytes()[..]);
+            // Keep the first lease's original due if an expired lease is re-claimed.
+            if self.db.get(key("l/", &id)).map_err(storage)?.is_none() {
+                batch.insert(key("l/", &id), &due.to_be_bytes()[..]);
+            }
+            claimed.push(id);
+        }
+        if !claimed.is_empty() {
+            self.db.apply_batch(batch).map_err(storage)?;
+        }
+        Ok(claimed)
+    }
+
+    fn reschedule(&self, id: &str, due: Option<Timestamp>) -> Result<()> {
+        let _shared = self.lock();
+        let mut batch = sled::Batch::default();
+        if let Some(current) = self.current_due(id)? {
+            batch.remove(due_key(current, id));
+        }
+        match due {
+            Some(due) => {
+                batch.insert(due_key(due, id), &[][..]);
+                batch.insert(key("d/", id), &due.to_be_bytes()[..]);
+            }
+            None => batch.remove(key("d/", id)),
+        }
+        batch.remove(key("l/", id));
+        self.db.apply_batch(batch).map_err(storage)
+    }
+
+    fn next_due(&self) -> Result<Option<Timestamp>> {
+        match self.db.scan_prefix(b"t/").next() {
+            Some(entry) => {
+                let (k, _) = entry.map_err(storage)?;
+                Ok(Some(parse_due_key(&k)?.0))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn release_leases(&self) -> Result<usize> {
+        let _shared = self.lock();
+        let mut batch = sled::Batch::default();
+        let mut n = 0;
+        for entry in self.db.scan_prefix(b"l/") {
+            let (k, v) = entry.map_err(storage)?;
+            let id = String::from_utf8_lossy(&k[2..]).into_owned();
+            let original = be(&v).ok_or_else(|| Error::Corrupt {
+                key: String::from_utf8_lossy(&k).into_owned(),
+                source: "malformed lease".into(),
+            })?;
+            if let Some(current) = self.current_due(&id)? {
+                batch.remove(due_key(current, &id));
+            }
+            batch.insert(due_key(original, &id), &[][..]);
+            batch.insert(key("d/", &id), &original.to_be_bytes()[..]);
+            batch.remove(k);
+            n += 1;
+        }
+        self.db.apply_batch(batch).map_err(storage)?;
+        Ok(n)
+    }
+
+    fn sealed_credential(&self, id: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .db
+            .get(key("c/", id))
+            .map_err(storage)?
+            .map(|v| v.to_vec()))
+    }
+
+    fn list(&self, filter: &ListFilter) -> Result<Page> {
+        let limit = filter.limit.clamp(1, 1000);
+        let start = match &filter.after {
+            Some(after) => {
+                let mut k = key("g/", after);
+                k.push(0);
+                k
+            }
+            None => b"g/".to_vec(),
+        };
+        let mut page = Page::default();
+        for entry in self.db.range(start..b"g0".to_vec()) {
+            let (k, v) = entry.map_err(storage)?;
+            let record: GrantRecord = decode(&k, &v)?;
+            if filter.matches(&record) {
+                if page.grants.len() == limit {
+                    page.next = page.grants.last().map(|r| r.grant.id.clone());
+                    break;
+                }
+                page.grants.push(record);
+            }
+        }
+        Ok(page)
+    }
+
+    fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>> {
+        let limit = query.limit.clamp(1, 10_000);
+        let mut events = Vec::new();
+        match &query.grant_id {
+            Some(grant) => {
+                let prefix = {
+                    let mut p = key("i/", grant);
+                    p.push(0);
+                    p
+                };
+                for entry in self.db.scan_prefix(&prefix) {
+                    let (k, _) = entry.map_err(storage)?;
+                    let seq = be(&k[prefix.len()..]).unwrap_or(0);
+                    if seq <= query.after_seq {
+                        continue;
+                    }
+                    if let Some(v) = self.db.get(audit_key(seq)).map_err(storage)? {
+                        events.push(decode(&k, &v)?);
+                    }
+                    if events.len() == limit {
+                        break;
+                    }
+                }
+            }
+            None => {
+                for entry in self
+                    .db
+                    .range(audit_key(query.after_seq.saturating_add(1))..b"a0".to_vec())
+                {
+                    let (k, v) = entry.map_err(storage)?;
+                    events.push(decode(&k, &v)?);
+                    if events.len() == limit {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(events)
+    }
+
+    fn verify_audit(&self) -> Result<ChainReport> {
+        let head: Option<Head> = match self.db.get(b"m/head").map_err(storage)? {
+            Some(bytes) => Some(decode(b"m/head", &bytes)?),
+            None => None,
+        };
+        let events = self.db.scan_prefix(b"a/").map(|entry| {
+            let (k, v) = entry.map_err(storage)?;
+            decode::<AuditEvent>(&k, &v)
+        });
+        Ok(verify_chain(
+            &self.chain,
+            events,
+            head.map(|h| (h.seq, h.hash)),
+        ))
+    }
+
+    fn counts(&self) -> Result<BTreeMap<GrantState, u64>> {
+        Ok(self.lock().counts.clone())
+    }
+
+    fn sync(&self) -> SyncFuture<'_> {
+        Box::pin(async move {
+            if !self.durable {
+                return Ok(());
+            }
+            let target = self.group.written.load(Ordering::Acquire);
+            let mut flushed = self.group.flushed.clone();
+            if *flushed.borrow() >= target {
+                return Ok(());
+            }
+            self.group.kick.notify.notify_one();
+            flushed
+                .wait_for(|done| *done >= target)
+                .await
+                .map_err(|_| Error::FlusherStopped)?;
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ebb_core::contract::{Grant, Subject, SubjectKind};
+
+    fn record(id: &str, state: GrantState, due: Option<Timestamp>) -> GrantRecord {
+        let grant = Grant {
+            id: id.into(),
+            subject: Subject {
+                id: "s".into(),
+                kind: SubjectKind::Workload,
+                claims: vec![],
+            },
+            permissions: vec![],
+            not_after: due.unwrap_or(0),
+            task: "t".into(),
+        };
+        let mut r = GrantRecord::requested(grant, "noop".into(), 1000, 1, "s".into(), None);
+        r.state = state;
+        r.due_at = due;
+        r
+    }
+
+    fn temp_store() -> (Arc<SledStore>, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!(
+            "ebb-store-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        (SledStore::open(&dir, [1; 32]).unwrap(), dir)
+    }
+
+    fn event(id: &str) -> NewEvent {
+        NewEvent::new("grant.transition", "test").grant(id)
+    }
+
+    #[tokio::test]
+    async fn commits_are_versioned_and_indexed() {
+        let (store, dir) = temp_store();
+        let (r, e) = store
+            .commit(Commit {
+                record: record("g1", GrantState::Active, Some(500)),
+                sealed: Sealed::Set(b"secret".to_vec()),
+                event: event("g1"),
+                lease_until: None,
+            })
+            .unwrap();
+        assert_eq!((r.version, e.seq), (1, 1));
+        assert_eq!(store.sealed_credential("g1").unwrap().unwrap(), b"secret");
+        assert_eq!(store.next_due().unwrap(), Some(500));
+        // A stale version is refused; a new grant with a taken id too.
+        let mut stale = r.clone();
+        stale.version = 0;
+        assert!(matches!(
+            store.commit(Commit {
+                record: stale,
+                sealed: Sealed::Keep,
+                event: event("g1"),
+                lease_until: None
+            }),
+            Err(Error::Exists(_))
+        ));
+        let mut next = r.clone();
+        next.state = GrantState::Verified;
+        next.due_at = None;
+        let (r2, _) = store
+            .commit(Commit {
+                record: next,
+                sealed: Sealed::Shred,
+                event: event("g1"),
+                lease_until: None,
+            })
+            .unwrap();
+        assert_eq!(r2.version, 2);
+        assert!(matches!(
+            store.commit(Commit {
+                record: r.clone(),
+                sealed: Sealed::Keep,
+                event: event("g1"),
+                lease_until: None
+            }),
+            Err(Error::Conflict(_))
+        ));
+        // An intent's lease is voided by a restart: due at once.
+        let mut leased = store.get("g1").unwrap().unwrap();
+        leased.due_at = Some(700);
+        store
+            .commit(Commit {
+                record: leased,
+                sealed: Sealed::Keep,
+                event: event("g1"),
+                lease_until: Some(90_000),
+            })
+            .unwrap();
+        assert_eq!(store.next_due().unwrap(), Some(90_000));
+        assert_eq!(store.release_leases().unwrap(), 1);
+        assert_eq!(store.next_due().unwrap(), Some(700));
+        let mut done = store.get("g1").unwrap().unwrap();
+        done.due_at = None;
+        store
+            .commit(Commit {
+                record: done,
+                sealed: Sealed::Keep,
+                event: event("g1"),
+                lease_until: None,
+            })
+            .unwrap();
+        assert_eq!(store.sealed_credential("g1").unwrap(), None);
+        assert_eq!(store.next_due().unwrap(), None);
+        let counts = store.counts().unwrap();
+        assert_eq!(
+            (counts[&GrantState::Active], counts[&GrantState::Verified]),
+            (0, 1)
+        );
+        assert_eq!(
+            store
+                .audit(&AuditQuery {
+                    grant_id: Some("g1".into()),
+                    limit: 10,
+                    ..Default::default()
+                })
+                .unwrap()
+                .len(),
+            4
+        );
+        assert!(store.verify_audit().unwrap().is_intact());
+        store.sync().await.unwrap();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn due_index_orders_by_time_then_id_and_leases_come_back() {
+        let (store, dir) = temp_store();
+        for (id, due) in [("b", 300), ("a", 300), ("c", 100), ("d", 900)] {
+            store
+                .commit(Commit {
+                    record: record(id, GrantState::Active, Some(due)),
+                    sealed: Sealed::Keep,
+                    event: event(id),
+                    lease_until: None,
+                })
+                .unwrap();
+        }
+        assert_eq!(store.claim_due(300, 5000, 10).unwrap(), vec!["c", "a", "b"]);
+        // Claimed entries are not handed out again...
+        assert!(store.claim_due(300, 5000, 10).unwrap().is_empty());
+        assert_eq!(store.next_due().unwrap(), Some(900));
+        // ...unless the lease runs out, or a restart voids it.
+        assert_eq!(store.release_leases().unwrap(), 3);
+        assert_eq!(store.next_due().unwrap(), Some(100));
+        assert_eq!(store.claim_due(100, 5000, 10).unwrap(), vec!["c"]);
+        // Committing the work moves the entry to the record's new due.
+        let mut c = store.get("c").unwrap().unwrap();
+        c.due_at = Some(2000);
+        store
+            .commit(Commit {
+                record: c,
+                sealed: Sealed::Keep,
+                event: event("c"),
+                lease_until: None,
+            })
+            .unwrap();
+        assert_eq!(store.release_leases().unwrap(), 0);
+        assert_eq!(
+            store.claim_due(2000, 9000, 10).unwrap(),
+            vec!["a", "b", "d", "c"]
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn survives_reopen_with_chain_and_counts() {
+        let (store, dir) = temp_store();
+        for id in ["x", "y"] {
+            store
+                .commit(Commit {
+                    record: record(id, GrantState::Active, Some(10)),
+                    sealed: Sealed::Keep,
+                    event: event(id),
+                    lease_until: None,
+                })
+                .unwrap();
+        }
+        store
+            .append_audit(NewEvent::new("auth.denied", "anonymous"))
+            .unwrap();
+        store.sync().await.unwrap();
+        drop(store);
+        let store = SledStore::open(&dir, [1; 32]).unwrap();
+        assert_eq!(store.counts().unwrap()[&GrantState::Active], 2);
+        let (_, e) = store
+            .commit(Commit {
+                record: record("z", GrantState::Active, None),
+                sealed: Sealed::Keep,
+                event: event("z"),
+                lease_until: None,
+            })
+            .unwrap();
+        assert_eq!(e.seq, 4);
+        assert!(store.verify_audit().unwrap().is_intact());
+        // A different chain key does not verify: the chain is keyed.
+        drop(store);
+        let wrong = SledStore::open(&dir, [2; 32]).unwrap();
+        assert!(!wrong.verify_audit().unwrap().is_intact());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn tampering_with_any_stored_audit_record_is_detected() {
+        let (store, dir) = temp_store();
+        for id in ["a", "b", "c", "d"] {
+            store
+                .commit(Commit {
+                    record: record(id, GrantState::Active, None),
+                    sealed: Sealed::Keep,
+                    event: event(id),
+                    lease_until: None,
+                })
+                .unwrap();
+        }
+        assert!(store.verify_audit().unwrap().is_intact());
+        let original: Vec<(sled::IVec, sled::IVec)> =
+            store.db.scan_prefix(b"a/").map(|e| e.unwrap()).collect();
+        let restore = |store: &SledStore| {
+            for (k, v) in &original {
+                store.db.insert(k, v.clone()).unwrap();
+            }
+        };
+        // Edit each record in turn.
+        for (k, v) in &original {
+            let mut e: AuditEvent = serde_json::from_slice(v).unwrap();
+            e.actor = "mallory".into();
+            store.db.insert(k, serde_json::to_vec(&e).unwrap()).unwrap();
+            let report = store.verify_audit().unwrap();
+            assert!(
+                report.problem.as_deref().unwrap().contains("altered"),
+                "{report:?}"
+            );
+            restore(&store);
+        }
+        // Delete each record in turn.
+        for (k, _) in &original {
+            store.db.remove(k).unwrap();
+            assert!(!store.verify_audit().unwrap().is_intact());
+            restore(&store);
+        }
+        // Swap two records' positions.
+        store
+            .db
+            .insert(&original[1].0, original[2].1.clone())
+            .unwrap();
+        store
+            .db
+            .insert(&original[2].0, original[1].1.clone())
+            .unwrap();
+        assert!(!store.verify_audit().unwrap().is_intact());
+        restore(&store);
+        assert!(store.verify_audit().unwrap().is_intact());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
