@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 ./scripts/build-js-connector.sh >/dev/null
 runs=${1:-3}
 for i in $(seq "$runs"); do
-  cargo bench --locked -p ebb-host --bench runtime -- --noplot >/dev/null
+  cargo bench --locked -p ebb --bench runtime -- --noplot >/dev/null
   find target/criterion -path '*/new/estimates.json' | while read -r f; do
     name=${f#target/criterion/}; name=${name%/new/estimates.json}
     python3 -c 'import json,sys; print(sys.argv[1], json.load(open(sys.argv[2]))["median"]["point_estimate"])' "$name" "$f"

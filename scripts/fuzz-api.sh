@@ -16,7 +16,7 @@ if [ ! -x "$venv/bin/schemathesis" ]; then
 fi
 
 (cd plugins && cargo build --release --workspace --locked -q)
-cargo build --locked -q -p ebb-host
+cargo build --locked -q -p ebb
 ebb=$(pwd)/target/debug/ebb
 wasm=$(pwd)/plugins/target/wasm32-wasip2/release
 

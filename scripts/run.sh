@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 ./scripts/test-servers.sh
 (cd plugins && cargo build --release --workspace --locked)
-cargo build --release --locked -p ebb-host
+cargo build --release --locked -p ebb
 mkdir -p .ebb
 export EBB_PG_DSN=${EBB_PG_DSN:-$(./scripts/demo-postgres.sh)}
 export EBB_REDIS_URL=${EBB_REDIS_URL:-$(./scripts/demo-redis.sh)}

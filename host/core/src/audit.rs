@@ -232,7 +232,14 @@ mod tests {
 
     fn verify(chain: &Chain, events: &[AuditEvent]) -> ChainReport {
         let head = events.last().map(|e| (e.seq, e.hash.clone()));
-        verify_chain(chain, events.iter().cloned().map(Ok::<_, std::convert::Infallible>), head)
+        verify_chain(
+            chain,
+            events
+                .iter()
+                .cloned()
+                .map(Ok::<_, std::convert::Infallible>),
+            head,
+        )
     }
 
     #[test]
@@ -254,20 +261,39 @@ mod tests {
 
         let mut edited = events.clone();
         edited[2].actor = "mallory".into();
-        let report = verify_chain(&chain, edited.into_iter().map(Ok::<_, std::convert::Infallible>), head.clone());
+        let report = verify_chain(
+            &chain,
+            edited.into_iter().map(Ok::<_, std::convert::Infallible>),
+            head.clone(),
+        );
         assert!(report.problem.unwrap().contains("seq 3 was altered"));
 
         let mut deleted = events.clone();
         deleted.remove(1);
-        let report = verify_chain(&chain, deleted.into_iter().map(Ok::<_, std::convert::Infallible>), head.clone());
+        let report = verify_chain(
+            &chain,
+            deleted.into_iter().map(Ok::<_, std::convert::Infallible>),
+            head.clone(),
+        );
         assert!(report.problem.unwrap().contains("missing or reordered"));
 
         let mut reordered = events.clone();
         reordered.swap(1, 2);
-        assert!(!verify_chain(&chain, reordered.into_iter().map(Ok::<_, std::convert::Infallible>), head.clone()).is_intact());
+        assert!(
+            !verify_chain(
+                &chain,
+                reordered.into_iter().map(Ok::<_, std::convert::Infallible>),
+                head.clone()
+            )
+            .is_intact()
+        );
 
         let truncated = events[..4].to_vec();
-        let report = verify_chain(&chain, truncated.into_iter().map(Ok::<_, std::convert::Infallible>), head.clone());
+        let report = verify_chain(
+            &chain,
+            truncated.into_iter().map(Ok::<_, std::convert::Infallible>),
+            head.clone(),
+        );
         assert!(report.problem.unwrap().contains("removed from the end"));
 
         // Re-sealing an edited event without the key does not help: a forger with a
@@ -282,6 +308,13 @@ mod tests {
             &forged[3].hash,
         );
         let forged_head = Some((forged[4].seq, forged[4].hash.clone()));
-        assert!(!verify_chain(&chain, forged.into_iter().map(Ok::<_, std::convert::Infallible>), forged_head).is_intact());
+        assert!(
+            !verify_chain(
+                &chain,
+                forged.into_iter().map(Ok::<_, std::convert::Infallible>),
+                forged_head
+            )
+            .is_intact()
+        );
     }
 }

@@ -146,6 +146,7 @@ mod native {
 }
 
 fn postgres_lifecycle(c: &mut Criterion) {
+    ebb_test_support::require!(Postgres);
     let rt = rt();
     let pg = Postgres::start().unwrap();
     let connector = rt.block_on(async {
@@ -206,6 +207,7 @@ fn postgres_lifecycle(c: &mut Criterion) {
 /// instance and a call, no downstream work) and `revoke` (one `ACL DELUSER`
 /// through the host's Redis capability against a real server).
 fn languages(c: &mut Criterion) {
+    ebb_test_support::require!(Redis, PyConnector, JsConnector);
     let rt = rt();
     let server = ebb_test_support::Redis::start().unwrap();
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");

@@ -67,6 +67,7 @@ fn key(issued: &ebb_core::contract::Issued) -> (&str, &str) {
 
 #[tokio::test]
 async fn a_retried_issue_leaves_one_working_key_with_exactly_the_grant() {
+    ebb_test_support::require!(Moto);
     let server = Moto::start().unwrap();
     let c = connector(&server, server.admin_key().1, "*").await;
     let g = grant(
@@ -114,6 +115,7 @@ async fn a_retried_issue_leaves_one_working_key_with_exactly_the_grant() {
 
 #[tokio::test]
 async fn only_allowed_actions_and_resources_are_granted() {
+    ebb_test_support::require!(Moto);
     let server = Moto::start().unwrap();
     // `*` would allow any resource (AWS reads it as all of them).
     let c = connector(&server, server.admin_key().1, "arn:aws:s3:::reports/*").await;
@@ -148,6 +150,7 @@ async fn only_allowed_actions_and_resources_are_granted() {
 /// error says so without repeating it.
 #[tokio::test]
 async fn a_wrong_admin_secret_is_denied_and_never_echoed() {
+    ebb_test_support::require!(Moto);
     let server = Moto::start().unwrap();
     let wrong = "wrong-secret-wrong-secret-wrong-secret-1234";
     let c = connector(&server, wrong, "*").await;

@@ -42,6 +42,7 @@ fn json(api: &str, token: &str, args: &[&str]) -> Value {
 
 #[test]
 fn the_readme_lifecycle_and_connector_operations_through_the_cli() {
+    ebb_test_support::require!(Postgres);
     let pg = ebb_test_support::Postgres::start().unwrap();
     let dir = std::env::temp_dir().join(format!("ebb-cli-{}", rand::random::<u64>()));
     std::fs::create_dir_all(dir.join("plugins")).unwrap();

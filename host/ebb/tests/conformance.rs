@@ -184,6 +184,7 @@ async fn passes_checks(
 
 #[tokio::test]
 async fn postgres_passes_the_conformance_kit() {
+    ebb_test_support::require!(Postgres);
     let pg = Postgres::start().unwrap();
     let config = ConnectorConfig::new(ebb_test_plugins::POSTGRES)
         .with_config("allowed-resources", "public.invoices, public.customers")
@@ -234,12 +235,14 @@ fn built(path: &str, script: &str) -> String {
 
 #[tokio::test]
 async fn redis_passes_the_conformance_kit() {
+    ebb_test_support::require!(Redis);
     redis_kit(ebb_test_plugins::REDIS).await;
 }
 
 /// The Python connector, `plugins/python-redis`.
 #[tokio::test]
 async fn the_python_redis_connector_passes_the_conformance_kit() {
+    ebb_test_support::require!(Redis, PyConnector);
     let path = built(
         "target/py-plugins/redis_py.wasm",
         "scripts/build-py-connector.sh",
@@ -250,6 +253,7 @@ async fn the_python_redis_connector_passes_the_conformance_kit() {
 /// The JavaScript connector, `plugins/js-redis`.
 #[tokio::test]
 async fn the_javascript_redis_connector_passes_the_conformance_kit() {
+    ebb_test_support::require!(Redis, JsConnector);
     let path = built(
         "target/js-plugins/redis_js.wasm",
         "scripts/build-js-connector.sh",
@@ -295,6 +299,7 @@ async fn a_connector_that_lies_fails_the_kit() {
 
 #[test]
 fn ebb_connector_test_runs_the_kit() {
+    ebb_test_support::require!(Postgres);
     let pg = Postgres::start().unwrap();
     let dir = std::env::temp_dir().join(format!("ebb-conf-{}", rand::random::<u64>()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -352,6 +357,7 @@ fn oauth2_config(server: &Oidc, client: &str, scopes: &str) -> ConnectorConfig {
 /// 7009) and judged by introspection as a resource server.
 #[tokio::test]
 async fn oauth2_passes_the_conformance_kit() {
+    ebb_test_support::require!(Oidc);
     let server = Oidc::start(300).unwrap();
     let config = oauth2_config(&server, "ebb", "invoices:read, reports:read");
     let case = Case {
@@ -374,6 +380,7 @@ async fn oauth2_passes_the_conformance_kit() {
 /// `plugins/aws-iam` against moto with authentication on, judged with boto3.
 #[tokio::test]
 async fn aws_iam_passes_the_conformance_kit() {
+    ebb_test_support::require!(Moto);
     let server = Moto::start().unwrap();
     let (key_id, secret) = server.admin_key();
     let config = ConnectorConfig::new(ebb_test_plugins::AWS_IAM)
@@ -401,6 +408,7 @@ async fn aws_iam_passes_the_conformance_kit() {
 /// (Introspection cannot judge a JWT, so no probe.)
 #[tokio::test]
 async fn oauth2_with_jwt_tokens_passes_the_conformance_kit_honestly() {
+    ebb_test_support::require!(Oidc);
     let server = Oidc::start(300).unwrap();
     let config =
         oauth2_config(&server, "ebb-jwt", "invoices:read").with_config("token-format", "jwt");

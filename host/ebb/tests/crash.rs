@@ -128,6 +128,7 @@ async fn all_grants(client: &reqwest::Client, base: &str) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_at_random_moments_loses_nothing() {
+    ebb_test_support::require!(Postgres);
     let pg = Postgres::start().unwrap();
     let dir = std::env::temp_dir().join(format!("ebb-crash-{}", rand::random::<u64>()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -87,6 +87,7 @@ fn invalid(result: Result<impl std::fmt::Debug, CallError>) -> String {
 /// and the grant closes only once introspection says the token is inactive.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grant_ends_with_its_token_revoked_and_proven_inactive() {
+    ebb_test_support::require!(Oidc);
     let server = Oidc::start(300).unwrap();
     let policy = LifecyclePolicy {
         approval: ApprovalMode::Auto,
@@ -163,6 +164,7 @@ async fn a_grant_ends_with_its_token_revoked_and_proven_inactive() {
 
 #[tokio::test]
 async fn tokens_broader_or_longer_lived_than_the_grant_are_refused() {
+    ebb_test_support::require!(Oidc);
     let server = Oidc::start(300).unwrap();
     let c = load(&config(&server, "ebb", CLIENT_SECRET)).await;
     // The server's tokens live 300 s; this grant ends in 60.
@@ -187,6 +189,7 @@ async fn tokens_broader_or_longer_lived_than_the_grant_are_refused() {
 /// connector cannot authenticate at all.
 #[tokio::test]
 async fn the_client_secret_is_the_hosts() {
+    ebb_test_support::require!(Oidc);
     let server = Oidc::start(300).unwrap();
     let g = grant("01SECRET", &["invoices:read"], 600_000);
     let wrong = load(&config(&server, "ebb", "not-the-secret")).await;
@@ -214,6 +217,7 @@ async fn the_client_secret_is_the_hosts() {
 /// it as active until its own expiry rather than trusting the revoke call.
 #[tokio::test]
 async fn jwt_tokens_are_declared_irrevocable_and_reported_until_they_expire() {
+    ebb_test_support::require!(Oidc);
     let server = Oidc::start(3).unwrap();
     let c =
         load(&config(&server, "ebb-jwt", CLIENT_SECRET).with_config("token-format", "jwt")).await;

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grants_expiring_during_a_database_outage_end_verified() {
+    ebb_test_support::require!(Postgres);
     let pg = Postgres::start().unwrap();
     let policy = LifecyclePolicy {
         approval: ApprovalMode::Auto,

@@ -73,6 +73,7 @@ fn sqlstate(e: &tokio_postgres::Error) -> String {
 
 #[tokio::test]
 async fn issued_credential_reads_exactly_the_granted_table() {
+    ebb_test_support::require!(Postgres);
     let pg = Postgres::start().unwrap();
     let pg_connector = connector(&pg).await;
     let g = grant("01JTESTREAD", &[("select", "public.invoices")]);
@@ -135,6 +136,7 @@ async fn issued_credential_reads_exactly_the_granted_table() {
 
 #[tokio::test]
 async fn revoke_ends_live_session_and_login_then_verifies_revoked() {
+    ebb_test_support::require!(Postgres);
     let pg = Postgres::start().unwrap();
     let pg_connector = connector(&pg).await;
     let g = grant(
@@ -195,6 +197,7 @@ async fn revoke_ends_live_session_and_login_then_verifies_revoked() {
 
 #[tokio::test]
 async fn incomplete_revoke_is_reported_as_residual_session() {
+    ebb_test_support::require!(Postgres);
     let pg = Postgres::start().unwrap();
     let pg_connector = connector(&pg).await;
     let g = grant("01JTESTINCOMPLETE", &[("select", "public.invoices")]);
@@ -237,6 +240,7 @@ async fn incomplete_revoke_is_reported_as_residual_session() {
 
 #[tokio::test]
 async fn revoke_without_handle_cleans_up_and_revoke_twice_succeeds() {
+    ebb_test_support::require!(Postgres);
     let pg = Postgres::start().unwrap();
     let pg_connector = connector(&pg).await;
     let g = grant("01JTESTNOHANDLE", &[("select", "public.customers")]);
@@ -277,6 +281,7 @@ async fn revoke_without_handle_cleans_up_and_revoke_twice_succeeds() {
 
 #[tokio::test]
 async fn retried_issue_replaces_the_lost_password() {
+    ebb_test_support::require!(Postgres);
     let pg = Postgres::start().unwrap();
     let pg_connector = connector(&pg).await;
     let g = grant("01JTESTRETRY", &[("select", "public.invoices")]);
@@ -296,6 +301,7 @@ async fn retried_issue_replaces_the_lost_password() {
 
 #[tokio::test]
 async fn bad_grants_are_refused_and_leave_nothing_behind() {
+    ebb_test_support::require!(Postgres);
     let pg = Postgres::start().unwrap();
     let pg_connector = connector(&pg).await;
     type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], fn(&CallError) -> bool);
@@ -366,6 +372,7 @@ async fn bad_grants_are_refused_and_leave_nothing_behind() {
 
 #[tokio::test]
 async fn standing_access_reports_base_role_privileges() {
+    ebb_test_support::require!(Postgres);
     let pg = Postgres::start().unwrap();
     let pg_connector = connector(&pg).await;
     let subject = Subject {
@@ -394,6 +401,7 @@ async fn standing_access_reports_base_role_privileges() {
 
 #[tokio::test]
 async fn database_outage_is_unavailable_and_retryable() {
+    ebb_test_support::require!(Postgres);
     let pg = Postgres::start().unwrap();
     let pg_connector = connector(&pg).await;
     let g = grant("01JTESTOUTAGE", &[("select", "public.invoices")]);

@@ -46,6 +46,7 @@ async fn connector(server: &Redis) -> LoadedConnector {
 
 #[tokio::test]
 async fn revoke_ends_a_live_connection() {
+    ebb_test_support::require!(Redis);
     let server = Redis::start().unwrap();
     let c = connector(&server).await;
     let g = grant("01LIVE", "get", "cache:*");
@@ -98,6 +99,7 @@ async fn revoke_ends_a_live_connection() {
 
 #[tokio::test]
 async fn only_plain_patterns_and_allowed_commands_are_granted() {
+    ebb_test_support::require!(Redis);
     let server = Redis::start().unwrap();
     let c = connector(&server).await;
     for (action, resource, want) in [

@@ -6,6 +6,7 @@ pub mod moto;
 pub mod oidc;
 pub mod postgres;
 pub mod redis;
+pub mod require;
 
 pub use moto::Moto;
 pub use oidc::Oidc;

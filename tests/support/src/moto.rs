@@ -17,18 +17,14 @@ pub struct Moto {
     admin: (String, String),
 }
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
 fn python() -> PathBuf {
-    repo().join(".ebb/moto/bin/python")
+    crate::require::repo().join(".ebb/moto/bin/python")
 }
 
 impl Moto {
     /// Starts a server, creates the connector's admin user and turns auth on.
     pub fn start() -> anyhow::Result<Self> {
-        let bin = repo().join(".ebb/moto/bin/moto_server");
+        let bin = crate::require::repo().join(".ebb/moto/bin/moto_server");
         if !bin.exists() {
             bail!("moto is not installed; run scripts/test-servers.sh");
         }
@@ -48,7 +44,7 @@ impl Moto {
             bail!("moto_server did not start on port {port}");
         }
         let out = Command::new(python())
-            .arg(repo().join("tests/servers/aws/admin.py"))
+            .arg(crate::require::repo().join("tests/servers/aws/admin.py"))
             .arg(moto.endpoint())
             .output()?;
         if !out.status.success() {
@@ -84,7 +80,7 @@ impl Moto {
     /// Whether the key may perform `action`, asked with boto3.
     pub async fn allows(&self, key_id: &str, secret: &str, action: &str) -> anyhow::Result<bool> {
         let out = tokio::process::Command::new(python())
-            .arg(repo().join("tests/servers/aws/probe.py"))
+            .arg(crate::require::repo().join("tests/servers/aws/probe.py"))
             .arg(self.endpoint())
             .arg(action)
             .env("AWS_ACCESS_KEY_ID", key_id)

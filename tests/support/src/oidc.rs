@@ -22,7 +22,7 @@ pub struct Oidc {
     port: u16,
 }
 
-fn server_dir() -> PathBuf {
+pub(crate) fn server_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../servers/oidc")
 }
 

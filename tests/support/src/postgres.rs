@@ -45,9 +45,13 @@ pub struct Postgres {
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-fn find_bin() -> anyhow::Result<PathBuf> {
+pub(crate) fn find_bin() -> anyhow::Result<PathBuf> {
     if let Ok(dir) = std::env::var("EBB_PG_BIN") {
-        return Ok(PathBuf::from(dir));
+        let dir = PathBuf::from(dir);
+        if !dir.join("initdb").exists() {
+            bail!("EBB_PG_BIN={} has no initdb", dir.display());
+        }
+        return Ok(dir);
     }
     let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
         .context("PostgreSQL is not installed (no /usr/lib/postgresql); run scripts/setup.sh")?
