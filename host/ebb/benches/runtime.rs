@@ -210,7 +210,7 @@ fn languages(c: &mut Criterion) {
     ebb_test_support::require!(Redis, PyConnector, JsConnector);
     let rt = rt();
     let server = ebb_test_support::Redis::start().unwrap();
-    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
     let components = [
         ("rust", ebb_test_plugins::REDIS.to_owned()),
         ("python", format!("{root}/target/py-plugins/redis_py.wasm")),

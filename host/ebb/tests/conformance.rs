@@ -225,7 +225,7 @@ async fn redis_kit(component: &str) {
 /// A component that `script` (run by `scripts/test.sh` first) builds at `path`,
 /// relative to the repository.
 fn built(path: &str, script: &str) -> String {
-    let path = format!("{}/../{path}", env!("CARGO_MANIFEST_DIR"));
+    let path = format!("{}/../../{path}", env!("CARGO_MANIFEST_DIR"));
     assert!(
         std::path::Path::new(&path).exists(),
         "{path} is missing: run {script} (scripts/test.sh does)"

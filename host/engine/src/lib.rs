@@ -14,6 +14,8 @@
 //!   ([`ApprovalGate`](approval::ApprovalGate), Cedar
 //!   [`Policies`](policy::Policies)).
 //! - [`identity`]: proving who a requester is (JWT against a JWKS).
+//! - [`audit_log`]: [`AuditLog`](audit_log::AuditLog), the one way anything but a
+//!   transition appends an audit event.
 //! - [`alerts`]: webhooks for loud events.
 //! - [`config`]: the operator's configuration file; the loader turns each instance's
 //!   entry into the runtime's own typed inputs (`ebb_runtime::ConnectorSpec`).
@@ -25,6 +27,7 @@
 
 pub mod alerts;
 pub mod approval;
+pub mod audit_log;
 pub mod config;
 pub mod identity;
 pub mod lifecycle;

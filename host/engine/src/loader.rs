@@ -58,14 +58,25 @@ pub enum LoadError {
     /// Not possible in the instance's present state (live grants, its source).
     #[error("{0}")]
     Conflict(String),
+    /// The component does not compile, link or answer `describe`.
+    #[error("{source:#}")]
+    Component {
+        #[source]
+        source: anyhow::Error,
+    },
+    /// The plugins folder could not be read or written.
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The engine (its store) failed.
+    #[error(transparent)]
+    Engine(#[from] crate::lifecycle::Error),
     #[error("{0}")]
     Internal(String),
-}
-
-impl From<crate::lifecycle::Error> for LoadError {
-    fn from(e: crate::lifecycle::Error) -> Self {
-        Self::Internal(e.to_string())
-    }
 }
 
 /// What to do with an instance's live grants when it is unloaded.
@@ -206,7 +217,7 @@ impl Loader {
             .runtime()
             .load_bytes(name, &config.spec(), bytes)
             .await
-            .map_err(|e| LoadError::Invalid(format!("{e:#}")))
+            .map_err(|source| LoadError::Component { source })
     }
 
     /// Swaps `connector` in, records where it came from, and audits it.
@@ -253,15 +264,10 @@ impl Loader {
         .await;
     }
 
+    /// Records a connector change (already made) durably; a failure is logged and
+    /// counted by the audit log, and the change stands.
     async fn audit(&self, event: NewEvent) {
-        let store = self.lifecycle.store();
-        let result = match store.append_audit(event) {
-            Ok(_) => store.sync().await,
-            Err(e) => Err(e),
-        };
-        if let Err(e) = result {
-            tracing::error!(error = %e, "could not record a connector change in the audit log");
-        }
+        let _recorded = self.lifecycle.audit_log().record(event).await;
     }
 
     /// Loads a new instance from an API request body (the keys of a
@@ -565,11 +571,12 @@ impl Loader {
             match tokio::fs::remove_file(&file).await {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    return Err(LoadError::Internal(format!(
-                        "removing {}: {e}",
-                        file.display()
-                    )));
+                Err(source) => {
+                    return Err(LoadError::Io {
+                        what: "removing",
+                        path: file,
+                        source,
+                    });
                 }
             }
         }
@@ -841,7 +848,11 @@ async fn write_instance(
     );
     let file = dir.join(format!("{name}.toml"));
     let tmp = dir.join(format!(".{name}.toml.tmp"));
-    let io = |e: std::io::Error| LoadError::Internal(format!("writing {}: {e}", file.display()));
+    let io = |source| LoadError::Io {
+        what: "writing",
+        path: file.clone(),
+        source,
+    };
     {
         use tokio::io::AsyncWriteExt as _;
         let mut f = tokio::fs::File::create(&tmp).await.map_err(io)?;

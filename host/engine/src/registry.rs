@@ -26,11 +26,33 @@ pub struct Slot {
     verify: Arc<Semaphore>,
 }
 
-/// Permission to make one call; dropping it frees the slot.
+/// Which of an instance's call pools a call draws from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pool {
+    /// Caller-driven work: issue, verify-issued, standing access.
+    Request,
+    /// Removing access: expiry, revocation, retries, compensation.
+    Background,
+    /// Proving removal: background work within verification's share (at most half).
+    Verify,
+}
+
+/// One call in progress: the connector version that serves it and the pool slot it
+/// holds, together. Dropping it frees the slot; the version cannot change under it,
+/// so whatever is recorded about the call (its digest) is the version that ran it.
 #[derive(Debug)]
-pub struct CallPermit {
+pub struct Call {
+    connector: LoadedConnector,
     _permit: OwnedSemaphorePermit,
     _share: Option<OwnedSemaphorePermit>,
+}
+
+impl std::ops::Deref for Call {
+    type Target = LoadedConnector;
+
+    fn deref(&self) -> &LoadedConnector {
+        &self.connector
+    }
 }
 
 impl Slot {
@@ -71,27 +93,23 @@ impl Slot {
             .clone()
     }
 
-    /// Waits for a call slot. Requests and background work (expiry, retries,
-    /// verification) have disjoint pools: a revocation storm never starves requests,
-    /// and a burst of requests never delays an expiry.
-    pub async fn permit(&self, background: bool) -> CallPermit {
-        let pool = if background {
-            &self.background
-        } else {
-            &self.calls
+    /// Waits for a slot in `pool` and takes the version that serves new calls: one
+    /// operation, so a caller never holds a permit apart from the connector it
+    /// permits. Requests and background work have disjoint pools: a revocation storm
+    /// never starves requests, and a burst of requests never delays an expiry.
+    pub async fn call(&self, pool: Pool) -> Call {
+        let (permit, share) = match pool {
+            Pool::Request => (acquire(&self.calls).await, None),
+            Pool::Background => (acquire(&self.background).await, None),
+            Pool::Verify => {
+                let share = acquire(&self.verify).await;
+                (acquire(&self.background).await, Some(share))
+            }
         };
-        CallPermit {
-            _permit: acquire(pool).await,
-            _share: None,
-        }
-    }
-
-    /// A background slot for verification, within verification's share.
-    pub async fn permit_verify(&self) -> CallPermit {
-        let share = acquire(&self.verify).await;
-        CallPermit {
-            _permit: acquire(&self.background).await,
-            _share: Some(share),
+        Call {
+            connector: self.connector(),
+            _permit: permit,
+            _share: share,
         }
     }
 

@@ -38,7 +38,7 @@ impl Principal {
             return Ok(());
         }
         let message = format!("`{}` may not {action}", self.name);
-        let _ = state.lifecycle.store().append_audit(
+        state.lifecycle.audit_log().note(
             NewEvent::new("auth.forbidden", &self.name)
                 .detail(serde_json::json!({ "action": action })),
         );
@@ -114,7 +114,7 @@ impl FromRequestParts<AppState> for Principal {
                 Err(e) => refused = Some(e.to_string()),
             }
         }
-        let _ = state.lifecycle.store().append_audit(
+        state.lifecycle.audit_log().note(
             NewEvent::new("auth.unauthenticated", "anonymous").detail(serde_json::json!({
                 "path": parts.uri.path(),
                 "token_present": token.is_some(),

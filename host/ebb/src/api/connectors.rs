@@ -48,7 +48,9 @@ impl From<LoadError> for ApiError {
         match e {
             LoadError::NotFound(_) => Self::NotFound(e.to_string()),
             LoadError::Exists(_) | LoadError::Conflict(_) => Self::Conflict(e.to_string()),
-            LoadError::Invalid(_) => Self::BadRequest(e.to_string()),
+            LoadError::Invalid(_) | LoadError::Component { .. } => Self::BadRequest(e.to_string()),
+            LoadError::Engine(e) => e.into(),
+            LoadError::Io { .. } => Self::Internal(e.to_string()),
             LoadError::NotAllowed(_) => Self::Forbidden(e.to_string()),
             LoadError::Internal(_) => Self::Internal(e.to_string()),
         }

@@ -99,9 +99,33 @@ impl From<lifecycle::Error> for ApiError {
             E::SelfApproval => Self::Forbidden(e.to_string()),
             E::Issue(_) | E::VerifyIssued(_) => Self::Downstream(e.to_string()),
             E::Store(ebb_core::store::Error::Conflict(_)) => Self::Conflict(e.to_string()),
+            // The store cannot write (a full or failing disk, a stopped flusher): the
+            // host cannot serve this now, and says so rather than "internal".
+            E::Store(ref s)
+                if s.io_kind().is_some() || matches!(s, ebb_core::store::Error::FlusherStopped) =>
+            {
+                Self::Unavailable(format!("{e}: {}", error_chain(&e)))
+            }
             E::Store(_) | E::Seal(_) => Self::Internal(e.to_string()),
         }
     }
+}
+
+impl From<ebb_core::store::Error> for ApiError {
+    fn from(e: ebb_core::store::Error) -> Self {
+        lifecycle::Error::Store(e).into()
+    }
+}
+
+/// The causes of `e`, innermost last.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut causes = Vec::new();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        causes.push(c.to_string());
+        cause = c.source();
+    }
+    causes.join(": ")
 }
 
 /// Turns axum's JSON/path/query rejections into our error body.

@@ -241,13 +241,13 @@ async fn create(
         tracing::warn!(grant = %grant.grant.id, subject = %grant.grant.subject.id, state = %grant.state, "BREAK-GLASS request");
         state
             .lifecycle
-            .store()
-            .append_audit(
+            .audit_log()
+            .record(
                 ebb_core::audit::NewEvent::new("alert.break-glass", &principal.name)
                     .grant(&grant.grant.id)
                     .detail(alert.clone()),
             )
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
+            .await?;
         state.approval.alerts.send(alert);
     }
     if denied {
@@ -336,7 +336,7 @@ pub async fn approve(
     let note: ReasonBody = extract::optional_object(note)?;
     let grant = state.lifecycle.get(&id)?;
     if owns(&principal, &grant) {
-        let _ = state.lifecycle.store().append_audit(
+        state.lifecycle.audit_log().note(
             ebb_core::audit::NewEvent::new("grant.self-approval-refused", &principal.name)
                 .grant(&id),
         );

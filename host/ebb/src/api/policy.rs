@@ -92,8 +92,8 @@ pub async fn report_anomaly(
     }
     let actor = format!("{} (anomaly)", principal.name);
     lifecycle
-        .store()
-        .append_audit(
+        .audit_log()
+        .record(
             NewEvent::new("anomaly.reported", &principal.name).detail(json!({
                 "grant": report.grant,
                 "subject": subject,
@@ -101,7 +101,7 @@ pub async fn report_anomaly(
                 "source": report.source,
             })),
         )
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+        .await?;
     let mut revoked = Vec::new();
     for grant in targets {
         if matches!(
@@ -189,12 +189,14 @@ pub async fn reload_policies(
             "no policies are configured ([policy] path)".into(),
         ));
     }
-    reload(&state, &principal.name).map_err(ApiError::BadRequest)?;
+    reload(&state, &principal.name)
+        .await
+        .map_err(ApiError::BadRequest)?;
     Ok(Json(view(&state)))
 }
 
 /// Reloads the policies and audits the outcome; shared with the file watcher.
-pub fn reload(state: &AppState, actor: &str) -> Result<Vec<String>, String> {
+pub async fn reload(state: &AppState, actor: &str) -> Result<Vec<String>, String> {
     let result = state.approval.reload(state.lifecycle.registry());
     let event = match &result {
         Ok(ids) => NewEvent::new("policy.reloaded", actor).detail(json!({ "ids": ids })),
@@ -203,9 +205,9 @@ pub fn reload(state: &AppState, actor: &str) -> Result<Vec<String>, String> {
             NewEvent::new("policy.reload-failed", actor).detail(json!({ "error": e.to_string() }))
         }
     };
-    if let Err(e) = state.lifecycle.store().append_audit(event) {
-        tracing::error!(error = %e, "could not audit a policy reload");
-    }
+    // A failure to record is logged and counted by the audit log; the reload's own
+    // outcome is what the caller learns.
+    let _recorded = state.lifecycle.audit_log().record(event).await;
     result.map_err(|e| e.to_string())
 }
 
@@ -237,7 +239,7 @@ pub fn watch(
         while rx.recv().await.is_some() {
             tokio::time::sleep(std::time::Duration::from_millis(300)).await;
             while rx.try_recv().is_ok() {}
-            if let Ok(ids) = reload(&state, "policy-watch") {
+            if let Ok(ids) = reload(&state, "policy-watch").await {
                 tracing::info!(policies = ids.len(), "policies reloaded");
             }
         }

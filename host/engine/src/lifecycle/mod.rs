@@ -26,7 +26,8 @@ mod scheduler;
 pub use clock::Clock;
 pub use ebb_core::state::{self, Event, GrantState, IllegalTransition, Trigger};
 
-use crate::registry::{Registry, Slot};
+use crate::audit_log::AuditLog;
+use crate::registry::{Pool, Registry, Slot};
 use ebb_core::audit::{AuditEvent, NewEvent};
 use ebb_core::contract::{Credential, Grant, Permission, Residue, Subject, Timestamp, Verdict};
 use ebb_core::seal::Sealer;
@@ -152,6 +153,7 @@ impl std::fmt::Debug for Lifecycle {
 
 struct Inner {
     store: Arc<dyn Store>,
+    audit: AuditLog,
     sealer: Sealer,
     registry: Arc<Registry>,
     clock: Clock,
@@ -237,6 +239,7 @@ impl Lifecycle {
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
+                audit: AuditLog::new(store.clone()),
                 store,
                 sealer,
                 registry,
@@ -259,6 +262,11 @@ impl Lifecycle {
 
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.inner.store
+    }
+
+    /// Where everything but a transition appends its audit events.
+    pub fn audit_log(&self) -> &AuditLog {
+        &self.inner.audit
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
@@ -568,7 +576,9 @@ impl Lifecycle {
             .into());
         }
         let slot = self.slot(&record.connector)?;
-        let connector = slot.connector();
+        // The slot and the version are taken together, before the intent names the
+        // version: the call that follows is the one the intent describes.
+        let connector = slot.call(Pool::Request).await;
         let now = self.now();
         let not_after = now + record.ttl_ms;
         // Intent: durable before the connector is called. The lease makes the
@@ -591,10 +601,9 @@ impl Lifecycle {
         )?;
         self.inner.store.sync().await?;
 
-        let outcome = {
-            let _permit = slot.permit(false).await;
-            connector.issue(&record.grant).await
-        };
+        let outcome = connector.issue(&record.grant).await;
+        let can_verify_issued = connector.info().capabilities.can_verify_issued;
+        drop(connector);
         if let Err(e) = &outcome {
             count_error(&record.connector, "issue", e);
         }
@@ -644,7 +653,7 @@ impl Lifecycle {
 
         let policy = slot.policy();
         if policy.verify_issued
-            && connector.info().capabilities.can_verify_issued
+            && can_verify_issued
             && let Err(e) = self.verify_issued(&slot, &record, &issued).await
         {
             let record = self.load(id)?;
@@ -671,12 +680,11 @@ impl Lifecycle {
             + Duration::from_millis(slot.policy().verify_issued_timeout_ms);
         let mut delay = Duration::from_millis(50);
         loop {
-            let result = {
-                let _permit = slot.permit(false).await;
-                slot.connector()
-                    .verify_issued(&record.grant, &issued.handle, &issued.credential)
-                    .await
-            };
+            let result = slot
+                .call(Pool::Request)
+                .await
+                .verify_issued(&record.grant, &issued.handle, &issued.credential)
+                .await;
             match result {
                 Ok(()) => return Ok(()),
                 Err(e) if e.is_retryable() && tokio::time::Instant::now() + delay < deadline => {
@@ -706,11 +714,12 @@ impl Lifecycle {
                 self.deny_locked(record, actor, reason.unwrap_or("withdrawn before issuance"))?
             }
             _ => {
-                self.inner.store.append_audit(
-                    event("grant.revoke-requested", actor, &record).detail(
+                self.inner
+                    .audit
+                    .record(event("grant.revoke-requested", actor, &record).detail(
                         json!({ "trigger": trigger, "reason": reason, "state": record.state }),
-                    ),
-                )?;
+                    ))
+                    .await?;
                 record
             }
         };
@@ -834,18 +843,16 @@ impl Lifecycle {
             Err(e) => return self.failed(record, &e.to_string(), false, None),
         };
         let credential = self.credential(&record.grant.id)?;
-        // The version that serves this call, recorded with its outcome.
-        let connector = slot.connector();
-        let version = connector.digest().to_string();
-        let outcome = {
-            let _permit = slot.permit(true).await;
+        let (outcome, version) = {
+            // The version that serves this call, recorded with its outcome.
+            let connector = slot.call(Pool::Background).await;
             let started = std::time::Instant::now();
             let outcome = connector
                 .revoke(&record.grant, record.handle.as_deref(), credential.as_ref())
                 .await;
             metrics::histogram!("ebb_revoke_seconds", "connector" => record.connector.clone())
                 .record(started.elapsed().as_secs_f64());
-            outcome
+            (outcome, connector.digest().to_string())
         };
         if let Err(e) = &outcome {
             count_error(&record.connector, "revoke", e);
@@ -878,7 +885,7 @@ impl Lifecycle {
             Ok(slot) => slot,
             Err(e) => return self.failed(record, &e.to_string(), false, None),
         };
-        let connector = slot.connector();
+        let connector = slot.call(Pool::Verify).await;
         let version = connector.digest().to_string();
         if !connector.info().capabilities.can_verify {
             return self.failed(
@@ -890,7 +897,6 @@ impl Lifecycle {
         }
         let credential = self.credential(&record.grant.id)?;
         let outcome = {
-            let _permit = slot.permit_verify().await;
             let started = std::time::Instant::now();
             let outcome = connector
                 .verify_revoked(&record.grant, record.handle.as_deref(), credential.as_ref())
@@ -899,6 +905,8 @@ impl Lifecycle {
                 .record(started.elapsed().as_secs_f64());
             outcome
         };
+        let revokes_by_value = connector.info().capabilities.revokes_by_value;
+        drop(connector);
         if let Err(e) = &outcome {
             count_error(&record.connector, "verify-revoked", e);
         }
@@ -926,7 +934,7 @@ impl Lifecycle {
                 // The secret has no further use once removal is proven — except to a
                 // connector that can only re-verify by the credential's value, until
                 // the re-verification window closes.
-                let sealed = if window > 0 && connector.info().capabilities.revokes_by_value {
+                let sealed = if window > 0 && revokes_by_value {
                     Sealed::Keep
                 } else {
                     Sealed::Shred
