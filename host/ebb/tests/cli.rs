@@ -84,14 +84,11 @@ sql.main = {{ dsn-env = "EBB_TEST_PG_DSN", max-connections = 2 }}
         ),
     )
     .unwrap();
-    let mut host = Command::new(env!("CARGO_BIN_EXE_ebb"))
-        .args(["serve", "--config"])
-        .arg(dir.join("ebb.toml"))
-        .env("EBB_TEST_PG_DSN", pg.admin_dsn())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut host =
+        ebb_test_support::serve_command(env!("CARGO_BIN_EXE_ebb"), &dir.join("ebb.toml"))
+            .env("EBB_TEST_PG_DSN", pg.admin_dsn())
+            .spawn()
+            .unwrap();
     let api = format!("http://127.0.0.1:{port}");
     ebb_test_support::wait_for_port(port, Duration::from_secs(6));
 

@@ -16,23 +16,13 @@ use ebb_test_support::Postgres;
 use rand::Rng;
 use serde_json::{Value, json};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 const REQUESTER: &str = "crash-test-requester-token";
 const OPERATOR: &str = "crash-test-operator-token";
-
-fn now_ms() -> u64 {
-    u64::try_from(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_millis(),
-    )
-    .unwrap()
-}
 
 fn sha(token: &str) -> String {
     ebb::api::auth::hash_token(token)
@@ -75,11 +65,8 @@ lifecycle = {{ approval = "auto", retry-base-ms = 100, retry-max-ms = 1000, max-
 }
 
 fn start(config: &Path, log: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_ebb"))
-        .args(["serve", "--config"])
-        .arg(config)
+    ebb_test_support::serve_command(env!("CARGO_BIN_EXE_ebb"), config)
         .env("EBB_LOG", "warn")
-        .stdout(Stdio::null())
         .stderr(
             std::fs::OpenOptions::new()
                 .create(true)
@@ -149,7 +136,7 @@ async fn kill_9_at_random_moments_loses_nothing() {
         let mut host = start(&config, &log);
         wait_healthy(&client, &base).await;
         if let Some(last) = downtimes.last_mut() {
-            last.1 = now_ms();
+            last.1 = ebb_test_support::now_ms();
         }
         let stop = Arc::new(AtomicBool::new(false));
         let mut workers = Vec::new();
@@ -192,7 +179,7 @@ async fn kill_9_at_random_moments_loses_nothing() {
         }
         tokio::time::sleep(Duration::from_millis(rng.random_range(500..2500))).await;
         host.kill().unwrap(); // SIGKILL
-        let killed = now_ms();
+        let killed = ebb_test_support::now_ms();
         host.wait().unwrap();
         stop.store(true, Ordering::Relaxed);
         for w in workers {
@@ -206,7 +193,7 @@ async fn kill_9_at_random_moments_loses_nothing() {
     let mut host = start(&config, &log);
     wait_healthy(&client, &base).await;
     if let Some(last) = downtimes.last_mut() {
-        last.1 = now_ms();
+        last.1 = ebb_test_support::now_ms();
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     let grants = loop {

@@ -28,13 +28,6 @@ use ebb_test_support::oidc::CLIENT_SECRET;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
 fn config(server: &Oidc, client: &str, secret: &str) -> ConnectorConfig {
     ConnectorConfig::new(ebb_test_plugins::OAUTH2)
         .with_config("token-endpoint", &server.url("/token"))
@@ -71,7 +64,7 @@ fn grant(id: &str, scopes: &[&str], ttl_ms: u64) -> Grant {
                 resource: (*s).into(),
             })
             .collect(),
-        not_after: now_ms() + ttl_ms,
+        not_after: ebb_test_support::now_ms() + ttl_ms,
         task: "monthly report".into(),
     }
 }
@@ -255,7 +248,7 @@ async fn jwt_tokens_are_declared_irrevocable_and_reported_until_they_expire() {
     }
     let expires = issued.expires_at.unwrap();
     tokio::time::sleep(Duration::from_millis(
-        expires.saturating_sub(now_ms()) + 200,
+        expires.saturating_sub(ebb_test_support::now_ms()) + 200,
     ))
     .await;
     assert_eq!(

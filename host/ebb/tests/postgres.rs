@@ -14,17 +14,6 @@ use ebb_core::contract::{
 use ebb_engine::config::{ConnectorConfig, RuntimeConfig};
 use ebb_runtime::{CallError, LoadedConnector, Runtime};
 use ebb_test_support::Postgres;
-use std::time::{SystemTime, UNIX_EPOCH};
-
-fn now_ms() -> u64 {
-    u64::try_from(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_millis(),
-    )
-    .unwrap()
-}
 
 fn grant(id: &str, permissions: &[(&str, &str)]) -> Grant {
     Grant {
@@ -41,7 +30,7 @@ fn grant(id: &str, permissions: &[(&str, &str)]) -> Grant {
                 resource: (*resource).into(),
             })
             .collect(),
-        not_after: now_ms() + 60_000,
+        not_after: ebb_test_support::now_ms() + 60_000,
         task: "reconcile invoices".into(),
     }
 }
@@ -359,7 +348,7 @@ async fn bad_grants_are_refused_and_leave_nothing_behind() {
     );
     // An expired grant is refused.
     let mut expired = grant("01JEXPIRED", &[("select", "public.invoices")]);
-    expired.not_after = now_ms() - 1;
+    expired.not_after = ebb_test_support::now_ms() - 1;
     assert!(matches!(
         pg_connector.issue(&expired).await.unwrap_err(),
         CallError::Connector(ConnectorError::Invalid(_))

@@ -11,18 +11,14 @@
 
 use serde_json::{Value, json};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 const TOKEN: &str = "shutdown-test-token";
 
 fn start(config: &Path, port: u16) -> Child {
     #[allow(clippy::zombie_processes, reason = "callers wait for it")]
-    let child = Command::new(env!("CARGO_BIN_EXE_ebb"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+    let child = ebb_test_support::serve_command(env!("CARGO_BIN_EXE_ebb"), config)
         .spawn()
         .unwrap();
     assert!(

@@ -13,6 +13,26 @@ pub use oidc::Oidc;
 pub use postgres::Postgres;
 pub use redis::Redis;
 
+/// Milliseconds since the Unix epoch, as grants count time.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// `ebb serve --config <config>` from the binary at `bin` (a test's
+/// `env!("CARGO_BIN_EXE_ebb")`), output discarded; add environment or a log and
+/// spawn it.
+pub fn serve_command(bin: &str, config: &std::path::Path) -> std::process::Command {
+    let mut command = std::process::Command::new(bin);
+    command
+        .args(["serve", "--config"])
+        .arg(config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    command
+}
+
 /// A loopback port free at the time of asking.
 pub fn free_port() -> anyhow::Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;

@@ -93,7 +93,9 @@ pub fn skipped(needs: &[Need]) -> bool {
     let test = thread.name().unwrap_or("a test");
     let why = missing.join("; ");
     if std::env::var(REQUIRE_ALL).is_ok_and(|v| v == "1") {
-        fail(&format!("{test} needs {why}, and {REQUIRE_ALL}=1 forbids skipping it"));
+        fail(&format!(
+            "{test} needs {why}, and {REQUIRE_ALL}=1 forbids skipping it"
+        ));
     }
     // Straight to the process's stderr: the harness captures only `eprintln!`.
     let _ = writeln!(std::io::stderr(), "SKIPPED {test}: needs {why}");

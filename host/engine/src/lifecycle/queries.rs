@@ -1,0 +1,94 @@
+//! Admin queries over the store: a grant, its report, live grants of a connector,
+//! escalated grants, and hand-over to another instance.
+
+use super::*;
+
+impl Lifecycle {
+    /// The grant `id`.
+    pub fn get(&self, id: &str) -> Result<GrantRecord> {
+        self.load(id)
+    }
+
+    /// What was requested, what was granted, what remains, and its audit trail.
+    pub fn report(&self, id: &str) -> Result<GrantReport> {
+        let grant = self.load(id)?;
+        let events = self.inner.store.audit(&AuditQuery {
+            grant_id: Some(id.to_owned()),
+            after_seq: 0,
+            limit: 10_000,
+        })?;
+        Ok(GrantReport {
+            may_have_access: grant.state.may_have_access(),
+            grant,
+            events,
+        })
+    }
+
+    /// Grants of connector instance `connector` that still need it: every grant not
+    /// closed, and closed grants still being re-verified.
+    pub fn live_grants(&self, connector: &str) -> Result<Vec<GrantRecord>> {
+        let mut all = self.grants_matching(store::ListFilter {
+            connector: Some(connector.to_owned()),
+            ..Default::default()
+        })?;
+        all.retain(|r| {
+            r.due_at.is_some() || !matches!(r.state, GrantState::Denied | GrantState::Verified)
+        });
+        Ok(all)
+    }
+
+    /// Every grant `filter` matches (its `after` and `limit` aside), page by page.
+    pub fn grants_matching(&self, filter: store::ListFilter) -> Result<Vec<GrantRecord>> {
+        let mut filter = store::ListFilter {
+            after: None,
+            limit: 1000,
+            ..filter
+        };
+        let mut all = Vec::new();
+        loop {
+            let page = self.inner.store.list(&filter)?;
+            all.extend(page.grants);
+            match page.next {
+                Some(next) => filter.after = Some(next),
+                None => return Ok(all),
+            }
+        }
+    }
+
+    /// Hands grant `id` to connector instance `to`: from now on its calls
+    /// (revocation, verification) go there. Waits for work in flight on the grant.
+    pub async fn hand_over(&self, id: &str, to: &str, actor: &str) -> Result<GrantRecord> {
+        let _lock = self.inner.locks.lock(id).await;
+        let mut record = self.load(id)?;
+        if record.connector == to {
+            return Ok(record);
+        }
+        let from = std::mem::replace(&mut record.connector, to.to_owned());
+        record.updated_at = self.now();
+        let handed = event("grant.handed-over", actor, &record)
+            .detail(json!({ "from": from, "to": to, "state": record.state }));
+        let (record, _) = self.inner.store.commit(Commit {
+            record,
+            sealed: Sealed::Keep,
+            event: handed,
+            lease_until: None,
+        })?;
+        if record.due_at.is_some() {
+            self.inner.wake.notify_one();
+        }
+        Ok(record)
+    }
+
+    /// Grants whose revocation is still not verified after the attempt budget.
+    pub fn escalated(&self) -> Result<Vec<GrantRecord>> {
+        Ok(self
+            .inner
+            .store
+            .list(&store::ListFilter {
+                state: Some(GrantState::Escalated),
+                limit: 1000,
+                ..Default::default()
+            })?
+            .grants)
+    }
+}

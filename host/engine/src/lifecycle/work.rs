@@ -1,0 +1,217 @@
+//! What the scheduler does for a due grant: [`Lifecycle::work`] dispatches on the
+//! state to revoke, verify, re-verify or compensate, holding the grant's lock.
+
+use super::*;
+
+impl Lifecycle {
+    /// Does whatever is due for grant `id`. Called by the scheduler.
+    pub(super) async fn work(&self, id: &str) -> Result<()> {
+        // Wait for whoever holds the grant (an API call finishing `issue`, say), then
+        // act on its state as it is then. Skipping instead would leave the claimed
+        // grant parked until its lease ran out.
+        let _lock = self.inner.locks.lock(id).await;
+        let mut record = self.load(id)?;
+        // Claimed, but is it still due? Another job may have moved it on while this
+        // one waited (e.g. a step committed "due now" and the scheduler claimed it
+        // again), or a voided lease woke it early. Put the index entry back at the
+        // grant's own due time, and do nothing.
+        if record.due_at.is_none_or(|due| due > self.now()) {
+            self.inner.store.reschedule(id, record.due_at)?;
+            return Ok(());
+        }
+        loop {
+            record = match record.state {
+                GrantState::Requested => {
+                    self.deny_locked(record, "ebb", "not approved within the approval window")?;
+                    return Ok(());
+                }
+                GrantState::Approved => {
+                    self.deny_locked(record, "ebb", "not issued within the issue window")?;
+                    return Ok(());
+                }
+                GrantState::Issuing => {
+                    // The host stopped (or the call hung) between intent and outcome:
+                    // something may exist downstream that no one will ever use.
+                    self.transition(
+                        record,
+                        Event::IssueFailed,
+                        "ebb",
+                        json!({ "error": "the outcome of issue is unknown (host restarted or call lost)" }),
+                        Sealed::Keep,
+                        |r| r.last_error = Some("issue outcome unknown".into()),
+                    )?
+                }
+                GrantState::IssueFailed => {
+                    self.begin_revoke(record, Trigger::Compensation, "ebb", None)?
+                }
+                GrantState::Active => self.begin_revoke(record, Trigger::Expiry, "ebb", None)?,
+                GrantState::Residual | GrantState::Escalated => {
+                    let trigger = record.trigger.unwrap_or(Trigger::Expiry);
+                    self.begin_revoke(record, trigger, "ebb", None)?
+                }
+                GrantState::Revoking => {
+                    let record = self.do_revoke(record).await?;
+                    if record.state == GrantState::Revoked
+                        && record.due_at.is_some_and(|d| d <= self.now())
+                    {
+                        record
+                    } else {
+                        return Ok(());
+                    }
+                }
+                GrantState::Revoked | GrantState::Verified => {
+                    let record = self.do_verify(record).await?;
+                    if record.state == GrantState::Residual
+                        && record.due_at.is_some_and(|d| d <= self.now())
+                    {
+                        record
+                    } else {
+                        return Ok(());
+                    }
+                }
+                GrantState::Denied => return Ok(()),
+            };
+        }
+    }
+
+    /// The grant's credential, unsealed, while the store still holds it.
+    pub(super) fn credential(&self, id: &str) -> Result<Option<Credential>> {
+        let Some(sealed) = self.inner.store.sealed_credential(id)? else {
+            return Ok(None);
+        };
+        let plain = self
+            .inner
+            .sealer
+            .open(id, &sealed)
+            .map_err(|e| Error::Seal(e.to_string()))?;
+        serde_json::from_slice::<Credential>(&plain)
+            .map(Some)
+            .map_err(|e| Error::Seal(e.to_string()))
+    }
+
+    /// Calls `revoke`; success moves to `revoked`, failure retries or escalates.
+    pub(super) async fn do_revoke(&self, record: GrantRecord) -> Result<GrantRecord> {
+        let slot = match self.slot(&record.connector) {
+            Ok(slot) => slot,
+            Err(e) => return self.failed(record, &e.to_string(), false, None),
+        };
+        let credential = self.credential(&record.grant.id)?;
+        let (outcome, version) = {
+            // The version that serves this call, recorded with its outcome.
+            let connector = slot.call(Pool::Background).await;
+            let started = std::time::Instant::now();
+            let outcome = connector
+                .revoke(&record.grant, record.handle.as_deref(), credential.as_ref())
+                .await;
+            metrics::histogram!("ebb_revoke_seconds", "connector" => record.connector.clone())
+                .record(started.elapsed().as_secs_f64());
+            (outcome, connector.digest().to_string())
+        };
+        if let Err(e) = &outcome {
+            count_error(&record.connector, "revoke", e);
+        }
+        match outcome {
+            Ok(()) => {
+                let now = self.now();
+                let delay = slot.policy().propagation_delay_ms;
+                self.transition(
+                    record,
+                    Event::RevokeSucceeded,
+                    "ebb",
+                    json!({ "connector_version": version }),
+                    Sealed::Keep,
+                    |r| {
+                        r.revoked_at = Some(now);
+                        r.last_error = None;
+                        r.due_at = Some(now + delay);
+                    },
+                )
+            }
+            Err(e) => self.failed(record, &e.to_string(), e.is_retryable(), Some(&version)),
+        }
+    }
+
+    /// Calls `verify-revoked`; `revoked` closes (or re-verifies) the grant, residue
+    /// sends it back to revocation, errors retry.
+    pub(super) async fn do_verify(&self, record: GrantRecord) -> Result<GrantRecord> {
+        let slot = match self.slot(&record.connector) {
+            Ok(slot) => slot,
+            Err(e) => return self.failed(record, &e.to_string(), false, None),
+        };
+        let connector = slot.call(Pool::Verify).await;
+        let version = connector.digest().to_string();
+        if !connector.info().capabilities.can_verify {
+            return self.failed(
+                record,
+                "the connector cannot verify revocation; an operator must confirm it by hand",
+                false,
+                Some(&version),
+            );
+        }
+        let credential = self.credential(&record.grant.id)?;
+        let outcome = {
+            let started = std::time::Instant::now();
+            let outcome = connector
+                .verify_revoked(&record.grant, record.handle.as_deref(), credential.as_ref())
+                .await;
+            metrics::histogram!("ebb_verify_seconds", "connector" => record.connector.clone())
+                .record(started.elapsed().as_secs_f64());
+            outcome
+        };
+        let revokes_by_value = connector.info().capabilities.revokes_by_value;
+        drop(connector);
+        if let Err(e) = &outcome {
+            count_error(&record.connector, "verify-revoked", e);
+        }
+        let now = self.now();
+        let policy = slot.policy();
+        match outcome {
+            Ok(Verdict::Revoked) if record.state == GrantState::Verified => {
+                let until = record.reverify_until.unwrap_or(now);
+                let next = now + policy.reverify_every_ms;
+                let last = next >= until;
+                self.transition(
+                    record,
+                    Event::Reverify,
+                    "ebb",
+                    json!({ "verdict": "revoked", "connector_version": version }),
+                    if last { Sealed::Shred } else { Sealed::Keep },
+                    |r| {
+                        r.due_at = (!last).then_some(next);
+                    },
+                )
+            }
+            Ok(Verdict::Revoked) => {
+                let window = policy.reverify_window_ms;
+                let every = policy.reverify_every_ms;
+                // The secret has no further use once removal is proven — except to a
+                // connector that can only re-verify by the credential's value, until
+                // the re-verification window closes.
+                let sealed = if window > 0 && revokes_by_value {
+                    Sealed::Keep
+                } else {
+                    Sealed::Shred
+                };
+                self.transition(
+                    record,
+                    Event::VerifiedRevoked,
+                    "ebb",
+                    json!({ "verdict": "revoked", "connector_version": version }),
+                    sealed,
+                    |r| {
+                        r.verified_at = Some(now);
+                        r.residue.clear();
+                        r.attempts = 0;
+                        r.last_error = None;
+                        r.reverify_until = (window > 0).then_some(now + window);
+                        r.due_at = (window > 0 && every < window).then_some(now + every);
+                    },
+                )
+            }
+            Ok(Verdict::Residual(residue)) => {
+                self.found_residue(record, residue, &policy, &version)
+            }
+            Err(e) => self.failed(record, &e.to_string(), e.is_retryable(), Some(&version)),
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! How values and keys are laid out in sled, and how sled's errors become the
+//! store's typed errors. See the key table in the crate docs.
+
+use ebb_core::contract::Timestamp;
+use ebb_core::state::GrantState;
+use ebb_core::store::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+pub(crate) fn sled_error(what: &'static str) -> impl Fn(sled::Error) -> Error {
+    move |e| match e {
+        sled::Error::Io(source) => Error::Io { what, source },
+        other => Error::Storage {
+            what,
+            source: Box::new(other),
+        },
+    }
+}
+
+pub(crate) fn storage(e: sled::Error) -> Error {
+    sled_error("accessing sled")(e)
+}
+
+pub(crate) fn decode<T: for<'de> Deserialize<'de>>(key: &[u8], bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| Error::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        source: Box::new(e),
+    })
+}
+
+pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|e| Error::Storage {
+        what: "encoding a value",
+        source: Box::new(e),
+    })
+}
+
+pub(crate) fn key(prefix: &str, id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(prefix.len() + id.len());
+    k.extend_from_slice(prefix.as_bytes());
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+pub(crate) fn due_key(due: Timestamp, id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(10 + id.len());
+    k.extend_from_slice(b"t/");
+    k.extend_from_slice(&due.to_be_bytes());
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+pub(crate) fn parse_due_key(k: &[u8]) -> Result<(Timestamp, String)> {
+    let bad = || Error::Corrupt {
+        key: String::from_utf8_lossy(k).into_owned(),
+        source: "malformed due index key".into(),
+    };
+    let ts: [u8; 8] = k
+        .get(2..10)
+        .and_then(|s| s.try_into().ok())
+        .ok_or_else(bad)?;
+    let id = std::str::from_utf8(k.get(10..).ok_or_else(bad)?).map_err(|_| bad())?;
+    Ok((u64::from_be_bytes(ts), id.to_owned()))
+}
+
+pub(crate) fn be(bytes: &[u8]) -> Option<u64> {
+    bytes.try_into().ok().map(u64::from_be_bytes)
+}
+
+pub(crate) fn audit_key(seq: u64) -> Vec<u8> {
+    let mut k = b"a/".to_vec();
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+pub(crate) fn audit_index_key(grant: &str, seq: u64) -> Vec<u8> {
+    let mut k = key("i/", grant);
+    k.push(0);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+pub(crate) fn count_key(state: GrantState) -> Vec<u8> {
+    key("m/count/", state.as_str())
+}
+
+pub(crate) fn wall_clock() -> Timestamp {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}

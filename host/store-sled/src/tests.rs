@@ -1,0 +1,258 @@
+use super::*;
+use ebb_core::contract::{Grant, Subject, SubjectKind};
+
+fn record(id: &str, state: GrantState, due: Option<Timestamp>) -> GrantRecord {
+    let grant = Grant {
+        id: id.into(),
+        subject: Subject {
+            id: "s".into(),
+            kind: SubjectKind::Workload,
+            claims: vec![],
+        },
+        permissions: vec![],
+        not_after: due.unwrap_or(0),
+        task: "t".into(),
+    };
+    let mut r = GrantRecord::requested(grant, "noop".into(), 1000, 1, "s".into(), None);
+    r.state = state;
+    r.due_at = due;
+    r
+}
+
+fn temp_store() -> (Arc<SledStore>, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!(
+        "ebb-store-{}-{}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    (SledStore::open(&dir, [1; 32]).unwrap(), dir)
+}
+
+fn event(id: &str) -> NewEvent {
+    NewEvent::new("grant.transition", "test").grant(id)
+}
+
+#[tokio::test]
+async fn commits_are_versioned_and_indexed() {
+    let (store, dir) = temp_store();
+    let (r, e) = store
+        .commit(Commit {
+            record: record("g1", GrantState::Active, Some(500)),
+            sealed: Sealed::Set(b"secret".to_vec()),
+            event: event("g1"),
+            lease_until: None,
+        })
+        .unwrap();
+    assert_eq!((r.version, e.seq), (1, 1));
+    assert_eq!(store.sealed_credential("g1").unwrap().unwrap(), b"secret");
+    assert_eq!(store.next_due().unwrap(), Some(500));
+    // A stale version is refused; a new grant with a taken id too.
+    let mut stale = r.clone();
+    stale.version = 0;
+    assert!(matches!(
+        store.commit(Commit {
+            record: stale,
+            sealed: Sealed::Keep,
+            event: event("g1"),
+            lease_until: None
+        }),
+        Err(Error::Exists(_))
+    ));
+    let mut next = r.clone();
+    next.state = GrantState::Verified;
+    next.due_at = None;
+    let (r2, _) = store
+        .commit(Commit {
+            record: next,
+            sealed: Sealed::Shred,
+            event: event("g1"),
+            lease_until: None,
+        })
+        .unwrap();
+    assert_eq!(r2.version, 2);
+    assert!(matches!(
+        store.commit(Commit {
+            record: r.clone(),
+            sealed: Sealed::Keep,
+            event: event("g1"),
+            lease_until: None
+        }),
+        Err(Error::Conflict(_))
+    ));
+    // An intent's lease is voided by a restart: due at once.
+    let mut leased = store.get("g1").unwrap().unwrap();
+    leased.due_at = Some(700);
+    store
+        .commit(Commit {
+            record: leased,
+            sealed: Sealed::Keep,
+            event: event("g1"),
+            lease_until: Some(90_000),
+        })
+        .unwrap();
+    assert_eq!(store.next_due().unwrap(), Some(90_000));
+    assert_eq!(store.release_leases().unwrap(), 1);
+    assert_eq!(store.next_due().unwrap(), Some(700));
+    let mut done = store.get("g1").unwrap().unwrap();
+    done.due_at = None;
+    store
+        .commit(Commit {
+            record: done,
+            sealed: Sealed::Keep,
+            event: event("g1"),
+            lease_until: None,
+        })
+        .unwrap();
+    assert_eq!(store.sealed_credential("g1").unwrap(), None);
+    assert_eq!(store.next_due().unwrap(), None);
+    let counts = store.counts().unwrap();
+    assert_eq!(
+        (counts[&GrantState::Active], counts[&GrantState::Verified]),
+        (0, 1)
+    );
+    assert_eq!(
+        store
+            .audit(&AuditQuery {
+                grant_id: Some("g1".into()),
+                limit: 10,
+                ..Default::default()
+            })
+            .unwrap()
+            .len(),
+        4
+    );
+    assert!(store.verify_audit().unwrap().is_intact());
+    store.sync().await.unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn due_index_orders_by_time_then_id_and_leases_come_back() {
+    let (store, dir) = temp_store();
+    for (id, due) in [("b", 300), ("a", 300), ("c", 100), ("d", 900)] {
+        store
+            .commit(Commit {
+                record: record(id, GrantState::Active, Some(due)),
+                sealed: Sealed::Keep,
+                event: event(id),
+                lease_until: None,
+            })
+            .unwrap();
+    }
+    assert_eq!(store.claim_due(300, 5000, 10).unwrap(), vec!["c", "a", "b"]);
+    // Claimed entries are not handed out again...
+    assert!(store.claim_due(300, 5000, 10).unwrap().is_empty());
+    assert_eq!(store.next_due().unwrap(), Some(900));
+    // ...unless the lease runs out, or a restart voids it.
+    assert_eq!(store.release_leases().unwrap(), 3);
+    assert_eq!(store.next_due().unwrap(), Some(100));
+    assert_eq!(store.claim_due(100, 5000, 10).unwrap(), vec!["c"]);
+    // Committing the work moves the entry to the record's new due.
+    let mut c = store.get("c").unwrap().unwrap();
+    c.due_at = Some(2000);
+    store
+        .commit(Commit {
+            record: c,
+            sealed: Sealed::Keep,
+            event: event("c"),
+            lease_until: None,
+        })
+        .unwrap();
+    assert_eq!(store.release_leases().unwrap(), 0);
+    assert_eq!(
+        store.claim_due(2000, 9000, 10).unwrap(),
+        vec!["a", "b", "d", "c"]
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn survives_reopen_with_chain_and_counts() {
+    let (store, dir) = temp_store();
+    for id in ["x", "y"] {
+        store
+            .commit(Commit {
+                record: record(id, GrantState::Active, Some(10)),
+                sealed: Sealed::Keep,
+                event: event(id),
+                lease_until: None,
+            })
+            .unwrap();
+    }
+    store
+        .append_audit(NewEvent::new("auth.denied", "anonymous"))
+        .unwrap();
+    store.sync().await.unwrap();
+    drop(store);
+    let store = SledStore::open(&dir, [1; 32]).unwrap();
+    assert_eq!(store.counts().unwrap()[&GrantState::Active], 2);
+    let (_, e) = store
+        .commit(Commit {
+            record: record("z", GrantState::Active, None),
+            sealed: Sealed::Keep,
+            event: event("z"),
+            lease_until: None,
+        })
+        .unwrap();
+    assert_eq!(e.seq, 4);
+    assert!(store.verify_audit().unwrap().is_intact());
+    // A different chain key does not verify: the chain is keyed.
+    drop(store);
+    let wrong = SledStore::open(&dir, [2; 32]).unwrap();
+    assert!(!wrong.verify_audit().unwrap().is_intact());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn tampering_with_any_stored_audit_record_is_detected() {
+    let (store, dir) = temp_store();
+    for id in ["a", "b", "c", "d"] {
+        store
+            .commit(Commit {
+                record: record(id, GrantState::Active, None),
+                sealed: Sealed::Keep,
+                event: event(id),
+                lease_until: None,
+            })
+            .unwrap();
+    }
+    assert!(store.verify_audit().unwrap().is_intact());
+    let original: Vec<(sled::IVec, sled::IVec)> =
+        store.db.scan_prefix(b"a/").map(|e| e.unwrap()).collect();
+    let restore = |store: &SledStore| {
+        for (k, v) in &original {
+            store.db.insert(k, v.clone()).unwrap();
+        }
+    };
+    // Edit each record in turn.
+    for (k, v) in &original {
+        let mut e: AuditEvent = serde_json::from_slice(v).unwrap();
+        e.actor = "mallory".into();
+        store.db.insert(k, serde_json::to_vec(&e).unwrap()).unwrap();
+        let report = store.verify_audit().unwrap();
+        assert!(
+            report.problem.as_deref().unwrap().contains("altered"),
+            "{report:?}"
+        );
+        restore(&store);
+    }
+    // Delete each record in turn.
+    for (k, _) in &original {
+        store.db.remove(k).unwrap();
+        assert!(!store.verify_audit().unwrap().is_intact());
+        restore(&store);
+    }
+    // Swap two records' positions.
+    store
+        .db
+        .insert(&original[1].0, original[2].1.clone())
+        .unwrap();
+    store
+        .db
+        .insert(&original[2].0, original[1].1.clone())
+        .unwrap();
+    assert!(!store.verify_audit().unwrap().is_intact());
+    restore(&store);
+    assert!(store.verify_audit().unwrap().is_intact());
+    let _ = std::fs::remove_dir_all(dir);
+}
