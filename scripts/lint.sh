@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 cargo fmt --all -- --check
+# No module of a host crate imports another in a cycle.
+python3 scripts/check-modules.py
 (cd plugins && cargo fmt --all -- --check)
 cargo clippy --workspace --all-targets --locked -- -D warnings
 (cd plugins && cargo clippy --workspace --all-targets --locked --target wasm32-wasip2 -- -D warnings)

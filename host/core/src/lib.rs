@@ -32,3 +32,16 @@ pub use contract::{
 pub use seal::{HostKey, Sealer};
 pub use state::{Event, GrantState, IllegalTransition, Trigger};
 pub use store::{Approval, Commit, GrantRecord, Store};
+
+/// `e` and its causes, outermost first, joined by `: ` — for messages that must keep
+/// the whole chain where only one string fits (an API error body, an audit detail).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}

@@ -6,7 +6,7 @@
 //! folder must be writable only by the host's user; it is the operator's to protect,
 //! like the host binary itself.
 
-use super::Digest;
+use crate::call::Digest;
 use anyhow::Context;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};

@@ -6,10 +6,9 @@
 //! does — trap, loop, grow without bound, return megabytes — the call fails with a
 //! [`CallError`] that names what happened, and the next call starts clean.
 
-use super::EPOCH_TICK;
-use super::bindings::{Plugin, PluginPre, types as wit};
-use super::host::{CallState, Lent};
-use super::limits::Limits;
+use crate::bindings::{Plugin, PluginPre, types as wit};
+use crate::host::{CallState, Lent};
+use crate::limits::{EPOCH_TICK, Limits};
 use ebb_core::contract::{
     ActionInfo, Capabilities, ConnectorError, ConnectorInfo, Credential, Grant, Issued, Residue,
     ResidueKind, Subject, SubjectKind, Verdict,
@@ -193,12 +192,11 @@ impl LoadedConnector {
         pre: PluginPre<CallState>,
         lent: Arc<Lent>,
         limits: Limits,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self, CallError> {
         let info = run(name, &pre, &lent, &limits, |store, plugin| {
             Box::pin(async move { plugin.ebb_connector_connector().call_describe(store).await })
         })
-        .await
-        .map_err(|e| anyhow::anyhow!("`describe` failed: {e}"))?;
+        .await?;
         let info = convert::info(info);
         check_output(name, &limits, info_size(&info))?;
         Ok(Self {

@@ -15,7 +15,7 @@
 //! against the downstream system's own client judges the credential independently
 //! of the connector.
 
-use crate::LoadedConnector;
+use crate::call::LoadedConnector;
 use ebb_core::contract::{
     Credential, Grant, Permission, ResidueKind, Subject, SubjectKind, Verdict,
 };

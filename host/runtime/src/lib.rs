@@ -8,10 +8,15 @@
 //! gets a fresh `wasmtime::Store` with a memory limit and a deadline, so a connector
 //! that traps, loops, exhausts memory or returns too much fails only that call.
 //!
-//! Key types: [`Runtime`], [`Connector`] (a loaded, callable component), [`CallError`].
+//! Key types: [`Runtime`], [`LoadedConnector`] (a loaded, callable component),
+//! [`CallError`], and its inputs [`ConnectorSpec`] and [`RuntimeConfig`] (in
+//! [`lend`]). [`conformance`] is the kit that checks a connector keeps the contract.
 //!
-//! **Architecture invariant:** this module knows nothing about grant states; it
-//! answers "call this connector with this grant" and nothing more.
+//! **Architecture invariant:** this crate knows nothing about grant states, the
+//! store or the operator's configuration file: it depends on `ebb-core`'s contract
+//! types only, never on `ebb-engine`, a storage engine, axum or Cedar. It answers
+//! "call this connector with this grant" and nothing more. It is the only crate
+//! that names wasmtime or the generated bindings.
 
 mod bindings;
 mod cache;
@@ -25,17 +30,14 @@ pub use call::{CallError, Digest, LoadedConnector};
 pub use host::http::Origin;
 pub use lend::{ConnectorSpec, RuntimeConfig};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use host::CallState;
+use limits::EPOCH_TICK;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 use wasmtime::Engine as WasmtimeEngine;
 use wasmtime::component::{Component, Linker};
-
-/// How often the epoch advances; deadlines are counted in these ticks.
-pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(5);
 
 /// Bytes of each freed linear memory reset with memset instead of madvise.
 const KEEP_RESIDENT_MEMORY: usize = 1 << 20;
@@ -43,6 +45,37 @@ const KEEP_RESIDENT_MEMORY: usize = 1 << 20;
 const KEEP_RESIDENT_TABLE: usize = 64 << 10;
 /// How many freed slots to decommit in one batch.
 const DECOMMIT_BATCH: usize = 16;
+
+/// Why a component did not load. Every cause is kept as the `source`.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("reading component {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("component {} has sha256 {digest}, but the configuration pins {pin}", path.display())]
+    PinMismatch {
+        path: PathBuf,
+        digest: Digest,
+        pin: String,
+    },
+    #[error("memory limit of {0} MiB is above the runtime's max-memory-mib")]
+    MemoryLimit(u64),
+    /// Not a component, or not one this engine compiles.
+    #[error("compiling the component")]
+    Compile(#[source] anyhow::Error),
+    #[error("linking the component: it imports something the host does not lend")]
+    Link(#[source] anyhow::Error),
+    #[error("the component does not export ebb:connector/connector@0.1.0")]
+    Export(#[source] anyhow::Error),
+    /// A lent capability could not be prepared (a DSN, a secret, an origin).
+    #[error("preparing what the connector is lent")]
+    Lend(#[source] anyhow::Error),
+    #[error("`describe` failed")]
+    Describe(#[source] CallError),
+}
 
 /// The shared engine, linker and compilation cache.
 #[derive(Clone)]
@@ -137,10 +170,17 @@ impl Runtime {
     /// Loads a connector instance named `name`: verifies the pin, compiles (or loads
     /// from cache), links, prepares its capabilities and checks that `describe`
     /// answers.
-    pub async fn load(&self, name: &str, spec: &ConnectorSpec) -> anyhow::Result<LoadedConnector> {
+    pub async fn load(
+        &self,
+        name: &str,
+        spec: &ConnectorSpec,
+    ) -> Result<LoadedConnector, LoadError> {
         let bytes = tokio::fs::read(&spec.component)
             .await
-            .with_context(|| format!("reading component {}", spec.component.display()))?;
+            .map_err(|source| LoadError::Read {
+                path: spec.component.clone(),
+                source,
+            })?;
         self.load_bytes(name, spec, &bytes).await
     }
 
@@ -151,35 +191,35 @@ impl Runtime {
         name: &str,
         spec: &ConnectorSpec,
         bytes: &[u8],
-    ) -> anyhow::Result<LoadedConnector> {
+    ) -> Result<LoadedConnector, LoadError> {
         let digest = Digest::of(bytes);
         if let Some(pin) = &spec.sha256
             && !pin.eq_ignore_ascii_case(&digest.to_string())
         {
-            bail!(
-                "component {} has sha256 {digest}, but the configuration pins {pin}",
-                spec.component.display()
-            );
+            return Err(LoadError::PinMismatch {
+                path: spec.component.clone(),
+                digest,
+                pin: pin.clone(),
+            });
         }
         let memory_bytes = spec.limits.memory_mib * 1024 * 1024;
         if memory_bytes > self.inner.max_memory_bytes {
-            bail!(
-                "memory limit of {} MiB is above the runtime's max-memory-mib",
-                spec.limits.memory_mib
-            );
+            return Err(LoadError::MemoryLimit(spec.limits.memory_mib));
         }
-        let component = self.compile(bytes, &digest).await?;
+        let component = self
+            .compile(bytes, &digest)
+            .await
+            .map_err(LoadError::Compile)?;
         let pre = self
             .inner
             .linker
             .instantiate_pre(&component)
-            .map_err(anyhow::Error::from)
-            .context("linking the component: it imports something the host does not lend")?;
-        let pre = bindings::PluginPre::new(pre)
-            .map_err(anyhow::Error::from)
-            .context("the component does not export ebb:connector/connector@0.1.0")?;
-        let lent = host::Lent::new(name, spec)?;
-        LoadedConnector::new(name, digest, pre, lent, limits::Limits::from(&spec.limits)).await
+            .map_err(|e| LoadError::Link(e.into()))?;
+        let pre = bindings::PluginPre::new(pre).map_err(|e| LoadError::Export(e.into()))?;
+        let lent = host::Lent::new(name, spec).map_err(LoadError::Lend)?;
+        LoadedConnector::new(name, digest, pre, lent, limits::Limits::from(&spec.limits))
+            .await
+            .map_err(LoadError::Describe)
     }
 
     async fn compile(&self, bytes: &[u8], digest: &Digest) -> anyhow::Result<Component> {

@@ -4,6 +4,9 @@
 use crate::lend::LimitsConfig;
 use std::time::Duration;
 
+/// How often the epoch advances; deadlines are counted in these ticks.
+pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(5);
+
 /// The limits of one connector instance.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {

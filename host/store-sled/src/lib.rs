@@ -15,6 +15,13 @@
 //!
 //! Big-endian numbers make byte order equal numeric order, so range scans over
 //! `t/` yield grants by due time, then id (mini-redis's `(Instant, key)` tiebreak).
+//!
+//! Key types: [`SledStore`], implementing `ebb_core::Store`. Key and value layout
+//! and error conversion live in `keys.rs`.
+//!
+//! **Architecture invariant:** a store knows the vocabulary of `ebb-core` and its
+//! storage engine, nothing else: no wasmtime, no axum, no Cedar, no engine. It never
+//! decides a transition; it applies the `Commit` it is given atomically.
 
 use ebb_core::audit::{AuditEvent, Chain, ChainReport, GENESIS, NewEvent, verify_chain};
 use ebb_core::contract::Timestamp;

@@ -104,7 +104,7 @@ impl From<lifecycle::Error> for ApiError {
             E::Store(ref s)
                 if s.io_kind().is_some() || matches!(s, ebb_core::store::Error::FlusherStopped) =>
             {
-                Self::Unavailable(format!("{e}: {}", error_chain(&e)))
+                Self::Unavailable(ebb_core::error_chain(&e))
             }
             E::Store(_) | E::Seal(_) => Self::Internal(e.to_string()),
         }
@@ -115,17 +115,6 @@ impl From<ebb_core::store::Error> for ApiError {
     fn from(e: ebb_core::store::Error) -> Self {
         lifecycle::Error::Store(e).into()
     }
-}
-
-/// The causes of `e`, innermost last.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut causes = Vec::new();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        causes.push(c.to_string());
-        cause = c.source();
-    }
-    causes.join(": ")
 }
 
 /// Turns axum's JSON/path/query rejections into our error body.

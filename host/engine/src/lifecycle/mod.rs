@@ -63,14 +63,15 @@ pub enum Error {
     AlreadyApproved(String),
     /// `issue` failed; the grant is being compensated (revoked by id).
     #[error("issuing failed, and the grant is being revoked to be sure: {0}")]
-    Issue(CallError),
+    Issue(#[source] CallError),
     /// The credential was issued but never worked; it is being revoked.
     #[error("the issued credential did not work in time, and it is being revoked: {0}")]
-    VerifyIssued(CallError),
+    VerifyIssued(#[source] CallError),
     #[error(transparent)]
     Store(#[from] store::Error),
-    #[error("sealing failed: {0}")]
-    Seal(String),
+    /// Sealing or opening a credential failed (a changed host key, a corrupt value).
+    #[error("sealing failed")]
+    Seal(#[source] anyhow::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -252,13 +252,10 @@ impl Lifecycle {
             }
         };
         let sealed = serde_json::to_vec(&issued.credential)
-            .map_err(|e| Error::Seal(e.to_string()))
+            .map_err(|e| Error::Seal(e.into()))
             .and_then(|plain| {
                 let plain = zeroize::Zeroizing::new(plain);
-                self.inner
-                    .sealer
-                    .seal(id, &plain)
-                    .map_err(|e| Error::Seal(e.to_string()))
+                self.inner.sealer.seal(id, &plain).map_err(Error::Seal)
             })?;
         let record = self.transition(
             record,

@@ -79,14 +79,10 @@ impl Lifecycle {
         let Some(sealed) = self.inner.store.sealed_credential(id)? else {
             return Ok(None);
         };
-        let plain = self
-            .inner
-            .sealer
-            .open(id, &sealed)
-            .map_err(|e| Error::Seal(e.to_string()))?;
+        let plain = self.inner.sealer.open(id, &sealed).map_err(Error::Seal)?;
         serde_json::from_slice::<Credential>(&plain)
             .map(Some)
-            .map_err(|e| Error::Seal(e.to_string()))
+            .map_err(|e| Error::Seal(e.into()))
     }
 
     /// Calls `revoke`; success moves to `revoked`, failure retries or escalates.

@@ -64,10 +64,10 @@ pub enum LoadError {
     #[error("{0}")]
     Conflict(String),
     /// The component does not compile, link or answer `describe`.
-    #[error("{source:#}")]
+    #[error("{}", ebb_core::error_chain(.source))]
     Component {
         #[source]
-        source: anyhow::Error,
+        source: ebb_runtime::LoadError,
     },
     /// The plugins folder could not be read or written.
     #[error("{what} {}: {source}", path.display())]
