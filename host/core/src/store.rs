@@ -233,6 +233,8 @@ pub struct ListFilter {
     pub state: Option<GrantState>,
     pub connector: Option<String>,
     pub subject: Option<String>,
+    /// Only grants requested by this (namespaced) principal.
+    pub requested_by: Option<String>,
     /// Start after this grant id (ids sort by creation time).
     pub after: Option<String>,
     pub limit: usize,
@@ -246,6 +248,10 @@ impl ListFilter {
                 .subject
                 .as_deref()
                 .is_none_or(|s| s == r.grant.subject.id)
+            && self
+                .requested_by
+                .as_deref()
+                .is_none_or(|p| p == r.requested_by)
     }
 }
 

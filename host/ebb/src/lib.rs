@@ -6,6 +6,8 @@
 //!   connectors, policies, audit, health, metrics, the OpenAPI document.
 //! - [`cli`]: `ebb grant|audit|connectors|policy|anomaly`, clients of the API.
 //! - [`metrics`] (feature `server`): the Prometheus exporter.
+//! - [`serve`] (feature `server`): the HTTP server with its limits (header-read
+//!   deadline, connection cap) and graceful shutdown.
 //! - [`token`]: bearer-token hashing, shared by the API and `ebb token`.
 //!
 //! The crates below it, from the bottom up: `ebb-core` (vocabulary, audit chain,
@@ -24,4 +26,6 @@ pub mod api;
 pub mod cli;
 #[cfg(feature = "server")]
 pub mod metrics;
+#[cfg(feature = "server")]
+pub mod serve;
 pub mod token;

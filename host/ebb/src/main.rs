@@ -154,7 +154,7 @@ mod server {
     use ebb_engine::lifecycle::{Clock, EngineConfig, Lifecycle};
     use ebb_engine::loader::Loader;
     use ebb_engine::registry::Registry;
-    use ebb_runtime::{Digest, Runtime};
+    use ebb_runtime::{CacheKey, Digest, Runtime};
     use ebb_store_sled::SledStore;
     use std::path::{Path, PathBuf};
     use std::sync::Arc;
@@ -296,7 +296,9 @@ mod server {
         std::fs::create_dir_all(&config.store.path)
             .with_context(|| format!("creating {}", config.store.path.display()))?;
         let store = SledStore::open(&config.store.path, key.derive("audit-chain"))?;
-        let registry = Arc::new(Registry::new(Runtime::new(&config.runtime)?));
+        let runtime =
+            Runtime::with_cache_key(&config.runtime, CacheKey::new(key.derive("runtime-cache")))?;
+        let registry = Arc::new(Registry::new(runtime));
         let lifecycle = Lifecycle::new(
             store,
             Sealer::new(&key),
@@ -344,6 +346,10 @@ mod server {
             approval,
             identity,
             tokens: Arc::new(Tokens::new(&config.tokens)?),
+            guard: ebb::api::guard::Guard::start(
+                lifecycle.audit_log().clone(),
+                ebb::api::guard::WINDOW,
+            ),
             metrics: Some(metrics),
         };
         let _policy_watcher = match &config.policy {
@@ -361,10 +367,17 @@ mod server {
             .await
             .with_context(|| format!("listening on {}", config.server.listen))?;
         tracing::info!(listen = %config.server.listen, "ebb is serving");
-        axum::serve(listener, api::router(state))
-            .with_graceful_shutdown(shutdown_signal())
-            .await
-            .context("serving the API")?;
+        ebb::serve::serve(
+            listener,
+            api::router(state),
+            ebb::serve::Limits {
+                header_read_timeout: config.server.header_read_timeout,
+                max_connections: config.server.max_connections,
+            },
+            shutdown_signal(),
+        )
+        .await
+        .context("serving the API")?;
         tracing::info!("draining in-flight work");
         lifecycle.shutdown().await?;
         tracing::info!("stopped");

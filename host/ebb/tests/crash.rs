@@ -145,7 +145,7 @@ async fn kill_9_at_random_moments_loses_nothing() {
             workers.push(tokio::spawn(async move {
                 let mut ok = 0usize;
                 while !stop.load(Ordering::Relaxed) {
-                    let ttl = format!("{}ms", rand::rng().random_range(500..3000));
+                    let ttl = format!("{}ms", rand::rng().random_range(1000..3000));
                     let body = json!({
                         "connector": "pg",
                         "permissions": [{"action": "select", "resource": "public.invoices"}],

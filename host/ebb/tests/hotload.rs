@@ -120,6 +120,10 @@ async fn start_host(tag: &str, watch: bool, allowed: &[&str]) -> Host {
     ])
     .unwrap();
     let app = api::router(AppState {
+        guard: ebb::api::guard::Guard::start(
+            lifecycle.audit_log().clone(),
+            ebb::api::guard::WINDOW,
+        ),
         lifecycle,
         loader,
         approval: Arc::new(ebb_engine::approval::ApprovalGate::connector_modes(

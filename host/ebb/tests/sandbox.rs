@@ -273,7 +273,8 @@ async fn precompiled_cache_is_reused_and_corruption_is_recovered() {
         cache_dir: Some(dir.clone()),
         ..RuntimeConfig::default()
     };
-    let runtime = Runtime::new(&config).unwrap();
+    let key = || ebb_runtime::CacheKey::new([7; 32]);
+    let runtime = Runtime::with_cache_key(&config, key()).unwrap();
     let first = noop(&runtime).await;
     let artifacts: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
@@ -286,15 +287,65 @@ async fn precompiled_cache_is_reused_and_corruption_is_recovered() {
             .contains(&first.digest().to_string())
     );
     // A second runtime loads from the cache.
-    let again = noop(&Runtime::new(&config).unwrap()).await;
+    let again = noop(&Runtime::with_cache_key(&config, key()).unwrap()).await;
     assert_host_still_serves(&again).await;
     // A corrupt artifact is replaced, not trusted.
     let tmp = dir.join("garbage.tmp");
     std::fs::write(&tmp, b"garbage").unwrap();
     std::fs::rename(&tmp, &artifacts[0]).unwrap();
-    let recovered = noop(&Runtime::new(&config).unwrap()).await;
+    let recovered = noop(&Runtime::with_cache_key(&config, key()).unwrap()).await;
     assert_host_still_serves(&recovered).await;
     assert_ne!(std::fs::read(&artifacts[0]).unwrap(), b"garbage");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Issue 13: whoever can write the cache folder cannot run another component's
+/// native code under an allowed digest. A valid artifact of another component,
+/// swapped in under noop's name, fails authentication and noop is compiled again.
+#[tokio::test]
+async fn a_swapped_cache_artifact_is_refused_and_recompiled() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = std::env::temp_dir().join(format!("ebb-cache-swap-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let config = RuntimeConfig {
+        cache_dir: Some(dir.clone()),
+        ..RuntimeConfig::default()
+    };
+    let runtime = Runtime::with_cache_key(&config, ebb_runtime::CacheKey::new([9; 32])).unwrap();
+    let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "the cache folder is private");
+    let noop_digest = noop(&runtime).await.digest().to_string();
+    let misbehave = misbehaving(&runtime, "behave").await;
+    assert_eq!(misbehave.info().name, "misbehave");
+    let artifact = |digest: &str| {
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.to_string_lossy().contains(digest))
+            .unwrap()
+    };
+    let noop_file = artifact(&noop_digest);
+    let misbehave_file = artifact(&misbehave.digest().to_string());
+    assert_eq!(
+        std::fs::metadata(&noop_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // The attacker's swap: the other component's (valid, tagged) artifact in noop's place.
+    std::fs::copy(&misbehave_file, &noop_file).unwrap();
+    let reloaded =
+        noop(&Runtime::with_cache_key(&config, ebb_runtime::CacheKey::new([9; 32])).unwrap()).await;
+    assert_eq!(reloaded.info().name, "noop", "the swapped artifact ran");
+    assert_ne!(
+        std::fs::read(&noop_file).unwrap(),
+        std::fs::read(&misbehave_file).unwrap(),
+        "the swapped artifact was replaced"
+    );
+    // An artifact from a host with another key is refused the same way.
+    let other =
+        noop(&Runtime::with_cache_key(&config, ebb_runtime::CacheKey::new([1; 32])).unwrap()).await;
+    assert_eq!(other.info().name, "noop");
+    // No key, no cache.
+    assert!(Runtime::new(&config).is_err());
     let _ = std::fs::remove_dir_all(&dir);
 }
 

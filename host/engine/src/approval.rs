@@ -151,7 +151,7 @@ impl ApprovalGate {
                 ));
             };
             let reason = ask.reason.unwrap_or("").trim();
-            if reason.chars().count() < bg.min_reason_chars {
+            if visible_chars(reason) < bg.min_reason_chars {
                 return Err(Refused(format!(
                     "break-glass needs a reason of at least {} characters",
                     bg.min_reason_chars
@@ -238,4 +238,17 @@ impl ApprovalGate {
             },
         })
     }
+}
+
+/// Characters a person can see: not whitespace, control or format characters
+/// (zero-width spaces and joiners, the soft hyphen, the byte-order mark), so a
+/// reason cannot be padded to a minimum length with nothing.
+pub fn visible_chars(text: &str) -> usize {
+    text.chars()
+        .filter(|c| {
+            !c.is_whitespace()
+                && !c.is_control()
+                && !matches!(c, '\u{00AD}' | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{FEFF}')
+        })
+        .count()
 }

@@ -233,12 +233,20 @@ pub struct AlertsConfig {
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ServerConfig {
     pub listen: std::net::SocketAddr,
+    /// How long a client may take to send a request's headers before it is
+    /// disconnected.
+    #[serde(with = "humantime_serde_str")]
+    pub header_read_timeout: std::time::Duration,
+    /// Connections served at once; more wait to be accepted.
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: std::net::SocketAddr::from(([127, 0, 0, 1], 8700)),
+            header_read_timeout: std::time::Duration::from_secs(10),
+            max_connections: 512,
         }
     }
 }

@@ -47,6 +47,25 @@ pub enum TokenError {
     Invalid(String),
 }
 
+impl TokenError {
+    /// What kind of refusal this is, in a few words taken from a fixed set (or the
+    /// JWT library's error name): safe to count by, unlike the message, which may
+    /// carry what the caller sent.
+    pub fn class(&self) -> String {
+        match self {
+            Self::Malformed(_) => "malformed".into(),
+            Self::UnknownIssuer(_) => "unknown issuer".into(),
+            Self::Algorithm(_) => "algorithm".into(),
+            Self::UnknownKey(_) => "unknown key".into(),
+            Self::Invalid(why) => why
+                .chars()
+                .take_while(char::is_ascii_alphanumeric)
+                .take(40)
+                .collect(),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Issuer {
     config: IssuerConfig,

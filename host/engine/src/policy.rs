@@ -139,6 +139,35 @@ impl Policies {
         &self.files
     }
 
+    /// A digest of the policy files as they are on disk now (names and contents),
+    /// so a watcher reloads only when a policy file really changed.
+    pub fn fingerprint_on_disk(&self) -> Result<String, PolicyError> {
+        use sha2::Digest as _;
+        let mut hash = sha2::Sha256::new();
+        let paths = std::iter::once(&self.files.normal).chain(self.files.break_glass.as_ref());
+        for path in paths {
+            for file in cedar_files(path)? {
+                let text = std::fs::read(&file)
+                    .map_err(|e| PolicyError(format!("reading {}: {e}", file.display())))?;
+                hash.update(file.as_os_str().as_encoded_bytes());
+                hash.update([0]);
+                hash.update((text.len() as u64).to_be_bytes());
+                hash.update(&text);
+            }
+        }
+        Ok(hex::encode(hash.finalize()))
+    }
+
+    /// Whether a change at `path` can concern the policies: a policy file itself, or
+    /// a `.cedar` file in a policy folder. Anything else in those folders (a log,
+    /// an editor's swap file) is not.
+    pub fn concerns(&self, path: &Path) -> bool {
+        let is_cedar = path.extension().and_then(|e| e.to_str()) == Some("cedar");
+        std::iter::once(&self.files.normal)
+            .chain(self.files.break_glass.as_ref())
+            .any(|p| path == p || (is_cedar && path.parent() == Some(p.as_path())))
+    }
+
     fn current(&self) -> Arc<Loaded> {
         self.current
             .read()

@@ -26,11 +26,12 @@ mod host;
 pub mod lend;
 mod limits;
 
+pub use cache::CacheKey;
 pub use call::{CallError, Digest, LoadedConnector};
 pub use host::http::Origin;
 pub use lend::{ConnectorSpec, RuntimeConfig};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use host::CallState;
 use limits::EPOCH_TICK;
 use std::path::PathBuf;
@@ -86,7 +87,7 @@ pub struct Runtime {
 struct RuntimeInner {
     engine: WasmtimeEngine,
     linker: Linker<CallState>,
-    cache_dir: Option<PathBuf>,
+    cache: Option<(PathBuf, CacheKey)>,
     max_memory_bytes: u64,
     ticker_stop: Arc<AtomicBool>,
 }
@@ -94,7 +95,7 @@ struct RuntimeInner {
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Runtime")
-            .field("cache_dir", &self.inner.cache_dir)
+            .field("cache_dir", &self.inner.cache.as_ref().map(|(dir, _)| dir))
             .finish_non_exhaustive()
     }
 }
@@ -106,8 +107,30 @@ impl Drop for RuntimeInner {
 }
 
 impl Runtime {
-    /// Builds the engine and linker and starts the epoch ticker.
+    /// Builds the engine and linker and starts the epoch ticker. Without a cache
+    /// key there is no precompiled cache: a configured `cache-dir` is refused.
     pub fn new(config: &RuntimeConfig) -> anyhow::Result<Self> {
+        Self::build(config, None)
+    }
+
+    /// [`Runtime::new`] with the key that authenticates the precompiled cache
+    /// (derive it from the host key; every artifact is checked against it).
+    pub fn with_cache_key(config: &RuntimeConfig, key: CacheKey) -> anyhow::Result<Self> {
+        Self::build(config, Some(key))
+    }
+
+    fn build(config: &RuntimeConfig, key: Option<CacheKey>) -> anyhow::Result<Self> {
+        let cache = match (&config.cache_dir, key) {
+            (None, _) => None,
+            (Some(dir), Some(key)) => {
+                cache::prepare_dir(dir)?;
+                Some((dir.clone(), key))
+            }
+            (Some(dir), None) => bail!(
+                "the precompiled cache {} needs the host's cache key (Runtime::with_cache_key)",
+                dir.display()
+            ),
+        };
         let max_memory_bytes = config.max_memory_mib * 1024 * 1024;
         let mut pool = wasmtime::PoolingAllocationConfig::new();
         // A component may hold several core instances and memories (WASI adapters,
@@ -152,15 +175,11 @@ impl Runtime {
             })
             .context("starting the epoch ticker")?;
 
-        if let Some(dir) = &config.cache_dir {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("creating cache dir {}", dir.display()))?;
-        }
         Ok(Self {
             inner: Arc::new(RuntimeInner {
                 engine,
                 linker,
-                cache_dir: config.cache_dir.clone(),
+                cache,
                 max_memory_bytes,
                 ticker_stop,
             }),
@@ -225,11 +244,11 @@ impl Runtime {
     async fn compile(&self, bytes: &[u8], digest: &Digest) -> anyhow::Result<Component> {
         let engine = self.inner.engine.clone();
         let bytes = bytes.to_vec();
-        let cache_dir = self.inner.cache_dir.clone();
+        let cache = self.inner.cache.clone();
         let digest = *digest;
         // Compilation takes tens of milliseconds to seconds: keep it off the async workers.
-        tokio::task::spawn_blocking(move || match cache_dir {
-            Some(dir) => cache::load_or_compile(&engine, &dir, &digest, &bytes),
+        tokio::task::spawn_blocking(move || match cache {
+            Some((dir, key)) => cache::load_or_compile(&engine, &key, &dir, &digest, &bytes),
             None => Component::new(&engine, &bytes)
                 .map_err(anyhow::Error::from)
                 .context("compiling the component"),

@@ -89,3 +89,14 @@ pub(crate) fn wall_clock() -> Timestamp {
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }
+
+/// `r/<requested by>\0<id>`: the requester index. A NUL cannot end a principal id
+/// early for the reader: entries are checked against the record.
+pub(crate) fn requester_key(requested_by: &str, id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(3 + requested_by.len() + id.len());
+    k.extend_from_slice(b"r/");
+    k.extend_from_slice(requested_by.as_bytes());
+    k.push(0);
+    k.extend_from_slice(id.as_bytes());
+    k
+}

@@ -12,6 +12,8 @@
 //! | `i/<grant id>\0<seq: u64 BE>`| audit-by-grant index (empty)    |
 //! | `m/head`                     | audit head: seq and hash (JSON) |
 //! | `m/count/<state>`            | grants in that state (u64 BE)   |
+//! | `r/<requested by>\0<id>`     | grants by requester (empty)     |
+//! | `m/index/requester`          | present once `r/` covers every grant |
 //!
 //! Big-endian numbers make byte order equal numeric order, so range scans over
 //! `t/` yield grants by due time, then id (mini-redis's `(Instant, key)` tiebreak).
@@ -129,6 +131,7 @@ impl SledStore {
     }
 
     fn with_db(db: sled::Db, chain_key: [u8; 32], durable: bool) -> Result<Arc<Self>> {
+        index_requesters(&db)?;
         let head = match db.get(b"m/head").map_err(storage)? {
             Some(bytes) => decode(b"m/head", &bytes)?,
             None => Head {
@@ -235,6 +238,44 @@ impl SledStore {
         self.group.written.fetch_add(1, Ordering::AcqRel);
     }
 
+    /// [`Store::list`] for one requester, through the `r/` index: it reads that
+    /// requester's grants only, not every grant.
+    fn list_by_requester(
+        &self,
+        requester: &str,
+        filter: &ListFilter,
+        limit: usize,
+    ) -> Result<Page> {
+        let prefix = requester_key(requester, "");
+        let start = match &filter.after {
+            Some(after) => {
+                let mut k = requester_key(requester, after);
+                k.push(0);
+                k
+            }
+            None => prefix.clone(),
+        };
+        let mut page = Page::default();
+        for entry in self.db.range(start..) {
+            let (k, _) = entry.map_err(storage)?;
+            let Some(id) = k.strip_prefix(prefix.as_slice()) else {
+                break;
+            };
+            let id = String::from_utf8_lossy(id);
+            let Some(record) = self.get(&id)? else {
+                continue;
+            };
+            if filter.matches(&record) {
+                if page.grants.len() == limit {
+                    page.next = page.grants.last().map(|r| r.grant.id.clone());
+                    break;
+                }
+                page.grants.push(record);
+            }
+        }
+        Ok(page)
+    }
+
     fn current_due(&self, id: &str) -> Result<Option<Timestamp>> {
         Ok(self
             .db
@@ -242,6 +283,25 @@ impl SledStore {
             .map_err(storage)?
             .and_then(|v| be(&v)))
     }
+}
+
+/// Builds the requester index over grants written before it existed (once).
+fn index_requesters(db: &sled::Db) -> Result<()> {
+    const DONE: &[u8] = b"m/index/requester";
+    if db.get(DONE).map_err(storage)?.is_some() {
+        return Ok(());
+    }
+    let mut batch = sled::Batch::default();
+    for entry in db.scan_prefix(b"g/") {
+        let (k, v) = entry.map_err(storage)?;
+        let record: GrantRecord = decode(&k, &v)?;
+        batch.insert(
+            requester_key(&record.requested_by, &record.grant.id),
+            &[][..],
+        );
+    }
+    batch.insert(DONE, &[][..]);
+    db.apply_batch(batch).map_err(storage)
 }
 
 impl Drop for SledStore {
@@ -282,6 +342,9 @@ impl Store for SledStore {
         record.version += 1;
         let mut batch = sled::Batch::default();
         batch.insert(key("g/", &id), encode(&record)?);
+        if old.is_none() {
+            batch.insert(requester_key(&record.requested_by, &id), &[][..]);
+        }
         // Move the due entry from wherever it is now (its logical due or a lease).
         if let Some(current) = self.current_due(&id)? {
             batch.remove(due_key(current, &id));
@@ -438,6 +501,9 @@ impl Store for SledStore {
 
     fn list(&self, filter: &ListFilter) -> Result<Page> {
         let limit = filter.limit.clamp(1, 1000);
+        if let Some(requester) = &filter.requested_by {
+            return self.list_by_requester(requester, filter, limit);
+        }
         let start = match &filter.after {
             Some(after) => {
                 let mut k = key("g/", after);

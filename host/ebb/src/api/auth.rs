@@ -12,10 +12,19 @@ use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
 
 /// Who is calling.
+///
+/// A principal is the pair (who vouched, subject): the host's own configured
+/// tokens, or one configured identity provider. [`Principal::id`] spells the pair
+/// so that nothing matches across sources: a configured token's id is its subject
+/// (which may not contain `#`), a verified token's is `<issuer>#<sub>` (an OIDC
+/// issuer has no fragment). Ownership of grants and distinct approvers are decided
+/// by this id alone.
 #[derive(Debug, Clone)]
 pub struct Principal {
-    /// The token's name (or a verified token's subject), for the audit log.
+    /// The token's name, or a verified token's `<issuer>#<sub>`, for the audit log.
     pub name: String,
+    /// The namespaced identity: what requests, owns and approves grants.
+    pub id: String,
     /// The subject a requester acts as.
     pub subject: String,
     pub kind: SubjectKind,
@@ -59,11 +68,19 @@ impl Tokens {
             let mut hash = [0u8; 32];
             hex::decode_to_slice(&c.sha256, &mut hash)
                 .map_err(|_| anyhow::anyhow!("token `{}`: sha256 is not hex", c.name))?;
+            let subject = c.subject.clone().unwrap_or_else(|| c.name.clone());
+            if subject.contains('#') {
+                anyhow::bail!(
+                    "token `{}`: its subject may not contain `#` (reserved for identity providers' `<issuer>#<sub>`)",
+                    c.name
+                );
+            }
             by_hash.insert(
                 hash,
                 Principal {
                     name: c.name.clone(),
-                    subject: c.subject.clone().unwrap_or_else(|| c.name.clone()),
+                    id: subject.clone(),
+                    subject,
                     kind: c.kind,
                     issuer: None,
                     claims: vec![],
@@ -86,14 +103,25 @@ impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let client = parts
+            .extensions
+            .get::<super::guard::ClientAddr>()
+            .map(|c| c.0);
         let token = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim);
+        // A configured token costs one hash: it is never rate limited, so a flood
+        // from a shared address does not lock out the host's own callers.
         if let Some(principal) = token.and_then(|t| state.tokens.find(t)) {
             return Ok(principal.clone());
+        }
+        // Everything else (signature checks, refusals) is paid for from the
+        // client's bucket of refusals.
+        if !state.guard.admits(client) {
+            return Err(ApiError::TooManyRequests);
         }
         // A JWT from a configured identity provider.
         let mut refused = None;
@@ -102,8 +130,10 @@ impl FromRequestParts<AppState> for Principal {
         {
             match verifier.verify(t).await {
                 Ok(id) => {
+                    let namespaced = format!("{}#{}", id.issuer, id.subject);
                     return Ok(Principal {
-                        name: id.subject.clone(),
+                        name: namespaced.clone(),
+                        id: namespaced,
                         subject: id.subject,
                         kind: id.kind,
                         issuer: Some(id.issuer),
@@ -111,15 +141,24 @@ impl FromRequestParts<AppState> for Principal {
                         roles: id.roles,
                     });
                 }
-                Err(e) => refused = Some(e.to_string()),
+                Err(e) => refused = Some((e.class(), e.to_string())),
             }
         }
-        state.lifecycle.audit_log().note(
-            NewEvent::new("auth.unauthenticated", "anonymous").detail(serde_json::json!({
-                "path": parts.uri.path(),
-                "token_present": token.is_some(),
-                "why": refused,
-            })),
+        // Counted, with a cut sample, into the next `auth.refusals` summary: nothing
+        // an anonymous caller sends is written whole, or once per request.
+        let (class, why) = refused.unwrap_or_else(|| {
+            let class = if token.is_some() {
+                "unknown token"
+            } else {
+                "no token"
+            };
+            (class.to_owned(), class.to_owned())
+        });
+        state.guard.refused(
+            client,
+            "unauthenticated",
+            &class,
+            &format!("{} {}: {why}", parts.method, parts.uri.path()),
         );
         Err(ApiError::Unauthenticated)
     }

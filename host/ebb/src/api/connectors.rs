@@ -124,7 +124,7 @@ pub async fn load(
     body: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> Result<(StatusCode, Json<ConnectorView>), ApiError> {
     principal.require(&state, &[Role::Operator], "load connectors")?;
-    let Json(body) = body.map_err(rejection)?;
+    let Json(body) = body.map_err(super::error::json_rejection)?;
     let slot = state.loader.load(&name, body, &principal.name).await?;
     Ok((StatusCode::CREATED, Json(view(&state, &slot, None))))
 }

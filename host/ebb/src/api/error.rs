@@ -47,6 +47,12 @@ pub enum ApiError {
     BadRequest(String),
     #[error("{0}")]
     Conflict(String),
+    /// The caller ran up too many refusals; it may try again later.
+    #[error("too many refused requests from this client; try again later")]
+    TooManyRequests,
+    /// The request body is larger than the API reads.
+    #[error("{0}")]
+    PayloadTooLarge(String),
     /// The host cannot serve now (e.g. its store does not answer).
     #[error("{0}")]
     Unavailable(String),
@@ -65,6 +71,8 @@ impl ApiError {
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not-found"),
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request"),
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            Self::TooManyRequests => (StatusCode::TOO_MANY_REQUESTS, "rate-limited"),
+            Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large"),
             Self::Downstream(_) => (StatusCode::BAD_GATEWAY, "downstream-failed"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -79,6 +87,12 @@ impl IntoResponse for ApiError {
             tracing::error!(error = %detail, "internal error serving a request");
         }
         let mut response = (status, Json(ErrorBody::new(code, self.to_string()))).into_response();
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,
@@ -114,6 +128,16 @@ impl From<lifecycle::Error> for ApiError {
 impl From<ebb_core::store::Error> for ApiError {
     fn from(e: ebb_core::store::Error) -> Self {
         lifecycle::Error::Store(e).into()
+    }
+}
+
+/// Turns a JSON body rejection into our error body, keeping its status where it is
+/// not the caller's syntax (a body over the limit is 413, not 400).
+pub(crate) fn json_rejection(e: axum::extract::rejection::JsonRejection) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::PayloadTooLarge(e.body_text())
+    } else {
+        ApiError::BadRequest(e.body_text())
     }
 }
 

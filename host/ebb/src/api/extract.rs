@@ -12,7 +12,7 @@ pub type Body = Result<Json<Value>, JsonRejection>;
 
 /// A required JSON object.
 pub fn object<T: DeserializeOwned>(body: Body) -> Result<T, ApiError> {
-    let Json(value) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let Json(value) = body.map_err(super::error::json_rejection)?;
     decode(value)
 }
 
@@ -21,7 +21,7 @@ pub fn optional_object<T: DeserializeOwned + Default>(body: Body) -> Result<T, A
     match body {
         Ok(Json(Value::Null)) | Err(JsonRejection::MissingJsonContentType(_)) => Ok(T::default()),
         Ok(Json(value)) => decode(value),
-        Err(e) => Err(ApiError::BadRequest(e.body_text())),
+        Err(e) => Err(super::error::json_rejection(e)),
     }
 }
 

@@ -84,22 +84,71 @@ pub(super) fn page_size(limit: Option<u16>) -> Result<usize, ApiError> {
     }
 }
 
+/// The shortest grant: shorter ones would be revoked before anyone could use them,
+/// and only load the scheduler.
+pub const MIN_TTL_MS: u64 = 1_000;
+/// Limits on what one request may carry (what a caller writes into the store and
+/// the audit log).
+pub const MAX_TASK_BYTES: usize = 1_024;
+pub const MAX_REASON_BYTES: usize = 4_096;
+pub const MAX_PERMISSIONS: usize = 32;
+pub const MAX_ACTION_BYTES: usize = 128;
+pub const MAX_RESOURCE_BYTES: usize = 1_024;
+
 fn parse_ttl(ttl: &str) -> Result<u64, ApiError> {
+    if ttl.len() > 64 {
+        return Err(ApiError::BadRequest("ttl is too long".into()));
+    }
     let d = humantime::parse_duration(ttl.trim())
         .map_err(|e| ApiError::BadRequest(format!("ttl `{ttl}`: {e} (use e.g. 90s, 15m, 1h)")))?;
     u64::try_from(d.as_millis())
         .ok()
-        .filter(|ms| *ms > 0)
+        .filter(|ms| *ms >= MIN_TTL_MS)
         .ok_or_else(|| {
             ApiError::BadRequest(format!(
-                "ttl `{ttl}` must be more than 0 and not absurdly long"
+                "ttl `{ttl}` must be at least {MIN_TTL_MS} ms and not absurdly long"
             ))
         })
 }
 
-/// Whether `p` owns the grant (requested it, or is its subject).
+/// Refuses a request whose parts are longer or more numerous than the limits.
+fn check_sizes(req: &GrantRequest) -> Result<(), ApiError> {
+    let too = |what: &str, limit: usize| {
+        Err(ApiError::BadRequest(format!(
+            "{what} is longer than {limit} bytes"
+        )))
+    };
+    if req.task.len() > MAX_TASK_BYTES {
+        return too("task", MAX_TASK_BYTES);
+    }
+    if req
+        .reason
+        .as_ref()
+        .is_some_and(|r| r.len() > MAX_REASON_BYTES)
+    {
+        return too("reason", MAX_REASON_BYTES);
+    }
+    if req.permissions.is_empty() || req.permissions.len() > MAX_PERMISSIONS {
+        return Err(ApiError::BadRequest(format!(
+            "a grant needs 1 to {MAX_PERMISSIONS} permissions"
+        )));
+    }
+    for p in &req.permissions {
+        if p.action.len() > MAX_ACTION_BYTES {
+            return too("a permission's action", MAX_ACTION_BYTES);
+        }
+        if p.resource.len() > MAX_RESOURCE_BYTES {
+            return too("a permission's resource", MAX_RESOURCE_BYTES);
+        }
+    }
+    Ok(())
+}
+
+/// Whether `p` requested `g`. By namespaced identity only: a subject of the same
+/// name from another source (a JWT whose `sub` is a configured token's subject) owns
+/// nothing of it.
 fn owns(p: &Principal, g: &GrantRecord) -> bool {
-    p.name == g.requested_by || p.subject == g.grant.subject.id
+    p.id == g.requested_by
 }
 
 fn load_visible(state: &AppState, p: &Principal, id: &str) -> Result<GrantRecord, ApiError> {
@@ -165,8 +214,9 @@ async fn create(
     break_glass: bool,
 ) -> Result<(StatusCode, Json<GrantResponse>), ApiError> {
     let req: GrantRequest = extract::object(req)?;
+    check_sizes(&req)?;
     let ttl_ms = parse_ttl(&req.ttl)?;
-    if req.task.trim().is_empty() {
+    if ebb_engine::approval::visible_chars(&req.task) == 0 {
         return Err(ApiError::BadRequest("a grant must name its task".into()));
     }
     let slot = state
@@ -207,6 +257,11 @@ async fn create(
         other => other,
     };
     let denied = matches!(decision, Decision::Deny { .. });
+    // Each denial is a durable grant and its events: a requester that keeps asking
+    // for what policy refuses is slowed down, not recorded without end.
+    if denied && !state.guard.admits_denial(&principal.id) {
+        return Err(ApiError::TooManyRequests);
+    }
     let new = NewGrant {
         connector: req.connector,
         subject: Subject {
@@ -224,7 +279,7 @@ async fn create(
     };
     let grant = state
         .lifecycle
-        .request(new, &principal.name, decision)
+        .request(new, &principal.id, decision)
         .await?;
     if break_glass {
         let alert = serde_json::json!({
@@ -232,7 +287,7 @@ async fn create(
             "grant": grant.grant.id,
             "state": grant.state,
             "subject": grant.grant.subject.id,
-            "requested_by": principal.name,
+            "requested_by": principal.id,
             "connector": grant.connector,
             "permissions": grant.grant.permissions,
             "ttl_ms": grant.ttl_ms,
@@ -298,7 +353,7 @@ pub async fn issue(
 ) -> Result<(StatusCode, Json<GrantResponse>), ApiError> {
     principal.require(&state, &[Role::Requester], "issue grants")?;
     let grant = load_visible(&state, &principal, &id)?;
-    if grant.requested_by != principal.name {
+    if !owns(&principal, &grant) {
         return Err(ApiError::Forbidden(
             "only the requester can issue its grant".into(),
         ));
@@ -347,7 +402,7 @@ pub async fn approve(
     Ok(Json(
         state
             .lifecycle
-            .approve(&id, &principal.name, note.reason)
+            .approve(&id, &principal.id, note.reason)
             .await?,
     ))
 }
@@ -545,15 +600,16 @@ pub async fn list(
     if !sees_all {
         principal.require(&state, &[Role::Requester], "list grants")?;
     }
-    let subject = if sees_all {
-        q.subject
+    let (subject, requested_by) = if sees_all {
+        (q.subject, None)
     } else {
-        Some(principal.subject.clone())
+        (None, Some(principal.id.clone()))
     };
     let filter = ListFilter {
         state: grant_state,
         connector: q.connector,
         subject,
+        requested_by,
         after: q.after,
         limit: page_size(q.limit)?,
     };

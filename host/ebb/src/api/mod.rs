@@ -14,6 +14,7 @@ mod connectors;
 mod error;
 mod extract;
 mod grants;
+pub mod guard;
 mod ops;
 pub mod policy;
 
@@ -37,6 +38,8 @@ pub struct AppState {
     /// Verifies tokens from identity providers, if any are configured.
     pub identity: Option<Arc<ebb_engine::identity::Verifier>>,
     pub tokens: Arc<Tokens>,
+    /// Rate limits and aggregates refused calls ([`guard::Guard::start`]).
+    pub guard: Arc<guard::Guard>,
     /// The Prometheus recorder's handle; `/metrics` answers 404 without one.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
@@ -72,8 +75,12 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .fallback(ops::not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
+
+/// The largest request body the API reads; larger ones are refused with 413.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 #[derive(utoipa::OpenApi)]
 #[openapi(

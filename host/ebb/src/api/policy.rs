@@ -211,17 +211,27 @@ pub async fn reload(state: &AppState, actor: &str) -> Result<Vec<String>, String
     result.map_err(|e| e.to_string())
 }
 
-/// Reloads the policies when their files change (a broken file is reported and the
-/// old policies stay). The watch lasts as long as the returned watcher is kept.
+/// Reloads the policies when a policy file's content changes (a broken file is
+/// reported once and the old policies stay). Changes to anything else in the same
+/// folders — the host's own log, say — and writes that leave a policy file as it
+/// was are ignored, so the watcher never feeds the audit log by itself. The watch
+/// lasts as long as the returned watcher is kept.
 pub fn watch(
     state: AppState,
     paths: Vec<std::path::PathBuf>,
 ) -> anyhow::Result<notify::RecommendedWatcher> {
     use notify::Watcher as _;
+    let Some(policies) = state.approval.policies() else {
+        anyhow::bail!("no policies are configured to watch");
+    };
+    // The content last loaded or tried: a change is one that differs from it.
+    let mut last = policies.fingerprint_on_disk().ok();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok_and(|e| !e.kind.is_access()) {
-            let _ = tx.send(());
+        if let Ok(event) = event
+            && !event.kind.is_access()
+        {
+            let _ = tx.send(event.paths);
         }
     })?;
     for path in &paths {
@@ -236,9 +246,29 @@ pub fn watch(
         watcher.watch(&target, notify::RecursiveMode::NonRecursive)?;
     }
     tokio::spawn(async move {
-        while rx.recv().await.is_some() {
+        while let Some(changed) = rx.recv().await {
+            let concerns = |paths: &[std::path::PathBuf]| {
+                state
+                    .approval
+                    .policies()
+                    .is_some_and(|p| paths.iter().any(|path| p.concerns(path)))
+            };
+            let mut relevant = concerns(&changed);
             tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-            while rx.try_recv().is_ok() {}
+            while let Ok(more) = rx.try_recv() {
+                relevant |= concerns(&more);
+            }
+            if !relevant {
+                continue;
+            }
+            let now = state
+                .approval
+                .policies()
+                .and_then(|p| p.fingerprint_on_disk().ok());
+            if now.is_some() && now == last {
+                continue;
+            }
+            last = now;
             if let Ok(ids) = reload(&state, "policy-watch").await {
                 tracing::info!(policies = ids.len(), "policies reloaded");
             }

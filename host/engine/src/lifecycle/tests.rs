@@ -95,7 +95,10 @@ async fn issued(engine: &Lifecycle, connector: &str, ttl_ms: u64) -> GrantRecord
     engine.issue(&r.grant.id, "agent").await.unwrap().0
 }
 
-/// Polls until grant `id` is in `state` (real time).
+/// Polls until grant `id` is in `state`. Under paused time (the tests whose store and
+/// connectors do no real I/O) each poll lets tokio advance the engine's clock to its
+/// next timer, so retries, propagation delays and re-verification windows pass
+/// without real waiting; the others poll in real time.
 async fn wait_for(engine: &Lifecycle, id: &str, state: GrantState) -> GrantRecord {
     for _ in 0..2000 {
         let r = engine.get(id).unwrap();
@@ -188,7 +191,7 @@ async fn expiry_revokes_and_verifies_with_paused_time() {
     assert!(engine.store().verify_audit().unwrap().is_intact());
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn task_completion_revokes_at_once() {
     let engine = engine(&[noop()]).await;
     let record = issued(&engine, "noop", 3_600_000).await;
@@ -215,7 +218,7 @@ async fn task_completion_revokes_at_once() {
     assert_eq!(kinds.last().unwrap(), "grant.revoke-requested");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn issue_failure_compensates_by_grant_id() {
     let engine = engine(&[("bad", misbehave(&[("mode", "fail")]))]).await;
     let r = engine
@@ -292,7 +295,7 @@ async fn revoke_outage_retries_escalates_and_recovers() {
     assert!(engine.escalated().unwrap().is_empty());
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn residue_is_revoked_again_until_verified() {
     let engine = engine(&[("sticky", misbehave(&[("verify", "residual")]))]).await;
     let record = issued(&engine, "sticky", 60_000).await;
@@ -464,7 +467,7 @@ async fn restart_revokes_past_due_grants_first() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn reverification_catches_access_that_comes_back() {
     let policy = LifecyclePolicy {
         propagation_delay_ms: 150,
@@ -486,6 +489,17 @@ async fn reverification_catches_access_that_comes_back() {
         "verification waited for the propagation delay"
     );
     assert!(verified.reverify_until.is_some() && verified.due_at.is_some());
+    // The closed grant is re-verified while access stays gone.
+    for _ in 0..2000 {
+        if count(&engine.report(&id).unwrap(), "Reverify") >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        count(&engine.report(&id).unwrap(), "Reverify") >= 1,
+        "closed grants are re-verified"
+    );
     // Access reappears downstream (say, re-granted through an inherited role).
     engine
         .registry()
@@ -502,8 +516,6 @@ async fn reverification_catches_access_that_comes_back() {
         .unwrap();
     let again = wait_for(&engine, &id, GrantState::Verified).await;
     assert!(again.verified_at > verified.verified_at);
-    let reverified = count(&engine.report(&id).unwrap(), "Reverify");
-    assert!(reverified >= 1, "closed grants are re-verified");
     // The window ends: no more re-verification is scheduled.
     for _ in 0..600 {
         if engine.get(&id).unwrap().due_at.is_none() {
@@ -519,7 +531,7 @@ async fn reverification_catches_access_that_comes_back() {
 
 /// A connector that revokes by value gets the sealed credential back in `revoke` and
 /// in every re-verification, and the credential is shredded when the window closes.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_by_value_connector_gets_the_credential_until_the_reverify_window_closes() {
     // A window long enough that a slow machine still sees the grant inside it.
     let policy = LifecyclePolicy {
