@@ -47,6 +47,7 @@ pub mod http;
 pub mod log;
 pub mod random;
 pub mod redis;
+pub mod scram;
 pub mod secrets;
 pub mod sigv4;
 pub mod sql;

@@ -77,6 +77,28 @@ impl NewEvent {
     }
 }
 
+/// Where the chain ends, as the store records it beside the events: the last
+/// event's `seq` and `hash`, and a MAC over both under the chain key. The MAC is
+/// what makes truncation visible: without the key nobody can record an earlier
+/// event as the end of the chain. (Restoring a whole older copy of the store, head
+/// and all, is a rollback no store can see alone; the host's operators keep backups
+/// and an external record of the head for that.)
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Head {
+    pub seq: u64,
+    pub hash: String,
+    /// `None` only in stores written before heads were keyed; stores add it at open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+}
+
+impl Head {
+    /// The head of an empty chain.
+    pub fn genesis(chain: &Chain) -> Self {
+        chain.head(0, GENESIS)
+    }
+}
+
 /// Computes event hashes with the chain key.
 #[derive(Clone)]
 pub struct Chain {
@@ -112,6 +134,36 @@ impl Chain {
         sealed
     }
 
+    /// The keyed head for a chain ending at `(seq, hash)`.
+    pub fn head(&self, seq: u64, hash: &str) -> Head {
+        Head {
+            seq,
+            hash: hash.to_owned(),
+            mac: Some(hex::encode(
+                self.head_mac(seq, hash).finalize().into_bytes(),
+            )),
+        }
+    }
+
+    fn head_mac(&self, seq: u64, hash: &str) -> Hmac<Sha256> {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key)
+            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        mac.update(b"ebb/audit-head");
+        mac.update(&seq.to_be_bytes());
+        mac.update(hash.as_bytes());
+        mac
+    }
+
+    /// Whether `head` was recorded by a holder of the chain key.
+    pub fn head_is_genuine(&self, head: &Head) -> bool {
+        let Some(tag) = head.mac.as_deref().and_then(|m| hex::decode(m).ok()) else {
+            return false;
+        };
+        self.head_mac(head.seq, &head.hash)
+            .verify_slice(&tag)
+            .is_ok()
+    }
+
     fn hash(&self, event: &AuditEvent) -> String {
         let mut unhashed = event.clone();
         unhashed.hash = String::new();
@@ -141,11 +193,13 @@ impl ChainReport {
     }
 }
 
-/// Checks a whole chain, in stored order, against the head the store recorded.
+/// Checks a whole chain, in stored order, against the keyed head the store
+/// recorded. Events after the head (appended while the caller read it) are not
+/// the caller's to judge: pass only those up to `head.seq`.
 pub fn verify_chain<E: std::fmt::Display>(
     chain: &Chain,
     events: impl IntoIterator<Item = Result<AuditEvent, E>>,
-    head: Option<(u64, String)>,
+    head: Option<&Head>,
 ) -> ChainReport {
     let mut count = 0;
     let mut prev_seq = 0;
@@ -196,10 +250,18 @@ pub fn verify_chain<E: std::fmt::Display>(
         prev_hash = event.hash;
     }
     match head {
-        Some((seq, hash)) if seq != prev_seq || hash != prev_hash => fail(
+        Some(head) if !chain.head_is_genuine(head) => fail(
             count,
             format!(
-                "the chain ends at seq {prev_seq} but the recorded head is seq {seq}: events were removed from the end"
+                "the recorded head (seq {}) is not keyed by this host: it was written or moved by someone else",
+                head.seq
+            ),
+        ),
+        Some(head) if head.seq != prev_seq || head.hash != prev_hash => fail(
+            count,
+            format!(
+                "the chain ends at seq {prev_seq} but the recorded head is seq {}: events were removed from the end",
+                head.seq
             ),
         ),
         None if prev_seq != 0 => fail(count, "events exist but no head was recorded".into()),
@@ -231,14 +293,14 @@ mod tests {
     }
 
     fn verify(chain: &Chain, events: &[AuditEvent]) -> ChainReport {
-        let head = events.last().map(|e| (e.seq, e.hash.clone()));
+        let head = events.last().map(|e| chain.head(e.seq, &e.hash));
         verify_chain(
             chain,
             events
                 .iter()
                 .cloned()
                 .map(Ok::<_, std::convert::Infallible>),
-            head,
+            head.as_ref(),
         )
     }
 
@@ -257,14 +319,14 @@ mod tests {
     #[test]
     fn detects_edit_deletion_reordering_and_truncation() {
         let (chain, events) = chain_of(5);
-        let head = events.last().map(|e| (e.seq, e.hash.clone()));
+        let head = events.last().map(|e| chain.head(e.seq, &e.hash));
 
         let mut edited = events.clone();
         edited[2].actor = "mallory".into();
         let report = verify_chain(
             &chain,
             edited.into_iter().map(Ok::<_, std::convert::Infallible>),
-            head.clone(),
+            head.as_ref(),
         );
         assert!(report.problem.unwrap().contains("seq 3 was altered"));
 
@@ -273,7 +335,7 @@ mod tests {
         let report = verify_chain(
             &chain,
             deleted.into_iter().map(Ok::<_, std::convert::Infallible>),
-            head.clone(),
+            head.as_ref(),
         );
         assert!(report.problem.unwrap().contains("missing or reordered"));
 
@@ -283,7 +345,7 @@ mod tests {
             !verify_chain(
                 &chain,
                 reordered.into_iter().map(Ok::<_, std::convert::Infallible>),
-                head.clone()
+                head.as_ref()
             )
             .is_intact()
         );
@@ -292,9 +354,38 @@ mod tests {
         let report = verify_chain(
             &chain,
             truncated.into_iter().map(Ok::<_, std::convert::Infallible>),
-            head.clone(),
+            head.as_ref(),
         );
         assert!(report.problem.unwrap().contains("removed from the end"));
+
+        // Truncation with the head moved back to the new last event: an unkeyed
+        // head (or one keyed by someone else) is refused.
+        let moved = Head {
+            seq: events[3].seq,
+            hash: events[3].hash.clone(),
+            mac: None,
+        };
+        let report = verify_chain(
+            &chain,
+            events[..4]
+                .iter()
+                .cloned()
+                .map(Ok::<_, std::convert::Infallible>),
+            Some(&moved),
+        );
+        assert!(report.problem.unwrap().contains("not keyed by this host"));
+        let forged_mac = Chain::new([8; 32]).head(events[3].seq, &events[3].hash);
+        assert!(
+            !verify_chain(
+                &chain,
+                events[..4]
+                    .iter()
+                    .cloned()
+                    .map(Ok::<_, std::convert::Infallible>),
+                Some(&forged_mac),
+            )
+            .is_intact()
+        );
 
         // Re-sealing an edited event without the key does not help: a forger with a
         // different key produces hashes the real chain key rejects.
@@ -307,12 +398,12 @@ mod tests {
             forged[3].seq,
             &forged[3].hash,
         );
-        let forged_head = Some((forged[4].seq, forged[4].hash.clone()));
+        let forged_head = forger.head(forged[4].seq, &forged[4].hash);
         assert!(
             !verify_chain(
                 &chain,
                 forged.into_iter().map(Ok::<_, std::convert::Infallible>),
-                forged_head
+                Some(&forged_head)
             )
             .is_intact()
         );

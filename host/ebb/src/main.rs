@@ -13,6 +13,10 @@ use server::{ConnectorCommand, serve};
     about = "Just-in-time access that proves it is gone"
 )]
 struct Cli {
+    /// On failure, print the error with every cause and, if RUST_BACKTRACE is set,
+    /// a backtrace (otherwise: one line).
+    #[arg(long, global = true)]
+    debug: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -90,8 +94,24 @@ enum TokenCommand {
     Hash,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let debug = cli.debug;
+    match start(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) if debug => {
+            eprintln!("error: {e:?}");
+            std::process::ExitCode::FAILURE
+        }
+        Err(e) => {
+            // One line a person can act on: the error and its causes, no backtrace.
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn start(cli: Cli) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("EBB_LOG")

@@ -253,3 +253,32 @@ sql.main = {{ dsn-env = "EBB_TEST_PG_DSN", max-connections = 2 }}
     host.wait().unwrap();
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Issue 12: a failing CLI command says one clear line, with no backtrace even when
+/// RUST_BACKTRACE is set; `--debug` shows the causes and the backtrace.
+#[test]
+fn cli_errors_are_one_line_unless_debugging() {
+    let closed = ebb_test_support::free_port().unwrap();
+    let run = |debug: bool| {
+        let mut args = vec!["grant", "get", "01JNOSUCHGRANT"];
+        if debug {
+            args.push("--debug");
+        }
+        let out = Command::new(env!("CARGO_BIN_EXE_ebb"))
+            .args(&args)
+            .env("EBB_API", format!("http://127.0.0.1:{closed}"))
+            .env("EBB_TOKEN", AGENT)
+            .env("RUST_BACKTRACE", "1")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let plain = run(false);
+    assert_eq!(plain.trim_end().lines().count(), 1, "{plain}");
+    assert!(plain.starts_with("error: "), "{plain}");
+    assert!(!plain.contains("backtrace"), "{plain}");
+    let debug = run(true);
+    assert!(debug.lines().count() > 1, "{debug}");
+}

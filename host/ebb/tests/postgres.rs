@@ -60,6 +60,33 @@ fn sqlstate(e: &tokio_postgres::Error) -> String {
         .unwrap_or_default()
 }
 
+/// Issue 13: the role's password never reaches PostgreSQL in clear: the connector
+/// sends its SCRAM verifier, so even a server logging every statement never sees
+/// it — and the issued password still logs in.
+#[tokio::test]
+async fn the_password_reaches_postgres_only_as_a_scram_verifier() {
+    ebb_test_support::require!(Postgres);
+    let pg = Postgres::start().unwrap();
+    pg.psql("alter system set log_statement = 'all'").unwrap();
+    pg.psql("select pg_reload_conf()").unwrap();
+    let pg_connector = connector(&pg).await;
+    let issued = pg_connector
+        .issue(&grant("01JTESTSCRAM", &[("select", "public.invoices")]))
+        .await
+        .unwrap();
+    let (user, password) = user_and_password(&issued.credential);
+    pg.connect(&user, &password).await.unwrap();
+    let log = std::fs::read_to_string(pg.dir().join("server.log")).unwrap();
+    assert!(
+        log.contains("SCRAM-SHA-256$4096:"),
+        "the role was created with a verifier"
+    );
+    assert!(
+        !log.contains(&password),
+        "the password is in the server log"
+    );
+}
+
 #[tokio::test]
 async fn issued_credential_reads_exactly_the_granted_table() {
     ebb_test_support::require!(Postgres);

@@ -10,7 +10,7 @@
 //! | `c/<id>`                     | sealed credential               |
 //! | `a/<seq: u64 BE>`            | audit event (JSON)              |
 //! | `i/<grant id>\0<seq: u64 BE>`| audit-by-grant index (empty)    |
-//! | `m/head`                     | audit head: seq and hash (JSON) |
+//! | `m/head`                     | audit head: seq, hash and its MAC (JSON) |
 //! | `m/count/<state>`            | grants in that state (u64 BE)   |
 //! | `r/<requested by>\0<id>`     | grants by requester (empty)     |
 //! | `m/index/requester`          | present once `r/` covers every grant |
@@ -25,13 +25,12 @@
 //! storage engine, nothing else: no wasmtime, no axum, no Cedar, no engine. It never
 //! decides a transition; it applies the `Commit` it is given atomically.
 
-use ebb_core::audit::{AuditEvent, Chain, ChainReport, GENESIS, NewEvent, verify_chain};
+use ebb_core::audit::{AuditEvent, Chain, ChainReport, Head, NewEvent, verify_chain};
 use ebb_core::contract::Timestamp;
 use ebb_core::state::GrantState;
 use ebb_core::store::{
     AuditQuery, Commit, Error, GrantRecord, ListFilter, Page, Result, Sealed, Store, SyncFuture,
 };
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -54,12 +53,6 @@ impl std::fmt::Debug for SledStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SledStore").finish_non_exhaustive()
     }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Head {
-    seq: u64,
-    hash: String,
 }
 
 struct Shared {
@@ -132,12 +125,20 @@ impl SledStore {
 
     fn with_db(db: sled::Db, chain_key: [u8; 32], durable: bool) -> Result<Arc<Self>> {
         index_requesters(&db)?;
+        let chain = Chain::new(chain_key);
         let head = match db.get(b"m/head").map_err(storage)? {
-            Some(bytes) => decode(b"m/head", &bytes)?,
-            None => Head {
-                seq: 0,
-                hash: GENESIS.to_owned(),
-            },
+            Some(bytes) => {
+                let head: Head = decode(b"m/head", &bytes)?;
+                if head.mac.is_none() {
+                    // A store from before keyed heads: key the head it has, once.
+                    let keyed = chain.head(head.seq, &head.hash);
+                    db.insert(b"m/head", encode(&keyed)?).map_err(storage)?;
+                    keyed
+                } else {
+                    head
+                }
+            }
+            None => Head::genesis(&chain),
         };
         let mut counts = BTreeMap::new();
         for state in GrantState::ALL {
@@ -191,7 +192,7 @@ impl SledStore {
         });
         Ok(Arc::new(Self {
             db,
-            chain: Chain::new(chain_key),
+            chain,
             state: Mutex::new(Shared {
                 head,
                 counts,
@@ -226,10 +227,7 @@ impl SledStore {
         }
         batch.insert(
             &b"m/head"[..],
-            encode(&Head {
-                seq: sealed.seq,
-                hash: sealed.hash.clone(),
-            })?,
+            encode(&self.chain.head(sealed.seq, &sealed.hash))?,
         );
         Ok(sealed)
     }
@@ -384,10 +382,7 @@ impl Store for SledStore {
         }
         let event = self.seal_event(&shared, event, &mut batch)?;
         self.db.apply_batch(batch).map_err(storage)?;
-        shared.head = Head {
-            seq: event.seq,
-            hash: event.hash.clone(),
-        };
+        shared.head = self.chain.head(event.seq, &event.hash);
         shared.counts = counts;
         drop(shared);
         self.written();
@@ -399,10 +394,7 @@ impl Store for SledStore {
         let mut batch = sled::Batch::default();
         let event = self.seal_event(&shared, event, &mut batch)?;
         self.db.apply_batch(batch).map_err(storage)?;
-        shared.head = Head {
-            seq: event.seq,
-            hash: event.hash.clone(),
-        };
+        shared.head = self.chain.head(event.seq, &event.hash);
         drop(shared);
         self.written();
         Ok(event)
@@ -568,19 +560,26 @@ impl Store for SledStore {
     }
 
     fn verify_audit(&self) -> Result<ChainReport> {
-        let head: Option<Head> = match self.db.get(b"m/head").map_err(storage)? {
-            Some(bytes) => Some(decode(b"m/head", &bytes)?),
-            None => None,
+        // The head as stored, read under the commit lock so that it matches the
+        // events written so far; events appended while the scan runs lie beyond it
+        // and are left to the next verification.
+        let head: Option<Head> = {
+            let _shared = self.lock();
+            match self.db.get(b"m/head").map_err(storage)? {
+                Some(bytes) => Some(decode(b"m/head", &bytes)?),
+                None => None,
+            }
         };
-        let events = self.db.scan_prefix(b"a/").map(|entry| {
-            let (k, v) = entry.map_err(storage)?;
-            decode::<AuditEvent>(&k, &v)
-        });
-        Ok(verify_chain(
-            &self.chain,
-            events,
-            head.map(|h| (h.seq, h.hash)),
-        ))
+        let end = head.as_ref().map_or(u64::MAX, |h| h.seq);
+        let events = self
+            .db
+            .scan_prefix(b"a/")
+            .map(|entry| {
+                let (k, v) = entry.map_err(storage)?;
+                decode::<AuditEvent>(&k, &v)
+            })
+            .take_while(|event| event.as_ref().map_or(true, |e| e.seq <= end));
+        Ok(verify_chain(&self.chain, events, head.as_ref()))
     }
 
     fn counts(&self) -> Result<BTreeMap<GrantState, u64>> {

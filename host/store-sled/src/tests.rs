@@ -254,6 +254,66 @@ async fn tampering_with_any_stored_audit_record_is_detected() {
     assert!(!store.verify_audit().unwrap().is_intact());
     restore(&store);
     assert!(store.verify_audit().unwrap().is_intact());
+    // Issue 13: delete the newest events and move the head back to what is left —
+    // unkeyed, or keyed by someone else — and verification says so.
+    let last: AuditEvent = serde_json::from_slice(&original[2].1).unwrap();
+    store.db.remove(&original[3].0).unwrap();
+    for head in [
+        ebb_core::audit::Head {
+            seq: last.seq,
+            hash: last.hash.clone(),
+            mac: None,
+        },
+        Chain::new([2; 32]).head(last.seq, &last.hash),
+    ] {
+        store.db.insert(b"m/head", encode(&head).unwrap()).unwrap();
+        let report = store.verify_audit().unwrap();
+        assert!(
+            report
+                .problem
+                .as_deref()
+                .unwrap()
+                .contains("not keyed by this host"),
+            "{report:?}"
+        );
+    }
+    // Removing the head altogether does not hide the events either.
+    store.db.remove(b"m/head").unwrap();
+    let report = store.verify_audit().unwrap();
+    assert!(
+        report.problem.as_deref().unwrap().contains("no head"),
+        "{report:?}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Issue 13: verification reads a consistent chain while events are being written
+/// (it never reports an untouched log as tampered under load).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verification_is_consistent_while_events_are_written() {
+    let (store, dir) = temp_store();
+    let writer = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            for n in 0..3_000 {
+                store
+                    .append_audit(
+                        NewEvent::new("test.load", "writer").detail(serde_json::json!({ "n": n })),
+                    )
+                    .unwrap();
+            }
+        })
+    };
+    let mut checks = 0;
+    while !writer.is_finished() {
+        let report = store.verify_audit().unwrap();
+        assert!(report.is_intact(), "under load: {report:?}");
+        checks += 1;
+    }
+    writer.join().unwrap();
+    assert!(store.verify_audit().unwrap().is_intact());
+    assert!(checks > 0);
+    drop(store);
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -1,7 +1,8 @@
 //! JIT *permissions* in PostgreSQL, not JIT users.
 //!
 //! `issue` creates a role named from the grant id (`ebb_<id>`) with `LOGIN`, a random
-//! password and `VALID UNTIL` the grant's end, and grants it exactly the requested
+//! password (sent to the server only as its SCRAM-SHA-256 verifier) and
+//! `VALID UNTIL` the grant's end, and grants it exactly the requested
 //! table privileges — never membership in another role. `revoke` stops new logins,
 //! terminates every backend of the role (by name and by oid: a dropped role's live
 //! session keeps running with `usename` NULL), drops what it owns and drops it.
@@ -161,9 +162,11 @@ impl Connector for Postgres {
                  noreplication nobypassrls"
             ),
         });
+        // The server gets a SCRAM verifier, never the password: it crosses no
+        // connection, lands in no server log and in no statement text.
         ddl.push_str(&format!(
             " connection limit {limit} password {} valid until {};\n",
-            quote_literal(&password)?,
+            quote_literal(&ebb_connector_sdk::scram::verifier(&password)?)?,
             quote_literal(&timestamp_literal(grant.not_after))?
         ));
         for (action, table) in &permissions {

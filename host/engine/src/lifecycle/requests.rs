@@ -95,15 +95,18 @@ impl Lifecycle {
             lease_until: None,
         })?;
         let _lock = self.inner.locks.lock(&id).await;
-        match decision {
-            Decision::Pending => Ok(record),
+        let record = match decision {
+            Decision::Pending => record,
             Decision::Approve {
                 by,
                 note,
                 issue_within_ms,
-            } => self.approve_locked(record, &by, note, issue_within_ms),
-            Decision::Deny { by, reason } => self.deny_locked(record, &by, &reason),
-        }
+            } => self.approve_locked(record, &by, note, issue_within_ms)?,
+            Decision::Deny { by, reason } => self.deny_locked(record, &by, &reason)?,
+        };
+        // Acknowledged means durable: the caller is told only what survives a crash.
+        self.inner.store.sync().await?;
+        Ok(record)
     }
 
     /// Approves a requested grant. The requester can never approve it, nor can one
@@ -118,10 +121,10 @@ impl Lifecycle {
             return Err(Error::AlreadyApproved(by.to_owned()));
         }
         let have = u32::try_from(record.approvals.len()).unwrap_or(u32::MAX) + 1;
-        if record.state == GrantState::Requested && have < record.approvals_required {
+        let record = if record.state == GrantState::Requested && have < record.approvals_required {
             let now = self.now();
             let required = record.approvals_required;
-            return self.transition(
+            self.transition(
                 record,
                 Event::RecordApproval,
                 by,
@@ -134,9 +137,14 @@ impl Lifecycle {
                         note,
                     });
                 },
-            );
-        }
-        self.approve_locked(record, by, note, None)
+            )?
+        } else {
+            self.approve_locked(record, by, note, None)?
+        };
+        // Acknowledged means durable: a lost approval or denial after a crash would
+        // let the grant be decided again, differently.
+        self.inner.store.sync().await?;
+        Ok(record)
     }
 
     pub(super) fn approve_locked(
@@ -169,7 +177,9 @@ impl Lifecycle {
     pub async fn deny(&self, id: &str, by: &str, reason: &str) -> Result<GrantRecord> {
         let _lock = self.inner.locks.lock(id).await;
         let record = self.load(id)?;
-        self.deny_locked(record, by, reason)
+        let record = self.deny_locked(record, by, reason)?;
+        self.inner.store.sync().await?;
+        Ok(record)
     }
 
     pub(super) fn deny_locked(

@@ -572,3 +572,117 @@ async fn a_by_value_connector_gets_the_credential_until_the_reverify_window_clos
     }
     panic!("the window never closed: {:?}", engine.get(&id).unwrap());
 }
+
+/// An observer, not a fake: a real store whose commits are counted until the next
+/// `sync`, so a test can see whether an answer was given before its commit was
+/// made durable.
+#[derive(Debug)]
+struct SyncObserver {
+    inner: Arc<dyn Store>,
+    unsynced: std::sync::atomic::AtomicU64,
+}
+
+impl Store for SyncObserver {
+    fn get(&self, id: &str) -> store::Result<Option<GrantRecord>> {
+        self.inner.get(id)
+    }
+    fn commit(&self, commit: Commit) -> store::Result<(GrantRecord, AuditEvent)> {
+        self.unsynced
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.commit(commit)
+    }
+    fn append_audit(&self, event: NewEvent) -> store::Result<AuditEvent> {
+        self.unsynced
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.append_audit(event)
+    }
+    fn claim_due(&self, now: u64, lease: u64, limit: usize) -> store::Result<Vec<String>> {
+        self.inner.claim_due(now, lease, limit)
+    }
+    fn reschedule(&self, id: &str, due: Option<u64>) -> store::Result<()> {
+        self.inner.reschedule(id, due)
+    }
+    fn next_due(&self) -> store::Result<Option<u64>> {
+        self.inner.next_due()
+    }
+    fn release_leases(&self) -> store::Result<usize> {
+        self.inner.release_leases()
+    }
+    fn sealed_credential(&self, id: &str) -> store::Result<Option<Vec<u8>>> {
+        self.inner.sealed_credential(id)
+    }
+    fn list(&self, filter: &store::ListFilter) -> store::Result<store::Page> {
+        self.inner.list(filter)
+    }
+    fn audit(&self, query: &AuditQuery) -> store::Result<Vec<AuditEvent>> {
+        self.inner.audit(query)
+    }
+    fn verify_audit(&self) -> store::Result<ebb_core::audit::ChainReport> {
+        self.inner.verify_audit()
+    }
+    fn counts(&self) -> store::Result<std::collections::BTreeMap<GrantState, u64>> {
+        self.inner.counts()
+    }
+    fn sync(&self) -> store::SyncFuture<'_> {
+        // Everything committed before this call is made durable by it.
+        let pending = self.unsynced.swap(0, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async move {
+            let result = self.inner.sync().await;
+            if result.is_err() {
+                self.unsynced
+                    .fetch_add(pending, std::sync::atomic::Ordering::SeqCst);
+            }
+            result
+        })
+    }
+}
+
+/// Issue 12: request, approve and deny answer only once their commits are durable
+/// (a denial lost in a crash would put the grant back before another approver).
+#[tokio::test]
+async fn decisions_are_durable_before_they_are_answered() {
+    let observer = Arc::new(SyncObserver {
+        inner: SledStore::temporary([6; 32]).unwrap(),
+        unsynced: std::sync::atomic::AtomicU64::new(0),
+    });
+    let engine = engine_on(observer.clone(), &[noop()]).await;
+    let unsynced = || observer.unsynced.load(std::sync::atomic::Ordering::SeqCst);
+    let pending = engine
+        .request(new_grant("noop", 60_000), "agent", Decision::Pending)
+        .await
+        .unwrap();
+    assert_eq!(
+        unsynced(),
+        0,
+        "request answered before its commit was durable"
+    );
+    let denied = engine
+        .deny(&pending.grant.id, "alice", "not for this task")
+        .await
+        .unwrap();
+    assert_eq!(denied.state, GrantState::Denied);
+    assert_eq!(unsynced(), 0, "denial answered before it was durable");
+    let decided = engine
+        .request(
+            new_grant("noop", 60_000),
+            "agent",
+            Decision::Deny {
+                by: "policy".into(),
+                reason: "no".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(decided.state, GrantState::Denied);
+    assert_eq!(unsynced(), 0, "a request denied by policy answered early");
+    let pending = engine
+        .request(new_grant("noop", 60_000), "agent", Decision::Pending)
+        .await
+        .unwrap();
+    let approved = engine
+        .approve(&pending.grant.id, "alice", None)
+        .await
+        .unwrap();
+    assert_eq!(approved.state, GrantState::Approved);
+    assert_eq!(unsynced(), 0, "approval answered before it was durable");
+}

@@ -164,7 +164,11 @@ impl HttpPolicy {
 
 /// Whether an address is on the public internet. Everything else — loopback,
 /// unspecified, private, shared (CGNAT), link-local, multicast, broadcast,
-/// documentation, unique-local — needs an explicit `allow-private`.
+/// documentation, unique-local, site-local, the IETF protocol block (Teredo,
+/// benchmarking, ORCHID), discard-only — needs an explicit `allow-private`. An IPv6
+/// address that carries an IPv4 one (IPv4-mapped, IPv4-compatible, NAT64's
+/// well-known prefix, 6to4) is judged by the IPv4 address it carries, so no
+/// spelling of 127.0.0.1 passes.
 pub(crate) fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
@@ -177,19 +181,46 @@ pub(crate) fn is_public(ip: IpAddr) -> bool {
                 || v4.is_broadcast()
                 || v4.is_documentation()
                 || (a == 100 && (64..128).contains(&b))
+                || (a == 192 && b == 0 && v4.octets()[2] == 0)
+                || (a == 198 && (18..20).contains(&b))
                 || a == 0
                 || a >= 240)
         }
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => is_public(IpAddr::V4(v4)),
-            None => {
-                !(v6.is_loopback()
-                    || v6.is_unspecified()
-                    || v6.is_multicast()
-                    || v6.is_unique_local()
-                    || v6.is_unicast_link_local())
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            let v4 = |hi: u16, lo: u16| {
+                let [a, b] = hi.to_be_bytes();
+                let [c, d] = lo.to_be_bytes();
+                IpAddr::V4(std::net::Ipv4Addr::new(a, b, c, d))
+            };
+            if let Some(mapped) = v6.to_ipv4_mapped() {
+                return is_public(IpAddr::V4(mapped));
             }
-        },
+            // ::a.b.c.d (IPv4-compatible; also :: and ::1) and 64:ff9b::a.b.c.d (NAT64).
+            if s[..6] == [0; 6] || (s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0; 4]) {
+                return is_public(v4(s[6], s[7]));
+            }
+            // 6to4: 2002:aabb:ccdd::/48 routes to a.b.c.d.
+            if s[0] == 0x2002 {
+                return is_public(v4(s[1], s[2]));
+            }
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || v6.is_unique_local()
+                || v6.is_unicast_link_local()
+                // Site-local (deprecated, still private).
+                || (s[0] & 0xffc0) == 0xfec0
+                // Local-use NAT64 (64:ff9b:1::/48).
+                || (s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1)
+                // IETF protocol assignments, incl. Teredo, benchmarking, ORCHID.
+                || (s[0] == 0x2001 && s[1] < 0x0200)
+                // Documentation.
+                || (s[0] == 0x2001 && s[1] == 0x0db8)
+                || (s[0] == 0x3fff && s[1] < 0x1000)
+                // Discard-only.
+                || (s[0] == 0x0100 && s[1..4] == [0; 3]))
+        }
     }
 }
 
@@ -284,10 +315,35 @@ mod tests {
             "fd00::1",
             "::ffff:127.0.0.1",
             "255.255.255.255",
+            // Every IPv6 spelling of loopback and private IPv4 space.
+            "0:0:0:0:0:0:0:1",
+            "::0.0.0.1",
+            "::127.0.0.1",
+            "::ffff:7f00:1",
+            "::ffff:10.0.0.1",
+            "64:ff9b::127.0.0.1",
+            "64:ff9b::a9fe:a9fe",
+            "64:ff9b:1::1",
+            "2002:7f00:1::1",
+            "2002:c0a8:0101::1",
+            "fec0::1",
+            "fc00::1",
+            "2001::1",
+            "2001:db8::1",
+            "100::1",
+            "ff02::1",
+            "192.0.0.1",
+            "198.18.0.1",
         ] {
             assert!(!is_public(ip.parse().unwrap()), "{ip}");
         }
-        for ip in ["8.8.8.8", "1.1.1.1", "2606:4700::1111"] {
+        for ip in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "2606:4700::1111",
+            "64:ff9b::8.8.8.8",
+            "2002:0808:0808::1",
+        ] {
             assert!(is_public(ip.parse().unwrap()), "{ip}");
         }
     }
