@@ -13,42 +13,19 @@ const SENDERS: usize = 16;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_anonymous_flood_neither_fills_the_store_nor_delays_expiry() {
-    let dir = std::env::temp_dir().join(format!("ebb-flood-{}", rand::random::<u64>()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let port = ebb_test_support::free_port().unwrap();
-    let config = dir.join("ebb.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[server]
-listen = "127.0.0.1:{port}"
-[store]
-path = "{}"
-key-file = "{}"
-[[tokens]]
-name = "agent"
-sha256 = "{}"
-roles = ["requester", "auditor"]
-[connectors.noop]
-component = "{}"
-lifecycle = {{ approval = "auto" }}
-"#,
-            dir.join("data").display(),
-            dir.join("host.key").display(),
+    let host = ebb_test_support::Host::start(
+        env!("CARGO_BIN_EXE_ebb"),
+        "flood",
+        "",
+        &format!(
+            "[[tokens]]\nname = \"agent\"\nsha256 = \"{}\"\nroles = [\"requester\", \"auditor\"]\n\
+             [connectors.noop]\ncomponent = \"{}\"\nlifecycle = {{ approval = \"auto\" }}",
             ebb::token::hash_token(TOKEN),
             ebb_test_plugins::NOOP
         ),
     )
     .unwrap();
-    let mut host = ebb_test_support::serve_command(env!("CARGO_BIN_EXE_ebb"), &config)
-        .spawn()
-        .unwrap();
-    assert!(ebb_test_support::wait_for_port(
-        port,
-        Duration::from_secs(10)
-    ));
-    let api = format!("http://127.0.0.1:{port}");
+    let api = host.api.clone();
     let http = reqwest::Client::new();
     let events = || async {
         let mut all: Vec<Value> = Vec::new();
@@ -187,9 +164,7 @@ lifecycle = {{ approval = "auto" }}
         limited > sent / 2,
         "most of the flood was answered 429: {limited}/{sent}"
     );
-    host.kill().unwrap();
-    host.wait().unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(host);
     println!(
         "flood: {sent} requests in {FLOOD:?} ({limited} answered 429), {} audit events / {bytes} bytes, worst expiry lag {worst_lag} ms",
         written.len()

@@ -7,34 +7,14 @@ use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_clients_are_disconnected_and_capped() {
-    let dir = std::env::temp_dir().join(format!("ebb-limits-{}", rand::random::<u64>()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let port = ebb_test_support::free_port().unwrap();
-    let config = dir.join("ebb.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[server]
-listen = "127.0.0.1:{port}"
-header-read-timeout = "300ms"
-max-connections = 4
-[store]
-path = "{}"
-key-file = "{}"
-"#,
-            dir.join("data").display(),
-            dir.join("host.key").display(),
-        ),
+    let host = ebb_test_support::Host::start(
+        env!("CARGO_BIN_EXE_ebb"),
+        "limits",
+        "header-read-timeout = \"300ms\"\nmax-connections = 4",
+        "",
     )
     .unwrap();
-    let mut host = ebb_test_support::serve_command(env!("CARGO_BIN_EXE_ebb"), &config)
-        .spawn()
-        .unwrap();
-    assert!(
-        ebb_test_support::wait_for_port(port, Duration::from_secs(10)),
-        "the host did not start"
-    );
+    let port = host.port;
     // Eight silent clients: twice the cap.
     let silent: Vec<std::net::TcpStream> = (0..8)
         .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap())
@@ -67,8 +47,6 @@ key-file = "{}"
             ),
         }
     }
-    host.kill().unwrap();
-    host.wait().unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(host);
     println!("a real caller waited {waited:?} behind 8 silent clients (cap 4, deadline 300 ms)");
 }

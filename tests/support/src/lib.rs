@@ -51,3 +51,54 @@ pub fn wait_for_port(port: u16, limit: std::time::Duration) -> bool {
     }
     false
 }
+
+/// A running `ebb serve` for a test, in a fresh folder of its own; stopped and the
+/// folder removed on drop.
+#[derive(Debug)]
+pub struct Host {
+    pub dir: std::path::PathBuf,
+    pub port: u16,
+    /// `http://127.0.0.1:<port>`.
+    pub api: String,
+    child: std::process::Child,
+}
+
+impl Host {
+    /// Writes `ebb.toml` — `[server]` on a free loopback port plus `server` (more
+    /// keys of that table), `[store]` in the folder, then `rest` — starts `ebb
+    /// serve` from `bin` (a test's `env!("CARGO_BIN_EXE_ebb")`) and waits until it
+    /// listens.
+    pub fn start(bin: &str, tag: &str, server: &str, rest: &str) -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!("ebb-{tag}-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir)?;
+        let port = free_port()?;
+        let config = dir.join("ebb.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nlisten = \"127.0.0.1:{port}\"\n{server}\n[store]\npath = \"{}\"\nkey-file = \"{}\"\n{rest}\n",
+                dir.join("data").display(),
+                dir.join("host.key").display(),
+            ),
+        )?;
+        let child = serve_command(bin, &config).spawn()?;
+        let host = Self {
+            api: format!("http://127.0.0.1:{port}"),
+            dir,
+            port,
+            child,
+        };
+        if !wait_for_port(port, std::time::Duration::from_secs(10)) {
+            anyhow::bail!("the host did not start listening on port {port}");
+        }
+        Ok(host)
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
