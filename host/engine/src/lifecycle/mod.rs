@@ -6,9 +6,11 @@
 //! propagation delay, re-verification, escalation, and recovery after a crash.
 //!
 //! Rules it keeps (see ARCHITECTURE.md):
-//! - **Intent before effect.** `issuing` and `revoking` are committed and synced
-//!   before the connector is called. Crash recovery needs no special code: a grant
-//!   mid-call holds a lease in the due index, and on start leases are voided, so the
+//! - **Intent before effect.** `issuing` is committed and synced before `issue` is
+//!   called; `revoking` is committed before `revoke` (and synced on the API path;
+//!   on the scheduler's a lost `revoking` only means the idempotent revoke runs
+//!   again from `active`). Crash recovery needs no special code: a grant mid-call
+//!   holds a lease in the due index, and on start leases are voided, so the
 //!   scheduler picks the grant up at once and finishes or compensates it.
 //! - **Nothing is done without a verdict.** Only `verify-revoked` answering
 //!   `revoked` closes a grant; errors retry, residue revokes again, and past the
@@ -170,6 +172,8 @@ struct Inner {
     shutdown: shutdown::Shutdown,
     /// Where escalations are announced, once set.
     alerts: std::sync::OnceLock<crate::alerts::Alerts>,
+    /// Grants whose scheduled work failed in the host, and how many times in a row.
+    stuck: std::sync::Mutex<std::collections::HashMap<String, u32>>,
 }
 
 /// The engine's shutdown signal: a flag plus a notify.
@@ -255,6 +259,7 @@ impl Lifecycle {
                 jobs: Arc::new(Semaphore::new(config.max_jobs)),
                 shutdown: shutdown::Shutdown::default(),
                 alerts: std::sync::OnceLock::new(),
+                stuck: std::sync::Mutex::default(),
             }),
         }
     }

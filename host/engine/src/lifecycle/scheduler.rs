@@ -2,7 +2,9 @@
 //! runs their work with a bounded number of jobs in flight. It sleeps until the
 //! earliest due time or until a commit may have moved it earlier.
 
-use super::Lifecycle;
+use super::{Error, Lifecycle};
+use ebb_core::audit::NewEvent;
+use serde_json::json;
 
 /// Due grants claimed per round.
 const BATCH: usize = 256;
@@ -42,9 +44,8 @@ impl Lifecycle {
                 };
                 let engine = self.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = engine.work(&id).await {
-                        tracing::error!(grant = %id, error = %e, "grant work failed; it will be retried when its lease runs out");
-                    }
+                    let outcome = engine.work(&id).await;
+                    engine.work_done(&id, outcome).await;
                     drop(permit);
                 });
             }
@@ -63,6 +64,58 @@ impl Lifecycle {
                 () = inner.wake.notified() => {}
                 () = inner.shutdown.wait() => break,
             }
+        }
+    }
+}
+
+/// A grant whose work failed this many times in a row (the host's own failure: the
+/// store, not the connector — those go through retry and escalation) is announced
+/// to the alert webhooks.
+const STUCK_AFTER: u32 = 3;
+
+impl Lifecycle {
+    /// After the scheduler's work on grant `id`: nothing stuck is silent. A failure
+    /// inside the host (a store that cannot read or write) is counted
+    /// (`ebb_scheduler_errors_total`), audited when the store still takes it, and
+    /// after [`STUCK_AFTER`] failures in a row alerted; the grant's lease brings
+    /// the work back by itself.
+    async fn work_done(&self, id: &str, outcome: Result<(), Error>) {
+        let failures = {
+            let mut stuck = self.inner.stuck.lock().unwrap_or_else(|p| p.into_inner());
+            match &outcome {
+                Ok(()) => {
+                    stuck.remove(id);
+                    return;
+                }
+                Err(_) => {
+                    let n = stuck.entry(id.to_owned()).or_insert(0);
+                    *n += 1;
+                    *n
+                }
+            }
+        };
+        let Err(e) = outcome else { return };
+        let why = ebb_core::error_chain(&e);
+        metrics::counter!("ebb_scheduler_errors_total").increment(1);
+        tracing::error!(grant = %id, error = %why, failures, "work on a grant failed in the host; retried when its lease runs out");
+        let _recorded = self
+            .inner
+            .audit
+            .record(
+                NewEvent::new("grant.work-failed", "ebb")
+                    .grant(id)
+                    .detail(json!({ "error": why, "failures": failures })),
+            )
+            .await;
+        if failures == STUCK_AFTER
+            && let Some(alerts) = self.inner.alerts.get()
+        {
+            alerts.send(json!({
+                "kind": "stuck",
+                "grant": id,
+                "failures": failures,
+                "why": why,
+            }));
         }
     }
 }

@@ -686,3 +686,183 @@ async fn decisions_are_durable_before_they_are_answered() {
     assert_eq!(approved.state, GrantState::Approved);
     assert_eq!(unsynced(), 0, "approval answered before it was durable");
 }
+
+/// Issue 12: a credential that cannot be unsealed (the host key changed) does not
+/// stall revocation: the grant is revoked and verified by grant id, and the
+/// failure is audited.
+#[tokio::test]
+async fn an_unsealable_credential_is_revoked_by_grant_id_and_audited() {
+    let dir = std::env::temp_dir().join(format!("ebb-unseal-{}", rand::random::<u64>()));
+    let store: Arc<dyn Store> = SledStore::open(&dir, [7; 32]).unwrap();
+    let first = engine_on(store.clone(), &[noop()]).await;
+    let record = issued(&first, "noop", 3_600_000).await;
+    let id = record.grant.id.clone();
+    assert!(store.sealed_credential(&id).unwrap().is_some());
+    store.sync().await.unwrap();
+    drop(first);
+    // The same store under another host key: the sealed credential no longer opens.
+    let registry = Arc::new(Registry::new(
+        Runtime::new(&RuntimeConfig::default()).unwrap(),
+    ));
+    let (name, config) = noop();
+    registry.load(name, &config).await.unwrap();
+    let engine = Lifecycle::new(
+        store,
+        Sealer::new(&HostKey::from_hex(&"99".repeat(32)).unwrap()),
+        registry,
+        Clock::system(),
+        EngineConfig::default(),
+    );
+    engine.start().unwrap();
+    engine
+        .revoke(&id, Trigger::TaskCompleted, "agent", None)
+        .await
+        .unwrap();
+    let r = wait_for(&engine, &id, GrantState::Verified).await;
+    assert_eq!(r.trigger, Some(Trigger::TaskCompleted));
+    let kinds: Vec<String> = engine
+        .report(&id)
+        .unwrap()
+        .events
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert!(
+        kinds.iter().any(|k| k == "credential.unseal-failed"),
+        "{kinds:?}"
+    );
+    engine.shutdown().await.unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Fault injection a real store does not offer on demand: commits of one grant
+/// fail, as on a failing disk. Everything else is the real (temporary) store.
+#[derive(Debug)]
+struct FailingCommits {
+    inner: Arc<dyn Store>,
+    grant: std::sync::Mutex<Option<String>>,
+}
+
+impl Store for FailingCommits {
+    fn get(&self, id: &str) -> store::Result<Option<GrantRecord>> {
+        self.inner.get(id)
+    }
+    fn commit(&self, commit: Commit) -> store::Result<(GrantRecord, AuditEvent)> {
+        let failing = self.grant.lock().unwrap().clone();
+        if failing.as_deref() == Some(commit.record.grant.id.as_str()) {
+            return Err(store::Error::Io {
+                what: "writing (injected)",
+                source: std::io::Error::from(std::io::ErrorKind::StorageFull),
+            });
+        }
+        self.inner.commit(commit)
+    }
+    fn append_audit(&self, event: NewEvent) -> store::Result<AuditEvent> {
+        self.inner.append_audit(event)
+    }
+    fn claim_due(&self, now: u64, lease: u64, limit: usize) -> store::Result<Vec<String>> {
+        self.inner.claim_due(now, lease, limit)
+    }
+    fn reschedule(&self, id: &str, due: Option<u64>) -> store::Result<()> {
+        self.inner.reschedule(id, due)
+    }
+    fn next_due(&self) -> store::Result<Option<u64>> {
+        self.inner.next_due()
+    }
+    fn release_leases(&self) -> store::Result<usize> {
+        self.inner.release_leases()
+    }
+    fn sealed_credential(&self, id: &str) -> store::Result<Option<Vec<u8>>> {
+        self.inner.sealed_credential(id)
+    }
+    fn list(&self, filter: &store::ListFilter) -> store::Result<store::Page> {
+        self.inner.list(filter)
+    }
+    fn audit(&self, query: &AuditQuery) -> store::Result<Vec<AuditEvent>> {
+        self.inner.audit(query)
+    }
+    fn verify_audit(&self) -> store::Result<ebb_core::audit::ChainReport> {
+        self.inner.verify_audit()
+    }
+    fn counts(&self) -> store::Result<std::collections::BTreeMap<GrantState, u64>> {
+        self.inner.counts()
+    }
+    fn sync(&self) -> store::SyncFuture<'_> {
+        self.inner.sync()
+    }
+}
+
+/// Issue 12: when the host itself cannot do a grant's work (its store fails), the
+/// failure is audited each time and alerted once it repeats, not only logged; when
+/// the store recovers, the work completes.
+#[tokio::test]
+async fn work_the_host_cannot_do_is_audited_alerted_and_finished_later() {
+    let store = Arc::new(FailingCommits {
+        inner: SledStore::temporary([8; 32]).unwrap(),
+        grant: std::sync::Mutex::new(None),
+    });
+    let registry = Arc::new(Registry::new(
+        Runtime::new(&RuntimeConfig::default()).unwrap(),
+    ));
+    let (name, config) = noop();
+    registry.load(name, &config).await.unwrap();
+    let engine = Lifecycle::new(
+        store.clone(),
+        Sealer::new(&HostKey::from_hex(&"11".repeat(32)).unwrap()),
+        registry,
+        Clock::system(),
+        EngineConfig {
+            lease_ms: 50,
+            ..EngineConfig::default()
+        },
+    );
+    let alerts = Arc::new(std::sync::Mutex::new(Vec::<serde_json::Value>::new()));
+    let sink = alerts.clone();
+    let hook = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |axum::Json(v): axum::Json<serde_json::Value>| {
+            let sink = sink.clone();
+            async move { sink.lock().unwrap().push(v) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, hook).await.unwrap() });
+    engine.set_alerts(crate::alerts::Alerts::new(vec![url]));
+    engine.start().unwrap();
+    let record = issued(&engine, "noop", 300).await;
+    let id = record.grant.id.clone();
+    // The disk fails for this grant before it expires.
+    *store.grant.lock().unwrap() = Some(id.clone());
+    let mut stuck = Vec::new();
+    for _ in 0..400 {
+        stuck = alerts
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|a| a["kind"] == "stuck" && a["grant"] == id.as_str())
+            .cloned()
+            .collect();
+        if !stuck.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(stuck.len(), 1, "the stuck grant was alerted once");
+    assert!(
+        stuck[0]["why"].as_str().unwrap().contains("injected"),
+        "{stuck:?}"
+    );
+    let failed = engine
+        .report(&id)
+        .unwrap()
+        .events
+        .iter()
+        .filter(|e| e.kind == "grant.work-failed")
+        .count();
+    assert!(failed >= 3, "every failure is audited: {failed}");
+    // The disk comes back: the expiry goes through.
+    *store.grant.lock().unwrap() = None;
+    let r = wait_for(&engine, &id, GrantState::Verified).await;
+    assert_eq!(r.trigger, Some(Trigger::Expiry));
+}

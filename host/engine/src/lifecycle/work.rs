@@ -74,6 +74,32 @@ impl Lifecycle {
         }
     }
 
+    /// The credential for a revoke or verify call; if it cannot be unsealed (the host
+    /// key changed, the sealed value is corrupt) the call goes ahead without it —
+    /// by grant id, as after a lost issue reply — and the failure is audited and
+    /// counted, never just logged. A connector that can only act by the
+    /// credential's value then fails its call, which retries and escalates.
+    pub(super) async fn credential_or_by_id(&self, id: &str) -> Option<Credential> {
+        match self.credential(id) {
+            Ok(credential) => credential,
+            Err(e) => {
+                let why = ebb_core::error_chain(&e);
+                tracing::error!(grant = %id, error = %why, "cannot unseal the credential: revoking and verifying by grant id");
+                metrics::counter!("ebb_unseal_failures_total").increment(1);
+                let _recorded = self
+                    .inner
+                    .audit
+                    .record(
+                        NewEvent::new("credential.unseal-failed", "ebb")
+                            .grant(id)
+                            .detail(json!({ "error": why, "proceeding": "by grant id" })),
+                    )
+                    .await;
+                None
+            }
+        }
+    }
+
     /// The grant's credential, unsealed, while the store still holds it.
     pub(super) fn credential(&self, id: &str) -> Result<Option<Credential>> {
         let Some(sealed) = self.inner.store.sealed_credential(id)? else {
@@ -91,7 +117,7 @@ impl Lifecycle {
             Ok(slot) => slot,
             Err(e) => return self.failed(record, &e.to_string(), false, None),
         };
-        let credential = self.credential(&record.grant.id)?;
+        let credential = self.credential_or_by_id(&record.grant.id).await;
         let (outcome, version) = {
             // The version that serves this call, recorded with its outcome.
             let connector = slot.call(Pool::Background).await;
@@ -144,7 +170,7 @@ impl Lifecycle {
                 Some(&version),
             );
         }
-        let credential = self.credential(&record.grant.id)?;
+        let credential = self.credential_or_by_id(&record.grant.id).await;
         let outcome = {
             let started = std::time::Instant::now();
             let outcome = connector
