@@ -316,6 +316,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// The number of grants in each state.
     fn counts(&self) -> Result<BTreeMap<GrantState, u64>>;
 
-    /// Makes everything committed before the call durable.
+    /// Makes everything committed before the call durable. Fails, within a bounded
+    /// time, when the storage cannot make it durable (a full or failing disk).
     fn sync(&self) -> SyncFuture<'_>;
+
+    /// Whether the store can serve: it answers a read and can make writes durable.
+    fn health(&self) -> Result<()>;
 }

@@ -68,7 +68,13 @@ struct GroupCommit {
     written: AtomicU64,
     flushed: watch::Receiver<u64>,
     kick: Arc<Kick>,
+    /// Since when flushes have been failing, and the last error, while they are.
+    failing: Mutex<Option<(std::time::Instant, std::io::ErrorKind, String)>>,
 }
+
+/// How long flushes may keep failing before `sync` gives up and says why, rather
+/// than leaving its caller waiting on a disk that will not take the data.
+const FLUSH_GIVE_UP: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How the store wakes its flusher, and tells it the store is gone.
 struct Kick {
@@ -158,6 +164,7 @@ impl SledStore {
                 notify: Notify::new(),
                 closed: std::sync::atomic::AtomicBool::new(false),
             }),
+            failing: Mutex::new(None),
         });
         let kick = group.kick.clone();
         let weak_group = Arc::downgrade(&group);
@@ -178,12 +185,28 @@ impl SledStore {
                     let target = group.written.load(Ordering::Acquire);
                     db.flush_async().await.map(|_| target)
                 };
+                let Some(group) = weak_group.upgrade() else {
+                    break;
+                };
                 match flushed {
                     Ok(target) => {
+                        *group.failing.lock().unwrap_or_else(|p| p.into_inner()) = None;
                         flushed_tx.send_replace(target);
                     }
                     Err(e) => {
+                        metrics::counter!("ebb_store_flush_errors_total").increment(1);
                         tracing::error!(error = %e, "store flush failed; retrying");
+                        let kind = match &e {
+                            sled::Error::Io(io) => io.kind(),
+                            _ => std::io::ErrorKind::Other,
+                        };
+                        group
+                            .failing
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .get_or_insert_with(|| (std::time::Instant::now(), kind, e.to_string()))
+                            .1 = kind;
+                        drop(group);
                         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                         kick.notify.notify_one();
                     }
@@ -201,6 +224,18 @@ impl SledStore {
             group,
             durable,
         }))
+    }
+
+    /// The flusher's error if flushes have been failing for at least `for_at_least`.
+    fn flush_failure(&self, for_at_least: std::time::Duration) -> Result<()> {
+        let failing = self.group.failing.lock().unwrap_or_else(|p| p.into_inner());
+        match &*failing {
+            Some((since, kind, message)) if since.elapsed() >= for_at_least => Err(Error::Io {
+                what: "flushing the store to disk",
+                source: std::io::Error::new(*kind, message.clone()),
+            }),
+            _ => Ok(()),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Shared> {
@@ -597,11 +632,27 @@ impl Store for SledStore {
                 return Ok(());
             }
             self.group.kick.notify.notify_one();
-            flushed
-                .wait_for(|done| *done >= target)
-                .await
-                .map_err(|_| Error::FlusherStopped)?;
-            Ok(())
+            loop {
+                let waited = tokio::time::timeout(
+                    std::time::Duration::from_millis(100),
+                    flushed.wait_for(|done| *done >= target),
+                )
+                .await;
+                match waited {
+                    Ok(Ok(_)) => return Ok(()),
+                    Ok(Err(_)) => return Err(Error::FlusherStopped),
+                    // Still waiting: fine while the disk takes writes; an error once
+                    // flushes have failed for FLUSH_GIVE_UP.
+                    Err(_) => self.flush_failure(FLUSH_GIVE_UP)?,
+                }
+            }
         })
+    }
+
+    fn health(&self) -> Result<()> {
+        // A real read, and the flusher's state: a store that answers reads but
+        // cannot make anything durable is not ready.
+        self.db.get(b"m/head").map_err(storage)?;
+        self.flush_failure(std::time::Duration::ZERO)
     }
 }

@@ -92,16 +92,17 @@ pub async fn healthz() -> &'static str {
     "ok"
 }
 
-/// Ready when the store answers.
+/// Ready when the store answers a read and its flushes to disk succeed.
 #[utoipa::path(get, operation_id = "readyz", path = "/readyz", tag = "ops",
     responses(
         (status = 200, content_type = "text/plain", body = String),
         (status = 503, body = ErrorBody),
     ))]
 pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
-    state.lifecycle.store().counts().map_err(|e| {
-        tracing::error!(error = %e, "not ready: the store does not answer");
-        ApiError::Unavailable("the store does not answer".into())
+    state.lifecycle.store().health().map_err(|e| {
+        let why = ebb_core::error_chain(&e);
+        tracing::error!(error = %why, "not ready: the store cannot serve");
+        ApiError::Unavailable(format!("the store cannot serve: {why}"))
     })?;
     Ok("ready")
 }

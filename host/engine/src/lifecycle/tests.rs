@@ -635,6 +635,9 @@ impl Store for SyncObserver {
             result
         })
     }
+    fn health(&self) -> store::Result<()> {
+        self.inner.health()
+    }
 }
 
 /// Issue 12: request, approve and deny answer only once their commits are durable
@@ -789,6 +792,9 @@ impl Store for FailingCommits {
     }
     fn sync(&self) -> store::SyncFuture<'_> {
         self.inner.sync()
+    }
+    fn health(&self) -> store::Result<()> {
+        self.inner.health()
     }
 }
 
