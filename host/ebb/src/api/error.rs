@@ -120,7 +120,7 @@ impl From<lifecycle::Error> for ApiError {
             {
                 Self::Unavailable(ebb_core::error_chain(&e))
             }
-            E::Store(_) | E::Seal(_) => Self::Internal(e.to_string()),
+            E::Store(_) | E::Seal(_) | E::Extension { .. } => Self::Internal(e.to_string()),
         }
     }
 }

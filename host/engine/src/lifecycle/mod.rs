@@ -69,6 +69,9 @@ pub enum Error {
     /// The credential was issued but never worked; it is being revoked.
     #[error("the issued credential did not work in time, and it is being revoked: {0}")]
     VerifyIssued(#[source] CallError),
+    /// A step tried to move a grant's `not-after` after issuance (a bug, refused).
+    #[error("grant {id}: `not-after` may not move after issuance ({event})")]
+    Extension { id: String, event: String },
     #[error(transparent)]
     Store(#[from] store::Error),
     /// Sealing or opening a credential failed (a changed host key, a corrupt value).
@@ -334,13 +337,13 @@ impl Lifecycle {
         record.state = to;
         record.updated_at = self.now();
         edit(&mut record);
-        // No silent extension: nothing after issuance may move `not_after`.
-        debug_assert!(
-            from == GrantState::Approved || record.grant.not_after == not_after,
-            "not_after moved on {event:?}"
-        );
-        if record.grant.not_after != not_after && from != GrantState::Approved {
-            record.grant.not_after = not_after;
+        // No silent extension: nothing after issuance may move `not_after`. A step
+        // that tries is refused, in every build, and nothing is written.
+        if from != GrantState::Approved && record.grant.not_after != not_after {
+            return Err(Error::Extension {
+                id: record.grant.id.clone(),
+                event: format!("{event:?}"),
+            });
         }
         let mut audit = NewEvent::new("grant.transition", actor).grant(&record.grant.id);
         audit.from = Some(from);

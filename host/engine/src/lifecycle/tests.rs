@@ -872,3 +872,30 @@ async fn work_the_host_cannot_do_is_audited_alerted_and_finished_later() {
     let r = wait_for(&engine, &id, GrantState::Verified).await;
     assert_eq!(r.trigger, Some(Trigger::Expiry));
 }
+
+/// Issue 12: a step that would move `not-after` after issuance is refused in every
+/// build (not a debug assertion with a silent repair in release), and nothing is
+/// written.
+#[tokio::test]
+async fn not_after_never_moves_after_issuance() {
+    let engine = engine_on(SledStore::temporary([4; 32]).unwrap(), &[noop()]).await;
+    let record = issued(&engine, "noop", 3_600_000).await;
+    let id = record.grant.id.clone();
+    // Mid-revocation, a failed call's step tries to push `not-after` out.
+    let fresh = engine
+        .begin_revoke(record.clone(), Trigger::Manual, "ops", None)
+        .unwrap();
+    let moved = engine.transition_leased(
+        fresh.clone(),
+        Event::CallFailed,
+        "ebb",
+        json!({}),
+        Sealed::Keep,
+        None,
+        |r| r.grant.not_after += 60_000,
+    );
+    assert!(matches!(moved, Err(Error::Extension { .. })), "{moved:?}");
+    let after = engine.get(&id).unwrap();
+    assert_eq!(after.grant.not_after, record.grant.not_after);
+    assert_eq!(after.version, fresh.version, "nothing was written");
+}
