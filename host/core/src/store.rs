@@ -322,4 +322,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Whether the store can serve: it answers a read and can make writes durable.
     fn health(&self) -> Result<()>;
+
+    /// Sets (or, with `None`, removes) a piece of host state that must survive a
+    /// restart but is no grant (an anomaly flag, an instance being drained), and
+    /// makes it durable with the next `sync`.
+    fn put_state(&self, key: &str, value: Option<&[u8]>) -> Result<()>;
+
+    /// The host state under `prefix`, by key.
+    fn states(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>>;
 }

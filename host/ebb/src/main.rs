@@ -335,6 +335,11 @@ mod server {
             loader.reconcile().await;
         }
         let _watcher = loader.watch().context("watching the plugins folder")?;
+        // Unloads that were draining when the host stopped go on draining.
+        loader
+            .resume_drains()
+            .await
+            .context("resuming draining unloads")?;
         lifecycle.start()?;
         if config.tokens.is_empty() {
             tracing::warn!(
@@ -349,6 +354,10 @@ mod server {
             ApprovalGate::new(config.policy.as_ref(), lifecycle.registry(), alerts)
                 .map_err(|e| anyhow::anyhow!("policies: {e}"))?,
         );
+        // Anomaly flags raised before a restart still hold.
+        approval
+            .keep_flags_in(lifecycle.store().clone(), lifecycle.clock().now_ms())
+            .context("reading the anomaly flags")?;
         let identity = if config.identity.issuers.is_empty() {
             None
         } else {

@@ -108,6 +108,19 @@ async fn webhook() -> (String, Arc<Mutex<Vec<Value>>>) {
     (url, got)
 }
 
+fn policy_config(dir: &std::path::Path) -> PolicyConfig {
+    PolicyConfig {
+        path: dir.join("policies.cedar"),
+        watch: false,
+        break_glass: Some(BreakGlassConfig {
+            path: dir.join("break-glass.cedar"),
+            max_ttl: Duration::from_secs(3600),
+            min_reason_chars: 10,
+        }),
+        anomaly_window: Duration::from_secs(3600),
+    }
+}
+
 async fn env() -> Env {
     let dir = std::env::temp_dir().join(format!("ebb-approval-{}", rand::random::<u64>()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -143,20 +156,14 @@ async fn env() -> Env {
     lifecycle.start().unwrap();
     let (url, alerts) = webhook().await;
     let approval = ApprovalGate::new(
-        Some(&PolicyConfig {
-            path: dir.join("policies.cedar"),
-            watch: false,
-            break_glass: Some(BreakGlassConfig {
-                path: dir.join("break-glass.cedar"),
-                max_ttl: Duration::from_secs(3600),
-                min_reason_chars: 10,
-            }),
-            anomaly_window: Duration::from_secs(3600),
-        }),
+        Some(&policy_config(&dir)),
         &registry,
         Alerts::new(vec![url]),
     )
     .unwrap();
+    approval
+        .keep_flags_in(lifecycle.store().clone(), lifecycle.clock().now_ms())
+        .unwrap();
     let identity = Verifier::new(&IdentityConfig {
         issuers: vec![IssuerConfig {
             issuer: ISSUER.into(),
@@ -558,6 +565,19 @@ async fn an_anomaly_revokes_a_subjects_grants_at_once() {
     let (s, v) = call(app, "POST", "/v1/grants", &ci, Some(ask("15m", None))).await;
     assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
     assert!(message(&v).contains("no-anomalous-subjects"), "{v}");
+    // Issue 12: the flag survives a restart: a new gate over the same store has it.
+    let lifecycle = &env.state.lifecycle;
+    let restarted = ApprovalGate::new(
+        Some(&policy_config(&env.dir)),
+        lifecycle.registry(),
+        Alerts::new(vec![]),
+    )
+    .unwrap();
+    assert!(!restarted.is_flagged(CI));
+    restarted
+        .keep_flags_in(lifecycle.store().clone(), lifecycle.clock().now_ms())
+        .unwrap();
+    assert!(restarted.is_flagged(CI), "the anomaly flag was lost");
     assert!(
         events(app)
             .await

@@ -697,3 +697,84 @@ async fn the_plugins_folder_is_watched() {
     })
     .await;
 }
+
+/// Issue 12: an unload that is draining when the host stops goes on draining after
+/// a restart: the instance comes back from the plugins folder taking no new
+/// requests, and does not serve anew.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_unload_survives_a_restart() {
+    let host = start_host("drain-restart", false, &[]).await;
+    let app = &host.app;
+    // A connector whose revocations keep failing, so that it drains for long.
+    std::fs::copy(ebb_test_plugins::MISBEHAVE, host.dir.join("stuck.wasm")).unwrap();
+    let (s, v) = call(
+        app,
+        "POST",
+        "/v1/connectors/stuck",
+        "ops",
+        Some(json!({
+            "component": "stuck.wasm",
+            "config": { "revoke": "fail" },
+            "lifecycle": { "approval": "auto" },
+        })),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, v) = call(
+        app,
+        "POST",
+        "/v1/grants",
+        "agent",
+        Some(grant_request("stuck")),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, v) = call(
+        app,
+        "DELETE",
+        "/v1/connectors/stuck?live=revoke",
+        "ops",
+        None,
+    )
+    .await;
+    assert_eq!(
+        (s, v["state"].as_str()),
+        (StatusCode::ACCEPTED, Some("draining")),
+        "{v}"
+    );
+
+    // The host restarts: a new registry, engine and loader over the same store and
+    // plugins folder, as `ebb serve` builds them.
+    let registry = Arc::new(Registry::new(
+        Runtime::new(&RuntimeConfig::default()).unwrap(),
+    ));
+    let lifecycle = Lifecycle::new(
+        host.store.clone(),
+        Sealer::new(&HostKey::from_hex(&"44".repeat(32)).unwrap()),
+        registry.clone(),
+        Clock::system(),
+        EngineConfig::default(),
+    );
+    let loader = Loader::new(
+        lifecycle,
+        PluginsConfig {
+            dir: Some(host.dir.clone()),
+            watch: false,
+            allowed_sha256: vec![],
+            lendable_env: vec![],
+        },
+    );
+    loader.reconcile().await;
+    let slot = registry
+        .get("stuck")
+        .expect("reloaded from the plugins folder");
+    assert!(
+        !slot.is_draining(),
+        "a fresh load serves until told otherwise"
+    );
+    assert_eq!(loader.resume_drains().await.unwrap(), 1);
+    assert!(
+        slot.is_draining(),
+        "the unload is draining again after the restart"
+    );
+}

@@ -8,9 +8,10 @@ use crate::lifecycle::Decision;
 use crate::policy::{Outcome, Policies, PolicyError, PolicyFiles, Query};
 use crate::registry::{Registry, Slot};
 use ebb_core::contract::{Permission, SubjectKind};
+use ebb_core::store::{self, Store};
 use serde_json::{Value, json};
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Who asks, as proven by their token.
@@ -53,8 +54,13 @@ pub struct ApprovalGate {
     break_glass: Option<BreakGlassConfig>,
     anomaly_window: Duration,
     flagged: Mutex<HashMap<String, Instant>>,
+    /// Where flags are kept across restarts, once set.
+    store: std::sync::OnceLock<Arc<dyn Store>>,
     pub alerts: Alerts,
 }
+
+/// The host-state prefix of anomaly flags: `anomaly/<subject>` = until (ms, BE).
+const FLAG_PREFIX: &str = "anomaly/";
 
 /// The action names every loaded connector describes: the policy schema's actions.
 pub fn connector_actions(registry: &Registry) -> BTreeSet<String> {
@@ -91,6 +97,7 @@ impl ApprovalGate {
             break_glass: c.break_glass.clone(),
             anomaly_window: c.anomaly_window,
             flagged: Mutex::new(HashMap::new()),
+            store: std::sync::OnceLock::new(),
             alerts,
         })
     }
@@ -103,6 +110,7 @@ impl ApprovalGate {
             break_glass: None,
             anomaly_window: Duration::ZERO,
             flagged: Mutex::new(HashMap::new()),
+            store: std::sync::OnceLock::new(),
             alerts,
         }
     }
@@ -121,12 +129,57 @@ impl ApprovalGate {
         }
     }
 
+    /// Keeps anomaly flags in `store` from now on, and takes back the ones it holds
+    /// that have not lapsed (flags survive a restart).
+    pub fn keep_flags_in(&self, store: Arc<dyn Store>, now_ms: u64) -> Result<(), store::Error> {
+        let kept = store.states(FLAG_PREFIX)?;
+        {
+            let mut flagged = self.flagged.lock().unwrap_or_else(|p| p.into_inner());
+            for (key, value) in kept {
+                let Some(subject) = key.strip_prefix(FLAG_PREFIX) else {
+                    continue;
+                };
+                let until_ms = value
+                    .get(..8)
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .map_or(0, u64::from_be_bytes);
+                if until_ms > now_ms {
+                    flagged.insert(
+                        subject.to_owned(),
+                        Instant::now() + Duration::from_millis(until_ms - now_ms),
+                    );
+                } else {
+                    store.put_state(&key, None)?;
+                }
+            }
+        }
+        let _ = self.store.set(store);
+        Ok(())
+    }
+
     /// Marks `subject` anomalous for the anomaly window: its requests carry the
-    /// `anomalous-subject` risk flag.
-    pub fn flag(&self, subject: &str) {
-        let mut flagged = self.flagged.lock().unwrap_or_else(|p| p.into_inner());
-        flagged.retain(|_, until| *until > Instant::now());
-        flagged.insert(subject.to_owned(), Instant::now() + self.anomaly_window);
+    /// `anomalous-subject` risk flag. Kept in the store (if one is set) so that a
+    /// restart does not clear it; the caller syncs.
+    pub fn flag(&self, subject: &str, now_ms: u64) -> Result<(), store::Error> {
+        {
+            let mut flagged = self.flagged.lock().unwrap_or_else(|p| p.into_inner());
+            flagged.retain(|_, until| *until > Instant::now());
+            flagged.insert(subject.to_owned(), Instant::now() + self.anomaly_window);
+        }
+        if let Some(store) = self.store.get() {
+            let window = u64::try_from(self.anomaly_window.as_millis()).unwrap_or(u64::MAX);
+            let until = now_ms.saturating_add(window);
+            store.put_state(
+                &format!("{FLAG_PREFIX}{subject}"),
+                Some(&until.to_be_bytes()),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Whether `subject` carries the anomaly flag now.
+    pub fn is_flagged(&self, subject: &str) -> bool {
+        !self.risk(subject).is_empty()
     }
 
     fn risk(&self, subject: &str) -> Vec<String> {

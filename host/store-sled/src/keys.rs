@@ -100,3 +100,11 @@ pub(crate) fn requester_key(requested_by: &str, id: &str) -> Vec<u8> {
     k.extend_from_slice(id.as_bytes());
     k
 }
+
+/// `s/<key>`: host state that is no grant.
+pub(crate) fn state_key(key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + key.len());
+    k.extend_from_slice(b"s/");
+    k.extend_from_slice(key.as_bytes());
+    k
+}

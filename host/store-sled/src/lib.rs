@@ -14,6 +14,7 @@
 //! | `m/count/<state>`            | grants in that state (u64 BE)   |
 //! | `r/<requested by>\0<id>`     | grants by requester (empty)     |
 //! | `m/index/requester`          | present once `r/` covers every grant |
+//! | `s/<key>`                    | host state (anomaly flags, draining instances) |
 //!
 //! Big-endian numbers make byte order equal numeric order, so range scans over
 //! `t/` yield grants by due time, then id (mini-redis's `(Instant, key)` tiebreak).
@@ -647,6 +648,28 @@ impl Store for SledStore {
                 }
             }
         })
+    }
+
+    fn put_state(&self, key: &str, value: Option<&[u8]>) -> Result<()> {
+        let k = state_key(key);
+        match value {
+            Some(v) => self.db.insert(k, v).map(|_| ()),
+            None => self.db.remove(k).map(|_| ()),
+        }
+        .map_err(storage)?;
+        self.written();
+        Ok(())
+    }
+
+    fn states(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        self.db
+            .scan_prefix(state_key(prefix))
+            .map(|entry| {
+                let (k, v) = entry.map_err(storage)?;
+                let key = String::from_utf8_lossy(&k[2..]).into_owned();
+                Ok((key, v.to_vec()))
+            })
+            .collect()
     }
 
     fn health(&self) -> Result<()> {

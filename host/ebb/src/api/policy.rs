@@ -88,7 +88,8 @@ pub async fn report_anomaly(
         })?);
     }
     if let Some(s) = &subject {
-        state.approval.flag(s);
+        // Kept in the store; the audit record below makes it durable.
+        state.approval.flag(s, lifecycle.clock().now_ms())?;
     }
     let actor = format!("{} (anomaly)", principal.name);
     lifecycle

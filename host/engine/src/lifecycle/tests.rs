@@ -638,6 +638,12 @@ impl Store for SyncObserver {
     fn health(&self) -> store::Result<()> {
         self.inner.health()
     }
+    fn put_state(&self, key: &str, value: Option<&[u8]>) -> store::Result<()> {
+        self.inner.put_state(key, value)
+    }
+    fn states(&self, prefix: &str) -> store::Result<Vec<(String, Vec<u8>)>> {
+        self.inner.states(prefix)
+    }
 }
 
 /// Issue 12: request, approve and deny answer only once their commits are durable
@@ -795,6 +801,12 @@ impl Store for FailingCommits {
     }
     fn health(&self) -> store::Result<()> {
         self.inner.health()
+    }
+    fn put_state(&self, key: &str, value: Option<&[u8]>) -> store::Result<()> {
+        self.inner.put_state(key, value)
+    }
+    fn states(&self, prefix: &str) -> store::Result<Vec<(String, Vec<u8>)>> {
+        self.inner.states(prefix)
     }
 }
 

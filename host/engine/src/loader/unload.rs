@@ -3,7 +3,42 @@
 
 use super::*;
 
+/// The host-state prefix of instances being drained: `draining/<name>` = actor.
+const DRAINING: &str = "draining/";
+
 impl Loader {
+    /// Takes up the unloads that were draining when the host stopped: each such
+    /// instance (loaded again from the plugins folder) drains again, taking no new
+    /// requests, and goes once its grants are revoked and verified.
+    pub async fn resume_drains(self: &Arc<Self>) -> Result<usize, LoadError> {
+        let store = self.lifecycle.store().clone();
+        let drains = store
+            .states(DRAINING)
+            .map_err(crate::lifecycle::Error::from)?;
+        let mut resumed = 0;
+        for (key, actor) in drains {
+            let Some(name) = key.strip_prefix(DRAINING) else {
+                continue;
+            };
+            let actor = String::from_utf8_lossy(&actor).into_owned();
+            match self.registry().get(name) {
+                Some(slot) => {
+                    slot.set_draining(true);
+                    resumed += 1;
+                    tracing::info!(connector = name, "resuming an unload that was draining");
+                    let loader = self.clone();
+                    let name = name.to_owned();
+                    tokio::spawn(async move { loader.finish_drain(&name, &actor).await });
+                }
+                // Gone already: nothing to drain.
+                None => store
+                    .put_state(&key, None)
+                    .map_err(crate::lifecycle::Error::from)?,
+            }
+        }
+        Ok(resumed)
+    }
+
     /// Unloads instance `name`; see [`UnloadMode`].
     pub async fn unload(
         self: &Arc<Self>,
@@ -54,6 +89,12 @@ impl Loader {
                     self.remove(name, actor).await?;
                     return Ok(Unloaded::Removed);
                 }
+                // Kept in the store (made durable by the audit record below), so
+                // that a restart takes the drain up again rather than serving anew.
+                self.lifecycle
+                    .store()
+                    .put_state(&format!("{DRAINING}{name}"), Some(actor.as_bytes()))
+                    .map_err(crate::lifecycle::Error::from)?;
                 self.audit(NewEvent::new("connector.draining", actor).detail(json!({
                     "connector": name,
                     "live_grants": live,
@@ -184,6 +225,11 @@ impl Loader {
 
     /// Removes instance `name` and its plugins-folder file. Caller holds `changes`.
     pub(super) async fn remove(&self, name: &str, actor: &str) -> Result<(), LoadError> {
+        // No longer draining, whatever happens to the file below.
+        self.lifecycle
+            .store()
+            .put_state(&format!("{DRAINING}{name}"), None)
+            .map_err(crate::lifecycle::Error::from)?;
         let from_dir = matches!(self.origins_read().get(name), Some(Source::Dir { .. }));
         if let (true, Some(dir)) = (from_dir, &self.plugins.dir) {
             let file = dir.join(format!("{name}.toml"));
