@@ -130,7 +130,8 @@ async fn kill_9_at_random_moments_loses_nothing() {
     let mut rng = rand::rng();
     // (killed at, serving again at), wall-clock ms.
     let mut downtimes: Vec<(u64, u64)> = Vec::new();
-    let mut issued = 0usize;
+    // Every grant the host acknowledged (answered 201 with its credential).
+    let mut acknowledged: Vec<String> = Vec::new();
 
     for _round in 0..5 {
         let mut host = start(&config, &log);
@@ -143,7 +144,7 @@ async fn kill_9_at_random_moments_loses_nothing() {
         for _ in 0..4 {
             let (client, base, stop) = (client.clone(), base.clone(), stop.clone());
             workers.push(tokio::spawn(async move {
-                let mut ok = 0usize;
+                let mut ok: Vec<String> = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
                     let ttl = format!("{}ms", rand::rng().random_range(1000..3000));
                     let body = json!({
@@ -160,7 +161,11 @@ async fn kill_9_at_random_moments_loses_nothing() {
                         .await
                     {
                         Ok(r) if r.status().as_u16() == 201 => {
-                            ok += 1;
+                            // An answer cut off by the kill was not acknowledged.
+                            let Ok(v) = r.json::<Value>().await else {
+                                break;
+                            };
+                            ok.push(v["grant"]["grant"]["id"].as_str().unwrap().to_owned());
                             // A busy but plausible client, not a flood: the host shares
                             // two cores with PostgreSQL and this test.
                             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -183,7 +188,7 @@ async fn kill_9_at_random_moments_loses_nothing() {
         host.wait().unwrap();
         stop.store(true, Ordering::Relaxed);
         for w in workers {
-            issued += w.await.unwrap();
+            acknowledged.extend(w.await.unwrap());
         }
         downtimes.push((killed, u64::MAX));
         tokio::time::sleep(Duration::from_millis(rng.random_range(200..1500))).await;
@@ -218,10 +223,27 @@ async fn kill_9_at_random_moments_loses_nothing() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert!(
-        issued >= 20,
-        "the test issued too few grants to mean anything: {issued}"
+        acknowledged.len() >= 20,
+        "the test issued too few grants to mean anything: {}",
+        acknowledged.len()
     );
-    assert!(grants.len() >= issued);
+    // Every acknowledged grant survived, by id, and ended verified.
+    let states: std::collections::HashMap<&str, &str> = grants
+        .iter()
+        .map(|g| {
+            (
+                g["grant"]["id"].as_str().unwrap(),
+                g["state"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    for id in &acknowledged {
+        assert_eq!(
+            states.get(id.as_str()),
+            Some(&"verified"),
+            "acknowledged grant {id} was lost or not verified"
+        );
+    }
 
     // Nothing is left downstream.
     assert_eq!(
@@ -284,8 +306,9 @@ async fn kill_9_at_random_moments_loses_nothing() {
         .filter(|g| g["trigger"] == "compensation")
         .count();
     eprintln!(
-        "crash test: {} grants ({issued} issued to clients, {recovered} compensated after a crash), {} kills",
+        "crash test: {} grants ({} issued to clients, {recovered} compensated after a crash), {} kills",
         grants.len(),
+        acknowledged.len(),
         downtimes.len()
     );
     host.kill().unwrap();

@@ -241,6 +241,7 @@ impl Lifecycle {
 
         let outcome = connector.issue(&record.grant).await;
         let can_verify_issued = connector.info().capabilities.can_verify_issued;
+        let revokes_by_value = connector.info().capabilities.revokes_by_value;
         drop(connector);
         if let Err(e) = &outcome {
             count_error(&record.connector, "issue", e);
@@ -280,11 +281,16 @@ impl Lifecycle {
                 r.due_at = Some(not_after);
             },
         )?;
-        // No sync here, on purpose: if this commit is lost in a crash, the grant is
-        // still `issuing` after restart and is compensated (revoked by grant id), so
-        // nothing can exist downstream that the store does not know about. The
-        // requester's credential just stops working early. The next group commit
-        // (at most a second away) makes it durable.
+        // Usually no sync here, on purpose: if this commit is lost in a crash, the
+        // grant is still `issuing` after restart and is compensated (revoked by grant
+        // id), so nothing can exist downstream that the store does not know about;
+        // the requester's credential just stops working early. Not so for a
+        // connector that revokes by the credential's value (an OAuth token): without
+        // the sealed copy nobody could revoke it, so it is durable before it is
+        // handed out.
+        if revokes_by_value {
+            self.inner.store.sync().await?;
+        }
 
         let policy = slot.policy();
         if policy.verify_issued

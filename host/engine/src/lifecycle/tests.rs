@@ -911,3 +911,30 @@ async fn not_after_never_moves_after_issuance() {
     assert_eq!(after.grant.not_after, record.grant.not_after);
     assert_eq!(after.version, fresh.version, "nothing was written");
 }
+
+/// Issue 12: a credential that only its value can revoke (an OAuth token) is
+/// durable, sealed, before the requester gets it.
+#[tokio::test]
+async fn a_by_value_credential_is_durable_before_it_is_handed_out() {
+    let observer = Arc::new(SyncObserver {
+        inner: SledStore::temporary([9; 32]).unwrap(),
+        unsynced: std::sync::atomic::AtomicU64::new(0),
+    });
+    let engine = engine_on(
+        observer.clone(),
+        &[("token", misbehave(&[("by-value", "yes")]))],
+    )
+    .await;
+    let r = engine
+        .request(new_grant("token", 60_000), "agent", approve())
+        .await
+        .unwrap();
+    let (record, _credential) = engine.issue(&r.grant.id, "agent").await.unwrap();
+    assert_eq!(record.state, GrantState::Active);
+    assert_eq!(
+        observer.unsynced.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the credential was handed out before its sealed copy was durable"
+    );
+    assert!(observer.sealed_credential(&r.grant.id).unwrap().is_some());
+}
