@@ -445,20 +445,35 @@ async fn restart_revokes_past_due_grants_first() {
     let store: Arc<dyn Store> = SledStore::open(&dir, [5; 32]).unwrap();
     let first = engine_on(store.clone(), &[noop()]).await;
     let mut ids = vec![];
+    let mut past_due = 0;
     for _ in 0..50 {
-        ids.push(issued(&first, "noop", 50).await.grant.id);
+        let r = issued(&first, "noop", 50).await;
+        past_due = past_due.max(r.grant.not_after);
+        ids.push(r.grant.id);
     }
+    // Due a little after the restart: it must wait for everything already past due.
+    let soon = issued(&first, "noop", 3_000).await;
     let late = issued(&first, "noop", 3_600_000).await;
     store.sync().await.unwrap();
     drop(first);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    // Restart: everything past due is revoked; the long grant stays active.
+    // Until every short grant is past due (polling the condition, not a guess).
+    while ebb_test_support::now_ms() <= past_due {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Restart: everything past due is revoked first; the long grant stays active.
     let engine = engine_on(store, &[noop()]).await;
     engine.start().unwrap();
+    let mut started_last = 0;
     for id in &ids {
         let r = wait_for(&engine, id, GrantState::Verified).await;
         assert_eq!(r.trigger, Some(Trigger::Expiry));
+        started_last = started_last.max(r.revoke_started_at.unwrap());
     }
+    let soon = wait_for(&engine, &soon.grant.id, GrantState::Verified).await;
+    assert!(
+        soon.revoke_started_at.unwrap() >= started_last,
+        "a grant due after the restart was revoked before the ones already past due"
+    );
     assert_eq!(
         engine.get(&late.grant.id).unwrap().state,
         GrantState::Active
