@@ -174,6 +174,7 @@ mod server {
     use ebb_engine::lifecycle::{Clock, EngineConfig, Lifecycle};
     use ebb_engine::loader::Loader;
     use ebb_engine::registry::Registry;
+    use ebb_runtime::conformance::Outcome;
     use ebb_runtime::{CacheKey, Digest, Runtime};
     use ebb_store_sled::SledStore;
     use std::path::{Path, PathBuf};
@@ -260,7 +261,11 @@ mod server {
                 let granted = ebb_core::contract::Permission::parse(&permission)
                     .map_err(anyhow::Error::msg)?;
                 let runtime = Runtime::new(&RuntimeConfig::default())?;
-                let connector = runtime.load("conformance", &instance.spec()).await?;
+                let spec = instance.spec();
+                let connector = runtime.load("conformance", &spec).await?;
+                // The host's own probe for a bundled system, built from what the
+                // instance is lent; without one the kit proves less, and says so.
+                let probe = ebb_runtime::conformance::builtin_probe(connector.info(), &spec)?;
                 let report = ebb_runtime::conformance::run(
                     &connector,
                     &ebb_runtime::conformance::Case {
@@ -268,11 +273,17 @@ mod server {
                         other: None,
                         settle,
                     },
-                    None,
+                    probe.as_deref(),
                 )
                 .await;
+                let outcome = report.outcome();
                 if json {
-                    println!("{}", serde_json::to_string_pretty(&report)?);
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(
+                            &serde_json::json!({ "outcome": outcome, "report": report })
+                        )?
+                    );
                 } else {
                     for c in &report.checks {
                         println!(
@@ -282,17 +293,28 @@ mod server {
                             c.detail
                         );
                     }
+                    for name in &report.skipped {
+                        println!("skip {name}  (no independent probe for this connector)");
+                    }
                     let failed = report.checks.iter().filter(|c| !c.passed).count();
                     println!(
-                        "\n{}: {} checks, {failed} failed",
+                        "\n{}: {} checks, {failed} failed, {} unverified: {}",
                         report.connector,
-                        report.checks.len()
+                        report.checks.len(),
+                        report.skipped.len(),
+                        match outcome {
+                            Outcome::Passed => "passed",
+                            Outcome::Unverified =>
+                                "UNVERIFIED (the connector's word was not checked downstream)",
+                            Outcome::Failed => "FAILED",
+                        }
                     );
                 }
-                if !report.passed() {
-                    std::process::exit(1);
+                match outcome {
+                    Outcome::Passed => Ok(()),
+                    Outcome::Failed => std::process::exit(1),
+                    Outcome::Unverified => std::process::exit(2),
                 }
-                Ok(())
             }
             ConnectorCommand::Digest { component } => {
                 let bytes = std::fs::read(&component)
