@@ -342,7 +342,7 @@ pub async fn run(
 /// none (the kit then says "unverified", never "passed").
 pub fn builtin_probe(
     info: &ebb_core::contract::ConnectorInfo,
-    spec: &crate::ConnectorSpec,
+    spec: &crate::lend::ConnectorSpec,
 ) -> anyhow::Result<Option<Box<dyn Probe>>> {
     use anyhow::Context as _;
     let connection = spec.config.get("connection").map_or("main", String::as_str);
