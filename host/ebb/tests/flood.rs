@@ -13,15 +13,28 @@ const SENDERS: usize = 16;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_anonymous_flood_neither_fills_the_store_nor_delays_expiry() {
+    // An identity provider is configured, so forged three-part tokens are parsed
+    // and checked: the costly refusals the per-client bucket limits.
+    let jwks = std::env::temp_dir().join(format!("ebb-flood-jwks-{}.json", rand::random::<u64>()));
+    std::fs::write(
+        &jwks,
+        json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "k1", "alg": "EdDSA", "use": "sig",
+                         "x": base64_url(&"k".repeat(32))}]})
+        .to_string(),
+    )
+    .unwrap();
     let host = ebb_test_support::Host::start(
         env!("CARGO_BIN_EXE_ebb"),
         "flood",
         "",
         &format!(
             "[[tokens]]\nname = \"agent\"\nsha256 = \"{}\"\nroles = [\"requester\", \"auditor\"]\n\
-             [connectors.noop]\ncomponent = \"{}\"\nlifecycle = {{ approval = \"auto\" }}",
+             [connectors.noop]\ncomponent = \"{}\"\nlifecycle = {{ approval = \"auto\" }}\n\
+             [[identity.issuers]]\nissuer = \"https://idp.flood.test\"\naudiences = [\"ebb\"]\n\
+             jwks-file = \"{}\"",
             ebb::token::hash_token(TOKEN),
-            ebb_test_plugins::NOOP
+            ebb_test_plugins::NOOP,
+            jwks.display()
         ),
     )
     .unwrap();
@@ -165,6 +178,7 @@ async fn an_anonymous_flood_neither_fills_the_store_nor_delays_expiry() {
         "most of the flood was answered 429: {limited}/{sent}"
     );
     drop(host);
+    let _ = std::fs::remove_file(&jwks);
     println!(
         "flood: {sent} requests in {FLOOD:?} ({limited} answered 429), {} audit events / {bytes} bytes, worst expiry lag {worst_lag} ms",
         written.len()

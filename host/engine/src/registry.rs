@@ -24,6 +24,10 @@ pub struct Slot {
     /// Verification's share of the background pool: at most half of it, so
     /// revocations (removing access) never queue behind verifications (proving it).
     verify: Arc<Semaphore>,
+    /// Grants whose last call found the downstream system unavailable, retried the
+    /// moment it answers again; and whether a watch for that is running.
+    waiting: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    watching: AtomicBool,
 }
 
 /// Which of an instance's call pools a call draws from.
@@ -113,6 +117,49 @@ impl Slot {
         }
     }
 
+    /// Notes that grant `id` waits for this instance's downstream system to answer.
+    pub fn wait_for_downstream(&self, id: &str) {
+        self.waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_owned());
+    }
+
+    /// A grant that waits for the downstream system, if any.
+    pub fn first_waiting(&self) -> Option<String> {
+        self.waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .first()
+            .cloned()
+    }
+
+    /// `id` waits no more.
+    pub fn done_waiting(&self, id: &str) {
+        self.waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+    }
+
+    /// Every grant that waits, and none from now on.
+    pub fn take_waiting(&self) -> Vec<String> {
+        std::mem::take(&mut *self.waiting.lock().unwrap_or_else(|p| p.into_inner()))
+            .into_iter()
+            .collect()
+    }
+
+    /// Claims the watch of the downstream system; false if one is running.
+    pub fn start_watch(&self) -> bool {
+        self.watching
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+    }
+
+    pub fn stop_watch(&self) {
+        self.watching.store(false, Ordering::SeqCst);
+    }
+
     /// Replaces the version that serves new calls. Calls in flight keep the version
     /// they started with. The call pools keep the sizes they were created with.
     pub fn swap(&self, connector: LoadedConnector, config: ConnectorConfig) -> LoadedConnector {
@@ -180,6 +227,8 @@ impl Registry {
             calls: Arc::new(Semaphore::new(total - background)),
             background: Arc::new(Semaphore::new(background)),
             verify: Arc::new(Semaphore::new((background / 2).max(1))),
+            waiting: std::sync::Mutex::default(),
+            watching: AtomicBool::new(false),
         });
         slots.insert(name.to_owned(), slot.clone());
         slot

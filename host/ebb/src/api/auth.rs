@@ -118,16 +118,17 @@ impl FromRequestParts<AppState> for Principal {
         if let Some(principal) = token.and_then(|t| state.tokens.find(t)) {
             return Ok(principal.clone());
         }
-        // Everything else (signature checks, refusals) is paid for from the
-        // client's bucket of refusals.
-        if !state.guard.admits(client) {
-            return Err(ApiError::TooManyRequests);
-        }
-        // A JWT from a configured identity provider.
+        // A JWT from a configured identity provider. Checking one costs a parse and
+        // a signature: that is paid for from the client's bucket of refusals (a
+        // client that used it up is answered 429 before anything is checked).
+        // Everything else is refused for the cost of a hash lookup, and counted.
         let mut refused = None;
         if let (Some(t), Some(verifier)) = (token, &state.identity)
             && t.split('.').count() == 3
         {
+            if !state.guard.admits(client) {
+                return Err(ApiError::TooManyRequests);
+            }
             match verifier.verify(t).await {
                 Ok(id) => {
                     let namespaced = format!("{}#{}", id.issuer, id.subject);

@@ -6,7 +6,9 @@
 //! most refusals (at most [`SUMMARY_CLIENTS`]) and one sample of each, cut to
 //! [`SAMPLE_BYTES`]. Each client also has a bucket of refusals
 //! ([`BUCKET_SIZE`], refilled at [`REFILL_PER_SECOND`]); a client that empties it is
-//! answered 429 before its token is even looked at, until the bucket refills.
+//! answered 429, until the bucket refills, before any JWT it sends is parsed and
+//! checked (the costly part). A request with no token or an unknown opaque one
+//! costs a hash lookup and a counter, so it is always answered 401.
 //!
 //! So whatever an anonymous flood sends, the audit log grows by at most one summary
 //! event per window, of bounded size (see the README's security model), and the

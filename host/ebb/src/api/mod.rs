@@ -166,6 +166,27 @@ pub fn openapi() -> &'static serde_json::Value {
                 response.insert("links".into(), links.clone().into());
             }
         }
+        // What the server answers on any authenticated route (the guard's 429) and
+        // any route with a body (the 64 KiB limit's 413), with the error body.
+        if let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) {
+            for operation in paths.values_mut().filter_map(|p| p.as_object_mut()).flat_map(|p| p.values_mut()) {
+                let has_body = operation.get("requestBody").is_some();
+                let Some(responses) = operation.get_mut("responses").and_then(|r| r.as_object_mut()) else {
+                    continue;
+                };
+                let Some(error) = responses.get("401").cloned() else {
+                    continue;
+                };
+                let mut too_many = error.clone();
+                too_many["description"] = "Too many refused requests from this client; retry after the Retry-After header".into();
+                responses.entry("429").or_insert(too_many);
+                if has_body {
+                    let mut too_large = error;
+                    too_large["description"] = "The request body is larger than the API reads".into();
+                    responses.entry("413").or_insert(too_large);
+                }
+            }
+        }
         doc
     })
 }

@@ -27,6 +27,7 @@ mod queries;
 mod requests;
 mod retry;
 mod scheduler;
+mod watch;
 mod work;
 
 pub use clock::Clock;

@@ -79,7 +79,7 @@ impl Lifecycle {
     /// (`ebb_scheduler_errors_total`), audited when the store still takes it, and
     /// after [`STUCK_AFTER`] failures in a row alerted; the grant's lease brings
     /// the work back by itself.
-    async fn work_done(&self, id: &str, outcome: Result<(), Error>) {
+    pub(super) async fn work_done(&self, id: &str, outcome: Result<(), Error>) {
         let failures = {
             let mut stuck = self.inner.stuck.lock().unwrap_or_else(|p| p.into_inner());
             match &outcome {

@@ -6,6 +6,12 @@ use super::*;
 impl Lifecycle {
     /// Does whatever is due for grant `id`. Called by the scheduler.
     pub(super) async fn work(&self, id: &str) -> Result<()> {
+        self.work_step(id, false).await
+    }
+
+    /// [`Lifecycle::work`], or with `now` the grant's next step at once, whenever
+    /// it is due (its downstream system just came back).
+    pub(super) async fn work_step(&self, id: &str, now: bool) -> Result<()> {
         // Wait for whoever holds the grant (an API call finishing `issue`, say), then
         // act on its state as it is then. Skipping instead would leave the claimed
         // grant parked until its lease ran out.
@@ -15,7 +21,15 @@ impl Lifecycle {
         // one waited (e.g. a step committed "due now" and the scheduler claimed it
         // again), or a voided lease woke it early. Put the index entry back at the
         // grant's own due time, and do nothing.
-        if record.due_at.is_none_or(|due| due > self.now()) {
+        let waiting_on_downstream = now
+            && matches!(
+                record.state,
+                GrantState::Revoking
+                    | GrantState::Revoked
+                    | GrantState::Residual
+                    | GrantState::Escalated
+            );
+        if !waiting_on_downstream && record.due_at.is_none_or(|due| due > self.now()) {
             self.inner.store.reschedule(id, record.due_at)?;
             return Ok(());
         }
@@ -149,7 +163,10 @@ impl Lifecycle {
                     },
                 )
             }
-            Err(e) => self.failed(record, &e.to_string(), e.is_retryable(), Some(&version)),
+            Err(e) => {
+                self.watch_if_down(&slot, &record.grant.id, &e);
+                self.failed(record, &e.to_string(), e.is_retryable(), Some(&version))
+            }
         }
     }
 
@@ -233,7 +250,10 @@ impl Lifecycle {
             Ok(Verdict::Residual(residue)) => {
                 self.found_residue(record, residue, &policy, &version)
             }
-            Err(e) => self.failed(record, &e.to_string(), e.is_retryable(), Some(&version)),
+            Err(e) => {
+                self.watch_if_down(&slot, &record.grant.id, &e);
+                self.failed(record, &e.to_string(), e.is_retryable(), Some(&version))
+            }
         }
     }
 }
