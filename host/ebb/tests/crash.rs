@@ -315,3 +315,176 @@ async fn kill_9_at_random_moments_loses_nothing() {
     host.wait().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Issue 12: `kill -9` while OAuth tokens are being handed out (a connector that
+/// can revoke a token only by its value). Every token a client got must be
+/// revocable after the restart: the client ends its grants, and introspection at
+/// the real oidc-provider says every one of those tokens is inactive — long before
+/// the tokens' own expiry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_never_leaves_a_handed_out_token_unrevocable() {
+    ebb_test_support::require!(Oidc);
+    let server = ebb_test_support::Oidc::start(600).unwrap();
+    let dir = std::env::temp_dir().join(format!("ebb-crash-oauth-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = ebb_test_support::free_port().unwrap();
+    let origin = server.origin();
+    std::fs::write(
+        dir.join("ebb.toml"),
+        format!(
+            r#"
+[server]
+listen = "127.0.0.1:{port}"
+[store]
+path = "data"
+key-file = "host.key"
+[[tokens]]
+name = "agent"
+sha256 = "{requester}"
+roles = ["requester"]
+[[tokens]]
+name = "ops"
+sha256 = "{operator}"
+roles = ["operator"]
+[connectors.oauth]
+component = "{component}"
+config = {{ token-endpoint = "{origin}/token", revocation-endpoint = "{origin}/token/revocation", introspection-endpoint = "{origin}/token/introspection", allowed-scopes = "invoices:read" }}
+http = {{ allow = ["{origin}"], allow-private = ["{origin}"], basic-auth = {{ "{origin}" = {{ user = "ebb", password-env = "EBB_CRASH_OIDC_SECRET" }} }} }}
+lifecycle = {{ approval = "auto", retry-base-ms = 100, retry-max-ms = 1000 }}
+"#,
+            requester = sha(REQUESTER),
+            operator = sha(OPERATOR),
+            component = ebb_test_plugins::OAUTH2,
+        ),
+    )
+    .unwrap();
+    let config = dir.join("ebb.toml");
+    let log = dir.join("host.log");
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let start_host = || {
+        ebb_test_support::serve_command(env!("CARGO_BIN_EXE_ebb"), &config)
+            .env("EBB_LOG", "warn")
+            .env(
+                "EBB_CRASH_OIDC_SECRET",
+                ebb_test_support::oidc::CLIENT_SECRET,
+            )
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .unwrap(),
+            )
+            .spawn()
+            .unwrap()
+    };
+    let mut rng = rand::rng();
+    // (grant id, access token) of every grant answered with its credential.
+    let mut handed_out: Vec<(String, String)> = Vec::new();
+    for _round in 0..4 {
+        let mut host = start_host();
+        wait_healthy(&client, &base).await;
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut workers = Vec::new();
+        for _ in 0..3 {
+            let (client, base, stop) = (client.clone(), base.clone(), stop.clone());
+            workers.push(tokio::spawn(async move {
+                let mut got = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let body = json!({
+                        "connector": "oauth",
+                        "permissions": [{"action": "scope", "resource": "invoices:read"}],
+                        "ttl": "10m",
+                        "task": "crash test",
+                    });
+                    let Ok(r) = client
+                        .post(format!("{base}/v1/grants"))
+                        .bearer_auth(REQUESTER)
+                        .json(&body)
+                        .send()
+                        .await
+                    else {
+                        break;
+                    };
+                    assert_eq!(r.status().as_u16(), 201, "unexpected answer");
+                    let Ok(v) = r.json::<Value>().await else {
+                        break;
+                    };
+                    got.push((
+                        v["grant"]["grant"]["id"].as_str().unwrap().to_owned(),
+                        v["credential"]["access_token"].as_str().unwrap().to_owned(),
+                    ));
+                }
+                got
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(300..1500))).await;
+        host.kill().unwrap(); // SIGKILL
+        host.wait().unwrap();
+        stop.store(true, Ordering::Relaxed);
+        for w in workers {
+            handed_out.extend(w.await.unwrap());
+        }
+    }
+    assert!(
+        handed_out.len() >= 10,
+        "too few tokens handed out to mean anything: {}",
+        handed_out.len()
+    );
+    // The last restart: the client ends every grant it got; each must end verified.
+    let mut host = start_host();
+    wait_healthy(&client, &base).await;
+    for (id, _) in &handed_out {
+        let r = client
+            .post(format!("{base}/v1/grants/{id}/complete"))
+            .bearer_auth(REQUESTER)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            r.status().is_success(),
+            "grant {id} could not be ended: {}",
+            r.text().await.unwrap_or_default()
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let grants = all_grants(&client, &base).await;
+        let open: Vec<&Value> = grants
+            .iter()
+            .filter(|g| {
+                handed_out
+                    .iter()
+                    .any(|(id, _)| g["grant"]["id"] == id.as_str())
+                    && g["state"] != "verified"
+            })
+            .collect();
+        if open.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "grants still open after 60 s: {open:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Judged at the authorization server, not by Ebb: no handed-out token is active.
+    for (id, token) in &handed_out {
+        let answer = server.introspect(token).await.unwrap();
+        assert_eq!(
+            answer["active"], false,
+            "the token of grant {id} is still active after its grant ended"
+        );
+    }
+    eprintln!(
+        "oauth crash test: {} tokens handed out across 4 kills, all revoked",
+        handed_out.len()
+    );
+    host.kill().unwrap();
+    host.wait().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}

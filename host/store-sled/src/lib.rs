@@ -599,14 +599,22 @@ impl Store for SledStore {
         // The head as stored, read under the commit lock so that it matches the
         // events written so far; events appended while the scan runs lie beyond it
         // and are left to the next verification.
-        let head: Option<Head> = {
+        let (head, events_then) = {
             let _shared = self.lock();
-            match self.db.get(b"m/head").map_err(storage)? {
+            let head: Option<Head> = match self.db.get(b"m/head").map_err(storage)? {
                 Some(bytes) => Some(decode(b"m/head", &bytes)?),
                 None => None,
-            }
+            };
+            // Without a head, whether events existed when it was read (not later).
+            let events_then = head.is_some() || self.db.scan_prefix(b"a/").next().is_some();
+            (head, events_then)
         };
-        let end = head.as_ref().map_or(u64::MAX, |h| h.seq);
+        // No head and no events: an empty chain. No head but events: reported below.
+        let end = match &head {
+            Some(h) => h.seq,
+            None if events_then => u64::MAX,
+            None => 0,
+        };
         let events = self
             .db
             .scan_prefix(b"a/")
