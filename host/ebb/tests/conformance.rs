@@ -1,6 +1,7 @@
 //! The conformance kit against every bundled connector with a real downstream
-//! system, judged by a probe that uses that system's own client; and the same kit
-//! through `ebb connector test`.
+//! system, judged by a probe that uses that system's own client (the host's
+//! built-in ones for PostgreSQL and Redis, test probes for OAuth and AWS); and the
+//! same kit through `ebb connector test`.
 
 #![allow(
     clippy::unwrap_used,
@@ -18,84 +19,19 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-/// Logs in with the credential and tries the permission with tokio-postgres.
-struct PgProbe {
-    port: u16,
-}
-
-impl Probe for PgProbe {
-    fn works<'a>(
-        &'a self,
-        credential: &'a Credential,
-        permission: &'a Permission,
-    ) -> Pin<Box<dyn Future<Output = anyhow::Result<bool>> + Send + 'a>> {
-        Box::pin(async move {
-            let dsn = format!(
-                "host=127.0.0.1 port={} dbname=postgres user={} password={} connect_timeout=5",
-                self.port,
-                credential.get("user").unwrap_or_default(),
-                credential.get("password").unwrap_or_default()
-            );
-            let (client, conn) = match tokio_postgres::connect(&dsn, tokio_postgres::NoTls).await {
-                Ok(c) => c,
-                // 28P01 / 28000: the login is refused.
-                Err(e) if e.as_db_error().is_some() => return Ok(false),
-                Err(e) => return Err(e.into()),
-            };
-            tokio::spawn(conn);
-            assert_eq!(permission.action, "select", "the probe tries reads");
-            let sql = format!("SELECT count(*) FROM {}", permission.resource);
-            match client.simple_query(&sql).await {
-                Ok(_) => Ok(true),
-                // 42501: insufficient privilege.
-                Err(e) if e.as_db_error().is_some_and(|d| d.code().code() == "42501") => Ok(false),
-                Err(e) => Err(e.into()),
-            }
-        })
-    }
-}
-
-/// Authenticates with the credential and runs the permission's command on a key
-/// its pattern names, with the redis crate.
-struct RedisProbe {
-    port: u16,
-}
-
-impl Probe for RedisProbe {
-    fn works<'a>(
-        &'a self,
-        credential: &'a Credential,
-        permission: &'a Permission,
-    ) -> Pin<Box<dyn Future<Output = anyhow::Result<bool>> + Send + 'a>> {
-        Box::pin(async move {
-            let url = format!(
-                "redis://{}:{}@127.0.0.1:{}",
-                credential.get("user").unwrap_or_default(),
-                credential.get("password").unwrap_or_default(),
-                self.port
-            );
-            let mut conn = match redis::Client::open(url)?
-                .get_multiplexed_async_connection()
-                .await
-            {
-                Ok(c) => c,
-                Err(e) if e.kind() == redis::ErrorKind::AuthenticationFailed => return Ok(false),
-                Err(e) => return Err(e.into()),
-            };
-            let key = permission.resource.replace('*', "a");
-            let result = redis::cmd(&permission.action.to_ascii_uppercase())
-                .arg(&key)
-                .query_async::<redis::Value>(&mut conn)
-                .await;
-            match result {
-                Ok(_) => Ok(true),
-                Err(e) if e.code() == Some("NOPERM") => Ok(false),
-                // Deleted while connected: the server closed the connection.
-                Err(e) if e.is_io_error() || e.is_connection_dropped() => Ok(false),
-                Err(e) => Err(e.into()),
-            }
-        })
-    }
+/// The host's built-in probe for `config`'s connector (tokio-postgres or the redis
+/// crate, over the connection the instance is lent): what `ebb connector test`
+/// uses, judging the credential independently of the connector.
+async fn builtin(config: &ConnectorConfig) -> Box<dyn Probe> {
+    let spec = config.spec();
+    let connector = Runtime::new(&RuntimeConfig::default())
+        .unwrap()
+        .load("probe", &spec)
+        .await
+        .unwrap();
+    conformance::builtin_probe(connector.info(), &spec)
+        .unwrap()
+        .expect("the host ships a probe for this connector")
 }
 
 /// Asks the authorization server, as a resource server would (introspection by the
@@ -194,7 +130,7 @@ async fn postgres_passes_the_conformance_kit() {
         other: Some(permission("select", "public.salaries")),
         settle: Duration::from_secs(2),
     };
-    passes("pg", &config, &case, &PgProbe { port: pg.port() }).await;
+    passes("pg", &config, &case, builtin(&config).await.as_ref()).await;
     assert!(pg.ebb_roles().unwrap().is_empty(), "nothing left behind");
 }
 
@@ -212,10 +148,7 @@ async fn redis_kit(component: &str) {
         other: Some(permission("get", "secret:*")),
         settle: Duration::from_secs(1),
     };
-    let probe = RedisProbe {
-        port: server.port(),
-    };
-    passes("redis", &config, &case, &probe).await;
+    passes("redis", &config, &case, builtin(&config).await.as_ref()).await;
     assert!(
         server.ebb_users().unwrap().is_empty(),
         "nothing left behind"

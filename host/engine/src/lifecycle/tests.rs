@@ -588,20 +588,47 @@ async fn a_by_value_connector_gets_the_credential_until_the_reverify_window_clos
     panic!("the window never closed: {:?}", engine.get(&id).unwrap());
 }
 
-/// An observer, not a fake: a real store whose commits are counted until the next
-/// `sync`, so a test can see whether an answer was given before its commit was
-/// made durable.
+/// A real (temporary) store with two test hooks, no fake behaviour of its own:
+/// it counts commits until the next `sync` (so a test sees whether an answer was
+/// given before its commit was durable), and it can fail the commits of one grant
+/// as a failing disk would (fault injection a real store does not offer on demand).
 #[derive(Debug)]
-struct SyncObserver {
+struct TestStore {
     inner: Arc<dyn Store>,
     unsynced: std::sync::atomic::AtomicU64,
+    failing: std::sync::Mutex<Option<String>>,
 }
 
-impl Store for SyncObserver {
+impl TestStore {
+    fn new(key: u8) -> Arc<Self> {
+        Arc::new(Self {
+            inner: SledStore::temporary([key; 32]).unwrap(),
+            unsynced: std::sync::atomic::AtomicU64::new(0),
+            failing: std::sync::Mutex::new(None),
+        })
+    }
+
+    fn unsynced(&self) -> u64 {
+        self.unsynced.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Fails every commit of grant `id` (or none) from now on.
+    fn fail_commits_of(&self, id: Option<&str>) {
+        *self.failing.lock().unwrap() = id.map(str::to_owned);
+    }
+}
+
+impl Store for TestStore {
     fn get(&self, id: &str) -> store::Result<Option<GrantRecord>> {
         self.inner.get(id)
     }
     fn commit(&self, commit: Commit) -> store::Result<(GrantRecord, AuditEvent)> {
+        if self.failing.lock().unwrap().as_deref() == Some(commit.record.grant.id.as_str()) {
+            return Err(store::Error::Io {
+                what: "writing (injected)",
+                source: std::io::Error::from(std::io::ErrorKind::StorageFull),
+            });
+        }
         self.unsynced
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.inner.commit(commit)
@@ -665,12 +692,9 @@ impl Store for SyncObserver {
 /// (a denial lost in a crash would put the grant back before another approver).
 #[tokio::test]
 async fn decisions_are_durable_before_they_are_answered() {
-    let observer = Arc::new(SyncObserver {
-        inner: SledStore::temporary([6; 32]).unwrap(),
-        unsynced: std::sync::atomic::AtomicU64::new(0),
-    });
+    let observer = TestStore::new(6);
     let engine = engine_on(observer.clone(), &[noop()]).await;
-    let unsynced = || observer.unsynced.load(std::sync::atomic::Ordering::SeqCst);
+    let unsynced = || observer.unsynced();
     let pending = engine
         .request(new_grant("noop", 60_000), "agent", Decision::Pending)
         .await
@@ -759,81 +783,12 @@ async fn an_unsealable_credential_is_revoked_by_grant_id_and_audited() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// Fault injection a real store does not offer on demand: commits of one grant
-/// fail, as on a failing disk. Everything else is the real (temporary) store.
-#[derive(Debug)]
-struct FailingCommits {
-    inner: Arc<dyn Store>,
-    grant: std::sync::Mutex<Option<String>>,
-}
-
-impl Store for FailingCommits {
-    fn get(&self, id: &str) -> store::Result<Option<GrantRecord>> {
-        self.inner.get(id)
-    }
-    fn commit(&self, commit: Commit) -> store::Result<(GrantRecord, AuditEvent)> {
-        let failing = self.grant.lock().unwrap().clone();
-        if failing.as_deref() == Some(commit.record.grant.id.as_str()) {
-            return Err(store::Error::Io {
-                what: "writing (injected)",
-                source: std::io::Error::from(std::io::ErrorKind::StorageFull),
-            });
-        }
-        self.inner.commit(commit)
-    }
-    fn append_audit(&self, event: NewEvent) -> store::Result<AuditEvent> {
-        self.inner.append_audit(event)
-    }
-    fn claim_due(&self, now: u64, lease: u64, limit: usize) -> store::Result<Vec<String>> {
-        self.inner.claim_due(now, lease, limit)
-    }
-    fn reschedule(&self, id: &str, due: Option<u64>) -> store::Result<()> {
-        self.inner.reschedule(id, due)
-    }
-    fn next_due(&self) -> store::Result<Option<u64>> {
-        self.inner.next_due()
-    }
-    fn release_leases(&self) -> store::Result<usize> {
-        self.inner.release_leases()
-    }
-    fn sealed_credential(&self, id: &str) -> store::Result<Option<Vec<u8>>> {
-        self.inner.sealed_credential(id)
-    }
-    fn list(&self, filter: &store::ListFilter) -> store::Result<store::Page> {
-        self.inner.list(filter)
-    }
-    fn audit(&self, query: &AuditQuery) -> store::Result<Vec<AuditEvent>> {
-        self.inner.audit(query)
-    }
-    fn verify_audit(&self) -> store::Result<ebb_core::audit::ChainReport> {
-        self.inner.verify_audit()
-    }
-    fn counts(&self) -> store::Result<std::collections::BTreeMap<GrantState, u64>> {
-        self.inner.counts()
-    }
-    fn sync(&self) -> store::SyncFuture<'_> {
-        self.inner.sync()
-    }
-    fn health(&self) -> store::Result<()> {
-        self.inner.health()
-    }
-    fn put_state(&self, key: &str, value: Option<&[u8]>) -> store::Result<()> {
-        self.inner.put_state(key, value)
-    }
-    fn states(&self, prefix: &str) -> store::Result<Vec<(String, Vec<u8>)>> {
-        self.inner.states(prefix)
-    }
-}
-
 /// Issue 12: when the host itself cannot do a grant's work (its store fails), the
 /// failure is audited each time and alerted once it repeats, not only logged; when
 /// the store recovers, the work completes.
 #[tokio::test]
 async fn work_the_host_cannot_do_is_audited_alerted_and_finished_later() {
-    let store = Arc::new(FailingCommits {
-        inner: SledStore::temporary([8; 32]).unwrap(),
-        grant: std::sync::Mutex::new(None),
-    });
+    let store = TestStore::new(8);
     let registry = Arc::new(Registry::new(
         Runtime::new(&RuntimeConfig::default()).unwrap(),
     ));
@@ -866,7 +821,7 @@ async fn work_the_host_cannot_do_is_audited_alerted_and_finished_later() {
     let record = issued(&engine, "noop", 300).await;
     let id = record.grant.id.clone();
     // The disk fails for this grant before it expires.
-    *store.grant.lock().unwrap() = Some(id.clone());
+    store.fail_commits_of(Some(&id));
     let mut stuck = Vec::new();
     for _ in 0..400 {
         stuck = alerts
@@ -895,7 +850,7 @@ async fn work_the_host_cannot_do_is_audited_alerted_and_finished_later() {
         .count();
     assert!(failed >= 3, "every failure is audited: {failed}");
     // The disk comes back: the expiry goes through.
-    *store.grant.lock().unwrap() = None;
+    store.fail_commits_of(None);
     let r = wait_for(&engine, &id, GrantState::Verified).await;
     assert_eq!(r.trigger, Some(Trigger::Expiry));
 }
@@ -931,10 +886,7 @@ async fn not_after_never_moves_after_issuance() {
 /// durable, sealed, before the requester gets it.
 #[tokio::test]
 async fn a_by_value_credential_is_durable_before_it_is_handed_out() {
-    let observer = Arc::new(SyncObserver {
-        inner: SledStore::temporary([9; 32]).unwrap(),
-        unsynced: std::sync::atomic::AtomicU64::new(0),
-    });
+    let observer = TestStore::new(9);
     let engine = engine_on(
         observer.clone(),
         &[("token", misbehave(&[("by-value", "yes")]))],
@@ -947,7 +899,7 @@ async fn a_by_value_credential_is_durable_before_it_is_handed_out() {
     let (record, _credential) = engine.issue(&r.grant.id, "agent").await.unwrap();
     assert_eq!(record.state, GrantState::Active);
     assert_eq!(
-        observer.unsynced.load(std::sync::atomic::Ordering::SeqCst),
+        observer.unsynced(),
         0,
         "the credential was handed out before its sealed copy was durable"
     );
