@@ -95,6 +95,24 @@ async fn issued(engine: &Lifecycle, connector: &str, ttl_ms: u64) -> GrantRecord
     engine.issue(&r.grant.id, "agent").await.unwrap().0
 }
 
+/// A local webhook receiving `engine`'s alerts; what it received so far.
+async fn alert_receiver(engine: &Lifecycle) -> Arc<std::sync::Mutex<Vec<serde_json::Value>>> {
+    let alerts = Arc::new(std::sync::Mutex::new(Vec::<serde_json::Value>::new()));
+    let sink = alerts.clone();
+    let hook = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |axum::Json(v): axum::Json<serde_json::Value>| {
+            let sink = sink.clone();
+            async move { sink.lock().unwrap().push(v) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, hook).await.unwrap() });
+    engine.set_alerts(crate::alerts::Alerts::new(vec![url]));
+    alerts
+}
+
 /// Polls until grant `id` is in `state`. Under paused time (the tests whose store and
 /// connectors do no real I/O) each poll lets tokio advance the engine's clock to its
 /// next timer, so retries, propagation delays and re-verification windows pass
@@ -242,19 +260,7 @@ async fn issue_failure_compensates_by_grant_id() {
 async fn revoke_outage_retries_escalates_and_recovers() {
     let engine = engine(&[("flaky", misbehave(&[("revoke", "fail")]))]).await;
     // Escalations are announced to the operator's webhook.
-    let alerts = Arc::new(std::sync::Mutex::new(Vec::<serde_json::Value>::new()));
-    let sink = alerts.clone();
-    let hook = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |axum::Json(v): axum::Json<serde_json::Value>| {
-            let sink = sink.clone();
-            async move { sink.lock().unwrap().push(v) }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, hook).await.unwrap() });
-    engine.set_alerts(crate::alerts::Alerts::new(vec![url]));
+    let alerts = alert_receiver(&engine).await;
     let record = issued(&engine, "flaky", 60_000).await;
     let id = record.grant.id.clone();
     engine
@@ -804,19 +810,7 @@ async fn work_the_host_cannot_do_is_audited_alerted_and_finished_later() {
             ..EngineConfig::default()
         },
     );
-    let alerts = Arc::new(std::sync::Mutex::new(Vec::<serde_json::Value>::new()));
-    let sink = alerts.clone();
-    let hook = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |axum::Json(v): axum::Json<serde_json::Value>| {
-            let sink = sink.clone();
-            async move { sink.lock().unwrap().push(v) }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, hook).await.unwrap() });
-    engine.set_alerts(crate::alerts::Alerts::new(vec![url]));
+    let alerts = alert_receiver(&engine).await;
     engine.start().unwrap();
     let record = issued(&engine, "noop", 300).await;
     let id = record.grant.id.clone();
