@@ -65,7 +65,13 @@ lifecycle = {{ approval = "auto", retry-base-ms = 100, retry-max-ms = 1000, max-
 }
 
 fn start(config: &Path, log: &Path) -> Child {
+    start_with(config, log, &[])
+}
+
+/// `ebb serve` with `env` added, its stderr appended to `log`.
+fn start_with(config: &Path, log: &Path, env: &[(&str, &str)]) -> Child {
     ebb_test_support::serve_command(env!("CARGO_BIN_EXE_ebb"), config)
+        .envs(env.iter().copied())
         .env("EBB_LOG", "warn")
         .stderr(
             std::fs::OpenOptions::new()
@@ -366,21 +372,14 @@ lifecycle = {{ approval = "auto", retry-base-ms = 100, retry-max-ms = 1000 }}
         .build()
         .unwrap();
     let start_host = || {
-        ebb_test_support::serve_command(env!("CARGO_BIN_EXE_ebb"), &config)
-            .env("EBB_LOG", "warn")
-            .env(
+        start_with(
+            &config,
+            &log,
+            &[(
                 "EBB_CRASH_OIDC_SECRET",
                 ebb_test_support::oidc::CLIENT_SECRET,
-            )
-            .stderr(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&log)
-                    .unwrap(),
-            )
-            .spawn()
-            .unwrap()
+            )],
+        )
     };
     let mut rng = rand::rng();
     // (grant id, access token) of every grant answered with its credential.
