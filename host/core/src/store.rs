@@ -316,6 +316,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// The number of grants in each state.
     fn counts(&self) -> Result<BTreeMap<GrantState, u64>>;
 
+    /// The number of grants ever escalated (`escalated_at` set by a commit), by
+    /// connector: stored state, so it survives a restart.
+    fn escalations(&self) -> Result<BTreeMap<String, u64>>;
+
     /// Makes everything committed before the call durable. Fails, within a bounded
     /// time, when the storage cannot make it durable (a full or failing disk).
     fn sync(&self) -> SyncFuture<'_>;

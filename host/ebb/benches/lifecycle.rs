@@ -170,12 +170,75 @@ fn active_record(id: String, not_after: u64, now: u64) -> GrantRecord {
     r
 }
 
+/// The host key of the million-grant store, as hex: `ebb serve` reads it from
+/// `EBB_BENCH_HOST_KEY` to open the same store.
+fn bench_key_hex() -> String {
+    "44".repeat(32)
+}
+
+fn bench_audit_key() -> [u8; 32] {
+    HostKey::from_hex(&bench_key_hex())
+        .unwrap()
+        .derive("audit-chain")
+}
+
+/// Restart to serving as an operator sees it: a cold `ebb serve` process on the
+/// store, timed from spawn to `GET /readyz` answering 200, then to a grant read
+/// (`GET /v1/grants/{id}`) answering 200.
+async fn cold_start(dir: &Path, id: &str) -> (Duration, Duration) {
+    const TOKEN: &str = "bench-operator-token";
+    let port = ebb_test_support::free_port().unwrap();
+    let config = dir.with_extension("toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n\n[store]\npath = \"{}\"\nkey-env = \"EBB_BENCH_HOST_KEY\"\n\n\
+             [[tokens]]\nname = \"ops\"\nsha256 = \"{}\"\nroles = [\"operator\"]\n\n\
+             [connectors.noop]\ncomponent = \"{}\"\n",
+            dir.display(),
+            ebb::api::auth::hash_token(TOKEN),
+            ebb_test_plugins::NOOP,
+        ),
+    )
+    .unwrap();
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let started = Instant::now();
+    let mut child = ebb_test_support::serve_command(env!("CARGO_BIN_EXE_ebb"), &config)
+        .env("EBB_BENCH_HOST_KEY", bench_key_hex())
+        .spawn()
+        .unwrap();
+    let deadline = started + Duration::from_secs(120);
+    let ready = loop {
+        let answered = http.get(format!("{base}/readyz")).send().await;
+        if answered.is_ok_and(|r| r.status().is_success()) {
+            break started.elapsed();
+        }
+        assert!(Instant::now() < deadline, "ebb serve never became ready");
+        assert!(child.try_wait().unwrap().is_none(), "ebb serve exited");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let read = http
+        .get(format!("{base}/v1/grants/{id}"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert!(read.status().is_success(), "grant read: {}", read.status());
+    let read = started.elapsed();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let _ = std::fs::remove_file(&config);
+    (ready, read)
+}
+
 async fn million(dir: &Path, total: usize, expiring: usize) {
     let now = Clock::system().now_ms();
-    let sealer = Sealer::new(&HostKey::from_hex(&"44".repeat(32)).unwrap());
+    let sealer = Sealer::new(&HostKey::from_hex(&bench_key_hex()).unwrap());
     let rss_before = rss_mib();
+    let mut some_id = String::new();
     {
-        let store = SledStore::open(dir, [1; 32]).unwrap();
+        let store = SledStore::open(dir, bench_audit_key()).unwrap();
         let load = Instant::now();
         // Far-future grants, plus `expiring` ones due 5–15 s after loading ends.
         for i in 0..total {
@@ -185,6 +248,9 @@ async fn million(dir: &Path, total: usize, expiring: usize) {
             } else {
                 now + 86_400_000 + (i as u64 % 3_600_000)
             };
+            if i == total / 2 {
+                some_id.clone_from(&id);
+            }
             let record = active_record(id.clone(), not_after, now);
             let sealed = sealer
                 .seal(&id, b"{\"fields\":[[\"token\",\"noop\"]]}")
@@ -207,10 +273,16 @@ async fn million(dir: &Path, total: usize, expiring: usize) {
         );
         drop(store);
     }
+    let (ready, read) = cold_start(dir, &some_id).await;
+    println!(
+        "million: cold `ebb serve` with {total} active grants: /readyz 200 after {} ms, a grant read 200 after {} ms",
+        ready.as_millis(),
+        read.as_millis()
+    );
     // Schedule the expiring ones now that loading is done.
     let start_at = Clock::system().now_ms() + 5_000;
     {
-        let store = SledStore::open(dir, [1; 32]).unwrap();
+        let store = SledStore::open(dir, bench_audit_key()).unwrap();
         let mut page = store
             .list(&ebb_core::store::ListFilter {
                 limit: 1000,
@@ -254,16 +326,16 @@ async fn million(dir: &Path, total: usize, expiring: usize) {
         }
         store.sync().await.unwrap();
     }
-    // Restart to serving: open the store, load the connector, start the scheduler,
-    // answer a read.
+    // Restart in process (the store and engine the lag is measured on): open the
+    // store, load the connector, start the scheduler, count the grants.
     let restart = Instant::now();
-    let store = SledStore::open(dir, [1; 32]).unwrap();
+    let store = SledStore::open(dir, bench_audit_key()).unwrap();
     let engine = engine(store.clone()).await;
     engine.start().unwrap();
     let counts = store.counts().unwrap();
     let serving = restart.elapsed();
     println!(
-        "million: restart to serving with {} active grants: {} ms",
+        "million: in-process restart with {} active grants: {} ms",
         counts[&GrantState::Active],
         serving.as_millis()
     );

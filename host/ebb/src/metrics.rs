@@ -19,11 +19,20 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         .install_recorder()?)
 }
 
-/// The exposition text, with the per-state grant gauges refreshed from `counts`.
-pub fn render(handle: &PrometheusHandle, counts: &BTreeMap<GrantState, u64>) -> String {
+/// The exposition text, with what describes stored state read from the store at
+/// scrape time (so it survives a restart): grants by state, and grants ever
+/// escalated by connector.
+pub fn render(
+    handle: &PrometheusHandle,
+    counts: &BTreeMap<GrantState, u64>,
+    escalations: &BTreeMap<String, u64>,
+) -> String {
     for (state, n) in counts {
         #[expect(clippy::cast_precision_loss, reason = "a gauge of grant counts")]
         metrics::gauge!("ebb_grants", "state" => state.as_str()).set(*n as f64);
+    }
+    for (connector, n) in escalations {
+        metrics::counter!("ebb_escalations_total", "connector" => connector.clone()).absolute(*n);
     }
     handle.render()
 }

@@ -254,6 +254,43 @@ async fn incomplete_revoke_is_reported_as_residual_session() {
     );
 }
 
+/// Issue 12: a revoke PostgreSQL refuses keeps the server's own DETAIL (which
+/// database, how many objects), so the escalation tells the operator where to look.
+#[tokio::test]
+async fn a_refused_revoke_keeps_postgres_detail() {
+    ebb_test_support::require!(Postgres);
+    let pg = Postgres::start().unwrap();
+    // A database the connector is not lent, where PUBLIC may still create (as in any
+    // database created before PostgreSQL 15 and upgraded).
+    pg.psql("create database ebb_elsewhere").unwrap();
+    pg.psql_in("ebb_elsewhere", "grant create on schema public to public")
+        .unwrap();
+    let pg_connector = connector(&pg).await;
+    let g = grant("01JTESTDETAIL", &[("select", "public.invoices")]);
+    let issued = pg_connector.issue(&g).await.unwrap();
+    let (user, password) = user_and_password(&issued.credential);
+    let elsewhere = pg
+        .connect_in("ebb_elsewhere", &user, &password)
+        .await
+        .unwrap();
+    elsewhere
+        .batch_execute("create table kept (secret text)")
+        .await
+        .unwrap();
+    drop(elsewhere);
+
+    let outcome = pg_connector.revoke(&g, Some(&issued.handle), None).await;
+    let verdict = pg_connector
+        .verify_revoked(&g, Some(&issued.handle), Some(&issued.credential))
+        .await
+        .unwrap();
+    let said = format!("{outcome:?} {verdict:?}");
+    assert!(
+        said.contains("in database ebb_elsewhere"),
+        "the server's DETAIL was lost: {said}"
+    );
+}
+
 #[tokio::test]
 async fn revoke_without_handle_cleans_up_and_revoke_twice_succeeds() {
     ebb_test_support::require!(Postgres);

@@ -83,6 +83,13 @@ pub(crate) fn count_key(state: GrantState) -> Vec<u8> {
     key("m/count/", state.as_str())
 }
 
+/// The prefix of the escalation counts, one key per connector.
+pub(crate) const ESCALATED: &[u8] = b"m/escalated/";
+
+pub(crate) fn escalated_key(connector: &str) -> Vec<u8> {
+    key("m/escalated/", connector)
+}
+
 pub(crate) fn wall_clock() -> Timestamp {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -12,6 +12,8 @@
 //! | `i/<grant id>\0<seq: u64 BE>`| audit-by-grant index (empty)    |
 //! | `m/head`                     | audit head: seq, hash and its MAC (JSON) |
 //! | `m/count/<state>`            | grants in that state (u64 BE)   |
+//! | `m/escalated/<connector>`    | grants of that connector ever escalated (u64 BE) |
+//! | `m/index/escalated`          | present once `m/escalated/` counts every grant |
 //! | `r/<requested by>\0<id>`     | grants by requester (empty)     |
 //! | `m/index/requester`          | present once `r/` covers every grant |
 //! | `s/<key>`                    | host state (anomaly flags, draining instances) |
@@ -59,6 +61,7 @@ impl std::fmt::Debug for SledStore {
 struct Shared {
     head: Head,
     counts: BTreeMap<GrantState, u64>,
+    escalations: BTreeMap<String, u64>,
     /// The audit timestamp source; events never go back in time.
     clock: fn() -> Timestamp,
 }
@@ -132,6 +135,7 @@ impl SledStore {
 
     fn with_db(db: sled::Db, chain_key: [u8; 32], durable: bool) -> Result<Arc<Self>> {
         index_requesters(&db)?;
+        count_escalations(&db)?;
         let chain = Chain::new(chain_key);
         let head = match db.get(b"m/head").map_err(storage)? {
             Some(bytes) => {
@@ -155,6 +159,12 @@ impl SledStore {
                 .and_then(|v| be(&v))
                 .unwrap_or(0);
             counts.insert(state, n);
+        }
+        let mut escalations = BTreeMap::new();
+        for entry in db.scan_prefix(ESCALATED) {
+            let (k, v) = entry.map_err(storage)?;
+            let connector = String::from_utf8_lossy(&k[ESCALATED.len()..]).into_owned();
+            escalations.insert(connector, be(&v).unwrap_or(0));
         }
         let db = Arc::new(db);
         let (flushed_tx, flushed) = watch::channel(0);
@@ -220,6 +230,7 @@ impl SledStore {
             state: Mutex::new(Shared {
                 head,
                 counts,
+                escalations,
                 clock: wall_clock,
             }),
             group,
@@ -319,6 +330,28 @@ impl SledStore {
     }
 }
 
+/// Counts the escalated grants written before the count existed (once).
+fn count_escalations(db: &sled::Db) -> Result<()> {
+    const DONE: &[u8] = b"m/index/escalated";
+    if db.get(DONE).map_err(storage)?.is_some() {
+        return Ok(());
+    }
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    for entry in db.scan_prefix(b"g/") {
+        let (k, v) = entry.map_err(storage)?;
+        let record: GrantRecord = decode(&k, &v)?;
+        if record.escalated_at.is_some() {
+            *counts.entry(record.connector).or_default() += 1;
+        }
+    }
+    let mut batch = sled::Batch::default();
+    for (connector, n) in counts {
+        batch.insert(escalated_key(&connector), &n.to_be_bytes()[..]);
+    }
+    batch.insert(DONE, &[][..]);
+    db.apply_batch(batch).map_err(storage)
+}
+
 /// Builds the requester index over grants written before it existed (once).
 fn index_requesters(db: &sled::Db) -> Result<()> {
     const DONE: &[u8] = b"m/index/requester";
@@ -416,10 +449,25 @@ impl Store for SledStore {
             *n += 1;
             batch.insert(count_key(record.state), &n.to_be_bytes()[..]);
         }
+        let escalated =
+            old.as_ref().is_none_or(|o| o.escalated_at.is_none()) && record.escalated_at.is_some();
+        let escalations = escalated.then(|| {
+            let n = shared
+                .escalations
+                .get(&record.connector)
+                .copied()
+                .unwrap_or(0)
+                + 1;
+            batch.insert(escalated_key(&record.connector), &n.to_be_bytes()[..]);
+            n
+        });
         let event = self.seal_event(&shared, event, &mut batch)?;
         self.db.apply_batch(batch).map_err(storage)?;
         shared.head = self.chain.head(event.seq, &event.hash);
         shared.counts = counts;
+        if let Some(n) = escalations {
+            shared.escalations.insert(record.connector.clone(), n);
+        }
         drop(shared);
         self.written();
         Ok((record, event))
@@ -628,6 +676,10 @@ impl Store for SledStore {
 
     fn counts(&self) -> Result<BTreeMap<GrantState, u64>> {
         Ok(self.lock().counts.clone())
+    }
+
+    fn escalations(&self) -> Result<BTreeMap<String, u64>> {
+        Ok(self.lock().escalations.clone())
     }
 
     fn sync(&self) -> SyncFuture<'_> {

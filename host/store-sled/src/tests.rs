@@ -470,3 +470,47 @@ async fn a_full_disk_is_an_error_within_a_bounded_time_not_a_hang() {
     drop(store);
     unmount(&mount);
 }
+
+/// Issue 12: `ebb_escalations_total` is stored state: a grant counts once, when a
+/// commit first sets its `escalated_at`, and the count survives a restart — also
+/// for a store written before the count existed.
+#[tokio::test]
+async fn escalation_counts_survive_reopen() {
+    let (store, dir) = temp_store();
+    let (mut r, _) = store
+        .commit(Commit {
+            record: record("e1", GrantState::Revoking, Some(10)),
+            sealed: Sealed::Keep,
+            event: event("e1"),
+            lease_until: None,
+        })
+        .unwrap();
+    assert!(store.escalations().unwrap().is_empty());
+    for _ in 0..2 {
+        // Escalated, then retried while escalated: one escalation.
+        r.escalated_at.get_or_insert(20);
+        (r, _) = store
+            .commit(Commit {
+                record: r,
+                sealed: Sealed::Keep,
+                event: event("e1"),
+                lease_until: None,
+            })
+            .unwrap();
+    }
+    assert_eq!(store.escalations().unwrap()["noop"], 1);
+    store.sync().await.unwrap();
+    drop(store);
+    let store = SledStore::open(&dir, [1; 32]).unwrap();
+    assert_eq!(store.escalations().unwrap()["noop"], 1);
+
+    // A store from before the count: the count is rebuilt from the records, once.
+    store.db.remove(escalated_key("noop")).unwrap();
+    store.db.remove(b"m/index/escalated").unwrap();
+    store.sync().await.unwrap();
+    drop(store);
+    let store = SledStore::open(&dir, [1; 32]).unwrap();
+    assert_eq!(store.escalations().unwrap()["noop"], 1);
+    drop(store);
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -171,8 +171,13 @@ impl Postgres {
         )
     }
 
-    /// Runs SQL as the superuser over the Unix socket.
+    /// Runs SQL as the superuser over the Unix socket, in database `postgres`.
     pub fn psql(&self, sql: &str) -> anyhow::Result<String> {
+        self.psql_in("postgres", sql)
+    }
+
+    /// Runs SQL as the superuser over the Unix socket, in `database`.
+    pub fn psql_in(&self, database: &str, sql: &str) -> anyhow::Result<String> {
         let exe = self.bin.join("psql");
         let mut cmd = if self.as_postgres {
             let mut c = Command::new("runuser");
@@ -190,7 +195,7 @@ impl Postgres {
                 "-U",
                 "postgres",
                 "-d",
-                "postgres",
+                database,
                 "-c",
                 sql,
             ])
@@ -210,8 +215,13 @@ impl Postgres {
 
     /// A key-value DSN for `user` with `password` over TCP.
     pub fn dsn(&self, user: &str, password: &str) -> String {
+        self.dsn_in("postgres", user, password)
+    }
+
+    /// A key-value DSN for `user` with `password` over TCP, to `database`.
+    pub fn dsn_in(&self, database: &str, user: &str, password: &str) -> String {
         format!(
-            "host=127.0.0.1 port={} dbname=postgres user={user} password={password}",
+            "host=127.0.0.1 port={} dbname={database} user={user} password={password}",
             self.port
         )
     }
@@ -227,8 +237,22 @@ impl Postgres {
         user: &str,
         password: &str,
     ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-        let (client, connection) =
-            tokio_postgres::connect(&self.dsn(user, password), tokio_postgres::NoTls).await?;
+        self.connect_in("postgres", user, password).await
+    }
+
+    /// Connects over TCP as `user` to `database`; the connection is driven on a
+    /// spawned task.
+    pub async fn connect_in(
+        &self,
+        database: &str,
+        user: &str,
+        password: &str,
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let (client, connection) = tokio_postgres::connect(
+            &self.dsn_in(database, user, password),
+            tokio_postgres::NoTls,
+        )
+        .await?;
         tokio::spawn(connection);
         Ok(client)
     }

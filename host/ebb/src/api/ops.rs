@@ -118,12 +118,14 @@ pub async fn metrics(State(state): State<AppState>) -> Result<String, ApiError> 
         .metrics
         .as_ref()
         .ok_or_else(|| ApiError::NotFound("metrics are not enabled on this host".into()))?;
-    let counts = state
-        .lifecycle
-        .store()
+    let store = state.lifecycle.store();
+    let counts = store
         .counts()
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    Ok(crate::metrics::render(handle, &counts))
+    let escalations = store
+        .escalations()
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(crate::metrics::render(handle, &counts, &escalations))
 }
 
 pub async fn not_found() -> (StatusCode, Json<ErrorBody>) {

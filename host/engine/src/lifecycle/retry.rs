@@ -95,8 +95,6 @@ impl Lifecycle {
         let now = self.now();
         let first = record.escalated_at.is_none();
         if first {
-            metrics::counter!("ebb_escalations_total", "connector" => record.connector.clone())
-                .increment(1);
             tracing::error!(grant = %record.grant.id, connector = %record.connector, attempts = record.attempts, why, "ESCALATED: revocation of this grant is not verified; it will keep being retried");
         }
         let due = record.due_at;

@@ -671,6 +671,9 @@ impl Store for TestStore {
     fn counts(&self) -> store::Result<std::collections::BTreeMap<GrantState, u64>> {
         self.inner.counts()
     }
+    fn escalations(&self) -> store::Result<std::collections::BTreeMap<String, u64>> {
+        self.inner.escalations()
+    }
     fn sync(&self) -> store::SyncFuture<'_> {
         // Everything committed before this call is made durable by it.
         let pending = self.unsynced.swap(0, std::sync::atomic::Ordering::SeqCst);

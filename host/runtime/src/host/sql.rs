@@ -223,7 +223,7 @@ fn pg_error(e: tokio_postgres::Error) -> Error {
     if let Some(db) = e.as_db_error() {
         return Error::Rejected(DbError {
             code: db.code().code().to_owned(),
-            message: db.message().to_owned(),
+            message: server_message(db),
         });
     }
     // A parameter that did not convert is the connector's mistake, not an outage.
@@ -233,6 +233,24 @@ fn pg_error(e: tokio_postgres::Error) -> Error {
         return Error::Invalid(source.unwrap_or(text));
     }
     Error::Unavailable(text)
+}
+
+/// The server's message with its DETAIL and HINT, which say what blocked a statement
+/// (e.g. "2 objects in database sales" when a role cannot be dropped): an operator
+/// reading a residue or an escalation needs them, and the connector cannot ask again.
+fn server_message(db: &tokio_postgres::error::DbError) -> String {
+    let mut message = db.message().to_owned();
+    if let Some(detail) = db.detail() {
+        message.push_str(" (detail: ");
+        message.push_str(&detail.replace('\n', "; "));
+        message.push(')');
+    }
+    if let Some(hint) = db.hint() {
+        message.push_str(" (hint: ");
+        message.push_str(hint);
+        message.push(')');
+    }
+    message
 }
 
 /// A parameter, converted to whatever type the server inferred for its placeholder.
