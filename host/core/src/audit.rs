@@ -9,6 +9,12 @@
 //! derived from the host key means someone who can write to the store still cannot
 //! forge a consistent chain.
 //!
+//! Grant records are bound to the chain: the store tags each record it writes
+//! ([`Chain::record_tag`], keyed like the chain) and the event committed with it
+//! carries that tag in `record`, so a record edited outside the host fails its tag,
+//! and an older record put back no longer matches its grant's latest event. The
+//! keyed [`Head`] also counts the records, so a deleted record is missed.
+//!
 //! Events never contain a secret: credentials are not audit data.
 
 use crate::state::GrantState;
@@ -39,6 +45,11 @@ pub struct AuditEvent {
     /// Why, and the evidence: trigger, reason, residue found, errors, policy ids.
     #[serde(default)]
     pub detail: serde_json::Value,
+    /// The tag of the grant record this event committed (hex), binding the record
+    /// to the chain; absent on events that wrote no record, and on events written
+    /// before records were bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record: Option<String>,
     /// The previous event's hash (hex).
     pub prev: String,
     /// This event's keyed hash (hex).
@@ -54,6 +65,8 @@ pub struct NewEvent {
     pub from: Option<GrantState>,
     pub to: Option<GrantState>,
     pub detail: serde_json::Value,
+    /// Set by the store, from the record it commits with the event.
+    pub record: Option<String>,
 }
 
 impl NewEvent {
@@ -87,6 +100,10 @@ impl NewEvent {
 pub struct Head {
     pub seq: u64,
     pub hash: String,
+    /// How many grant records the store holds; covered by the MAC, so a deleted
+    /// record is missed. `None` in stores written before records were bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub records: Option<u64>,
     /// `None` only in stores written before heads were keyed; stores add it at open.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<String>,
@@ -95,7 +112,7 @@ pub struct Head {
 impl Head {
     /// The head of an empty chain.
     pub fn genesis(chain: &Chain) -> Self {
-        chain.head(0, GENESIS)
+        chain.head(0, GENESIS, 0)
     }
 }
 
@@ -127,6 +144,7 @@ impl Chain {
             from: event.from,
             to: event.to,
             detail: event.detail,
+            record: event.record,
             prev: prev_hash.to_owned(),
             hash: String::new(),
         };
@@ -134,24 +152,42 @@ impl Chain {
         sealed
     }
 
-    /// The keyed head for a chain ending at `(seq, hash)`.
-    pub fn head(&self, seq: u64, hash: &str) -> Head {
+    /// The keyed head for a chain ending at `(seq, hash)` beside `records` grant
+    /// records.
+    pub fn head(&self, seq: u64, hash: &str, records: u64) -> Head {
         Head {
             seq,
             hash: hash.to_owned(),
+            records: Some(records),
             mac: Some(hex::encode(
-                self.head_mac(seq, hash).finalize().into_bytes(),
+                self.head_mac(seq, hash, Some(records))
+                    .finalize()
+                    .into_bytes(),
             )),
         }
     }
 
-    fn head_mac(&self, seq: u64, hash: &str) -> Hmac<Sha256> {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key)
-            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
-        mac.update(b"ebb/audit-head");
-        mac.update(&seq.to_be_bytes());
+    fn head_mac(&self, seq: u64, hash: &str, records: Option<u64>) -> Hmac<Sha256> {
+        let mut mac = self.mac();
+        match records {
+            Some(n) => {
+                mac.update(b"ebb/audit-head/2");
+                mac.update(&seq.to_be_bytes());
+                mac.update(&n.to_be_bytes());
+            }
+            // Heads keyed before records were counted.
+            None => {
+                mac.update(b"ebb/audit-head");
+                mac.update(&seq.to_be_bytes());
+            }
+        }
         mac.update(hash.as_bytes());
         mac
+    }
+
+    fn mac(&self) -> Hmac<Sha256> {
+        <Hmac<Sha256> as Mac>::new_from_slice(&self.key)
+            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"))
     }
 
     /// Whether `head` was recorded by a holder of the chain key.
@@ -159,9 +195,20 @@ impl Chain {
         let Some(tag) = head.mac.as_deref().and_then(|m| hex::decode(m).ok()) else {
             return false;
         };
-        self.head_mac(head.seq, &head.hash)
+        self.head_mac(head.seq, &head.hash, head.records)
             .verify_slice(&tag)
             .is_ok()
+    }
+
+    /// The tag binding grant record `id`, stored as `bytes`, to this host: stored
+    /// beside the record and carried by the event that committed it.
+    pub fn record_tag(&self, id: &str, bytes: &[u8]) -> [u8; 32] {
+        let mut mac = self.mac();
+        mac.update(b"ebb/grant-record");
+        mac.update(id.as_bytes());
+        mac.update(&[0]);
+        mac.update(bytes);
+        mac.finalize().into_bytes().into()
     }
 
     fn hash(&self, event: &AuditEvent) -> String {
@@ -170,8 +217,7 @@ impl Chain {
         // Struct fields serialize in declaration order and `detail` maps are sorted
         // (serde_json's default `Map` is a BTreeMap), so this encoding is canonical.
         let body = serde_json::to_vec(&unhashed).unwrap_or_default();
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key)
-            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        let mut mac = self.mac();
         mac.update(event.prev.as_bytes());
         mac.update(&body);
         hex::encode(mac.finalize().into_bytes())
@@ -183,6 +229,10 @@ impl Chain {
 pub struct ChainReport {
     /// Events checked.
     pub events: u64,
+    /// Grant records checked against their tags (and, in a full check, against
+    /// their grant's latest event).
+    #[serde(default)]
+    pub records: u64,
     /// The first problem found, if any.
     pub problem: Option<String>,
 }
@@ -201,11 +251,23 @@ pub fn verify_chain<E: std::fmt::Display>(
     events: impl IntoIterator<Item = Result<AuditEvent, E>>,
     head: Option<&Head>,
 ) -> ChainReport {
+    verify_chain_from(chain, (0, GENESIS), events, head)
+}
+
+/// Checks the part of a chain after `(seq, hash)`, an event already verified
+/// (e.g. at the last start): `events` are those after it, in stored order.
+pub fn verify_chain_from<E: std::fmt::Display>(
+    chain: &Chain,
+    (from_seq, from_hash): (u64, &str),
+    events: impl IntoIterator<Item = Result<AuditEvent, E>>,
+    head: Option<&Head>,
+) -> ChainReport {
     let mut count = 0;
-    let mut prev_seq = 0;
-    let mut prev_hash = GENESIS.to_owned();
+    let mut prev_seq = from_seq;
+    let mut prev_hash = from_hash.to_owned();
     let fail = |count, problem: String| ChainReport {
         events: count,
+        records: 0,
         problem: Some(problem),
     };
     for event in events {
@@ -267,6 +329,7 @@ pub fn verify_chain<E: std::fmt::Display>(
         None if prev_seq != 0 => fail(count, "events exist but no head was recorded".into()),
         _ => ChainReport {
             events: count,
+            records: 0,
             problem: None,
         },
     }
@@ -293,7 +356,7 @@ mod tests {
     }
 
     fn verify(chain: &Chain, events: &[AuditEvent]) -> ChainReport {
-        let head = events.last().map(|e| chain.head(e.seq, &e.hash));
+        let head = events.last().map(|e| chain.head(e.seq, &e.hash, 0));
         verify_chain(
             chain,
             events
@@ -311,6 +374,7 @@ mod tests {
             verify(&chain, &events),
             ChainReport {
                 events: 5,
+                records: 0,
                 problem: None
             }
         );
@@ -319,7 +383,7 @@ mod tests {
     #[test]
     fn detects_edit_deletion_reordering_and_truncation() {
         let (chain, events) = chain_of(5);
-        let head = events.last().map(|e| chain.head(e.seq, &e.hash));
+        let head = events.last().map(|e| chain.head(e.seq, &e.hash, 0));
 
         let mut edited = events.clone();
         edited[2].actor = "mallory".into();
@@ -363,6 +427,7 @@ mod tests {
         let moved = Head {
             seq: events[3].seq,
             hash: events[3].hash.clone(),
+            records: None,
             mac: None,
         };
         let report = verify_chain(
@@ -374,7 +439,7 @@ mod tests {
             Some(&moved),
         );
         assert!(report.problem.unwrap().contains("not keyed by this host"));
-        let forged_mac = Chain::new([8; 32]).head(events[3].seq, &events[3].hash);
+        let forged_mac = Chain::new([8; 32]).head(events[3].seq, &events[3].hash, 0);
         assert!(
             !verify_chain(
                 &chain,
@@ -398,7 +463,7 @@ mod tests {
             forged[3].seq,
             &forged[3].hash,
         );
-        let forged_head = forger.head(forged[4].seq, &forged[4].hash);
+        let forged_head = forger.head(forged[4].seq, &forged[4].hash, 0);
         assert!(
             !verify_chain(
                 &chain,

@@ -310,8 +310,17 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Audit events matching `query`, in chain order.
     fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>>;
 
-    /// Checks the whole audit chain.
+    /// Checks the whole audit chain, and every grant record against its tag and
+    /// its grant's latest event (an edited record, or an older one put back, is a
+    /// problem). Consistent while commits go on: what is written during the check
+    /// is left to the next one.
     fn verify_audit(&self) -> Result<ChainReport>;
+
+    /// The check a host runs before serving: the events appended since the last
+    /// successful check at start (the whole chain the first time), every grant
+    /// record against its tag, and the number of records against the keyed head.
+    /// On success the checked head becomes the next check's starting point.
+    fn verify_at_start(&self) -> Result<ChainReport>;
 
     /// The number of grants in each state.
     fn counts(&self) -> Result<BTreeMap<GrantState, u64>>;

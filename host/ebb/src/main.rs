@@ -29,6 +29,10 @@ enum Command {
         /// The configuration file.
         #[arg(long, short, env = "EBB_CONFIG", default_value = "ebb.toml")]
         config: std::path::PathBuf,
+        /// Serve even though the store failed its check at start (an audit event
+        /// records the override and what failed). Only after finding out why.
+        #[arg(long)]
+        accept_unverified_store: bool,
     },
     /// Works with connector components locally.
     #[cfg(feature = "server")]
@@ -130,7 +134,10 @@ fn start(cli: Cli) -> anyhow::Result<()> {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         #[cfg(feature = "server")]
-        Command::Serve { config } => serve(config).await,
+        Command::Serve {
+            config,
+            accept_unverified_store,
+        } => serve(config, accept_unverified_store).await,
         Command::Grant { remote, command } => cli::grant(remote, command).await,
         Command::Audit { remote, command } => cli::audit(remote, command).await,
         Command::Connectors { remote, command } => cli::connectors(remote, command).await,
@@ -325,7 +332,46 @@ mod server {
         }
     }
 
-    pub(crate) async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
+    /// The store's check at start: a store edited while the host was stopped (an
+    /// event, a grant record, the head) is refused unless the operator overrides,
+    /// and the override is itself audited.
+    fn check_store(store: &dyn ebb_core::store::Store, accept: bool) -> anyhow::Result<()> {
+        let started = std::time::Instant::now();
+        let report = store.verify_at_start().context("checking the store")?;
+        let Some(problem) = &report.problem else {
+            tracing::info!(
+                events = report.events,
+                records = report.records,
+                ms = started.elapsed().as_millis() as u64,
+                "the store passed its check at start"
+            );
+            return Ok(());
+        };
+        if !accept {
+            anyhow::bail!(
+                "the store failed its check at start and will not be served: {problem}. \
+                 It was changed outside this host (or by a host with another key). Restore it \
+                 from a backup, or, once you know why, start with --accept-unverified-store \
+                 (the override is recorded in the audit log)"
+            );
+        }
+        tracing::error!(
+            problem,
+            "serving a store that failed its check at start (--accept-unverified-store)"
+        );
+        store
+            .append_audit(
+                ebb_core::audit::NewEvent::new("store.check-overridden", "operator")
+                    .detail(serde_json::json!({ "problem": problem })),
+            )
+            .context("recording the override in the audit log")?;
+        Ok(())
+    }
+
+    pub(crate) async fn serve(
+        config_path: PathBuf,
+        accept_unverified_store: bool,
+    ) -> anyhow::Result<()> {
         let config = Config::load(&config_path)?;
         let metrics = ebb::metrics::install()?;
         let key = match &config.store.key_env {
@@ -338,6 +384,7 @@ mod server {
         std::fs::create_dir_all(&config.store.path)
             .with_context(|| format!("creating {}", config.store.path.display()))?;
         let store = SledStore::open(&config.store.path, key.derive("audit-chain"))?;
+        check_store(store.as_ref(), accept_unverified_store)?;
         let runtime =
             Runtime::with_cache_key(&config.runtime, CacheKey::new(key.derive("runtime-cache")))?;
         let registry = Arc::new(Registry::new(runtime));

@@ -487,3 +487,112 @@ lifecycle = {{ approval = "auto", retry-base-ms = 100, retry-max-ms = 1000 }}
     host.wait().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Issue 13: a store edited while the host was stopped — here a grant moved from
+/// `active` to `verified`, which would end its revocation unnoticed — is refused at
+/// start with a clear message; `--accept-unverified-store` serves it anyway and the
+/// audit log records the override and what failed.
+#[tokio::test]
+async fn a_store_edited_while_stopped_is_refused_at_start() {
+    use ebb_core::store::{Commit, GrantRecord, Sealed, Store};
+    let dir = std::env::temp_dir().join(format!("ebb-tampered-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = ebb_core::seal::HostKey::load_or_create(&dir.join("host.key")).unwrap();
+    {
+        let store =
+            ebb_store_sled::SledStore::open(&dir.join("data"), key.derive("audit-chain")).unwrap();
+        let grant = ebb_core::contract::Grant {
+            id: "01JTAMPERED".into(),
+            subject: ebb_core::contract::Subject {
+                id: "spiffe://test/agent".into(),
+                kind: ebb_core::contract::SubjectKind::Workload,
+                claims: vec![],
+            },
+            permissions: vec![],
+            not_after: ebb_test_support::now_ms() + 3_600_000,
+            task: "t".into(),
+        };
+        let mut record = GrantRecord::requested(grant, "gone".into(), 1, 1, "agent".into(), None);
+        record.state = ebb_core::state::GrantState::Active;
+        store
+            .commit(Commit {
+                record,
+                sealed: Sealed::Keep,
+                event: ebb_core::audit::NewEvent::new("grant.transition", "test")
+                    .grant("01JTAMPERED"),
+                lease_until: None,
+            })
+            .unwrap();
+        store.sync().await.unwrap();
+    }
+    // Stopped: edit the record directly in sled.
+    {
+        let db = sled::open(dir.join("data")).unwrap();
+        let mut record: Value =
+            serde_json::from_slice(&db.get(b"g/01JTAMPERED").unwrap().unwrap()).unwrap();
+        record["state"] = json!("verified");
+        db.insert(b"g/01JTAMPERED", serde_json::to_vec(&record).unwrap())
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let port = ebb_test_support::free_port().unwrap();
+    std::fs::write(
+        dir.join("ebb.toml"),
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[store]\npath = \"{}\"\nkey-file = \"{}\"\n\
+             [[tokens]]\nname = \"ops\"\nsha256 = \"{}\"\nroles = [\"operator\", \"auditor\"]\n",
+            dir.join("data").display(),
+            dir.join("host.key").display(),
+            ebb::api::auth::hash_token(OPERATOR),
+        ),
+    )
+    .unwrap();
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_ebb"))
+        .args(["serve", "--config"])
+        .arg(dir.join("ebb.toml"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        stderr.contains("failed its check at start")
+            && stderr.contains("grant record 01JTAMPERED was altered")
+            && stderr.contains("--accept-unverified-store"),
+        "{stderr}"
+    );
+
+    let mut host =
+        ebb_test_support::serve_command(env!("CARGO_BIN_EXE_ebb"), &dir.join("ebb.toml"))
+            .arg("--accept-unverified-store")
+            .spawn()
+            .unwrap();
+    assert!(ebb_test_support::wait_for_port(
+        port,
+        Duration::from_secs(10)
+    ));
+    let events: Value = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}/v1/audit"))
+        .bearer_auth(OPERATOR)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let overridden = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "store.check-overridden")
+        .unwrap_or_else(|| panic!("no override event in {events}"));
+    assert!(
+        overridden["detail"]["problem"]
+            .as_str()
+            .unwrap()
+            .contains("01JTAMPERED"),
+        "{overridden}"
+    );
+    host.kill().unwrap();
+    host.wait().unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}

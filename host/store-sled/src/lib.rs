@@ -4,13 +4,16 @@
 //! | key                          | value                           |
 //! |------------------------------|---------------------------------|
 //! | `g/<id>`                     | grant record (JSON)             |
+//! | `b/<id>`                     | the record's tag (HMAC, 32 bytes; see `ebb_core::audit`) |
 //! | `t/<due: u64 BE><id>`        | due index entry (empty)         |
 //! | `d/<id>`                     | the grant's current due key (u64 BE) |
 //! | `l/<id>`                     | a lease's original due (u64 BE) |
 //! | `c/<id>`                     | sealed credential               |
 //! | `a/<seq: u64 BE>`            | audit event (JSON)              |
 //! | `i/<grant id>\0<seq: u64 BE>`| audit-by-grant index (empty)    |
-//! | `m/head`                     | audit head: seq, hash and its MAC (JSON) |
+//! | `m/head`                     | audit head: seq, hash, record count and their MAC (JSON) |
+//! | `m/verified`                 | the head the last check at start verified (JSON) |
+//! | `m/index/record-tags`        | present once every record has its tag |
 //! | `m/count/<state>`            | grants in that state (u64 BE)   |
 //! | `m/escalated/<connector>`    | grants of that connector ever escalated (u64 BE) |
 //! | `m/index/escalated`          | present once `m/escalated/` counts every grant |
@@ -28,7 +31,9 @@
 //! storage engine, nothing else: no wasmtime, no axum, no Cedar, no engine. It never
 //! decides a transition; it applies the `Commit` it is given atomically.
 
-use ebb_core::audit::{AuditEvent, Chain, ChainReport, Head, NewEvent, verify_chain};
+use ebb_core::audit::{
+    AuditEvent, Chain, ChainReport, Head, NewEvent, verify_chain, verify_chain_from,
+};
 use ebb_core::contract::Timestamp;
 use ebb_core::state::GrantState;
 use ebb_core::store::{
@@ -60,6 +65,8 @@ impl std::fmt::Debug for SledStore {
 
 struct Shared {
     head: Head,
+    /// Grant records held: counted in the keyed head.
+    records: u64,
     counts: BTreeMap<GrantState, u64>,
     escalations: BTreeMap<String, u64>,
     /// The audit timestamp source; events never go back in time.
@@ -137,20 +144,14 @@ impl SledStore {
         index_requesters(&db)?;
         count_escalations(&db)?;
         let chain = Chain::new(chain_key);
+        tag_records(&db, &chain)?;
         let head = match db.get(b"m/head").map_err(storage)? {
-            Some(bytes) => {
-                let head: Head = decode(b"m/head", &bytes)?;
-                if head.mac.is_none() {
-                    // A store from before keyed heads: key the head it has, once.
-                    let keyed = chain.head(head.seq, &head.hash);
-                    db.insert(b"m/head", encode(&keyed)?).map_err(storage)?;
-                    keyed
-                } else {
-                    head
-                }
-            }
+            Some(bytes) => decode(b"m/head", &bytes)?,
             None => Head::genesis(&chain),
         };
+        // What the next commit counts from; a head that does not count records is
+        // reported by the checks, and counted from zero until then.
+        let records = head.records.unwrap_or(0);
         let mut counts = BTreeMap::new();
         for state in GrantState::ALL {
             let n = db
@@ -229,6 +230,7 @@ impl SledStore {
             chain,
             state: Mutex::new(Shared {
                 head,
+                records,
                 counts,
                 escalations,
                 clock: wall_clock,
@@ -256,12 +258,14 @@ impl SledStore {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Adds the audit event to `batch` and returns it, advancing `shared.head` only
-    /// once the batch is applied (by the caller, via [`Shared::advance`]).
+    /// Adds the audit event to `batch`, with the keyed head of a store holding
+    /// `records` records, and returns it; the caller advances `shared.head` once
+    /// the batch is applied.
     fn seal_event(
         &self,
         shared: &Shared,
         event: NewEvent,
+        records: u64,
         batch: &mut sled::Batch,
     ) -> Result<AuditEvent> {
         let at = (shared.clock)();
@@ -274,7 +278,7 @@ impl SledStore {
         }
         batch.insert(
             &b"m/head"[..],
-            encode(&self.chain.head(sealed.seq, &sealed.hash))?,
+            encode(&self.chain.head(sealed.seq, &sealed.hash, records))?,
         );
         Ok(sealed)
     }
@@ -321,6 +325,92 @@ impl SledStore {
         Ok(page)
     }
 
+    fn stored_head(&self) -> Result<Option<Head>> {
+        match self.db.get(b"m/head").map_err(storage)? {
+            Some(bytes) => Ok(Some(decode(b"m/head", &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Checks every grant record against its tag and, with `latest_event`, against
+    /// its grant's latest event (an older record put back no longer matches it).
+    /// `records` is how many the keyed head counts: exactly that many with `exact`
+    /// (nothing is being written), at least that many otherwise. Returns how many
+    /// records were checked and the first problem. Run while commits go on, a
+    /// mismatch is read again under the commit lock before it counts.
+    fn check_records(
+        &self,
+        records: Option<u64>,
+        exact: bool,
+        latest_event: bool,
+    ) -> Result<(u64, Option<String>)> {
+        let mut checked = 0;
+        for entry in self.db.scan_prefix(b"g/") {
+            let (k, v) = entry.map_err(storage)?;
+            let id = String::from_utf8_lossy(&k[2..]).into_owned();
+            checked += 1;
+            let problem = match self.record_problem(&id, &v, latest_event)? {
+                Some(_) if !exact => {
+                    let _shared = self.lock();
+                    match self.db.get(&k).map_err(storage)? {
+                        Some(now) => self.record_problem(&id, &now, latest_event)?,
+                        None => Some(format!("grant record {id} was removed")),
+                    }
+                }
+                found => found,
+            };
+            if let Some(problem) = problem {
+                return Ok((checked, Some(problem)));
+            }
+        }
+        let problem = match records {
+            Some(n) if checked < n => Some(format!(
+                "the store holds {checked} grant records but recorded {n}: records were removed"
+            )),
+            Some(n) if exact && checked > n => Some(format!(
+                "the store holds {checked} grant records but recorded {n}: records were added"
+            )),
+            _ => None,
+        };
+        Ok((checked, problem))
+    }
+
+    fn record_problem(&self, id: &str, bytes: &[u8], latest_event: bool) -> Result<Option<String>> {
+        let tag = self.chain.record_tag(id, bytes);
+        let stored = self.db.get(key("b/", id)).map_err(storage)?;
+        if stored.as_deref() != Some(&tag[..]) {
+            return Ok(Some(format!(
+                "grant record {id} was altered outside the host: its tag does not match"
+            )));
+        }
+        if !latest_event {
+            return Ok(None);
+        }
+        let mut prefix = key("i/", id);
+        prefix.push(0);
+        let Some(entry) = self.db.scan_prefix(&prefix).next_back() else {
+            return Ok(Some(format!("grant record {id} has no audit event")));
+        };
+        let (k, _) = entry.map_err(storage)?;
+        let seq = be(&k[prefix.len()..]).ok_or_else(|| Error::Corrupt {
+            key: String::from_utf8_lossy(&k).into_owned(),
+            source: "malformed audit index key".into(),
+        })?;
+        let Some(v) = self.db.get(audit_key(seq)).map_err(storage)? else {
+            return Ok(Some(format!(
+                "the latest audit event of grant {id} (seq {seq}) is missing"
+            )));
+        };
+        let event: AuditEvent = decode(&audit_key(seq), &v)?;
+        // Events from before records were bound carry no tag.
+        match event.record {
+            Some(bound) if bound != hex::encode(tag) => Ok(Some(format!(
+                "grant record {id} is not the one its latest audit event (seq {seq}) committed: an older record was put back"
+            ))),
+            _ => Ok(None),
+        }
+    }
+
     fn current_due(&self, id: &str) -> Result<Option<Timestamp>> {
         Ok(self
             .db
@@ -328,6 +418,37 @@ impl SledStore {
             .map_err(storage)?
             .and_then(|v| be(&v)))
     }
+}
+
+/// Binds the records of a store written before records were tagged (once): tags
+/// every record, and keys the head with their count — also a head from before
+/// heads were keyed. What the store holds at that moment is trusted, as it was
+/// before; from then on an edit outside the host is detected.
+fn tag_records(db: &sled::Db, chain: &Chain) -> Result<()> {
+    const DONE: &[u8] = b"m/index/record-tags";
+    if db.get(DONE).map_err(storage)?.is_some() {
+        return Ok(());
+    }
+    let mut batch = sled::Batch::default();
+    let mut records = 0;
+    for entry in db.scan_prefix(b"g/") {
+        let (k, v) = entry.map_err(storage)?;
+        let id = String::from_utf8_lossy(&k[2..]);
+        batch.insert(key("b/", &id), &chain.record_tag(&id, &v)[..]);
+        records += 1;
+    }
+    if let Some(bytes) = db.get(b"m/head").map_err(storage)? {
+        let head: Head = decode(b"m/head", &bytes)?;
+        // A keyed head that is not genuine stays as it is, for the checks to report.
+        if head.mac.is_none() || chain.head_is_genuine(&head) {
+            batch.insert(
+                &b"m/head"[..],
+                encode(&chain.head(head.seq, &head.hash, records))?,
+            );
+        }
+    }
+    batch.insert(DONE, &[][..]);
+    db.apply_batch(batch).map_err(storage)
 }
 
 /// Counts the escalated grants written before the count existed (once).
@@ -408,7 +529,15 @@ impl Store for SledStore {
         }
         record.version += 1;
         let mut batch = sled::Batch::default();
-        batch.insert(key("g/", &id), encode(&record)?);
+        let bytes = encode(&record)?;
+        let tag = self.chain.record_tag(&id, &bytes);
+        batch.insert(key("g/", &id), bytes);
+        batch.insert(key("b/", &id), &tag[..]);
+        // The event names its grant, so it is the grant's latest in the index.
+        let mut event = event;
+        event.grant_id.get_or_insert_with(|| id.clone());
+        event.record = Some(hex::encode(tag));
+        let records = shared.records + u64::from(old.is_none());
         if old.is_none() {
             batch.insert(requester_key(&record.requested_by, &id), &[][..]);
         }
@@ -461,9 +590,10 @@ impl Store for SledStore {
             batch.insert(escalated_key(&record.connector), &n.to_be_bytes()[..]);
             n
         });
-        let event = self.seal_event(&shared, event, &mut batch)?;
+        let event = self.seal_event(&shared, event, records, &mut batch)?;
         self.db.apply_batch(batch).map_err(storage)?;
-        shared.head = self.chain.head(event.seq, &event.hash);
+        shared.head = self.chain.head(event.seq, &event.hash, records);
+        shared.records = records;
         shared.counts = counts;
         if let Some(n) = escalations {
             shared.escalations.insert(record.connector.clone(), n);
@@ -476,9 +606,9 @@ impl Store for SledStore {
     fn append_audit(&self, event: NewEvent) -> Result<AuditEvent> {
         let mut shared = self.lock();
         let mut batch = sled::Batch::default();
-        let event = self.seal_event(&shared, event, &mut batch)?;
+        let event = self.seal_event(&shared, event, shared.records, &mut batch)?;
         self.db.apply_batch(batch).map_err(storage)?;
-        shared.head = self.chain.head(event.seq, &event.hash);
+        shared.head = self.chain.head(event.seq, &event.hash, shared.records);
         drop(shared);
         self.written();
         Ok(event)
@@ -649,10 +779,7 @@ impl Store for SledStore {
         // and are left to the next verification.
         let (head, events_then) = {
             let _shared = self.lock();
-            let head: Option<Head> = match self.db.get(b"m/head").map_err(storage)? {
-                Some(bytes) => Some(decode(b"m/head", &bytes)?),
-                None => None,
-            };
+            let head = self.stored_head()?;
             // Without a head, whether events existed when it was read (not later).
             let events_then = head.is_some() || self.db.scan_prefix(b"a/").next().is_some();
             (head, events_then)
@@ -671,7 +798,77 @@ impl Store for SledStore {
                 decode::<AuditEvent>(&k, &v)
             })
             .take_while(|event| event.as_ref().map_or(true, |e| e.seq <= end));
-        Ok(verify_chain(&self.chain, events, head.as_ref()))
+        let mut report = verify_chain(&self.chain, events, head.as_ref());
+        if report.is_intact() {
+            let at_least = head.as_ref().and_then(|h| h.records).unwrap_or(0);
+            let (records, problem) = self.check_records(Some(at_least), false, true)?;
+            report.records = records;
+            report.problem = problem;
+        }
+        Ok(report)
+    }
+
+    fn verify_at_start(&self) -> Result<ChainReport> {
+        let _shared = self.lock();
+        let head = self.stored_head()?;
+        // Where the last check at start got to, if this host recorded it.
+        let checkpoint = match self.db.get(b"m/verified").map_err(storage)? {
+            Some(bytes) => Some(decode::<Head>(b"m/verified", &bytes)?)
+                .filter(|h| self.chain.head_is_genuine(h)),
+            None => None,
+        };
+        let (from_seq, from_hash) = match (&checkpoint, &head) {
+            (Some(c), Some(h)) if c.seq <= h.seq => {
+                // The event it ended at must still be the one it verified.
+                let at = match self.db.get(audit_key(c.seq)).map_err(storage)? {
+                    Some(v) => Some(decode::<AuditEvent>(&audit_key(c.seq), &v)?),
+                    None => None,
+                };
+                if c.seq > 0 && at.is_none_or(|e| e.hash != c.hash) {
+                    return Ok(ChainReport {
+                        events: 0,
+                        records: 0,
+                        problem: Some(format!(
+                            "event seq {} was verified at the last start and has been altered or removed since",
+                            c.seq
+                        )),
+                    });
+                }
+                (c.seq, c.hash.clone())
+            }
+            _ => (0, ebb_core::audit::GENESIS.to_owned()),
+        };
+        let events = self
+            .db
+            .range(audit_key(from_seq + 1)..audit_key(u64::MAX))
+            .map(|entry| {
+                let (k, v) = entry.map_err(storage)?;
+                decode::<AuditEvent>(&k, &v)
+            });
+        let mut report =
+            verify_chain_from(&self.chain, (from_seq, &from_hash), events, head.as_ref());
+        if !report.is_intact() {
+            return Ok(report);
+        }
+        let expected = match &head {
+            Some(h) => match h.records {
+                Some(n) => n,
+                None => {
+                    report.problem =
+                        Some("the recorded head does not count the grant records".into());
+                    return Ok(report);
+                }
+            },
+            None => 0,
+        };
+        let (records, problem) = self.check_records(Some(expected), true, false)?;
+        report.records = records;
+        report.problem = problem;
+        if let (true, Some(h)) = (report.is_intact(), &head) {
+            self.db.insert(b"m/verified", encode(h)?).map_err(storage)?;
+            self.written();
+        }
+        Ok(report)
     }
 
     fn counts(&self) -> Result<BTreeMap<GrantState, u64>> {

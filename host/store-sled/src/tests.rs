@@ -262,9 +262,10 @@ async fn tampering_with_any_stored_audit_record_is_detected() {
         ebb_core::audit::Head {
             seq: last.seq,
             hash: last.hash.clone(),
+            records: Some(4),
             mac: None,
         },
-        Chain::new([2; 32]).head(last.seq, &last.hash),
+        Chain::new([2; 32]).head(last.seq, &last.hash, 4),
     ] {
         store.db.insert(b"m/head", encode(&head).unwrap()).unwrap();
         let report = store.verify_audit().unwrap();
@@ -304,14 +305,39 @@ async fn verification_is_consistent_while_events_are_written() {
             }
         })
     };
+    // And grant records being created and changed while they are checked.
+    let committer = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            for n in 0..1_000 {
+                let id = format!("load{}", n % 50);
+                let mut r = store
+                    .get(&id)
+                    .unwrap()
+                    .unwrap_or_else(|| record(&id, GrantState::Active, None));
+                r.attempts = n;
+                store
+                    .commit(Commit {
+                        record: r,
+                        sealed: Sealed::Keep,
+                        event: event(&id),
+                        lease_until: None,
+                    })
+                    .unwrap();
+            }
+        })
+    };
     let mut checks = 0;
-    while !writer.is_finished() {
+    while !writer.is_finished() || !committer.is_finished() {
         let report = store.verify_audit().unwrap();
         assert!(report.is_intact(), "under load: {report:?}");
         checks += 1;
     }
     writer.join().unwrap();
-    assert!(store.verify_audit().unwrap().is_intact());
+    committer.join().unwrap();
+    let report = store.verify_audit().unwrap();
+    assert!(report.is_intact(), "{report:?}");
+    assert_eq!(report.records, 50);
     assert!(checks > 0);
     drop(store);
     let _ = std::fs::remove_dir_all(dir);
@@ -511,6 +537,157 @@ async fn escalation_counts_survive_reopen() {
     drop(store);
     let store = SledStore::open(&dir, [1; 32]).unwrap();
     assert_eq!(store.escalations().unwrap()["noop"], 1);
+    drop(store);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn commit_state(store: &SledStore, r: GrantRecord) -> GrantRecord {
+    let id = r.grant.id.clone();
+    store
+        .commit(Commit {
+            record: r,
+            sealed: Sealed::Keep,
+            event: event(&id),
+            lease_until: None,
+        })
+        .unwrap()
+        .0
+}
+
+/// Issue 13: grant records are bound to the chain. Edited while the host is
+/// stopped (`active` → `verified`, which would end its revocation), removed, or
+/// replaced by an older copy of themselves, the store's checks say so; an untouched
+/// store passes them, and the check at start reads only the events since the last
+/// one.
+#[tokio::test]
+async fn grant_records_edited_outside_the_host_are_detected() {
+    let (store, dir) = temp_store();
+    for id in ["r1", "r2", "r3"] {
+        commit_state(&store, record(id, GrantState::Active, Some(10)));
+    }
+    let first = store.verify_at_start().unwrap();
+    assert!(first.is_intact(), "{first:?}");
+    assert_eq!((first.events, first.records), (3, 3));
+    // The next check at start reads only what was appended since.
+    store
+        .append_audit(NewEvent::new("test.note", "test"))
+        .unwrap();
+    let again = store.verify_at_start().unwrap();
+    assert!(again.is_intact(), "{again:?}");
+    assert_eq!((again.events, again.records), (1, 3));
+
+    let older = store.db.get(b"g/r2").unwrap().unwrap();
+    let older_tag = store.db.get(b"b/r2").unwrap().unwrap();
+    let mut r2 = store.get("r2").unwrap().unwrap();
+    r2.state = GrantState::Revoking;
+    commit_state(&store, r2);
+    store.sync().await.unwrap();
+
+    // 1. Edited: active → verified.
+    let original = store.db.get(b"g/r1").unwrap().unwrap();
+    let mut edited: GrantRecord = serde_json::from_slice(&original).unwrap();
+    edited.state = GrantState::Verified;
+    edited.due_at = None;
+    store
+        .db
+        .insert(b"g/r1", serde_json::to_vec(&edited).unwrap())
+        .unwrap();
+    for report in [
+        store.verify_at_start().unwrap(),
+        store.verify_audit().unwrap(),
+    ] {
+        assert!(
+            report
+                .problem
+                .as_deref()
+                .unwrap()
+                .contains("grant record r1 was altered"),
+            "{report:?}"
+        );
+    }
+    store.db.insert(b"g/r1", original.clone()).unwrap();
+    assert!(store.verify_at_start().unwrap().is_intact());
+
+    // 2. Removed, tag and all.
+    let tag = store.db.get(b"b/r3").unwrap().unwrap();
+    let r3 = store.db.remove(b"g/r3").unwrap().unwrap();
+    store.db.remove(b"b/r3").unwrap();
+    for report in [
+        store.verify_at_start().unwrap(),
+        store.verify_audit().unwrap(),
+    ] {
+        assert!(
+            report
+                .problem
+                .as_deref()
+                .unwrap()
+                .contains("records were removed"),
+            "{report:?}"
+        );
+    }
+    store.db.insert(b"g/r3", r3).unwrap();
+    store.db.insert(b"b/r3", tag).unwrap();
+
+    // 3. An older copy put back (it was `active`, now it is `revoking`): its tag is
+    // genuine, but it is not what the grant's latest event committed.
+    store.db.insert(b"g/r2", older).unwrap();
+    store.db.insert(b"b/r2", older_tag).unwrap();
+    let report = store.verify_audit().unwrap();
+    assert!(
+        report
+            .problem
+            .as_deref()
+            .unwrap()
+            .contains("older record was put back"),
+        "{report:?}"
+    );
+    drop(store);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Issue 13: a store written before records were bound gets its tags, and a
+/// counted head, once at open; one whose head lost its key after that is not keyed
+/// again, and fails the check.
+#[tokio::test]
+async fn old_stores_get_record_tags_once() {
+    let (store, dir) = temp_store();
+    for id in ["o1", "o2"] {
+        commit_state(&store, record(id, GrantState::Active, Some(10)));
+    }
+    // Make it look like a store from before record tags and keyed heads.
+    let head: ebb_core::audit::Head =
+        serde_json::from_slice(&store.db.get(b"m/head").unwrap().unwrap()).unwrap();
+    let unkeyed = ebb_core::audit::Head {
+        records: None,
+        mac: None,
+        ..head.clone()
+    };
+    for id in ["o1", "o2"] {
+        store.db.remove(key("b/", id)).unwrap();
+    }
+    store.db.remove(b"m/index/record-tags").unwrap();
+    store
+        .db
+        .insert(b"m/head", encode(&unkeyed).unwrap())
+        .unwrap();
+    store.sync().await.unwrap();
+    drop(store);
+    let store = SledStore::open(&dir, [1; 32]).unwrap();
+    let report = store.verify_at_start().unwrap();
+    assert!(report.is_intact(), "{report:?}");
+    assert_eq!(report.records, 2);
+    assert!(store.verify_audit().unwrap().is_intact());
+
+    // Someone strips the head's key afterwards: it stays unkeyed, and is refused.
+    store
+        .db
+        .insert(b"m/head", encode(&unkeyed).unwrap())
+        .unwrap();
+    store.sync().await.unwrap();
+    drop(store);
+    let store = SledStore::open(&dir, [1; 32]).unwrap();
+    let report = store.verify_at_start().unwrap();
+    assert!(!report.is_intact(), "{report:?}");
     drop(store);
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -668,6 +668,9 @@ impl Store for TestStore {
     fn verify_audit(&self) -> store::Result<ebb_core::audit::ChainReport> {
         self.inner.verify_audit()
     }
+    fn verify_at_start(&self) -> store::Result<ebb_core::audit::ChainReport> {
+        self.inner.verify_at_start()
+    }
     fn counts(&self) -> store::Result<std::collections::BTreeMap<GrantState, u64>> {
         self.inner.counts()
     }
