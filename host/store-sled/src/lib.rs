@@ -8,12 +8,15 @@
 //! | `t/<due: u64 BE><id>`        | due index entry (empty)         |
 //! | `d/<id>`                     | the grant's current due key (u64 BE) |
 //! | `l/<id>`                     | a lease's original due (u64 BE) |
-//! | `c/<id>`                     | sealed credential               |
+//! | `c/<id>`                     | sealed credential, encrypted again under an erasable key: slot (u32 BE) ‖ nonce ‖ ciphertext (`keyring.rs`) |
 //! | `a/<seq: u64 BE>`            | audit event (JSON)              |
 //! | `i/<grant id>\0<seq: u64 BE>`| audit-by-grant index (empty)    |
 //! | `m/head`                     | audit head: seq, hash, record count and their MAC (JSON) |
 //! | `m/verified`                 | the head the last check at start verified (JSON) |
 //! | `m/index/record-tags`        | present once every record has its tag |
+//! | `m/index/keyring`            | present once every `c/` value is under a keyring key |
+//!
+//! Beside sled's files, `keyring` holds the erasable keys, one 32-byte slot each.
 //! | `m/count/<state>`            | grants in that state (u64 BE)   |
 //! | `m/escalated/<connector>`    | grants of that connector ever escalated (u64 BE) |
 //! | `m/index/escalated`          | present once `m/escalated/` counts every grant |
@@ -55,6 +58,8 @@ pub struct SledStore {
     group: Arc<GroupCommit>,
     /// False for a temporary store: `sync` has nothing to make durable.
     durable: bool,
+    /// The erasable keys of stored credentials.
+    keyring: Arc<keyring::Keyring>,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -95,6 +100,7 @@ struct Kick {
 
 /// Keeps sled's error whole: its I/O errors as [`Error::Io`], so a full disk stays
 /// a full disk for the caller.
+mod keyring;
 mod keys;
 #[cfg(test)]
 mod tests;
@@ -126,7 +132,8 @@ impl SledStore {
                 Err(e) => return Err(sled_error("opening the store")(e)),
             }
         };
-        Self::with_db(db, chain_key, true)
+        let keyring = dir.join("keyring");
+        Self::with_db(db, chain_key, Some(&keyring))
     }
 
     /// An in-memory store that vanishes on drop, for tests and benchmarks of
@@ -137,12 +144,16 @@ impl SledStore {
             .cache_capacity(64 * 1024 * 1024)
             .open()
             .map_err(storage)?;
-        Self::with_db(db, chain_key, false)
+        Self::with_db(db, chain_key, None)
     }
 
-    fn with_db(db: sled::Db, chain_key: [u8; 32], durable: bool) -> Result<Arc<Self>> {
+    /// Opens the store on `db`; `keyring` is where the erasable keys live (a
+    /// durable store) or `None` (a temporary one, keys in memory).
+    fn with_db(db: sled::Db, chain_key: [u8; 32], keyring: Option<&Path>) -> Result<Arc<Self>> {
+        let durable = keyring.is_some();
         index_requesters(&db)?;
         count_escalations(&db)?;
+        let keyring = Arc::new(open_keyring(&db, keyring)?);
         let chain = Chain::new(chain_key);
         tag_records(&db, &chain)?;
         let head = match db.get(b"m/head").map_err(storage)? {
@@ -179,6 +190,7 @@ impl SledStore {
             failing: Mutex::new(None),
         });
         let kick = group.kick.clone();
+        let weak_keyring = Arc::downgrade(&keyring);
         let weak_group = Arc::downgrade(&group);
         let weak_db = Arc::downgrade(&db);
         tokio::spawn(async move {
@@ -191,11 +203,32 @@ impl SledStore {
                 // anyone: a caller that syncs and then drops the store must find the
                 // db closed (its file lock released) right away.
                 let flushed = {
-                    let (Some(group), Some(db)) = (weak_group.upgrade(), weak_db.upgrade()) else {
+                    let (Some(group), Some(db), Some(keyring)) = (
+                        weak_group.upgrade(),
+                        weak_db.upgrade(),
+                        weak_keyring.upgrade(),
+                    ) else {
                         break;
                     };
                     let target = group.written.load(Ordering::Acquire);
-                    db.flush_async().await.map(|_| target)
+                    // Keys before the records that use them: every slot written by
+                    // a commit counted in `target` was written before it was counted.
+                    // Keys of credentials whose removal is now durable are erased
+                    // (and the erasure synced) after sled's flush: erased before,
+                    // a crash could bring back a record whose credential is gone.
+                    let synced = keyring.clone();
+                    match tokio::task::spawn_blocking(move || synced.sync()).await {
+                        Ok(Ok(())) => match db.flush_async().await {
+                            Ok(_) => tokio::task::spawn_blocking(move || keyring.erase_due(target))
+                                .await
+                                .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+                                .map(|()| target)
+                                .map_err(sled::Error::Io),
+                            Err(e) => Err(e),
+                        },
+                        Ok(Err(e)) => Err(sled::Error::Io(e)),
+                        Err(e) => Err(sled::Error::Io(std::io::Error::other(e))),
+                    }
                 };
                 let Some(group) = weak_group.upgrade() else {
                     break;
@@ -237,6 +270,7 @@ impl SledStore {
             }),
             group,
             durable,
+            keyring,
         }))
     }
 
@@ -283,8 +317,9 @@ impl SledStore {
         Ok(sealed)
     }
 
-    fn written(&self) {
-        self.group.written.fetch_add(1, Ordering::AcqRel);
+    /// Counts a write for group commit; returns its ticket (what `sync` waits for).
+    fn written(&self) -> u64 {
+        self.group.written.fetch_add(1, Ordering::AcqRel) + 1
     }
 
     /// [`Store::list`] for one requester, through the `r/` index: it reads that
@@ -323,6 +358,15 @@ impl SledStore {
             }
         }
         Ok(page)
+    }
+
+    /// Erases the key of a stored credential value. A failure leaves the slot to
+    /// be zeroed at the next open (no record refers to it any more).
+    fn erase_key(&self, value: &[u8]) {
+        if let Err(e) = self.keyring.erase(value) {
+            metrics::counter!("ebb_store_flush_errors_total").increment(1);
+            tracing::error!(error = %e, "erasing a credential's key failed; it is erased at the next start");
+        }
     }
 
     fn stored_head(&self) -> Result<Option<Head>> {
@@ -451,6 +495,40 @@ fn tag_records(db: &sled::Db, chain: &Chain) -> Result<()> {
     db.apply_batch(batch).map_err(storage)
 }
 
+/// Opens the keyring at `path` (in memory without one). A store written before
+/// the keyring has its credentials put under keyring keys, once; afterwards every
+/// slot no credential refers to is zeroed.
+fn open_keyring(db: &sled::Db, path: Option<&Path>) -> Result<keyring::Keyring> {
+    const DONE: &[u8] = b"m/index/keyring";
+    let io = |source| Error::Io {
+        what: "opening the keyring",
+        source,
+    };
+    let Some(path) = path else {
+        return Ok(keyring::Keyring::memory());
+    };
+    if db.get(DONE).map_err(storage)?.is_some() {
+        let mut used = std::collections::HashSet::new();
+        for entry in db.scan_prefix(b"c/") {
+            let (_, v) = entry.map_err(storage)?;
+            used.insert(keyring::slot_of(&v).map_err(io)?);
+        }
+        return keyring::Keyring::open(path, &used).map_err(io);
+    }
+    let keyring = keyring::Keyring::open(path, &std::collections::HashSet::new()).map_err(io)?;
+    let mut batch = sled::Batch::default();
+    for entry in db.scan_prefix(b"c/") {
+        let (k, v) = entry.map_err(storage)?;
+        let id = String::from_utf8_lossy(&k[2..]);
+        batch.insert(k.clone(), keyring.seal(&id, &v).map_err(io)?);
+    }
+    batch.insert(DONE, &[][..]);
+    keyring.sync().map_err(io)?;
+    db.apply_batch(batch).map_err(storage)?;
+    db.flush().map_err(storage)?;
+    Ok(keyring)
+}
+
 /// Counts the escalated grants written before the count existed (once).
 fn count_escalations(db: &sled::Db) -> Result<()> {
     const DONE: &[u8] = b"m/index/escalated";
@@ -561,11 +639,27 @@ impl Store for SledStore {
                 batch.remove(key("l/", &id));
             }
         }
-        match &sealed {
-            Sealed::Keep => {}
-            Sealed::Set(bytes) => batch.insert(key("c/", &id), bytes.as_slice()),
-            Sealed::Shred => batch.remove(key("c/", &id)),
-        }
+        // A replaced or shredded credential's key is erased once the batch that
+        // drops it is applied; a new one's key is erased if the batch fails.
+        let replaced = match &sealed {
+            Sealed::Keep => None,
+            Sealed::Set(_) | Sealed::Shred => self.db.get(key("c/", &id)).map_err(storage)?,
+        };
+        let added = match &sealed {
+            Sealed::Keep => None,
+            Sealed::Set(bytes) => {
+                let value = self.keyring.seal(&id, bytes).map_err(|source| Error::Io {
+                    what: "writing the keyring",
+                    source,
+                })?;
+                batch.insert(key("c/", &id), value.as_slice());
+                Some(value)
+            }
+            Sealed::Shred => {
+                batch.remove(key("c/", &id));
+                None
+            }
+        };
         let old_state = old.as_ref().map(|o| o.state);
         let mut counts = shared.counts.clone();
         if old_state != Some(record.state) {
@@ -590,8 +684,20 @@ impl Store for SledStore {
             batch.insert(escalated_key(&record.connector), &n.to_be_bytes()[..]);
             n
         });
-        let event = self.seal_event(&shared, event, records, &mut batch)?;
-        self.db.apply_batch(batch).map_err(storage)?;
+        let event = self.seal_event(&shared, event, records, &mut batch);
+        let applied = event.and_then(|event| {
+            self.db.apply_batch(batch).map_err(storage)?;
+            Ok(event)
+        });
+        let event = match applied {
+            Ok(event) => event,
+            Err(e) => {
+                if let Some(value) = &added {
+                    self.erase_key(value);
+                }
+                return Err(e);
+            }
+        };
         shared.head = self.chain.head(event.seq, &event.hash, records);
         shared.records = records;
         shared.counts = counts;
@@ -599,7 +705,14 @@ impl Store for SledStore {
             shared.escalations.insert(record.connector.clone(), n);
         }
         drop(shared);
-        self.written();
+        let ticket = self.written();
+        if let Some(value) = replaced {
+            if self.durable {
+                self.keyring.erase_after(ticket, value.to_vec());
+            } else {
+                self.erase_key(&value);
+            }
+        }
         Ok((record, event))
     }
 
@@ -698,11 +811,15 @@ impl Store for SledStore {
     }
 
     fn sealed_credential(&self, id: &str) -> Result<Option<Vec<u8>>> {
-        Ok(self
-            .db
-            .get(key("c/", id))
-            .map_err(storage)?
-            .map(|v| v.to_vec()))
+        let Some(value) = self.db.get(key("c/", id)).map_err(storage)? else {
+            return Ok(None);
+        };
+        self.keyring
+            .open_value(id, &value)
+            .map_err(|source| Error::Io {
+                what: "reading a credential's key",
+                source,
+            })
     }
 
     fn list(&self, filter: &ListFilter) -> Result<Page> {
