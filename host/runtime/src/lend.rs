@@ -153,6 +153,10 @@ pub struct HttpConfig {
     /// entering the connector.
     #[serde(default)]
     pub basic_auth: BTreeMap<String, BasicAuth>,
+    /// PEM certificates trusted for HTTPS besides the web PKI roots (an internal
+    /// identity provider's CA).
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// A user and a password held by the host for one origin.

@@ -3,10 +3,10 @@
 //!
 //! A request is sent only if its `scheme://host:port` is allow-listed and every
 //! address its host resolves to is public — or the origin is explicitly allowed to be
-//! private (loopback, link-local, private, CGNAT, unique-local...). Plain-HTTP
-//! requests are then sent to the checked address itself, so DNS cannot be changed
-//! between the check and the connection. HTTPS requests connect by name so that TLS
-//! can verify it; a rebinding attacker would also need a valid certificate for it.
+//! private (loopback, link-local, private, CGNAT, unique-local...). The request is
+//! then sent to the checked address itself (`egress.rs`), HTTP and HTTPS alike, so
+//! DNS cannot change between the check and the connection; TLS still verifies the
+//! origin's name.
 //!
 //! For origins the operator holds basic-auth credentials for, the host adds them to
 //! requests that carry no `Authorization` header (an OAuth client's secret stays in
@@ -88,6 +88,12 @@ pub(crate) struct HttpPolicy {
     allow_private: BTreeSet<Origin>,
     /// `Authorization: Basic ...` per origin, held by the host (sensitive).
     basic_auth: BTreeMap<Origin, http::HeaderValue>,
+    /// Web PKI roots plus the operator's CA file.
+    tls: Arc<rustls::ClientConfig>,
+    /// Fault injection for tests: every lookup answers these addresses, as a
+    /// resolver the system's cannot be made to act like (e.g. one that rebinds).
+    #[cfg(test)]
+    fixed_dns: Option<Vec<IpAddr>>,
 }
 
 impl HttpPolicy {
@@ -128,11 +134,15 @@ impl HttpPolicy {
             value.set_sensitive(true);
             basic_auth.insert(parsed, value);
         }
+        let tls = super::egress::tls_config(config.ca_file.as_deref())?;
         Ok(Self {
             connector,
             allow,
             allow_private,
             basic_auth,
+            tls,
+            #[cfg(test)]
+            fixed_dns: None,
         })
     }
 
@@ -145,10 +155,7 @@ impl HttpPolicy {
             tracing::warn!(connector = &*self.connector, %origin, "outbound HTTP denied: origin is not on the connector's allow-list");
             return Err(HttpError::HttpRequestDenied);
         }
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((origin.host.as_str(), origin.port))
-            .await
-            .map_err(|_| HttpError::DestinationNotFound)?
-            .collect();
+        let addrs = self.lookup(&origin).await?;
         let first = *addrs.first().ok_or(HttpError::DestinationNotFound)?;
         if !self.allow_private.contains(&origin)
             && let Some(bad) = addrs.iter().find(|a| !is_public(a.ip()))
@@ -159,6 +166,20 @@ impl HttpPolicy {
             }
         }
         Ok((origin, first))
+    }
+
+    async fn lookup(&self, origin: &Origin) -> Result<Vec<SocketAddr>, HttpError> {
+        #[cfg(test)]
+        if let Some(ips) = &self.fixed_dns {
+            return Ok(ips
+                .iter()
+                .map(|ip| SocketAddr::new(*ip, origin.port))
+                .collect());
+        }
+        Ok(tokio::net::lookup_host((origin.host.as_str(), origin.port))
+            .await
+            .map_err(|_| HttpError::DestinationNotFound)?
+            .collect())
     }
 }
 
@@ -248,7 +269,6 @@ impl WasiHttpHooks for HttpHooks {
         drop(fut);
         let policy = self.policy.clone();
         Box::new(async move {
-            use http_body_util::BodyExt;
             let (origin, addr) = policy.check(request.uri()).await?;
             if let Some(auth) = policy.basic_auth.get(&origin)
                 && !request.headers().contains_key(http::header::AUTHORIZATION)
@@ -257,23 +277,12 @@ impl WasiHttpHooks for HttpHooks {
                     .headers_mut()
                     .insert(http::header::AUTHORIZATION, auth.clone());
             }
-            if !origin.https {
-                // Pin the connection to the address we checked. The Host header was
-                // already set from the original authority.
-                let mut parts = request.uri().clone().into_parts();
-                parts.authority = Some(
-                    addr.to_string()
-                        .parse()
-                        .map_err(|_| HttpError::HttpRequestUriInvalid)?,
-                );
-                *request.uri_mut() =
-                    http::Uri::from_parts(parts).map_err(|_| HttpError::HttpRequestUriInvalid)?;
-            }
-            let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
-            Ok((
-                response.map(BodyExt::boxed_unsync),
-                Box::new(io) as IoFuture,
-            ))
+            // To the address just checked; the Host header was already set from
+            // the original authority.
+            let tls = origin
+                .https
+                .then(|| (policy.tls.clone(), origin.host.as_str()));
+            super::egress::send(request, options, addr, tls).await
         })
     }
 }
@@ -361,6 +370,7 @@ mod tests {
                     password_env: None,
                 },
             )]),
+            ca_file: None,
         };
         let policy = HttpPolicy::new(Arc::from("t"), &auth("https://idp.example")).unwrap();
         let header = &policy.basic_auth[&Origin::parse("https://idp.example").unwrap()];
@@ -382,6 +392,7 @@ mod tests {
             allow: vec!["http://localhost:9000".into()],
             allow_private: vec!["http://127.0.0.1:9001".into()],
             basic_auth: BTreeMap::new(),
+            ca_file: None,
         };
         let policy = HttpPolicy::new(Arc::from("t"), &config).unwrap();
         let err = policy
@@ -399,5 +410,118 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(addr, "127.0.0.1:9001".parse().unwrap());
+    }
+
+    /// An HTTPS server on loopback with a certificate for `name` from a fresh CA;
+    /// answers every request with its Host header. Returns its port and the CA file.
+    async fn tls_server(name: &str) -> (u16, std::path::PathBuf) {
+        use http_body_util::Full;
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec![name.to_owned()])
+            .unwrap()
+            .signed_by(&key, &ca_cert, &ca_key)
+            .unwrap();
+        let ca_file = std::env::temp_dir().join(format!("ebb-ca-{}.pem", rand_suffix()));
+        std::fs::write(&ca_file, ca_cert.pem()).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper::service::service_fn(|req: http::Request<_>| async move {
+                        let host = req
+                            .headers()
+                            .get(http::header::HOST)
+                            .map(|h| h.to_str().unwrap_or_default().to_owned())
+                            .unwrap_or_default();
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                            bytes::Bytes::from(format!("served {host}")),
+                        )))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        (port, ca_file)
+    }
+
+    fn rand_suffix() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+            ^ u64::from(std::process::id())
+    }
+
+    async fn get(policy: HttpPolicy, url: &str) -> Result<String, HttpError> {
+        use http_body_util::{BodyExt, Empty};
+        let uri: http::Uri = url.parse().unwrap();
+        let request = http::Request::get(&uri)
+            .header(http::header::HOST, uri.authority().unwrap().as_str())
+            .body(
+                Empty::<bytes::Bytes>::new()
+                    .map_err(|never| match never {})
+                    .boxed_unsync(),
+            )
+            .unwrap();
+        let mut hooks = HttpHooks::new(Arc::new(policy));
+        let sent = hooks.send_request(request, None, Box::new(async { Ok(()) }));
+        let (response, _io) = Box::into_pin(sent).await?;
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok(String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    /// Issue 13: HTTPS goes to the address the egress check judged. The name
+    /// resolves only through the check's (injected) resolver — a second lookup by
+    /// the system, as before, finds nothing — and TLS still verifies the name
+    /// against the operator's CA file; without that CA the handshake is refused.
+    #[tokio::test]
+    async fn https_connects_to_the_checked_address_and_verifies_the_name() {
+        let name = "pinned.ebb.test";
+        let (port, ca_file) = tls_server(name).await;
+        let origin = format!("https://{name}:{port}");
+        let config = |ca: Option<&std::path::Path>| HttpConfig {
+            allow: vec![],
+            allow_private: vec![origin.clone()],
+            basic_auth: BTreeMap::new(),
+            ca_file: ca.map(std::path::Path::to_path_buf),
+        };
+        let pinned = |ca| {
+            let mut policy = HttpPolicy::new(Arc::from("t"), &config(ca)).unwrap();
+            policy.fixed_dns = Some(vec!["127.0.0.1".parse().unwrap()]);
+            policy
+        };
+        let url = format!("{origin}/hello");
+        assert_eq!(
+            get(pinned(Some(&ca_file)), &url).await.unwrap(),
+            format!("served {name}:{port}")
+        );
+        let err = get(pinned(None), &url).await.unwrap_err();
+        assert!(matches!(err, HttpError::TlsCertificateError), "{err:?}");
+        // The system resolver does not know the name: only the checked address works.
+        assert!(tokio::net::lookup_host((name, port)).await.is_err());
+        let _ = std::fs::remove_file(ca_file);
     }
 }

@@ -7,6 +7,7 @@
 //! for an origin; `secrets` lends named secrets explicitly.
 
 pub(crate) mod config;
+mod egress;
 pub(crate) mod http;
 pub(crate) mod log;
 pub(crate) mod redis;
