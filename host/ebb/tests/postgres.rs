@@ -291,6 +291,60 @@ async fn a_refused_revoke_keeps_postgres_detail() {
     );
 }
 
+/// Issue 13: TLS to PostgreSQL. On a server that takes TCP clients only over TLS,
+/// a connection lent with the server's CA file runs the whole lifecycle (pool and
+/// login probes alike over verified TLS); without it, or with another CA, the
+/// connector gets no connection at all.
+#[tokio::test]
+async fn lent_connections_use_verified_tls_with_a_ca_file() {
+    ebb_test_support::require!(Postgres);
+    let pg = Postgres::start().unwrap();
+    let ca = pg.require_tls().unwrap();
+    let with_ca = |ca: Option<&std::path::Path>| {
+        let mut config = ConnectorConfig::new(ebb_test_plugins::POSTGRES)
+            .with_config("allowed-resources", "public.invoices")
+            .with_sql("main", &pg.admin_dsn());
+        config.sql.get_mut("main").unwrap().ca_file = ca.map(std::path::Path::to_path_buf);
+        config.spec()
+    };
+    let runtime = Runtime::new(&RuntimeConfig::default()).unwrap();
+    let tls = runtime.load("pg-tls", &with_ca(Some(&ca))).await.unwrap();
+    let g = grant("01JTESTTLS", &[("select", "public.invoices")]);
+    let issued = tls.issue(&g).await.unwrap();
+    tls.verify_issued(&g, &issued.handle, &issued.credential)
+        .await
+        .unwrap();
+    let over_tls = pg
+        .psql(
+            "select count(*) from pg_stat_ssl s join pg_stat_activity a using (pid) \
+             where a.application_name = 'ebb' and s.ssl",
+        )
+        .unwrap();
+    assert_ne!(over_tls, "0", "the pool's connections are not TLS");
+    tls.revoke(&g, Some(&issued.handle), None).await.unwrap();
+    assert_eq!(
+        tls.verify_revoked(&g, Some(&issued.handle), Some(&issued.credential))
+            .await
+            .unwrap(),
+        Verdict::Revoked
+    );
+
+    // Without the CA file: no TLS, and the server refuses the connection.
+    let plain = runtime.load("pg-plain", &with_ca(None)).await.unwrap();
+    let g2 = grant("01JTESTNOTLS", &[("select", "public.invoices")]);
+    assert!(plain.issue(&g2).await.is_err());
+    // With another CA: the server's certificate does not verify.
+    let other = std::env::temp_dir().join(format!("ebb-other-ca-{}.pem", std::process::id()));
+    std::fs::write(&other, ebb_test_support::tls::TestCa::new().unwrap().pem()).unwrap();
+    let wrong = runtime
+        .load("pg-wrong-ca", &with_ca(Some(&other)))
+        .await
+        .unwrap();
+    assert!(wrong.issue(&g2).await.is_err());
+    assert!(pg.ebb_roles().unwrap().is_empty());
+    let _ = std::fs::remove_file(other);
+}
+
 #[tokio::test]
 async fn revoke_without_handle_cleans_up_and_revoke_twice_succeeds() {
     ebb_test_support::require!(Postgres);

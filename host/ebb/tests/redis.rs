@@ -128,3 +128,52 @@ async fn only_plain_patterns_and_allowed_commands_are_granted() {
     c.revoke(&g, None, None).await.unwrap();
     assert!(server.ebb_users().unwrap().is_empty());
 }
+
+/// Issue 13: TLS to Redis. Lent a `rediss://` URL and the server's CA file, the
+/// connector runs the whole lifecycle over verified TLS (commands and login
+/// probes); trusting another CA, it gets no connection at all.
+#[tokio::test]
+async fn a_rediss_url_with_a_ca_file_runs_over_verified_tls() {
+    ebb_test_support::require!(Redis);
+    let server = Redis::start_tls().unwrap();
+    let load = |name: &'static str, ca: std::path::PathBuf| {
+        let mut config = ConnectorConfig::new(ebb_test_plugins::REDIS)
+            .with_config("allowed-keys", "cache:*")
+            .with_redis("main", &server.tls_url().unwrap());
+        config.redis.get_mut("main").unwrap().ca_file = Some(ca);
+        async move {
+            Runtime::new(&RuntimeConfig::default())
+                .unwrap()
+                .load(name, &config.spec())
+                .await
+                .unwrap()
+        }
+    };
+    let tls = load("redis-tls", server.ca_file().unwrap().to_path_buf()).await;
+    let g = grant("01TLS", "get", "cache:*");
+    let issued = tls.issue(&g).await.unwrap();
+    tls.verify_issued(&g, &issued.handle, &issued.credential)
+        .await
+        .unwrap();
+    tls.revoke(&g, Some(&issued.handle), None).await.unwrap();
+    assert_eq!(
+        tls.verify_revoked(&g, Some(&issued.handle), Some(&issued.credential))
+            .await
+            .unwrap(),
+        Verdict::Revoked
+    );
+
+    let other = std::env::temp_dir().join(format!("ebb-other-redis-ca-{}.pem", std::process::id()));
+    std::fs::write(&other, ebb_test_support::tls::TestCa::new().unwrap().pem()).unwrap();
+    let wrong = load("redis-wrong-ca", other.clone()).await;
+    let err = wrong
+        .issue(&grant("01TLS2", "get", "cache:*"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, CallError::Connector(ConnectorError::Unavailable(_))),
+        "{err:?}"
+    );
+    assert!(server.ebb_users().unwrap().is_empty());
+    let _ = std::fs::remove_file(other);
+}

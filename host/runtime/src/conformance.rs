@@ -351,12 +351,9 @@ pub fn builtin_probe(
             let Some(sql) = spec.sql.get(connection) else {
                 return Ok(None);
             };
-            let dsn = sql.resolve_dsn()?;
-            let config: tokio_postgres::Config = dsn
-                .expose()
-                .parse()
-                .context("the lent DSN does not parse")?;
-            Ok(Some(Box::new(PostgresProbe { config })))
+            let (config, tls) =
+                crate::host::sql::client_config(sql).context("the lent connection")?;
+            Ok(Some(Box::new(PostgresProbe { config, tls })))
         }
         "redis" => {
             let Some(lent) = spec.redis.get(connection) else {
@@ -366,7 +363,14 @@ pub fn builtin_probe(
             let info: redis::ConnectionInfo =
                 redis::IntoConnectionInfo::into_connection_info(url.expose())
                     .context("the lent Redis URL does not parse")?;
-            Ok(Some(Box::new(RedisProbe { info })))
+            let ca = match &lent.ca_file {
+                Some(path) => Some(
+                    std::fs::read(path)
+                        .with_context(|| format!("reading the CA file {}", path.display()))?,
+                ),
+                None => None,
+            };
+            Ok(Some(Box::new(RedisProbe { info, ca })))
         }
         _ => Ok(None),
     }
@@ -375,6 +379,7 @@ pub fn builtin_probe(
 /// Logs in as the credential's user and reads the granted table.
 struct PostgresProbe {
     config: tokio_postgres::Config,
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
 }
 
 impl Probe for PostgresProbe {
@@ -392,7 +397,7 @@ impl Probe for PostgresProbe {
                 .user(credential.get("user").unwrap_or_default())
                 .password(credential.get("password").unwrap_or_default())
                 .connect_timeout(Duration::from_secs(5));
-            let (client, conn) = match config.connect(tokio_postgres::NoTls).await {
+            let (client, conn) = match config.connect(self.tls.clone()).await {
                 Ok(c) => c,
                 // The login is refused (28P01, 28000): the credential does not work.
                 Err(e) if e.as_db_error().is_some() => return Ok(false),
@@ -422,6 +427,7 @@ impl Probe for PostgresProbe {
 /// key its pattern names.
 struct RedisProbe {
     info: redis::ConnectionInfo,
+    ca: Option<Vec<u8>>,
 }
 
 impl Probe for RedisProbe {
@@ -434,7 +440,7 @@ impl Probe for RedisProbe {
             let mut info = self.info.clone();
             info.redis.username = credential.get("user").map(str::to_owned);
             info.redis.password = credential.get("password").map(str::to_owned);
-            let client = redis::Client::open(info)?;
+            let client = crate::host::redis::open_client(info, self.ca.as_deref())?;
             let mut conn = match client.get_multiplexed_async_connection().await {
                 Ok(c) => c,
                 Err(e) if e.kind() == redis::ErrorKind::AuthenticationFailed => return Ok(false),

@@ -84,6 +84,11 @@ pub struct SqlConnectionConfig {
     pub max_connections: usize,
     /// Per-statement time limit, in milliseconds.
     pub statement_timeout_ms: u64,
+    /// PEM certificates of the CA that signed the server's certificate. With it,
+    /// TLS is required and the server must prove the DSN's host name
+    /// (`verify-full`); without it, `sslmode=require` in the DSN verifies against
+    /// the web PKI roots and any other mode connects without TLS.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for SqlConnectionConfig {
@@ -93,6 +98,7 @@ impl Default for SqlConnectionConfig {
             dsn_env: None,
             max_connections: 4,
             statement_timeout_ms: 5_000,
+            ca_file: None,
         }
     }
 }
@@ -116,6 +122,10 @@ pub struct RedisConnectionConfig {
     pub allow_commands: Vec<String>,
     /// Time limit per command, in milliseconds.
     pub timeout_ms: u64,
+    /// PEM certificates of the CA that signed the server's certificate, for a
+    /// `rediss://` URL (TLS); without it a `rediss://` server is verified against
+    /// the system's roots.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for RedisConnectionConfig {
@@ -125,6 +135,7 @@ impl Default for RedisConnectionConfig {
             url_env: None,
             allow_commands: vec!["ACL".into(), "CLIENT".into(), "PING".into()],
             timeout_ms: 5_000,
+            ca_file: None,
         }
     }
 }

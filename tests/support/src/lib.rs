@@ -7,6 +7,7 @@ pub mod oidc;
 pub mod postgres;
 pub mod redis;
 pub mod require;
+pub mod tls;
 
 pub use moto::Moto;
 pub use oidc::Oidc;

@@ -156,6 +156,46 @@ impl Postgres {
         )
     }
 
+    /// Turns TLS on with a certificate for `127.0.0.1` and `localhost` from a new
+    /// CA, and accepts TCP clients only over TLS (`hostssl`). Returns the CA's
+    /// PEM file, as an operator would give it to Ebb.
+    pub fn require_tls(&self) -> anyhow::Result<PathBuf> {
+        let ca = crate::tls::TestCa::new()?;
+        let (cert, key) = ca.server_cert(&["127.0.0.1", "localhost"])?;
+        let cert_file = self.data().join("ebb-server.crt");
+        let key_file = self.data().join("ebb-server.key");
+        std::fs::write(&cert_file, cert)?;
+        std::fs::write(&key_file, key)?;
+        std::fs::set_permissions(
+            &key_file,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )?;
+        if self.as_postgres {
+            run(Command::new("chown")
+                .args(["postgres:postgres"])
+                .arg(&cert_file)
+                .arg(&key_file))?;
+        }
+        std::fs::write(
+            self.data().join("pg_hba.conf"),
+            "local all all trust\nhostssl all all 127.0.0.1/32 scram-sha-256\n",
+        )?;
+        // One statement per call: ALTER SYSTEM does not run in a transaction.
+        self.psql(&format!(
+            "alter system set ssl_cert_file = '{}'",
+            cert_file.display()
+        ))?;
+        self.psql(&format!(
+            "alter system set ssl_key_file = '{}'",
+            key_file.display()
+        ))?;
+        self.psql("alter system set ssl = on")?;
+        self.psql("select pg_reload_conf()")?;
+        let ca_file = self.dir.join("ca.pem");
+        std::fs::write(&ca_file, ca.pem())?;
+        Ok(ca_file)
+    }
+
     /// Stops the server at once (for outage tests); the data stays.
     pub fn stop(&self) -> anyhow::Result<()> {
         self.run_pg(

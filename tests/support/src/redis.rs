@@ -19,15 +19,57 @@ pub struct Redis {
     child: Child,
     dir: PathBuf,
     port: u16,
+    /// The TLS port and the CA's PEM file, for a server started with TLS.
+    tls: Option<(u16, PathBuf)>,
 }
 
 impl Redis {
     /// Starts a server and waits until it answers.
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_with(false)
+    }
+
+    /// Starts a server that also listens with TLS, on [`Redis::tls_url`], with a
+    /// certificate for `127.0.0.1` from a new CA ([`Redis::ca_file`]).
+    pub fn start_tls() -> anyhow::Result<Self> {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> anyhow::Result<Self> {
         let port = crate::free_port()?;
         let dir = std::env::temp_dir().join(format!("ebb-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
-        let child = Command::new("redis-server")
+        let mut command = Command::new("redis-server");
+        let tls = if tls {
+            let ca = crate::tls::TestCa::new()?;
+            let (cert, key) = ca.server_cert(&["127.0.0.1"])?;
+            let (ca_file, cert_file, key_file) = (
+                dir.join("ca.pem"),
+                dir.join("server.crt"),
+                dir.join("server.key"),
+            );
+            std::fs::write(&ca_file, ca.pem())?;
+            std::fs::write(&cert_file, cert)?;
+            std::fs::write(&key_file, key)?;
+            let tls_port = crate::free_port()?;
+            command
+                .args([
+                    "--tls-port",
+                    &tls_port.to_string(),
+                    "--tls-auth-clients",
+                    "no",
+                ])
+                .arg("--tls-cert-file")
+                .arg(&cert_file)
+                .arg("--tls-key-file")
+                .arg(&key_file)
+                .arg("--tls-ca-cert-file")
+                .arg(&ca_file);
+            Some((tls_port, ca_file))
+        } else {
+            None
+        };
+        let child = command
             .args([
                 "--port",
                 &port.to_string(),
@@ -44,7 +86,12 @@ impl Redis {
             .stderr(Stdio::null())
             .spawn()
             .context("redis-server is not installed; run scripts/setup.sh")?;
-        let redis = Self { child, dir, port };
+        let redis = Self {
+            child,
+            dir,
+            port,
+            tls,
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         while redis.run(&["PING"]).is_err() {
             if Instant::now() > deadline {
@@ -75,6 +122,18 @@ impl Redis {
     /// The URL of the `ebb` admin user, as the operator would lend it.
     pub fn admin_url(&self) -> String {
         format!("redis://ebb:{ADMIN_PASSWORD}@127.0.0.1:{}", self.port)
+    }
+
+    /// The `ebb` admin user's `rediss://` URL, for a server started with TLS.
+    pub fn tls_url(&self) -> Option<String> {
+        self.tls
+            .as_ref()
+            .map(|(port, _)| format!("rediss://ebb:{ADMIN_PASSWORD}@127.0.0.1:{port}"))
+    }
+
+    /// The CA that signed the TLS certificate, for a server started with TLS.
+    pub fn ca_file(&self) -> Option<&std::path::Path> {
+        self.tls.as_ref().map(|(_, ca)| ca.as_path())
     }
 
     fn client(&self) -> anyhow::Result<redis::Connection> {

@@ -27,9 +27,19 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {}
 /// The TLS client configuration of one connector: the web PKI roots, plus the
 /// certificates in `ca_file` (PEM).
 pub(crate) fn tls_config(ca_file: Option<&Path>) -> anyhow::Result<Arc<rustls::ClientConfig>> {
-    let mut roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.into(),
-    };
+    Ok(Arc::new(client_config(tls_roots(ca_file, true)?)?))
+}
+
+/// Trust anchors: the certificates in `ca_file` (PEM), with or without the web
+/// PKI roots.
+pub(crate) fn tls_roots(
+    ca_file: Option<&Path>,
+    web_pki: bool,
+) -> anyhow::Result<rustls::RootCertStore> {
+    let mut roots = rustls::RootCertStore::empty();
+    if web_pki {
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    }
     if let Some(path) = ca_file {
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
             .with_context(|| format!("reading the CA file {}", path.display()))?
@@ -46,13 +56,17 @@ pub(crate) fn tls_config(ca_file: Option<&Path>) -> anyhow::Result<Arc<rustls::C
                 .with_context(|| format!("a certificate in {}", path.display()))?;
         }
     }
+    Ok(roots)
+}
+
+/// A rustls client trusting `roots`, with the ring provider and safe defaults.
+pub(crate) fn client_config(roots: rustls::RootCertStore) -> anyhow::Result<rustls::ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .context("TLS protocol versions")?
         .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
+        .with_no_client_auth())
 }
 
 /// Sends `request` over a new connection to `addr`; with `tls`, a TLS session to

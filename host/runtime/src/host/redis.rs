@@ -2,6 +2,9 @@
 //! configured. The connector names a connection; the URL and its password stay
 //! here, and only the command names the operator allows are sent. Arguments are
 //! never logged: `ACL SETUSER` carries a password.
+//!
+//! TLS: a `rediss://` URL connects over TLS, verified against the connection's
+//! `ca-file` if given (the system's roots otherwise); login probes use the same.
 
 use super::CallState;
 use crate::bindings::redis::{AuthOutcome, Error, Host, Reply};
@@ -12,6 +15,8 @@ use tokio::sync::Mutex;
 /// One named connection, opened on first use and again after a failure.
 pub(crate) struct RedisConnection {
     client: redis::Client,
+    /// The `ca-file`'s PEM, for every client opened to this server.
+    ca: Option<Vec<u8>>,
     conn: Mutex<Option<redis::aio::MultiplexedConnection>>,
     allow: Vec<String>,
     timeout: Duration,
@@ -67,14 +72,47 @@ fn text(value: redis::Value) -> String {
     }
 }
 
+/// A client for `info`; over TLS trusting `ca` (PEM) if given.
+pub(crate) fn open_client(
+    info: redis::ConnectionInfo,
+    ca: Option<&[u8]>,
+) -> redis::RedisResult<redis::Client> {
+    match ca {
+        Some(pem) => redis::Client::build_with_tls(
+            info,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.to_vec()),
+            },
+        ),
+        None => redis::Client::open(info),
+    }
+}
+
 impl RedisConnection {
     /// Prepares the client; nothing is opened until a connector needs it.
     pub fn new(config: &RedisConnectionConfig) -> anyhow::Result<Self> {
         let url = config.resolve_url()?;
-        let client = redis::Client::open(url.expose())
+        let info = redis::IntoConnectionInfo::into_connection_info(url.expose())
             .map_err(|_| anyhow::anyhow!("the url is not a valid Redis URL"))?;
+        let ca =
+            match &config.ca_file {
+                Some(path) => {
+                    anyhow::ensure!(
+                        matches!(info.addr, redis::ConnectionAddr::TcpTls { .. }),
+                        "a ca-file is given but the url does not use TLS (rediss://)"
+                    );
+                    Some(std::fs::read(path).map_err(|e| {
+                        anyhow::anyhow!("reading the CA file {}: {e}", path.display())
+                    })?)
+                }
+                None => None,
+            };
+        let client = open_client(info, ca.as_deref())
+            .map_err(|e| anyhow::anyhow!("the Redis client: {e}"))?;
         Ok(Self {
             client,
+            ca,
             conn: Mutex::new(None),
             allow: config
                 .allow_commands
@@ -136,7 +174,8 @@ impl RedisConnection {
         let mut info = self.client.get_connection_info().clone();
         info.redis.username = Some(user.to_owned());
         info.redis.password = Some(password.to_owned());
-        let client = redis::Client::open(info).map_err(|e| Error::Unavailable(e.to_string()))?;
+        let client =
+            open_client(info, self.ca.as_deref()).map_err(|e| Error::Unavailable(e.to_string()))?;
         let connected =
             tokio::time::timeout(self.timeout, client.get_multiplexed_async_connection())
                 .await

@@ -5,6 +5,12 @@
 //! statement, so a connector can pass `int(5)` for an `int4` or `text` for a `name`.
 //! Statement text is never logged: DDL such as `CREATE ROLE … PASSWORD` carries
 //! secrets.
+//!
+//! TLS: with the connection's `ca-file`, every connection (pool and login probes)
+//! requires TLS and verifies the server's certificate and host name; with
+//! `sslmode=require` and no CA file, against the web PKI roots. An unverified
+//! "prefer" is not offered: it protects against nothing an attacker on the path
+//! cannot undo.
 
 use super::CallState;
 use crate::bindings::sql::{DbError, Error, Host, LoginOutcome, Rows, Value};
@@ -13,8 +19,10 @@ use anyhow::Context;
 use bytes::BytesMut;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use std::time::Duration;
+use tokio_postgres::Row;
+use tokio_postgres::config::SslMode;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
-use tokio_postgres::{NoTls, Row};
+use tokio_postgres_rustls::MakeRustlsConnect;
 use zeroize::Zeroize;
 
 /// The most rows one query may return to a connector.
@@ -25,6 +33,7 @@ pub(crate) struct SqlConnection {
     pool: Pool,
     /// For login probes: host, port and database of the pool, no credentials used.
     probe_config: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
 }
 
 impl std::fmt::Debug for SqlConnection {
@@ -37,11 +46,7 @@ impl SqlConnection {
     /// Prepares the pool; no connection is opened until a connector needs one, so a
     /// connector loads even while its database is down.
     pub fn new(config: &SqlConnectionConfig) -> anyhow::Result<Self> {
-        let dsn = config.resolve_dsn()?;
-        let mut pg: tokio_postgres::Config = dsn
-            .expose()
-            .parse()
-            .map_err(|_| anyhow::anyhow!("the dsn is not a valid PostgreSQL connection string"))?;
+        let (mut pg, tls) = client_config(config)?;
         pg.application_name("ebb")
             .options(format!(
                 "-c statement_timeout={}",
@@ -52,7 +57,7 @@ impl SqlConnection {
         probe_config.application_name("ebb-login-probe");
         let manager = Manager::from_config(
             pg,
-            NoTls,
+            tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -65,7 +70,11 @@ impl SqlConnection {
             .max_size(config.max_connections)
             .build()
             .context("building the connection pool")?;
-        Ok(Self { pool, probe_config })
+        Ok(Self {
+            pool,
+            probe_config,
+            tls,
+        })
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, Error> {
@@ -112,7 +121,7 @@ impl SqlConnection {
     async fn login_probe(&self, user: &str, password: &str) -> Result<LoginOutcome, Error> {
         let mut config = self.probe_config.clone();
         config.user(user).password(password);
-        match config.connect(NoTls).await {
+        match config.connect(self.tls.clone()).await {
             Ok((client, connection)) => {
                 let driver = tokio::spawn(connection);
                 let outcome = match client.simple_query("select 1").await {
@@ -142,6 +151,33 @@ impl SqlConnection {
             },
         }
     }
+}
+
+/// The driver's configuration for a lent connection, from its DSN, and the TLS
+/// connector its `ca-file` and `sslmode` call for (see the module docs).
+pub(crate) fn client_config(
+    config: &SqlConnectionConfig,
+) -> anyhow::Result<(tokio_postgres::Config, MakeRustlsConnect)> {
+    let dsn = config.resolve_dsn()?;
+    let mut pg: tokio_postgres::Config = dsn
+        .expose()
+        .parse()
+        .map_err(|_| anyhow::anyhow!("the dsn is not a valid PostgreSQL connection string"))?;
+    let roots = match (&config.ca_file, pg.get_ssl_mode()) {
+        (Some(ca), _) => {
+            pg.ssl_mode(SslMode::Require);
+            super::egress::tls_roots(Some(ca), false)?
+        }
+        (None, SslMode::Require) => super::egress::tls_roots(None, true)?,
+        (None, _) => {
+            pg.ssl_mode(SslMode::Disable);
+            rustls::RootCertStore::empty()
+        }
+    };
+    Ok((
+        pg,
+        MakeRustlsConnect::new(super::egress::client_config(roots)?),
+    ))
 }
 
 impl CallState {
