@@ -254,41 +254,119 @@ async fn incomplete_revoke_is_reported_as_residual_session() {
     );
 }
 
-/// Issue 12: a revoke PostgreSQL refuses keeps the server's own DETAIL (which
-/// database, how many objects), so the escalation tells the operator where to look.
+/// Issue 14: what a grantee made with its grant is part of the grant. Any role
+/// may create where PUBLIC may (schemas of databases from before PostgreSQL 15), so
+/// the grantee copies what it may read into tables of its own, shares one, and
+/// leaves another in a database the connector is not lent. Revoke drops what it
+/// made wherever a connection reaches (never handing it to the admin role), and
+/// where none does the role keeps nothing else and the report says where and
+/// what to do; once the operator lends that database, revoke finishes the job.
 #[tokio::test]
-async fn a_refused_revoke_keeps_postgres_detail() {
+async fn what_the_grantee_made_is_dropped_or_reported_where_it_is() {
     ebb_test_support::require!(Postgres);
     let pg = Postgres::start().unwrap();
-    // A database the connector is not lent, where PUBLIC may still create (as in any
-    // database created before PostgreSQL 15 and upgraded).
-    pg.psql("create database ebb_elsewhere").unwrap();
-    pg.psql_in("ebb_elsewhere", "grant create on schema public to public")
-        .unwrap();
-    let pg_connector = connector(&pg).await;
-    let g = grant("01JTESTDETAIL", &[("select", "public.invoices")]);
+    pg.psql("grant create on schema public to public").unwrap();
+    for db in ["ebb_sales", "ebb_unreached"] {
+        pg.psql(&format!("create database {db}")).unwrap();
+        pg.psql_in(db, "grant create on schema public to public")
+            .unwrap();
+    }
+    let lent = |extra: &[&str]| {
+        let mut config = ConnectorConfig::new(ebb_test_plugins::POSTGRES)
+            .with_config("allowed-resources", "public.invoices")
+            .with_sql("main", &pg.admin_dsn());
+        for db in extra {
+            config = config.with_sql(&format!("db:{db}"), &pg.admin_dsn_in(db));
+        }
+        config.spec()
+    };
+    let runtime = Runtime::new(&RuntimeConfig::default()).unwrap();
+    let pg_connector = runtime.load("pg", &lent(&["ebb_sales"])).await.unwrap();
+    let g = grant("01JTESTFOOTPRINT", &[("select", "public.invoices")]);
     let issued = pg_connector.issue(&g).await.unwrap();
     let (user, password) = user_and_password(&issued.credential);
-    let elsewhere = pg
-        .connect_in("ebb_elsewhere", &user, &password)
+    let session = pg.connect(&user, &password).await.unwrap();
+    session
+        .batch_execute(
+            "create table public.stolen as select * from public.invoices; \
+             grant select on public.stolen to public",
+        )
         .await
         .unwrap();
-    elsewhere
-        .batch_execute("create table kept (secret text)")
-        .await
-        .unwrap();
-    drop(elsewhere);
+    for db in ["ebb_sales", "ebb_unreached"] {
+        pg.connect_in(db, &user, &password)
+            .await
+            .unwrap()
+            .batch_execute("create table kept (secret text)")
+            .await
+            .unwrap();
+    }
+    drop(session);
 
-    let outcome = pg_connector.revoke(&g, Some(&issued.handle), None).await;
+    pg_connector
+        .revoke(&g, Some(&issued.handle), None)
+        .await
+        .unwrap();
+    // Dropped, not handed to the admin role.
+    assert_eq!(
+        pg.psql("select to_regclass('public.stolen') is null")
+            .unwrap(),
+        "t"
+    );
+    assert_eq!(
+        pg.psql_in("ebb_sales", "select to_regclass('public.kept') is null")
+            .unwrap(),
+        "t"
+    );
+    // Where no connection reaches, it is reported, with where and what to do.
     let verdict = pg_connector
         .verify_revoked(&g, Some(&issued.handle), Some(&issued.credential))
         .await
         .unwrap();
-    let said = format!("{outcome:?} {verdict:?}");
+    let Verdict::Residual(residue) = verdict else {
+        panic!("a table left in ebb_unreached must be residue, got {verdict:?}");
+    };
+    let elsewhere = residue
+        .iter()
+        .find(|r| r.detail.contains("in database ebb_unreached"))
+        .unwrap_or_else(|| panic!("no residue names the database: {residue:?}"));
     assert!(
-        said.contains("in database ebb_elsewhere"),
-        "the server's DETAIL was lost: {said}"
+        elsewhere.detail.contains("owns 1 object(s)")
+            && elsewhere.detail.contains(&format!("DROP OWNED BY {user}")),
+        "{elsewhere:?}"
     );
+    assert!(
+        !residue
+            .iter()
+            .any(|r| r.kind == ResidueKind::CredentialAccepted),
+        "{residue:?}"
+    );
+    // Everything else is gone already: the role cannot log in and reads nothing.
+    assert_eq!(
+        pg.psql(&format!(
+            "select has_table_privilege('{user}', 'public.invoices', 'select')"
+        ))
+        .unwrap(),
+        "f"
+    );
+
+    // The operator lends the database; the next revoke (the host's retry) finishes.
+    let reaching = runtime
+        .load("pg-all", &lent(&["ebb_sales", "ebb_unreached"]))
+        .await
+        .unwrap();
+    reaching
+        .revoke(&g, Some(&issued.handle), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        reaching
+            .verify_revoked(&g, Some(&issued.handle), Some(&issued.credential))
+            .await
+            .unwrap(),
+        Verdict::Revoked
+    );
+    assert!(pg.ebb_roles().unwrap().is_empty());
 }
 
 /// Issue 13: TLS to PostgreSQL. On a server that takes TCP clients only over TLS,

@@ -389,15 +389,34 @@ impl SledStore {
         latest_event: bool,
     ) -> Result<(u64, Option<String>)> {
         let mut checked = 0;
+        // Tags are read beside the records (both in id order), not looked up one by one.
+        let mut tags = self.db.scan_prefix(b"b/").peekable();
         for entry in self.db.scan_prefix(b"g/") {
             let (k, v) = entry.map_err(storage)?;
-            let id = String::from_utf8_lossy(&k[2..]).into_owned();
+            let id = &k[2..];
+            let mut tag = None;
+            while let Some(next) = tags.peek() {
+                let (tk, tv) = next.as_ref().map_err(|e| storage(e.clone()))?;
+                match tk[2..].cmp(id) {
+                    std::cmp::Ordering::Less => {}
+                    std::cmp::Ordering::Equal => tag = Some(tv.clone()),
+                    std::cmp::Ordering::Greater => break,
+                }
+                tags.next();
+                if tag.is_some() {
+                    break;
+                }
+            }
+            let id = String::from_utf8_lossy(id).into_owned();
             checked += 1;
-            let problem = match self.record_problem(&id, &v, latest_event)? {
+            let problem = match self.record_problem(&id, &v, tag.as_deref(), latest_event)? {
                 Some(_) if !exact => {
                     let _shared = self.lock();
+                    let tag = self.db.get(key("b/", &id)).map_err(storage)?;
                     match self.db.get(&k).map_err(storage)? {
-                        Some(now) => self.record_problem(&id, &now, latest_event)?,
+                        Some(now) => {
+                            self.record_problem(&id, &now, tag.as_deref(), latest_event)?
+                        }
                         None => Some(format!("grant record {id} was removed")),
                     }
                 }
@@ -419,10 +438,15 @@ impl SledStore {
         Ok((checked, problem))
     }
 
-    fn record_problem(&self, id: &str, bytes: &[u8], latest_event: bool) -> Result<Option<String>> {
+    fn record_problem(
+        &self,
+        id: &str,
+        bytes: &[u8],
+        stored: Option<&[u8]>,
+        latest_event: bool,
+    ) -> Result<Option<String>> {
         let tag = self.chain.record_tag(id, bytes);
-        let stored = self.db.get(key("b/", id)).map_err(storage)?;
-        if stored.as_deref() != Some(&tag[..]) {
+        if stored != Some(&tag[..]) {
             return Ok(Some(format!(
                 "grant record {id} was altered outside the host: its tag does not match"
             )));

@@ -7,10 +7,24 @@
 //! terminates every backend of the role (by name and by oid: a dropped role's live
 //! session keeps running with `usename` NULL), drops what it owns and drops it.
 //! `verify-revoked` asks PostgreSQL: is the role there, is any backend of it alive,
-//! does the credential still log in?
+//! does the credential still log in, and does it still own or hold anything in any
+//! database?
+//!
+//! The grant's footprint: any role may create objects where PUBLIC may (schemas
+//! with CREATE for PUBLIC, temporary tables), so a grantee can copy what it may read
+//! into a table of its own and share it. `revoke` drops everything the role owns
+//! and every privilege it holds (`DROP OWNED`, never `REASSIGN OWNED`: nothing the
+//! grantee made is handed to the admin role) in the lent database, then in every
+//! other database where the shared catalog (`pg_shdepend`) shows it owns or holds
+//! something and a connection `db:<database>` is lent. Each step commits on its
+//! own, so a role that cannot be dropped yet (objects in a database no connection
+//! reaches) has still lost every privilege Ebb could take; `verify-revoked` then
+//! reports each database that blocks it with the manual step.
 //!
 //! Settings (`[connectors.<name>.config]`):
 //! - `connection`: the lent SQL connection to use (default `main`).
+//! - Connections named `db:<database>` (optional): lent connections to other
+//!   databases of the same server, used to remove what a grantee made there.
 //! - `allowed-resources`: comma-separated `schema.table` or `schema.*` patterns a grant
 //!   may name. Nothing is allowed until this is set.
 //! - `connection-limit`: the role's connection limit (default 4).
@@ -85,6 +99,117 @@ fn terminate(conn: &str, role: &str, oid: Option<i64>) -> Result<usize, Error> {
         &[role.into(), Value::Int(oid.unwrap_or(0))],
     )?;
     Ok(rows.rows.len())
+}
+
+/// What a role still owns or holds in one database, from the shared catalog.
+struct Footprint {
+    /// `None` for cluster-wide objects (a database, a tablespace).
+    database: Option<String>,
+    owned: i64,
+    privileges: i64,
+}
+
+impl Footprint {
+    /// The residue, with the step that removes it by hand.
+    fn residue(&self, role: &str) -> Residue {
+        let place = match &self.database {
+            Some(db) => format!("in database {db}"),
+            None => "cluster-wide".to_owned(),
+        };
+        let step = match &self.database {
+            Some(db) => format!(
+                "connect to database {db} as a superuser and run DROP OWNED BY {role}; \
+                 then DROP ROLE {role} (or lend a connection `db:{db}` and Ebb does it)"
+            ),
+            None => {
+                format!("give what {role} owns cluster-wide a new owner, then DROP ROLE {role}")
+            }
+        };
+        let what = match (self.owned, self.privileges) {
+            (0, p) => format!("holds {p} privilege(s)"),
+            (o, 0) => format!("owns {o} object(s), made with the grant,"),
+            (o, p) => {
+                format!("owns {o} object(s), made with the grant, and holds {p} privilege(s)")
+            }
+        };
+        Residue::new(
+            ResidueKind::EntitlementPresent,
+            format!("role {role} {what} {place}: {step}"),
+        )
+    }
+}
+
+/// Where the role owns objects or holds privileges, database by database
+/// (`pg_shdepend` is shared, so every database is seen from this one).
+fn footprint(conn: &str, oid: i64) -> Result<Vec<Footprint>, Error> {
+    let rows = sql::query(
+        conn,
+        "select d.datname, count(*) filter (where s.deptype = 'o'), \
+                count(*) filter (where s.deptype <> 'o') \
+         from pg_shdepend s left join pg_database d on d.oid = s.dbid \
+         where s.refclassid = 'pg_authid'::regclass and s.refobjid = $1 \
+         group by d.datname order by d.datname",
+        &[Value::Int(oid)],
+    )?;
+    Ok(rows
+        .rows
+        .iter()
+        .map(|r| Footprint {
+            database: r.first().and_then(Value::as_str).map(str::to_owned),
+            owned: r.get(1).and_then(Value::as_i64).unwrap_or(0),
+            privileges: r.get(2).and_then(Value::as_i64).unwrap_or(0),
+        })
+        .collect())
+}
+
+/// Drops everything `role` owns and every privilege it holds — in the lent
+/// database, then in each other database it left something in where a
+/// `db:<database>` connection is lent — and then the role. Each step is its own
+/// transaction: a role that cannot be dropped yet keeps nothing that was removed.
+fn remove_footprint(conn: &str, role: &str, oid: i64) -> Result<(), Error> {
+    let ident = quote_ident(role);
+    // On PostgreSQL 15+ DROP OWNED needs membership in the role.
+    sql::execute_batch(conn, &format!("grant {ident} to current_user"))?;
+    let drop_owned = format!("{ACL_LOCK}drop owned by {ident};");
+    sql::execute_batch(conn, &drop_owned)?;
+    let here = sql::query(conn, "select current_database()", &[])?;
+    let here = here
+        .rows
+        .first()
+        .and_then(|r| r.first())
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    for place in footprint(conn, oid)? {
+        let Some(database) = place.database.filter(|d| *d != here) else {
+            continue;
+        };
+        match sql::execute_batch(&format!("db:{database}"), &drop_owned) {
+            Ok(()) => log::info(&format!("dropped what {role} owned in database {database}")),
+            // No connection there: verify-revoked reports it with the manual step.
+            Err(sql::SqlError::UnknownConnection(_)) => {}
+            Err(e) => log::warn(&format!(
+                "could not drop what {role} owns in database {database}: {}",
+                sql::describe(&e)
+            )),
+        }
+    }
+    match sql::execute_batch(conn, &format!("drop role {ident}")) {
+        Ok(()) => Ok(()),
+        // 42704 undefined_object: dropped concurrently; already gone is success.
+        Err(sql::SqlError::Rejected(db)) if db.code == "42704" => Ok(()),
+        // 2BP01 dependent_objects_still_exist: objects elsewhere. The role can log in
+        // nowhere and holds nothing here; verify-revoked says where the rest is.
+        Err(sql::SqlError::Rejected(db)) if db.code == "2BP01" => {
+            log::warn(&format!(
+                "role {role} cannot be dropped yet: {}",
+                db.message
+            ));
+            sql::execute_batch(conn, &format!("revoke {ident} from current_user"))?;
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn check_permissions(grant: &Grant) -> Result<Vec<(String, TableRef)>, Error> {
@@ -212,22 +337,8 @@ impl Connector for Postgres {
             sql::execute_batch(&conn, &format!("alter role {ident} nologin password null"))?;
         }
         let ended = terminate(&conn, &role, oid)?;
-        if role_oid(&conn, &role)?.is_some() {
-            // On PostgreSQL 15 REASSIGN/DROP OWNED need membership in the role.
-            sql::execute_batch(
-                &conn,
-                &format!(
-                    "{ACL_LOCK}grant {ident} to current_user;\n\
-                     reassign owned by {ident} to current_user;\n\
-                     drop owned by {ident};\n\
-                     drop role {ident};"
-                ),
-            )
-            .or_else(|e| match &e {
-                // 42704 undefined_object: dropped concurrently; already gone is success.
-                sql::SqlError::Rejected(db) if db.code == "42704" => Ok(()),
-                _ => Err(e),
-            })?;
+        if let Some(oid) = role_oid(&conn, &role)? {
+            remove_footprint(&conn, &role, oid)?;
         }
         // A backend may have finished authenticating just before NOLOGIN; end it too.
         let late = terminate(&conn, &role, oid)?;
@@ -254,6 +365,9 @@ impl Connector for Postgres {
                 ResidueKind::EntitlementPresent,
                 format!("role {role} (oid {oid}) still exists"),
             ));
+            for place in footprint(&conn, oid)? {
+                residue.push(place.residue(&role));
+            }
         }
         let oid = current.or(handle.map(|h| h.oid));
         for pid in backends(&conn, &role, oid)? {

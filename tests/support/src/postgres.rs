@@ -271,6 +271,11 @@ impl Postgres {
         self.dsn("ebb_admin", ADMIN_PASSWORD)
     }
 
+    /// The admin DSN to another database of the server.
+    pub fn admin_dsn_in(&self, database: &str) -> String {
+        self.dsn_in(database, "ebb_admin", ADMIN_PASSWORD)
+    }
+
     /// Connects over TCP as `user`; the connection is driven on a spawned task.
     pub async fn connect(
         &self,

@@ -381,3 +381,37 @@ fn decode(row: &Row, i: usize, ty: &Type) -> Result<Value, String> {
     };
     Ok(value.unwrap_or(Value::Null))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 12: a server error keeps PostgreSQL's DETAIL (what blocks a DROP ROLE,
+    /// and where), so an escalation tells the operator where to look.
+    #[tokio::test]
+    async fn server_errors_keep_their_detail() {
+        ebb_test_support::require!(Postgres);
+        let pg = ebb_test_support::Postgres::start().unwrap();
+        pg.psql(
+            "create role ebb_detail; create table owned_by_it (x int); \
+             alter table owned_by_it owner to ebb_detail",
+        )
+        .unwrap();
+        let conn = SqlConnection::new(&SqlConnectionConfig {
+            dsn: Some(crate::lend::Secret::new(pg.admin_dsn())),
+            ..SqlConnectionConfig::default()
+        })
+        .unwrap();
+        match conn.execute_batch("drop role ebb_detail").await {
+            Err(Error::Rejected(db)) => {
+                assert_eq!(db.code, "2BP01");
+                assert!(
+                    db.message.contains("(detail: owner of table owned_by_it)"),
+                    "{}",
+                    db.message
+                );
+            }
+            other => panic!("expected the server to refuse: {other:?}"),
+        }
+    }
+}
