@@ -119,7 +119,9 @@ impl Head {
 /// Computes event hashes with the chain key.
 #[derive(Clone)]
 pub struct Chain {
-    key: [u8; 32],
+    /// HMAC-SHA256 already keyed with the chain key: cloned for each MAC, so the
+    /// key's pads are hashed once, not per event or record.
+    keyed: Hmac<Sha256>,
 }
 
 impl std::fmt::Debug for Chain {
@@ -130,7 +132,10 @@ impl std::fmt::Debug for Chain {
 
 impl Chain {
     pub fn new(key: [u8; 32]) -> Self {
-        Self { key }
+        Self {
+            keyed: <Hmac<Sha256> as Mac>::new_from_slice(&key)
+                .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length")),
+        }
     }
 
     /// Places `event` after `(prev_seq, prev_hash)`.
@@ -186,8 +191,7 @@ impl Chain {
     }
 
     fn mac(&self) -> Hmac<Sha256> {
-        <Hmac<Sha256> as Mac>::new_from_slice(&self.key)
-            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"))
+        self.keyed.clone()
     }
 
     /// Whether `head` was recorded by a holder of the chain key.

@@ -53,8 +53,9 @@ impl std::fmt::Debug for Keyring {
 }
 
 impl Keyring {
-    /// Opens (or creates, `0600`) `path`, zeroing every slot not in `used`.
-    pub(crate) fn open(path: &Path, used: &HashSet<u32>) -> std::io::Result<Self> {
+    /// Opens (or creates, `0600`) `path`, zeroing every slot not in `used` (with
+    /// `None`, every key in the file is taken to be in use).
+    pub(crate) fn open(path: &Path, used: Option<&HashSet<u32>>) -> std::io::Result<Self> {
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -68,7 +69,7 @@ impl Keyring {
         let mut erased = false;
         for (i, slot) in bytes.chunks_exact(SLOT).enumerate() {
             let i = u32::try_from(i).unwrap_or(u32::MAX);
-            if used.contains(&i) {
+            if slot != ZERO && used.is_none_or(|u| u.contains(&i)) {
                 continue;
             }
             if slot != ZERO {
@@ -90,6 +91,12 @@ impl Keyring {
                 len,
             }),
         })
+    }
+
+    /// How many slots hold a key.
+    pub(crate) fn in_use(&self) -> u64 {
+        let state = self.lock();
+        u64::from(state.len).saturating_sub(state.free.len() as u64)
     }
 
     pub(crate) fn memory() -> Self {

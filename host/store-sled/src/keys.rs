@@ -83,6 +83,9 @@ pub(crate) fn count_key(state: GrantState) -> Vec<u8> {
     key("m/count/", state.as_str())
 }
 
+/// How many credentials (`c/` entries) the store holds.
+pub(crate) const CREDENTIALS: &[u8] = b"m/count/credentials";
+
 /// The prefix of the escalation counts, one key per connector.
 pub(crate) const ESCALATED: &[u8] = b"m/escalated/";
 

@@ -15,6 +15,7 @@
 //! | `m/verified`                 | the head the last check at start verified (JSON) |
 //! | `m/index/record-tags`        | present once every record has its tag |
 //! | `m/index/keyring`            | present once every `c/` value is under a keyring key |
+//! | `m/count/credentials`        | `c/` entries (u64 BE): when the keyring holds as many keys, no key is stray and the open skips the scan |
 //!
 //! Beside sled's files, `keyring` holds the erasable keys, one 32-byte slot each.
 //! | `m/count/<state>`            | grants in that state (u64 BE)   |
@@ -72,6 +73,8 @@ struct Shared {
     head: Head,
     /// Grant records held: counted in the keyed head.
     records: u64,
+    /// Stored credentials (`c/` entries), persisted beside them.
+    credentials: u64,
     counts: BTreeMap<GrantState, u64>,
     escalations: BTreeMap<String, u64>,
     /// The audit timestamp source; events never go back in time.
@@ -154,6 +157,11 @@ impl SledStore {
         index_requesters(&db)?;
         count_escalations(&db)?;
         let keyring = Arc::new(open_keyring(&db, keyring)?);
+        let credentials = db
+            .get(CREDENTIALS)
+            .map_err(storage)?
+            .and_then(|v| be(&v))
+            .unwrap_or(0);
         let chain = Chain::new(chain_key);
         tag_records(&db, &chain)?;
         let head = match db.get(b"m/head").map_err(storage)? {
@@ -264,6 +272,7 @@ impl SledStore {
             state: Mutex::new(Shared {
                 head,
                 records,
+                credentials,
                 counts,
                 escalations,
                 clock: wall_clock,
@@ -532,20 +541,35 @@ fn open_keyring(db: &sled::Db, path: Option<&Path>) -> Result<keyring::Keyring> 
         return Ok(keyring::Keyring::memory());
     };
     if db.get(DONE).map_err(storage)?.is_some() {
+        // After a clean run the keyring holds exactly as many keys as there are
+        // credentials; only after a crash can a key be stray, and then a scan finds it.
+        if let Some(n) = db.get(CREDENTIALS).map_err(storage)?.and_then(|v| be(&v)) {
+            let keyring = keyring::Keyring::open(path, None).map_err(io)?;
+            if keyring.in_use() == n {
+                return Ok(keyring);
+            }
+        }
         let mut used = std::collections::HashSet::new();
         for entry in db.scan_prefix(b"c/") {
             let (_, v) = entry.map_err(storage)?;
             used.insert(keyring::slot_of(&v).map_err(io)?);
         }
-        return keyring::Keyring::open(path, &used).map_err(io);
+        let keyring = keyring::Keyring::open(path, Some(&used)).map_err(io)?;
+        db.insert(CREDENTIALS, &(used.len() as u64).to_be_bytes()[..])
+            .map_err(storage)?;
+        return Ok(keyring);
     }
-    let keyring = keyring::Keyring::open(path, &std::collections::HashSet::new()).map_err(io)?;
+    let keyring =
+        keyring::Keyring::open(path, Some(&std::collections::HashSet::new())).map_err(io)?;
     let mut batch = sled::Batch::default();
+    let mut n: u64 = 0;
     for entry in db.scan_prefix(b"c/") {
         let (k, v) = entry.map_err(storage)?;
         let id = String::from_utf8_lossy(&k[2..]);
         batch.insert(k.clone(), keyring.seal(&id, &v).map_err(io)?);
+        n += 1;
     }
+    batch.insert(CREDENTIALS, &n.to_be_bytes()[..]);
     batch.insert(DONE, &[][..]);
     keyring.sync().map_err(io)?;
     db.apply_batch(batch).map_err(storage)?;
@@ -669,6 +693,14 @@ impl Store for SledStore {
             Sealed::Keep => None,
             Sealed::Set(_) | Sealed::Shred => self.db.get(key("c/", &id)).map_err(storage)?,
         };
+        let credentials = match (&sealed, &replaced) {
+            (Sealed::Set(_), None) => Some(shared.credentials + 1),
+            (Sealed::Shred, Some(_)) => Some(shared.credentials.saturating_sub(1)),
+            _ => None,
+        };
+        if let Some(n) = credentials {
+            batch.insert(CREDENTIALS, &n.to_be_bytes()[..]);
+        }
         let added = match &sealed {
             Sealed::Keep => None,
             Sealed::Set(bytes) => {
@@ -724,6 +756,9 @@ impl Store for SledStore {
         };
         shared.head = self.chain.head(event.seq, &event.hash, records);
         shared.records = records;
+        if let Some(n) = credentials {
+            shared.credentials = n;
+        }
         shared.counts = counts;
         if let Some(n) = escalations {
             shared.escalations.insert(record.connector.clone(), n);
