@@ -26,6 +26,17 @@
 //! - `allowed-resources`: comma-separated ARNs or `prefix*` patterns a grant's
 //!   resources must fall within (`*` allows any). Nothing is allowed until both are
 //!   set.
+//! - `allow-minting` (default `false`): whether a grant may name an action that
+//!   creates identities or credentials (`iam:CreateUser`, `iam:CreateAccessKey`,
+//!   `iam:Put*Policy`, `sts:GetFederationToken`, … or a wildcard covering one).
+//!
+//! The grant's footprint: access minted with a grant (a second user, a key for
+//! another user) outlives the grant's own user. By default such actions are not
+//! offered (a request naming one is refused before anyone approves it) and every
+//! Ebb user's policy also carries an explicit `Deny` of them. With `allow-minting`,
+//! `verify-revoked` lists the IAM users and access keys created while the grant was
+//! active (outside Ebb's own `/ebb/` path) and reports each as residue, with the
+//! step that removes it, until they are gone.
 
 use ebb_connector_sdk::http::{Request, form};
 use ebb_connector_sdk::sigv4::{self, Key, Scope};
@@ -38,6 +49,94 @@ struct AwsIam;
 
 const POLICY: &str = "ebb-grant";
 const PATH: &str = "/ebb/";
+
+/// Actions that create identities or credentials, or widen what one may do: what
+/// a grant does with them can outlive the grant.
+const MINTING: &[&str] = &[
+    "iam:AddUserToGroup",
+    "iam:AttachGroupPolicy",
+    "iam:AttachRolePolicy",
+    "iam:AttachUserPolicy",
+    "iam:CreateAccessKey",
+    "iam:CreateGroup",
+    "iam:CreateLoginProfile",
+    "iam:CreateOpenIDConnectProvider",
+    "iam:CreatePolicy",
+    "iam:CreatePolicyVersion",
+    "iam:CreateRole",
+    "iam:CreateSAMLProvider",
+    "iam:CreateServiceSpecificCredential",
+    "iam:CreateUser",
+    "iam:CreateVirtualMFADevice",
+    "iam:DeleteRolePermissionsBoundary",
+    "iam:DeleteUserPermissionsBoundary",
+    "iam:PassRole",
+    "iam:PutGroupPolicy",
+    "iam:PutRolePermissionsBoundary",
+    "iam:PutRolePolicy",
+    "iam:PutUserPermissionsBoundary",
+    "iam:PutUserPolicy",
+    "iam:SetDefaultPolicyVersion",
+    "iam:UpdateAccessKey",
+    "iam:UpdateAssumeRolePolicy",
+    "iam:UpdateLoginProfile",
+    "iam:UploadSSHPublicKey",
+    "iam:UploadSigningCertificate",
+    "sts:AssumeRole",
+    "sts:GetFederationToken",
+];
+
+/// The explicit `Deny` every Ebb user's policy carries unless minting is allowed:
+/// the list above, widened to the families it belongs to.
+const DENY_MINTING: &[&str] = &[
+    "iam:Add*",
+    "iam:Attach*",
+    "iam:Create*",
+    "iam:Delete*PermissionsBoundary",
+    "iam:PassRole",
+    "iam:Put*",
+    "iam:SetDefaultPolicyVersion",
+    "iam:Update*",
+    "iam:Upload*",
+    "sts:AssumeRole*",
+    "sts:GetFederationToken",
+];
+
+/// Whether the action pattern (AWS's `*` and `?` wildcards, case-insensitive)
+/// covers an action that mints.
+fn mints(pattern: &str) -> bool {
+    MINTING.iter().any(|action| glob(pattern, action))
+}
+
+fn minting_allowed() -> bool {
+    config::get_or("allow-minting", "false").eq_ignore_ascii_case("true")
+}
+
+/// AWS action matching: `*` any run of characters, `?` one, case-insensitive.
+fn glob(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (
+        pattern.to_ascii_lowercase().chars().collect(),
+        text.to_ascii_lowercase().chars().collect(),
+    );
+    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
 
 /// The IAM user a grant gets: `ebb-` and the grant id, from IAM's alphabet.
 fn user_name(grant_id: &str) -> Result<String, Error> {
@@ -64,10 +163,18 @@ fn policy_document(grant: &Grant) -> Result<String, Error> {
         ));
     }
     let mut statements = Vec::new();
+    let minting = minting_allowed();
     for p in &grant.permissions {
         if !actions.iter().any(|a| a == &p.action) {
             return Err(Error::Invalid(format!(
                 "action `{}` is not in the connector's allowed-actions",
+                p.action
+            )));
+        }
+        if !minting && mints(&p.action) {
+            return Err(Error::Invalid(format!(
+                "action `{}` can create identities or credentials that would outlive the \
+                 grant; this connector does not allow-minting",
                 p.action
             )));
         }
@@ -87,6 +194,13 @@ fn policy_document(grant: &Grant) -> Result<String, Error> {
             "Action": p.action,
             "Resource": resource,
             "Condition": { "DateLessThan": { "aws:CurrentTime": iso8601(grant.not_after / 1000) } },
+        }));
+    }
+    if !minting {
+        statements.push(serde_json::json!({
+            "Effect": "Deny",
+            "Action": DENY_MINTING,
+            "Resource": "*",
         }));
     }
     Ok(serde_json::json!({ "Version": "2012-10-17", "Statement": statements }).to_string())
@@ -277,6 +391,78 @@ impl Iam {
     }
 }
 
+/// Users and access keys created at or after `since` (Unix seconds) outside Ebb's
+/// own path: what a grant allowed to mint may have made.
+fn minted_since(iam: &Iam, since: u64) -> Result<Vec<Residue>, Error> {
+    let mut residue = Vec::new();
+    let body = iam
+        .ok(&[("Action", "ListUsers"), ("MaxItems", "1000")], &[])?
+        .unwrap_or_default();
+    for member in tags(&body, "member") {
+        let (Some(name), Some(path)) = (tag(member, "UserName"), tag(member, "Path")) else {
+            continue;
+        };
+        if path.starts_with(PATH) {
+            continue;
+        }
+        if tag(member, "CreateDate")
+            .and_then(unix_secs)
+            .is_some_and(|t| t >= since)
+        {
+            residue.push(Residue::new(
+                ResidueKind::EntitlementPresent,
+                format!(
+                    "derived credential: IAM user {name} was created while the grant was \
+                     active; if it is not yours: aws iam delete-user --user-name {name} \
+                     (after its keys, policies and groups)"
+                ),
+            ));
+        }
+        let keys = iam
+            .ok(
+                &[("Action", "ListAccessKeys"), ("UserName", name)],
+                &["NoSuchEntity"],
+            )?
+            .unwrap_or_default();
+        for key in tags(&keys, "member") {
+            let (Some(id), Some(created)) = (tag(key, "AccessKeyId"), tag(key, "CreateDate"))
+            else {
+                continue;
+            };
+            if unix_secs(created).is_some_and(|t| t >= since) {
+                residue.push(Residue::new(
+                    ResidueKind::CredentialAccepted,
+                    format!(
+                        "derived credential: access key {id} of IAM user {name} was created \
+                         while the grant was active; if it is not yours: aws iam \
+                         delete-access-key --user-name {name} --access-key-id {id}"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(residue)
+}
+
+/// Seconds since the Unix epoch of an ISO 8601 UTC time as IAM writes it
+/// (`2026-11-30T05:40:00Z`, with or without fractions or `+00:00`).
+fn unix_secs(iso: &str) -> Option<u64> {
+    let num = |range: std::ops::Range<usize>| iso.get(range)?.parse::<u64>().ok();
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || y < 1970 {
+        return None;
+    }
+    // Days from civil (Howard Hinnant's algorithm), for the proleptic Gregorian calendar.
+    let (y, m) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + hh * 3_600 + mm * 60 + ss)
+}
+
 /// Asks STS who `credential`'s key is: its ARN, or `None` if it does not authenticate.
 fn caller_identity(credential: &Credential) -> Result<Option<String>, Error> {
     let (Some(id), Some(secret)) = (
@@ -315,7 +501,16 @@ impl Connector for AwsIam {
                 | Capabilities::CAN_VERIFY
                 | Capabilities::CAN_VERIFY_ISSUED,
         );
+        let minting = minting_allowed();
         for action in config::list("allowed-actions", "") {
+            // Not offered, so a request naming it is refused before approval.
+            if !minting && mints(&action) {
+                log::warn(&format!(
+                    "allowed action `{action}` mints identities or credentials and is not \
+                     offered: set allow-minting to grant it"
+                ));
+                continue;
+            }
             info = info.with_action(
                 &action,
                 &format!("Allow `{action}`"),
@@ -361,7 +556,10 @@ impl Connector for AwsIam {
             ));
         };
         Ok(Issued::new(
-            format!("user={user};key={key_id}"),
+            format!(
+                "user={user};key={key_id};at={}",
+                ebb_connector_sdk::now_ms() / 1000
+            ),
             Credential::new([("access_key_id", key_id), ("secret_access_key", secret)]),
         )
         .expiring_at(grant.not_after))
@@ -400,12 +598,21 @@ impl Connector for AwsIam {
 
     fn verify_revoked(
         grant: Grant,
-        _: Option<String>,
+        handle: Option<String>,
         credential: Option<Credential>,
     ) -> Result<Verdict, Error> {
         let user = user_name(&grant.id)?;
         let iam = Iam::new()?;
         let mut residue = Vec::new();
+        if grant.permissions.iter().any(|p| mints(&p.action)) {
+            // Issued at (from the handle), or without one the grant's whole window.
+            let since = handle
+                .as_deref()
+                .and_then(|h| h.split(';').find_map(|kv| kv.strip_prefix("at=")))
+                .and_then(|at| at.parse::<u64>().ok())
+                .unwrap_or(0);
+            residue.extend(minted_since(&iam, since)?);
+        }
         if let Some(credential) = &credential
             && let Some(arn) = caller_identity(credential)?
         {
@@ -463,6 +670,40 @@ export_connector!(AwsIam);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn minting_actions_are_recognised_through_wildcards() {
+        for pattern in [
+            "iam:CreateUser",
+            "iam:create*",
+            "iam:*",
+            "*",
+            "iam:Put?serPolicy",
+            "sts:*",
+        ] {
+            assert!(mints(pattern), "{pattern}");
+        }
+        for pattern in [
+            "iam:ListUsers",
+            "iam:List*",
+            "s3:*",
+            "iam:GetUser",
+            "sts:GetCallerIdentity",
+        ] {
+            assert!(!mints(pattern), "{pattern}");
+        }
+    }
+
+    #[test]
+    fn iam_times_parse() {
+        assert_eq!(unix_secs("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(
+            unix_secs("2026-11-30T05:40:01.123456+00:00"),
+            Some(1_796_017_201)
+        );
+        assert_eq!(unix_secs("2000-02-29T12:00:00Z"), Some(951_825_600));
+        assert_eq!(unix_secs("garbage"), None);
+    }
 
     #[test]
     fn reads_query_api_xml() {

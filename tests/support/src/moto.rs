@@ -99,26 +99,40 @@ impl Moto {
 
     /// The IAM users under `/ebb/` (what grants left behind), asked as the admin.
     pub async fn ebb_users(&self) -> anyhow::Result<Vec<String>> {
-        let script = "import boto3,sys\n\
-            c=boto3.client('iam',endpoint_url=sys.argv[1],region_name='us-east-1')\n\
-            print('\\n'.join(u['UserName'] for u in c.list_users(PathPrefix='/ebb/')['Users']))";
-        let out = tokio::process::Command::new(python())
-            .args(["-c", script, &self.endpoint()])
-            .env("AWS_ACCESS_KEY_ID", &self.admin.0)
-            .env("AWS_SECRET_ACCESS_KEY", &self.admin.1)
-            .output()
+        let out = self
+            .run_as(
+                self.admin_key(),
+                "print('\\n'.join(u['UserName'] for u in iam.list_users(PathPrefix='/ebb/')['Users']))",
+            )
             .await?;
-        if !out.status.success() {
-            bail!(
-                "listing users failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout)
+        Ok(out
             .lines()
             .filter(|l| !l.is_empty())
             .map(str::to_owned)
             .collect())
+    }
+
+    /// Runs a Python snippet with boto3 as the key `(id, secret)`, with `iam` (an
+    /// IAM client on this server) and `json` in scope; returns what it printed.
+    pub async fn run_as(
+        &self,
+        (id, secret): (&str, &str),
+        snippet: &str,
+    ) -> anyhow::Result<String> {
+        let script = format!(
+            "import boto3,json,sys\n\
+             iam=boto3.client('iam',endpoint_url=sys.argv[1],region_name='us-east-1')\n{snippet}\n"
+        );
+        let out = tokio::process::Command::new(python())
+            .args(["-c", &script, &self.endpoint()])
+            .env("AWS_ACCESS_KEY_ID", id)
+            .env("AWS_SECRET_ACCESS_KEY", secret)
+            .output()
+            .await?;
+        if !out.status.success() {
+            bail!("boto3 failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 }
 
