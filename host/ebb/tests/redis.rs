@@ -177,3 +177,36 @@ async fn a_rediss_url_with_a_ca_file_runs_over_verified_tls() {
     assert!(server.ebb_users().unwrap().is_empty());
     let _ = std::fs::remove_file(other);
 }
+
+/// Issue 14: a Redis grant cannot mint access that outlives it. `ACL` (new users
+/// and passwords) and the other commands with lasting effect are not offered even
+/// when the operator lists them, so the host refuses such a request before anyone
+/// approves it, and the connector refuses to issue one.
+#[tokio::test]
+async fn commands_that_mint_access_are_not_granted_by_default() {
+    ebb_test_support::require!(Redis);
+    let server = Redis::start().unwrap();
+    let c = Runtime::new(&RuntimeConfig::default())
+        .unwrap()
+        .load(
+            "redis-minting",
+            &ConnectorConfig::new(ebb_test_plugins::REDIS)
+                .with_config("allowed-keys", "cache:*")
+                .with_config("allowed-commands", "get, acl, config")
+                .with_redis("main", &server.admin_url())
+                .spec(),
+        )
+        .await
+        .unwrap();
+    let offered: Vec<&str> = c.info().actions.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(offered, vec!["get"]);
+    for command in ["acl", "config"] {
+        match c.issue(&grant("01MINTING", command, "cache:*")).await {
+            Err(CallError::Connector(ConnectorError::Invalid(m))) => {
+                assert!(m.contains("allow-minting"), "{m}");
+            }
+            other => panic!("`{command}` must be refused: {other:?}"),
+        }
+    }
+    assert!(server.ebb_users().unwrap().is_empty());
+}

@@ -16,6 +16,11 @@
 //!   `get, mget, exists, ttl, hget, hgetall, lrange, smembers`).
 //! - `allowed-keys`: comma-separated key patterns (`prefix*` or exact keys) a grant's
 //!   patterns must fall within. Nothing is allowed until this is set.
+//! - `allow-minting` (default `false`): whether a grant may name a command that
+//!   creates access or changes the server for others (`ACL`, `CONFIG`, `MODULE`,
+//!   `REPLICAOF`, `MIGRATE`, …). Without it such commands are not offered even if
+//!   listed in `allowed-commands`, so an ACL user or other standing access cannot
+//!   be made with a grant: what it leaves would outlive it.
 //!
 //! The lent connection's user needs `+acl +client|list` (and the host's
 //! `allow-commands` must include `ACL` and `CLIENT`). Redis does not replicate ACL
@@ -28,6 +33,36 @@ use ebb_connector_sdk::{
 };
 
 const DEFAULT_COMMANDS: &str = "get, mget, exists, ttl, hget, hgetall, lrange, smembers";
+
+/// Commands whose effect outlives the grant: new users or passwords, server
+/// configuration, loaded code, replication to or data moved to another server.
+const MINTING: &[&str] = &[
+    "acl",
+    "config",
+    "debug",
+    "failover",
+    "migrate",
+    "module",
+    "psync",
+    "replconf",
+    "replicaof",
+    "slaveof",
+    "sync",
+];
+
+fn minting_allowed() -> bool {
+    config::get_or("allow-minting", "false").eq_ignore_ascii_case("true")
+}
+
+/// The commands a grant may name: `allowed-commands`, less the minting ones
+/// unless the config allows them.
+fn grantable() -> Vec<String> {
+    let minting = minting_allowed();
+    list("allowed-commands", DEFAULT_COMMANDS)
+        .into_iter()
+        .filter(|c| minting || !MINTING.contains(&c.as_str()))
+        .collect()
+}
 
 struct Redis;
 
@@ -64,13 +99,19 @@ fn checked(grant: &Grant) -> Result<Vec<(String, String)>, Error> {
             "a grant needs at least one permission".into(),
         ));
     }
-    let commands = list("allowed-commands", DEFAULT_COMMANDS);
+    let commands = grantable();
     let keys = list("allowed-keys", "");
     grant
         .permissions
         .iter()
         .map(|p| {
             let command = p.action.to_ascii_lowercase();
+            if !minting_allowed() && MINTING.contains(&command.as_str()) {
+                return Err(Error::Invalid(format!(
+                    "`{command}` can create access that would outlive the grant; this \
+                     connector does not allow-minting"
+                )));
+            }
             if !commands.contains(&command) {
                 return Err(Error::Invalid(format!(
                     "unknown command `{}`; this connector grants {}",
@@ -132,7 +173,7 @@ impl Connector for Redis {
             .with_description(
                 "Per-grant Redis ACL users with exactly the granted commands and key patterns",
             );
-        for command in list("allowed-commands", DEFAULT_COMMANDS) {
+        for command in grantable() {
             info = info.with_action(
                 &command,
                 &format!("run {} on the granted keys", command.to_ascii_uppercase()),
