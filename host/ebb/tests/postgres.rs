@@ -54,6 +54,21 @@ fn user_and_password(credential: &Credential) -> (String, String) {
     )
 }
 
+/// Revokes with the handle, and checks the connector then finds nothing left.
+async fn revoke_and_expect_revoked(
+    c: &LoadedConnector,
+    g: &Grant,
+    issued: &ebb_core::contract::Issued,
+) {
+    c.revoke(g, Some(&issued.handle), None).await.unwrap();
+    assert_eq!(
+        c.verify_revoked(g, Some(&issued.handle), Some(&issued.credential))
+            .await
+            .unwrap(),
+        Verdict::Revoked
+    );
+}
+
 fn sqlstate(e: &tokio_postgres::Error) -> String {
     e.as_db_error()
         .map(|d| d.code().code().to_owned())
@@ -355,17 +370,7 @@ async fn what_the_grantee_made_is_dropped_or_reported_where_it_is() {
         .load("pg-all", &lent(&["ebb_sales", "ebb_unreached"]))
         .await
         .unwrap();
-    reaching
-        .revoke(&g, Some(&issued.handle), None)
-        .await
-        .unwrap();
-    assert_eq!(
-        reaching
-            .verify_revoked(&g, Some(&issued.handle), Some(&issued.credential))
-            .await
-            .unwrap(),
-        Verdict::Revoked
-    );
+    revoke_and_expect_revoked(&reaching, &g, &issued).await;
     assert!(pg.ebb_roles().unwrap().is_empty());
 }
 
@@ -399,21 +404,14 @@ async fn lent_connections_use_verified_tls_with_a_ca_file() {
         )
         .unwrap();
     assert_ne!(over_tls, "0", "the pool's connections are not TLS");
-    tls.revoke(&g, Some(&issued.handle), None).await.unwrap();
-    assert_eq!(
-        tls.verify_revoked(&g, Some(&issued.handle), Some(&issued.credential))
-            .await
-            .unwrap(),
-        Verdict::Revoked
-    );
+    revoke_and_expect_revoked(&tls, &g, &issued).await;
 
     // Without the CA file: no TLS, and the server refuses the connection.
     let plain = runtime.load("pg-plain", &with_ca(None)).await.unwrap();
     let g2 = grant("01JTESTNOTLS", &[("select", "public.invoices")]);
     assert!(plain.issue(&g2).await.is_err());
     // With another CA: the server's certificate does not verify.
-    let other = std::env::temp_dir().join(format!("ebb-other-ca-{}.pem", std::process::id()));
-    std::fs::write(&other, ebb_test_support::tls::TestCa::new().unwrap().pem()).unwrap();
+    let other = ebb_test_support::tls::unrelated_ca_file("pg").unwrap();
     let wrong = runtime
         .load("pg-wrong-ca", &with_ca(Some(&other)))
         .await

@@ -163,8 +163,7 @@ async fn a_rediss_url_with_a_ca_file_runs_over_verified_tls() {
         Verdict::Revoked
     );
 
-    let other = std::env::temp_dir().join(format!("ebb-other-redis-ca-{}.pem", std::process::id()));
-    std::fs::write(&other, ebb_test_support::tls::TestCa::new().unwrap().pem()).unwrap();
+    let other = ebb_test_support::tls::unrelated_ca_file("redis").unwrap();
     let wrong = load("redis-wrong-ca", other.clone()).await;
     let err = wrong
         .issue(&grant("01TLS2", "get", "cache:*"))

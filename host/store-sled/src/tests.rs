@@ -554,6 +554,22 @@ fn commit_state(store: &SledStore, r: GrantRecord) -> GrantRecord {
         .0
 }
 
+/// Both the check at start and the full check report a problem containing `needle`.
+fn both_checks_report(store: &SledStore, needle: &str) {
+    for report in [
+        store.verify_at_start().unwrap(),
+        store.verify_audit().unwrap(),
+    ] {
+        assert!(
+            report
+                .problem
+                .as_deref()
+                .is_some_and(|p| p.contains(needle)),
+            "{report:?}"
+        );
+    }
+}
+
 /// Issue 13: grant records are bound to the chain. Edited while the host is
 /// stopped (`active` → `verified`, which would end its revocation), removed, or
 /// replaced by an older copy of themselves, the store's checks say so; an untouched
@@ -592,19 +608,7 @@ async fn grant_records_edited_outside_the_host_are_detected() {
         .db
         .insert(b"g/r1", serde_json::to_vec(&edited).unwrap())
         .unwrap();
-    for report in [
-        store.verify_at_start().unwrap(),
-        store.verify_audit().unwrap(),
-    ] {
-        assert!(
-            report
-                .problem
-                .as_deref()
-                .unwrap()
-                .contains("grant record r1 was altered"),
-            "{report:?}"
-        );
-    }
+    both_checks_report(&store, "grant record r1 was altered");
     store.db.insert(b"g/r1", original.clone()).unwrap();
     assert!(store.verify_at_start().unwrap().is_intact());
 
@@ -612,19 +616,7 @@ async fn grant_records_edited_outside_the_host_are_detected() {
     let tag = store.db.get(b"b/r3").unwrap().unwrap();
     let r3 = store.db.remove(b"g/r3").unwrap().unwrap();
     store.db.remove(b"b/r3").unwrap();
-    for report in [
-        store.verify_at_start().unwrap(),
-        store.verify_audit().unwrap(),
-    ] {
-        assert!(
-            report
-                .problem
-                .as_deref()
-                .unwrap()
-                .contains("records were removed"),
-            "{report:?}"
-        );
-    }
+    both_checks_report(&store, "records were removed");
     store.db.insert(b"g/r3", r3).unwrap();
     store.db.insert(b"b/r3", tag).unwrap();
 

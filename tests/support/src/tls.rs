@@ -39,3 +39,12 @@ impl TestCa {
         Ok((cert.pem(), key.serialize_pem()))
     }
 }
+
+/// Writes the certificate of a CA that signed nothing to a temporary PEM file: a
+/// trust anchor that must not make any test server's certificate verify.
+pub fn unrelated_ca_file(tag: &str) -> anyhow::Result<std::path::PathBuf> {
+    let path =
+        std::env::temp_dir().join(format!("ebb-unrelated-ca-{tag}-{}.pem", std::process::id()));
+    std::fs::write(&path, TestCa::new()?.pem())?;
+    Ok(path)
+}
