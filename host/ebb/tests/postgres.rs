@@ -613,3 +613,100 @@ async fn database_outage_is_unavailable_and_retryable() {
         Verdict::Revoked
     );
 }
+
+/// Issue 14: the host asks `standing-access` at request time, and policies see it.
+/// A subject whose base role already reads the table gets no JIT grant on top of
+/// it (it would reduce nothing); one without standing access is approved, and the
+/// decision's evidence says what was found.
+#[tokio::test]
+async fn standing_access_reaches_the_policies_at_request_time() {
+    use ebb_engine::approval::{Alerts, ApprovalGate, Ask, Requester, Standing};
+    ebb_test_support::require!(Postgres);
+    let pg = Postgres::start().unwrap();
+    let registry = std::sync::Arc::new(ebb_engine::registry::Registry::new(
+        Runtime::new(&RuntimeConfig::default()).unwrap(),
+    ));
+    registry
+        .load(
+            "pg",
+            &ConnectorConfig::new(ebb_test_plugins::POSTGRES)
+                .with_config("allowed-resources", "public.invoices")
+                .with_config("standing-role:spiffe://test/billing", "svc_billing")
+                .with_sql("main", &pg.admin_dsn()),
+        )
+        .await
+        .unwrap();
+    let policies = pg.dir().join("policies.cedar");
+    std::fs::write(
+        &policies,
+        r#"
+@id("reads") @approval("auto")
+permit (principal, action == Ebb::Action::"select", resource);
+
+@id("no-jit-on-standing-access")
+forbid (principal, action, resource) when { context.standing_count > 0 };
+"#,
+    )
+    .unwrap();
+    let gate = ApprovalGate::new(
+        Some(&ebb_engine::config::PolicyConfig {
+            path: policies,
+            watch: false,
+            break_glass: None,
+            anomaly_window: std::time::Duration::from_secs(60),
+        }),
+        &registry,
+        Alerts::new(vec![]),
+    )
+    .unwrap();
+    let slot = registry.get("pg").unwrap();
+    let permissions = [Permission {
+        action: "select".into(),
+        resource: "public.invoices".into(),
+    }];
+    for (subject, denied) in [
+        ("spiffe://test/billing", true),
+        ("spiffe://test/nobody", false),
+    ] {
+        let standing = Standing::of(
+            &slot,
+            &Subject {
+                id: subject.into(),
+                kind: SubjectKind::Workload,
+                claims: vec![],
+            },
+        )
+        .await;
+        let decided = gate
+            .decide(
+                &Requester {
+                    subject,
+                    kind: SubjectKind::Workload,
+                    issuer: None,
+                    claims: &[],
+                },
+                &slot,
+                &Ask {
+                    permissions: &permissions,
+                    ttl_ms: 60_000,
+                    task: "reconcile",
+                    reason: None,
+                    break_glass: false,
+                    now_ms: ebb_test_support::now_ms(),
+                    standing: &standing,
+                },
+            )
+            .unwrap();
+        let evidence = decided.detail.to_string();
+        match (&decided.decision, denied) {
+            (ebb_engine::lifecycle::Decision::Deny { reason, .. }, true) => {
+                assert!(reason.contains("no-jit-on-standing-access"), "{reason}");
+                assert!(evidence.contains("svc_billing"), "{evidence}");
+            }
+            (ebb_engine::lifecycle::Decision::Approve { .. }, false) => {
+                assert_eq!(standing.findings.as_deref(), Some(&[][..]), "{evidence}");
+            }
+            (other, _) => panic!("{subject}: {other:?} ({evidence})"),
+        }
+    }
+}

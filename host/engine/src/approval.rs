@@ -6,8 +6,8 @@ pub use crate::alerts::Alerts;
 use crate::config::{ApprovalMode, BreakGlassConfig, PolicyConfig};
 use crate::lifecycle::Decision;
 use crate::policy::{Outcome, Policies, PolicyError, PolicyFiles, Query};
-use crate::registry::{Registry, Slot};
-use ebb_core::contract::{Permission, SubjectKind};
+use crate::registry::{Pool, Registry, Slot};
+use ebb_core::contract::{Permission, Subject, SubjectKind};
 use ebb_core::store::{self, Store};
 use serde_json::{Value, json};
 use std::collections::{BTreeSet, HashMap};
@@ -32,6 +32,48 @@ pub struct Ask<'a> {
     pub reason: Option<&'a str>,
     pub break_glass: bool,
     pub now_ms: u64,
+    /// What the subject can already do downstream without a grant.
+    pub standing: &'a Standing,
+}
+
+/// What a subject can already do downstream without any grant, as the connector
+/// reports it (`standing-access`), asked at request time: policies see it (a JIT
+/// grant on top of standing access reduces nothing) and the report keeps it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Standing {
+    /// The findings; `None` when not known.
+    pub findings: Option<Vec<String>>,
+    /// Why not known: the connector does not report standing access, or failed to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unknown_because: Option<String>,
+}
+
+impl Standing {
+    /// Asks `slot`'s connector about `subject`, on the request pool.
+    pub async fn of(slot: &Slot, subject: &Subject) -> Self {
+        if !slot.connector().info().capabilities.reports_standing_access {
+            return Self::unknown("the connector does not report standing access");
+        }
+        match slot
+            .call(Pool::Request)
+            .await
+            .standing_access(subject)
+            .await
+        {
+            Ok(found) => Self {
+                findings: Some(found.into_iter().map(|r| r.detail).collect()),
+                unknown_because: None,
+            },
+            Err(e) => Self::unknown(&format!("standing-access failed: {e}")),
+        }
+    }
+
+    pub fn unknown(why: &str) -> Self {
+        Self {
+            findings: None,
+            unknown_because: Some(why.to_owned()),
+        }
+    }
 }
 
 /// What was decided, and the evidence for the audit log.
@@ -227,12 +269,12 @@ impl ApprovalGate {
                         issue_within_ms: None,
                     },
                     approvals_required: 1,
-                    detail: json!({ "decided_by": "connector", "approval": "auto" }),
+                    detail: json!({ "decided_by": "connector", "approval": "auto", "standing": ask.standing }),
                 },
                 ApprovalMode::Required => Decided {
                     decision: Decision::Pending,
                     approvals_required: 1,
-                    detail: json!({ "decided_by": "connector", "approval": "required" }),
+                    detail: json!({ "decided_by": "connector", "approval": "required", "standing": ask.standing }),
                 },
             });
         };
@@ -259,13 +301,19 @@ impl ApprovalGate {
             risk: &risk,
             break_glass: ask.break_glass,
             now_ms: ask.now_ms,
+            standing: ask.standing.findings.as_deref(),
         });
         let by = if verdict.policies.is_empty() {
             "policy:default-deny".to_owned()
         } else {
             format!("policy:{}", verdict.policies.join(","))
         };
-        let detail = json!({ "decided_by": "policy", "verdict": verdict, "risk": risk });
+        let detail = json!({
+            "decided_by": "policy",
+            "verdict": verdict,
+            "risk": risk,
+            "standing": ask.standing,
+        });
         Ok(match verdict.outcome {
             Outcome::Deny => Decided {
                 decision: Decision::Deny {

@@ -12,7 +12,11 @@
 //!   `kind` and `system`;
 //! - **context**: `task`, `reason`, `resource` (the permission's resource),
 //!   `ttl_seconds`, `now`, `hour_utc`, `weekday_utc` (0 = Monday), `source`,
-//!   `risk` (a set: `anomalous-subject`, …) and `break_glass`.
+//!   `risk` (a set: `anomalous-subject`, …), `break_glass`, and what the subject can
+//!   already do downstream without a grant as the connector reports it:
+//!   `standing_known`, `standing` (a set of findings) and `standing_count` — e.g.
+//!   `forbid (principal, action, resource) when { context.standing_count > 0 };`
+//!   refuses a JIT grant that would reduce nothing.
 //!
 //! Each permission of a request is one Cedar query; all must be permitted. Permit
 //! policies say what follows with annotations: `@approval("auto")` approves without
@@ -78,6 +82,8 @@ pub struct Query<'a> {
     pub break_glass: bool,
     /// Milliseconds since the Unix epoch.
     pub now_ms: u64,
+    /// The subject's standing access downstream; `None` if not known.
+    pub standing: Option<&'a [String]>,
 }
 
 /// A policy set that loaded and validated, with where it came from.
@@ -206,6 +212,7 @@ pub fn schema_text(actions: &BTreeSet<String>) -> String {
          \x20   task: String, reason: String, resource: String, ttl_seconds: Long,\n\
          \x20   now: Long, hour_utc: Long, weekday_utc: Long, source: String,\n\
          \x20   risk: Set<String>, break_glass: Bool,\n\
+         \x20   standing_known: Bool, standing: Set<String>, standing_count: Long,\n\
          \x20 };\n",
     );
     if !actions.is_empty() {
@@ -434,6 +441,25 @@ fn evaluate(set: &PolicySet, q: &Query<'_>) -> Result<Ruling, PolicyError> {
             (
                 "break_glass".to_owned(),
                 RestrictedExpression::new_bool(q.break_glass),
+            ),
+            (
+                "standing_known".to_owned(),
+                RestrictedExpression::new_bool(q.standing.is_some()),
+            ),
+            (
+                "standing".to_owned(),
+                RestrictedExpression::new_set(
+                    q.standing
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|f| RestrictedExpression::new_string(f.clone())),
+                ),
+            ),
+            (
+                "standing_count".to_owned(),
+                RestrictedExpression::new_long(
+                    i64::try_from(q.standing.map_or(0, <[String]>::len)).unwrap_or(i64::MAX),
+                ),
             ),
         ])
         .map_err(|e| err(&e))?;

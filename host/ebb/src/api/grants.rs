@@ -226,6 +226,13 @@ async fn create(
         .ok_or_else(|| {
             ApiError::BadRequest(format!("no connector named `{}` is loaded", req.connector))
         })?;
+    let subject = Subject {
+        id: principal.subject.clone(),
+        kind: principal.kind,
+        claims: principal.claims.clone(),
+    };
+    // Policies see what the subject can already do without a grant; the report keeps it.
+    let standing = ebb_engine::approval::Standing::of(&slot, &subject).await;
     let decided = state
         .approval
         .decide(
@@ -243,6 +250,7 @@ async fn create(
                 reason: req.reason.as_deref(),
                 break_glass,
                 now_ms: state.lifecycle.clock().now_ms(),
+                standing: &standing,
             },
         )
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
@@ -264,11 +272,7 @@ async fn create(
     }
     let new = NewGrant {
         connector: req.connector,
-        subject: Subject {
-            id: principal.subject.clone(),
-            kind: principal.kind,
-            claims: principal.claims.clone(),
-        },
+        subject,
         permissions: req.permissions,
         ttl_ms,
         task: req.task,

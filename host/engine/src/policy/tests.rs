@@ -27,6 +27,9 @@ forbid (principal, action, resource) when { context.resource == "public.salaries
 
 @id("no-anomalous-subjects")
 forbid (principal, action, resource) when { context.risk.contains("anomalous-subject") };
+
+@id("no-jit-on-standing-access")
+forbid (principal, action, resource) when { context.standing_count > 0 };
 "#;
 
 const BREAK_GLASS: &str = r#"
@@ -70,6 +73,8 @@ struct Case {
     reason: &'static str,
     risk: &'static [&'static str],
     break_glass: bool,
+    /// The subject's standing access as the connector reported it (`None`: unknown).
+    standing: Option<&'static [&'static str]>,
     expect: Outcome,
     /// A substring of the reasons (denials) or a deciding policy id.
     because: &'static str,
@@ -89,6 +94,7 @@ fn base() -> Case {
         reason: "",
         risk: &[],
         break_glass: false,
+        standing: Some(&[]),
         expect: Outcome::Deny,
         because: "",
     }
@@ -109,6 +115,9 @@ fn decide_case(policies: &Policies, c: &Case) -> Ruling {
         })
         .collect();
     let risk: Vec<String> = c.risk.iter().map(|r| (*r).to_owned()).collect();
+    let standing: Option<Vec<String>> = c
+        .standing
+        .map(|found| found.iter().map(|f| (*f).to_owned()).collect());
     policies.decide(&Query {
         subject: "spiffe://acme/ci/billing",
         kind: c.kind,
@@ -125,6 +134,7 @@ fn decide_case(policies: &Policies, c: &Case) -> Ruling {
         risk: &risk,
         break_glass: c.break_glass,
         now_ms: 1_790_000_000_000,
+        standing: standing.as_deref(),
     })
 }
 
@@ -142,6 +152,19 @@ fn decides_every_case_as_written() {
             name: "ci reads over the max ttl",
             ttl: "1h",
             because: "over the 30m that policy `ci-reads-auto` allows",
+            ..base()
+        },
+        Case {
+            name: "a JIT grant on top of standing access reduces nothing",
+            standing: Some(&["role svc_billing can select on public.invoices outside any grant"]),
+            because: "forbidden by `no-jit-on-standing-access`",
+            ..base()
+        },
+        Case {
+            name: "standing access unknown: the policy's condition does not hold",
+            standing: None,
+            expect: Outcome::AutoApprove,
+            because: "ci-reads-auto",
             ..base()
         },
         Case {
