@@ -68,6 +68,14 @@ enum Command {
         #[command(subcommand)]
         command: cli::PolicyCommand,
     },
+    /// Scans downstream systems: `ebb scan standing` checks what subjects can
+    /// already do without a grant.
+    Scan {
+        #[command(flatten)]
+        remote: cli::Remote,
+        #[command(subcommand)]
+        command: cli::ScanCommand,
+    },
     /// Reports an anomaly: revokes a grant, or all of a subject's grants, now.
     Anomaly {
         #[command(flatten)]
@@ -142,6 +150,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit { remote, command } => cli::audit(remote, command).await,
         Command::Connectors { remote, command } => cli::connectors(remote, command).await,
         Command::Policy { remote, command } => cli::policy(remote, command).await,
+        Command::Scan { remote, command } => cli::scan(remote, command).await,
         Command::Anomaly { remote, args } => cli::anomaly(remote, args).await,
         Command::Token { command } => match command {
             TokenCommand::New { name, role } => {
@@ -419,6 +428,8 @@ mod server {
         // policies do not load refuses to start rather than decide without them.
         let alerts = Alerts::new(config.alerts.webhooks.clone());
         lifecycle.set_alerts(alerts.clone());
+        // Subjects seen in requests have their standing access checked again hourly.
+        let _standing = ebb_engine::standing::spawn(lifecycle.clone());
         let approval = Arc::new(
             ApprovalGate::new(config.policy.as_ref(), lifecycle.registry(), alerts)
                 .map_err(|e| anyhow::anyhow!("policies: {e}"))?,

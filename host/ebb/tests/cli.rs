@@ -235,6 +235,12 @@ sql.main = {{ dsn-env = "EBB_TEST_PG_DSN", max-connections = 2 }}
     assert_eq!(got["trigger"], "anomaly");
     let (ok, out, _) = ebb(&api, OPERATOR, &["policy", "list"]);
     assert!(ok && out.contains("no policies configured"), "{out}");
+    // The requester was seen; its own identity has no standing access in PostgreSQL.
+    let (ok, out, err) = ebb(&api, OPERATOR, &["scan", "standing"]);
+    assert!(
+        ok && out.contains("postgres") && out.contains(": none"),
+        "{out}{err}"
+    );
     let (ok, _, err) = ebb(&api, OPERATOR, &["connectors", "unload", "extra"]);
     assert!(!ok && err.contains("live grant"), "{err}");
     let (ok, out, err) = ebb(

@@ -710,3 +710,75 @@ forbid (principal, action, resource) when { context.standing_count > 0 };
         }
     }
 }
+
+/// Issue 14: standing access is watched, not only asked once. A subject seen in a
+/// request is recorded with what was found (audited as `standing.found`); a scan
+/// that finds nothing new writes nothing; when the subject's base role gains a
+/// privilege outside any grant, the next scan reports that one finding.
+#[tokio::test]
+async fn standing_access_scans_report_each_new_finding_once() {
+    use ebb_core::seal::{HostKey, Sealer};
+    use ebb_engine::lifecycle::{Clock, EngineConfig, Lifecycle};
+    use ebb_engine::standing::{self, Standing};
+    ebb_test_support::require!(Postgres);
+    let pg = Postgres::start().unwrap();
+    let registry = std::sync::Arc::new(ebb_engine::registry::Registry::new(
+        Runtime::new(&RuntimeConfig::default()).unwrap(),
+    ));
+    registry
+        .load(
+            "pg",
+            &ConnectorConfig::new(ebb_test_plugins::POSTGRES)
+                .with_config("allowed-resources", "public.invoices")
+                .with_config("standing-role:spiffe://test/billing", "svc_billing")
+                .with_sql("main", &pg.admin_dsn()),
+        )
+        .await
+        .unwrap();
+    let lifecycle = Lifecycle::new(
+        ebb_store_sled::SledStore::temporary([3; 32]).unwrap(),
+        Sealer::new(&HostKey::from_hex(&"33".repeat(32)).unwrap()),
+        registry.clone(),
+        Clock::system(),
+        EngineConfig::default(),
+    );
+    let subject = Subject {
+        id: "spiffe://test/billing".into(),
+        kind: SubjectKind::Workload,
+        claims: vec![],
+    };
+    let found = |lifecycle: &Lifecycle| {
+        lifecycle
+            .store()
+            .audit(&ebb_core::store::AuditQuery {
+                limit: 1000,
+                ..Default::default()
+            })
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.kind == "standing.found")
+            .map(|e| e.detail["findings"].clone())
+            .collect::<Vec<_>>()
+    };
+    let standing = Standing::of(&registry.get("pg").unwrap(), &subject).await;
+    let first = standing::record(&lifecycle, "pg", &subject, &standing, true).unwrap();
+    assert!(
+        !first.is_empty(),
+        "svc_billing has standing access: {standing:?}"
+    );
+    assert_eq!(found(&lifecycle).len(), 1);
+
+    let entries = standing::scan(&lifecycle, None).await.unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].standing.findings.as_deref(), Some(&first[..]));
+    assert_eq!(found(&lifecycle).len(), 1, "nothing new, nothing written");
+
+    pg.psql("grant delete on public.invoices to svc_billing")
+        .unwrap();
+    standing::scan(&lifecycle, None).await.unwrap();
+    let events = found(&lifecycle);
+    assert_eq!(events.len(), 2);
+    let new: Vec<String> = serde_json::from_value(events[1].clone()).unwrap();
+    assert_eq!(new.len(), 1, "{new:?}");
+    assert!(new[0].contains("delete on public.invoices"), "{new:?}");
+}

@@ -6,8 +6,9 @@ pub use crate::alerts::Alerts;
 use crate::config::{ApprovalMode, BreakGlassConfig, PolicyConfig};
 use crate::lifecycle::Decision;
 use crate::policy::{Outcome, Policies, PolicyError, PolicyFiles, Query};
-use crate::registry::{Pool, Registry, Slot};
-use ebb_core::contract::{Permission, Subject, SubjectKind};
+use crate::registry::{Registry, Slot};
+pub use crate::standing::Standing;
+use ebb_core::contract::{Permission, SubjectKind};
 use ebb_core::store::{self, Store};
 use serde_json::{Value, json};
 use std::collections::{BTreeSet, HashMap};
@@ -34,46 +35,6 @@ pub struct Ask<'a> {
     pub now_ms: u64,
     /// What the subject can already do downstream without a grant.
     pub standing: &'a Standing,
-}
-
-/// What a subject can already do downstream without any grant, as the connector
-/// reports it (`standing-access`), asked at request time: policies see it (a JIT
-/// grant on top of standing access reduces nothing) and the report keeps it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Standing {
-    /// The findings; `None` when not known.
-    pub findings: Option<Vec<String>>,
-    /// Why not known: the connector does not report standing access, or failed to.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub unknown_because: Option<String>,
-}
-
-impl Standing {
-    /// Asks `slot`'s connector about `subject`, on the request pool.
-    pub async fn of(slot: &Slot, subject: &Subject) -> Self {
-        if !slot.connector().info().capabilities.reports_standing_access {
-            return Self::unknown("the connector does not report standing access");
-        }
-        match slot
-            .call(Pool::Request)
-            .await
-            .standing_access(subject)
-            .await
-        {
-            Ok(found) => Self {
-                findings: Some(found.into_iter().map(|r| r.detail).collect()),
-                unknown_because: None,
-            },
-            Err(e) => Self::unknown(&format!("standing-access failed: {e}")),
-        }
-    }
-
-    pub fn unknown(why: &str) -> Self {
-        Self {
-            findings: None,
-            unknown_because: Some(why.to_owned()),
-        }
-    }
 }
 
 /// What was decided, and the evidence for the audit log.

@@ -13,6 +13,9 @@
 //! - [`approval`] over [`policy`]: who may ask for what, and who must approve
 //!   ([`ApprovalGate`](approval::ApprovalGate), Cedar
 //!   [`Policies`](policy::Policies)).
+//! - [`standing`]: what a subject can already do downstream without a grant
+//!   ([`Standing`](standing::Standing)), asked at request time and on a schedule;
+//!   new findings are audited and alerted.
 //! - [`identity`]: proving who a requester is (JWT against a JWKS).
 //! - [`audit_log`]: [`AuditLog`](audit_log::AuditLog), the one way anything but a
 //!   transition appends an audit event.
@@ -34,3 +37,4 @@ pub mod lifecycle;
 pub mod loader;
 pub mod policy;
 pub mod registry;
+pub mod standing;

@@ -281,10 +281,19 @@ async fn create(
         break_glass,
         decided_by: Some(decided.detail),
     };
+    let connector = new.connector.clone();
+    let subject = new.subject.clone();
     let grant = state
         .lifecycle
         .request(new, &principal.id, decision)
         .await?;
+    // Seen now: its standing access is checked again on the schedule, and a new
+    // finding is audited and alerted. The request stands even if this fails.
+    if let Err(e) =
+        ebb_engine::standing::record(&state.lifecycle, &connector, &subject, &standing, true)
+    {
+        tracing::error!(error = %e, "recording standing access failed");
+    }
     if break_glass {
         let alert = serde_json::json!({
             "kind": "break-glass",

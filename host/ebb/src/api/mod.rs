@@ -17,6 +17,7 @@ mod grants;
 pub mod guard;
 mod ops;
 pub mod policy;
+mod standing;
 
 pub use auth::{Principal, Tokens};
 pub use error::{ApiError, ErrorBody};
@@ -68,6 +69,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/anomalies", post(policy::report_anomaly))
         .route("/v1/policies", get(policy::policies))
         .route("/v1/policies/reload", post(policy::reload_policies))
+        .route("/v1/standing", get(standing::list))
+        .route("/v1/standing/scan", post(standing::scan))
         .route("/v1/audit", get(ops::audit))
         .route("/v1/audit/verify", get(ops::verify_audit))
         .route("/v1/openapi.json", get(ops::openapi))
@@ -95,6 +98,7 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
         connectors::list, connectors::get, connectors::load, connectors::reload,
         connectors::unload,
         policy::report_anomaly, policy::policies, policy::reload_policies,
+        standing::list, standing::scan,
         ops::audit, ops::verify_audit, ops::healthz, ops::readyz, ops::metrics,
     ),
     components(schemas(ErrorBody, connectors::LiveGrants)),

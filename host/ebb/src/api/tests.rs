@@ -638,6 +638,8 @@ async fn serves_an_openapi_document_of_every_route() {
         ("/healthz", "get"),
         ("/readyz", "get"),
         ("/metrics", "get"),
+        ("/v1/standing", "get"),
+        ("/v1/standing/scan", "post"),
     ] {
         assert!(
             paths.get(path).and_then(|p| p.get(method)).is_some(),
@@ -661,5 +663,47 @@ async fn serves_an_openapi_document_of_every_route() {
         unique.len(),
         "operation ids must be unique: {ids:?}"
     );
-    assert_eq!(ids.len(), 24);
+    assert_eq!(ids.len(), 26);
+}
+
+/// Issue 14: every subject seen in a request is recorded with its standing access
+/// (here unknown: the noop connector does not report it, and says so); operators
+/// and auditors read the record, only operators scan, requesters do neither.
+#[tokio::test]
+async fn standing_access_is_recorded_per_subject_and_scanned_by_operators() {
+    let app = app().await;
+    let (s, _) = call(
+        &app,
+        "POST",
+        "/v1/grants",
+        Some("agent"),
+        Some(&grant_body("auto", "5m")),
+    )
+    .await;
+    // Approved automatically, and issued in the same request.
+    assert_eq!(s, StatusCode::CREATED);
+    for (who, method, path, expect) in [
+        ("agent", "GET", "/v1/standing", StatusCode::FORBIDDEN),
+        ("agent", "POST", "/v1/standing/scan", StatusCode::FORBIDDEN),
+        ("audit", "POST", "/v1/standing/scan", StatusCode::FORBIDDEN),
+        ("audit", "GET", "/v1/standing", StatusCode::OK),
+        ("ops", "POST", "/v1/standing/scan", StatusCode::OK),
+    ] {
+        let (s, v) = call(&app, method, path, Some(who), None).await;
+        assert_eq!(s, expect, "{who} {method} {path}: {v}");
+        if s == StatusCode::OK {
+            let entries = v.as_array().unwrap();
+            assert_eq!(entries.len(), 1, "{v}");
+            assert_eq!(entries[0]["connector"], "auto");
+            assert_eq!(entries[0]["subject"]["id"], "spiffe://test/agent");
+            assert!(entries[0]["findings"].is_null(), "{v}");
+            assert!(
+                entries[0]["unknown_because"]
+                    .as_str()
+                    .unwrap()
+                    .contains("does not report standing access"),
+                "{v}"
+            );
+        }
+    }
 }

@@ -458,7 +458,6 @@ async fn end(
     Ok(())
 }
 
-/// Runs `ebb audit …`.
 /// `ebb policy …`.
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
@@ -484,6 +483,49 @@ pub async fn policy(remote: Remote, command: PolicyCommand) -> anyhow::Result<()
     } else {
         for id in v["ids"].as_array().into_iter().flatten() {
             println!("{}", s(id));
+        }
+    }
+    Ok(())
+}
+
+/// `ebb scan …`.
+#[derive(Debug, Subcommand)]
+pub enum ScanCommand {
+    /// Checks again what every subject seen in a request can do downstream without
+    /// a grant; new findings are audited and alerted.
+    Standing,
+}
+
+/// Runs `ebb scan …`.
+pub async fn scan(remote: Remote, command: ScanCommand) -> anyhow::Result<()> {
+    let json_out = remote.json;
+    let client = Client::new(remote)?;
+    let v = match command {
+        ScanCommand::Standing => client.post("/v1/standing/scan", json!({})).await?,
+    };
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let entries = v.as_array().cloned().unwrap_or_default();
+    if entries.is_empty() {
+        println!("no subject has asked for a grant yet");
+    }
+    for e in entries {
+        let subject = s(&e["subject"]["id"]);
+        let connector = s(&e["connector"]);
+        match e["findings"].as_array() {
+            Some(found) if found.is_empty() => println!("{connector}  {subject}: none"),
+            Some(found) => {
+                println!("{connector}  {subject}: {} finding(s)", found.len());
+                for f in found {
+                    println!("    {}", s(f));
+                }
+            }
+            None => println!(
+                "{connector}  {subject}: unknown ({})",
+                s(&e["unknown_because"])
+            ),
         }
     }
     Ok(())

@@ -274,6 +274,13 @@ impl Lifecycle {
         let _ = self.inner.alerts.set(alerts);
     }
 
+    /// Sends `alert` to the webhooks, if alerts are set.
+    pub fn alert(&self, alert: serde_json::Value) {
+        if let Some(alerts) = self.inner.alerts.get() {
+            alerts.send(alert);
+        }
+    }
+
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.inner.store
     }
