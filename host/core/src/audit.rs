@@ -204,6 +204,11 @@ impl Chain {
             .is_ok()
     }
 
+    /// Whether `event` is as this host sealed it (its hash matches its content).
+    pub fn event_is_genuine(&self, event: &AuditEvent) -> bool {
+        self.hash(event) == event.hash
+    }
+
     /// The tag binding grant record `id`, stored as `bytes`, to this host: stored
     /// beside the record and carried by the event that committed it.
     pub fn record_tag(&self, id: &str, bytes: &[u8]) -> [u8; 32] {

@@ -322,6 +322,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// On success the checked head becomes the next check's starting point.
     fn verify_at_start(&self) -> Result<ChainReport>;
 
+    /// Checks the events appended since the last good check (while serving, on a
+    /// schedule) and, if intact, makes the head the next check's starting point —
+    /// so tampering is seen while the host runs and a restart re-reads little.
+    fn verify_new_events(&self) -> Result<ChainReport>;
+
     /// The number of grants in each state.
     fn counts(&self) -> Result<BTreeMap<GrantState, u64>>;
 

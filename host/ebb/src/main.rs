@@ -430,6 +430,8 @@ mod server {
         lifecycle.set_alerts(alerts.clone());
         // Subjects seen in requests have their standing access checked again hourly.
         let _standing = ebb_engine::standing::spawn(lifecycle.clone());
+        // The audit chain is checked while serving, not only at start.
+        let _chain = lifecycle.watch_audit_chain(std::time::Duration::from_secs(600));
         let approval = Arc::new(
             ApprovalGate::new(config.policy.as_ref(), lifecycle.registry(), alerts)
                 .map_err(|e| anyhow::anyhow!("policies: {e}"))?,

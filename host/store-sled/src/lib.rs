@@ -378,6 +378,58 @@ impl SledStore {
         }
     }
 
+    /// The head the last good check verified, if this host recorded it.
+    fn checkpoint(&self) -> Result<Option<Head>> {
+        Ok(match self.db.get(b"m/verified").map_err(storage)? {
+            Some(bytes) => Some(decode::<Head>(b"m/verified", &bytes)?)
+                .filter(|h| self.chain.head_is_genuine(h)),
+            None => None,
+        })
+    }
+
+    /// Checks the events after the last good check up to `head` (the whole chain
+    /// without one).
+    fn check_new_events(&self, head: Option<&Head>) -> Result<ChainReport> {
+        let (from_seq, from_hash) = match (self.checkpoint()?, head) {
+            (Some(c), Some(h)) if c.seq <= h.seq => {
+                // The event it ended at must still be the one it verified.
+                let at = match self.db.get(audit_key(c.seq)).map_err(storage)? {
+                    Some(v) => Some(decode::<AuditEvent>(&audit_key(c.seq), &v)?),
+                    None => None,
+                };
+                if c.seq > 0
+                    && at.is_none_or(|e| e.hash != c.hash || !self.chain.event_is_genuine(&e))
+                {
+                    return Ok(ChainReport {
+                        events: 0,
+                        records: 0,
+                        problem: Some(format!(
+                            "event seq {} was verified before and has been altered or removed since",
+                            c.seq
+                        )),
+                    });
+                }
+                (c.seq, c.hash)
+            }
+            _ => (0, ebb_core::audit::GENESIS.to_owned()),
+        };
+        let end = head.map_or(u64::MAX, |h| h.seq);
+        let events = self
+            .db
+            .range(audit_key(from_seq + 1)..audit_key(u64::MAX))
+            .map(|entry| {
+                let (k, v) = entry.map_err(storage)?;
+                decode::<AuditEvent>(&k, &v)
+            })
+            .take_while(|event| event.as_ref().map_or(true, |e| e.seq <= end));
+        Ok(verify_chain_from(
+            &self.chain,
+            (from_seq, &from_hash),
+            events,
+            head,
+        ))
+    }
+
     fn stored_head(&self) -> Result<Option<Head>> {
         match self.db.get(b"m/head").map_err(storage)? {
             Some(bytes) => Ok(Some(decode(b"m/head", &bytes)?)),
@@ -987,42 +1039,7 @@ impl Store for SledStore {
     fn verify_at_start(&self) -> Result<ChainReport> {
         let _shared = self.lock();
         let head = self.stored_head()?;
-        // Where the last check at start got to, if this host recorded it.
-        let checkpoint = match self.db.get(b"m/verified").map_err(storage)? {
-            Some(bytes) => Some(decode::<Head>(b"m/verified", &bytes)?)
-                .filter(|h| self.chain.head_is_genuine(h)),
-            None => None,
-        };
-        let (from_seq, from_hash) = match (&checkpoint, &head) {
-            (Some(c), Some(h)) if c.seq <= h.seq => {
-                // The event it ended at must still be the one it verified.
-                let at = match self.db.get(audit_key(c.seq)).map_err(storage)? {
-                    Some(v) => Some(decode::<AuditEvent>(&audit_key(c.seq), &v)?),
-                    None => None,
-                };
-                if c.seq > 0 && at.is_none_or(|e| e.hash != c.hash) {
-                    return Ok(ChainReport {
-                        events: 0,
-                        records: 0,
-                        problem: Some(format!(
-                            "event seq {} was verified at the last start and has been altered or removed since",
-                            c.seq
-                        )),
-                    });
-                }
-                (c.seq, c.hash.clone())
-            }
-            _ => (0, ebb_core::audit::GENESIS.to_owned()),
-        };
-        let events = self
-            .db
-            .range(audit_key(from_seq + 1)..audit_key(u64::MAX))
-            .map(|entry| {
-                let (k, v) = entry.map_err(storage)?;
-                decode::<AuditEvent>(&k, &v)
-            });
-        let mut report =
-            verify_chain_from(&self.chain, (from_seq, &from_hash), events, head.as_ref());
+        let mut report = self.check_new_events(head.as_ref())?;
         if !report.is_intact() {
             return Ok(report);
         }
@@ -1043,6 +1060,25 @@ impl Store for SledStore {
         if let (true, Some(h)) = (report.is_intact(), &head) {
             self.db.insert(b"m/verified", encode(h)?).map_err(storage)?;
             self.written();
+        }
+        Ok(report)
+    }
+
+    fn verify_new_events(&self) -> Result<ChainReport> {
+        // The head as stored, read under the commit lock; the events up to it are
+        // checked without holding it.
+        let head = {
+            let _shared = self.lock();
+            self.stored_head()?
+        };
+        let report = self.check_new_events(head.as_ref())?;
+        if let (true, Some(h)) = (report.is_intact(), &head) {
+            let _shared = self.lock();
+            // Only forward: a check at start may have got further meanwhile.
+            if self.checkpoint()?.is_none_or(|c| c.seq < h.seq) {
+                self.db.insert(b"m/verified", encode(h)?).map_err(storage)?;
+                self.written();
+            }
         }
         Ok(report)
     }

@@ -783,3 +783,68 @@ async fn keys_no_credential_uses_are_zeroed_at_open() {
     drop(store);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Issue 13: the chain is checked while serving from the last good check on; each
+/// check reads only what came since, an altered new event is reported, and so is
+/// an event that was verified before and changed afterwards.
+#[tokio::test]
+async fn the_chain_is_checked_incrementally_while_serving() {
+    let (store, dir) = temp_store();
+    for n in 0..3 {
+        store
+            .append_audit(NewEvent::new("test.note", "test").detail(serde_json::json!({ "n": n })))
+            .unwrap();
+    }
+    let first = store.verify_new_events().unwrap();
+    assert!(first.is_intact(), "{first:?}");
+    assert_eq!(first.events, 3);
+    for n in 3..5 {
+        store
+            .append_audit(NewEvent::new("test.note", "test").detail(serde_json::json!({ "n": n })))
+            .unwrap();
+    }
+    let second = store.verify_new_events().unwrap();
+    assert_eq!((second.events, second.problem.clone()), (2, None));
+    // A start after that reads no event again.
+    assert_eq!(store.verify_at_start().unwrap().events, 0);
+
+    // A new event altered before it was checked.
+    let (e, _) = (
+        store
+            .append_audit(NewEvent::new("test.note", "test"))
+            .unwrap(),
+        (),
+    );
+    let mut altered = e.clone();
+    altered.actor = "mallory".into();
+    store
+        .db
+        .insert(audit_key(e.seq), serde_json::to_vec(&altered).unwrap())
+        .unwrap();
+    let report = store.verify_new_events().unwrap();
+    assert!(
+        report.problem.as_deref().unwrap().contains("altered"),
+        "{report:?}"
+    );
+    store
+        .db
+        .insert(audit_key(e.seq), serde_json::to_vec(&e).unwrap())
+        .unwrap();
+    assert!(store.verify_new_events().unwrap().is_intact());
+    // The last verified event altered afterwards.
+    store
+        .db
+        .insert(audit_key(e.seq), serde_json::to_vec(&altered).unwrap())
+        .unwrap();
+    let report = store.verify_new_events().unwrap();
+    assert!(
+        report
+            .problem
+            .as_deref()
+            .unwrap()
+            .contains("verified before and has been altered"),
+        "{report:?}"
+    );
+    drop(store);
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -274,6 +274,34 @@ impl Lifecycle {
         let _ = self.inner.alerts.set(alerts);
     }
 
+    /// Checks the audit events appended since the last good check every `every`,
+    /// while the host serves: tampering is reported (error log,
+    /// `ebb_audit_check_failures_total`, an `audit-tampering` alert) within that
+    /// time, not at the next restart, and a restart re-reads only what came since.
+    pub fn watch_audit_chain(&self, every: std::time::Duration) -> tokio::task::JoinHandle<()> {
+        let lifecycle = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let store = lifecycle.store().clone();
+                match tokio::task::spawn_blocking(move || store.verify_new_events()).await {
+                    Ok(Ok(report)) => {
+                        if let Some(problem) = &report.problem {
+                            metrics::counter!("ebb_audit_check_failures_total").increment(1);
+                            tracing::error!(problem, "the audit chain failed its check");
+                            lifecycle.alert(serde_json::json!({
+                                "kind": "audit-tampering",
+                                "problem": problem,
+                            }));
+                        }
+                    }
+                    Ok(Err(e)) => tracing::error!(error = %e, "checking the audit chain failed"),
+                    Err(e) => tracing::error!(error = %e, "checking the audit chain panicked"),
+                }
+            }
+        })
+    }
+
     /// Sends `alert` to the webhooks, if alerts are set.
     pub fn alert(&self, alert: serde_json::Value) {
         if let Some(alerts) = self.inner.alerts.get() {

@@ -603,6 +603,8 @@ struct TestStore {
     inner: Arc<dyn Store>,
     unsynced: std::sync::atomic::AtomicU64,
     failing: std::sync::Mutex<Option<String>>,
+    /// A problem every chain check reports (tampering, injected).
+    tampered: std::sync::Mutex<Option<String>>,
 }
 
 impl TestStore {
@@ -611,6 +613,7 @@ impl TestStore {
             inner: SledStore::temporary([key; 32]).unwrap(),
             unsynced: std::sync::atomic::AtomicU64::new(0),
             failing: std::sync::Mutex::new(None),
+            tampered: std::sync::Mutex::new(None),
         })
     }
 
@@ -670,6 +673,13 @@ impl Store for TestStore {
     }
     fn verify_at_start(&self) -> store::Result<ebb_core::audit::ChainReport> {
         self.inner.verify_at_start()
+    }
+    fn verify_new_events(&self) -> store::Result<ebb_core::audit::ChainReport> {
+        let mut report = self.inner.verify_new_events()?;
+        if let Some(problem) = self.tampered.lock().unwrap().clone() {
+            report.problem = Some(problem);
+        }
+        Ok(report)
     }
     fn counts(&self) -> store::Result<std::collections::BTreeMap<GrantState, u64>> {
         self.inner.counts()
@@ -904,4 +914,32 @@ async fn a_by_value_credential_is_durable_before_it_is_handed_out() {
         "the credential was handed out before its sealed copy was durable"
     );
     assert!(observer.sealed_credential(&r.grant.id).unwrap().is_some());
+}
+
+/// Issue 13: the audit chain is checked while the host serves, not only at start:
+/// a problem found (injected here; the store's own tests tamper for real) is alerted
+/// within the check interval.
+#[tokio::test]
+async fn tampering_found_while_serving_is_alerted() {
+    let store = TestStore::new(9);
+    let engine = engine_on(store.clone(), &[]).await;
+    let alerts = alert_receiver(&engine).await;
+    *store.tampered.lock().unwrap() = Some("event seq 7 was altered (injected)".into());
+    let _watch = engine.watch_audit_chain(Duration::from_millis(20));
+    let mut got = Vec::new();
+    for _ in 0..400 {
+        got = alerts.lock().unwrap().clone();
+        if !got.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        got.first().map(|a| a["kind"].clone()),
+        Some("audit-tampering".into())
+    );
+    assert!(
+        got[0]["problem"].as_str().unwrap().contains("seq 7"),
+        "{got:?}"
+    );
 }
