@@ -29,7 +29,6 @@ use ebb_store_sled::SledStore;
 use ed25519_dalek::pkcs8::EncodePrivateKey as _;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -63,7 +62,7 @@ permit (principal is Ebb::Person, action, resource) when { context.reason like "
 struct Env {
     app: Router,
     state: AppState,
-    dir: PathBuf,
+    dir: ebb_test_support::TempDir,
     key: EncodingKey,
     alerts: Arc<Mutex<Vec<Value>>>,
 }
@@ -122,8 +121,7 @@ fn policy_config(dir: &std::path::Path) -> PolicyConfig {
 }
 
 async fn env() -> Env {
-    let dir = std::env::temp_dir().join(format!("ebb-approval-{}", rand::random::<u64>()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = ebb_test_support::TempDir::new("approval").unwrap();
     std::fs::write(dir.join("policies.cedar"), POLICIES).unwrap();
     std::fs::write(dir.join("break-glass.cedar"), BREAK_GLASS).unwrap();
     // The identity provider's key, made here; its public half is the JWKS.

@@ -57,12 +57,12 @@ struct Host {
     dir: PathBuf,
     v1: String,
     v2: String,
+    /// The folder of it all, deleted when the host is dropped (after the store).
+    _root: ebb_test_support::TempDir,
 }
 
-fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ebb-hotload-{tag}-{}", rand::random::<u64>()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn temp_dir(tag: &str) -> ebb_test_support::TempDir {
+    ebb_test_support::TempDir::new(&format!("hotload-{tag}")).unwrap()
 }
 
 /// A host with a plugins folder holding two versions of the noop connector
@@ -139,6 +139,7 @@ async fn start_host(tag: &str, watch: bool, allowed: &[&str]) -> Host {
         dir: plugins,
         v1: Digest::of(&noop).to_string(),
         v2: Digest::of(&v2).to_string(),
+        _root: dir,
     }
 }
 

@@ -103,3 +103,31 @@ impl Drop for Host {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A folder under the system's temporary folder that is deleted when dropped, so
+/// test runs do not leave their stores and configuration behind.
+#[derive(Debug)]
+pub struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    /// Creates `ebb-<tag>-<random>`.
+    pub fn new(tag: &str) -> anyhow::Result<Self> {
+        let path = std::env::temp_dir().join(format!("ebb-{tag}-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&path)?;
+        Ok(Self(path))
+    }
+}
+
+impl std::ops::Deref for TempDir {
+    type Target = std::path::Path;
+
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
