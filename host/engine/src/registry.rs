@@ -117,6 +117,26 @@ impl Slot {
         }
     }
 
+    /// A call permit from `pool` if one is free now, without waiting: background
+    /// work that finds its connector busy steps aside instead of holding a job slot
+    /// every other connector's expiries may need.
+    pub fn try_call(&self, pool: Pool) -> Option<Call> {
+        let try_acquire = |pool: &Arc<Semaphore>| pool.clone().try_acquire_owned().ok();
+        let (permit, share) = match pool {
+            Pool::Request => (try_acquire(&self.calls)?, None),
+            Pool::Background => (try_acquire(&self.background)?, None),
+            Pool::Verify => {
+                let share = try_acquire(&self.verify)?;
+                (try_acquire(&self.background)?, Some(share))
+            }
+        };
+        Some(Call {
+            connector: self.connector(),
+            _permit: permit,
+            _share: share,
+        })
+    }
+
     /// Notes that grant `id` waits for this instance's downstream system to answer.
     pub fn wait_for_downstream(&self, id: &str) {
         self.waiting

@@ -9,7 +9,8 @@
 //! - anything else: behaves.
 //!
 //! `describe` always behaves, so the host can load it. `revoke` follows the `revoke`
-//! setting (`fail`: unavailable; otherwise succeeds) and `verify-revoked` the
+//! setting (`fail`: unavailable; `hang`: waits a minute without using the CPU, a
+//! downstream system that does not answer; otherwise succeeds) and `verify-revoked` the
 //! `verify` setting (`residual`: reports a session; `fail`: unavailable; otherwise
 //! revoked), so tests can simulate outages and access that will not go away. With
 //! `by-value = "yes"` it behaves like a connector that revokes by the credential's
@@ -90,6 +91,12 @@ impl Connector for Misbehave {
         }
         match config::get_or("revoke", "ok").as_str() {
             "fail" => Err(Error::Unavailable("misbehave: downstream is down".into())),
+            "hang" => {
+                std::thread::sleep(std::time::Duration::from_secs(60));
+                Err(Error::Unavailable(
+                    "misbehave: downstream never answered".into(),
+                ))
+            }
             _ => Ok(()),
         }
     }

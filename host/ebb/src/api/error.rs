@@ -120,6 +120,8 @@ impl From<lifecycle::Error> for ApiError {
             {
                 Self::Unavailable(ebb_core::error_chain(&e))
             }
+            // Background work only; should a caller meet it, it is "not now".
+            E::ConnectorBusy(_) => Self::Unavailable(e.to_string()),
             E::Store(_) | E::Seal(_) | E::Extension { .. } => Self::Internal(e.to_string()),
         }
     }

@@ -75,6 +75,11 @@ pub enum Error {
     Extension { id: String, event: String },
     #[error(transparent)]
     Store(#[from] store::Error),
+    /// Every call slot of the connector is taken (a slow or hung downstream): the
+    /// scheduler's work on the grant steps aside and comes back shortly, without
+    /// holding a job other connectors' grants need.
+    #[error("connector `{0}` has no free call slot")]
+    ConnectorBusy(String),
     /// Sealing or opening a credential failed (a changed host key, a corrupt value).
     #[error("sealing failed")]
     Seal(#[source] anyhow::Error),

@@ -68,6 +68,10 @@ impl Lifecycle {
     }
 }
 
+/// How long background work that found its connector busy steps aside (plus up
+/// to three times that in jitter).
+const BUSY_RETRY_MS: u64 = 25;
+
 /// A grant whose work failed this many times in a row (the host's own failure: the
 /// store, not the connector — those go through retry and escalation) is announced
 /// to the alert webhooks.
@@ -80,6 +84,15 @@ impl Lifecycle {
     /// after [`STUCK_AFTER`] failures in a row alerted; the grant's lease brings
     /// the work back by itself.
     pub(super) async fn work_done(&self, id: &str, outcome: Result<(), Error>) {
+        if let Err(Error::ConnectorBusy(_)) = &outcome {
+            // Not a failure: the connector's calls are all taken. Back shortly, with
+            // jitter so a crowd of waiting grants does not come back at once.
+            let later = self.now() + BUSY_RETRY_MS + rand::random_range(0..BUSY_RETRY_MS * 3);
+            if let Err(e) = self.inner.store.reschedule(id, Some(later)) {
+                tracing::error!(grant = %id, error = %e, "rescheduling a grant failed; its lease brings it back");
+            }
+            return;
+        }
         let failures = {
             let mut stuck = self.inner.stuck.lock().unwrap_or_else(|p| p.into_inner());
             match &outcome {

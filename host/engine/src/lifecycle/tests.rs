@@ -943,3 +943,51 @@ async fn tampering_found_while_serving_is_alerted() {
         "{got:?}"
     );
 }
+
+/// Issue 16: one connector whose downstream hangs cannot starve another's
+/// expiries. Many grants of a connector whose revoke never answers expire first;
+/// the grants of a healthy connector expiring just after are still revoked and
+/// verified while every hung call is still waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_connector_does_not_starve_another_connectors_expiries() {
+    let hung = misbehave(&[("revoke", "hang")]).with_lifecycle(LifecyclePolicy {
+        max_concurrent_calls: 4,
+        ..fast_policy()
+    });
+    let engine = engine(&[("hung", hung), noop()]).await;
+    let mut hung_ids = Vec::new();
+    for _ in 0..300 {
+        hung_ids.push(issued(&engine, "hung", 500).await.grant.id);
+    }
+    let mut healthy = Vec::new();
+    for _ in 0..20 {
+        healthy.push(issued(&engine, "noop", 1_500).await.grant.id);
+    }
+    let started = std::time::Instant::now();
+    let mut verified = 0;
+    // The hung calls wait a minute; the healthy grants must not wait for them.
+    while started.elapsed() < Duration::from_secs(30) {
+        verified = healthy
+            .iter()
+            .filter(|id| engine.get(id).unwrap().state == GrantState::Verified)
+            .count();
+        if verified == healthy.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        verified,
+        healthy.len(),
+        "the healthy connector's expiries were starved"
+    );
+    let still_hung = hung_ids
+        .iter()
+        .filter(|id| engine.get(id).unwrap().state != GrantState::Verified)
+        .count();
+    assert_eq!(
+        still_hung,
+        hung_ids.len(),
+        "the hung connector's calls are still waiting"
+    );
+}

@@ -134,7 +134,7 @@ impl Lifecycle {
         let credential = self.credential_or_by_id(&record.grant.id).await;
         let (outcome, version) = {
             // The version that serves this call, recorded with its outcome.
-            let connector = slot.call(Pool::Background).await;
+            let connector = busy_or(&slot, Pool::Background, &record.connector).await?;
             let started = std::time::Instant::now();
             let outcome = connector
                 .revoke(&record.grant, record.handle.as_deref(), credential.as_ref())
@@ -177,7 +177,7 @@ impl Lifecycle {
             Ok(slot) => slot,
             Err(e) => return self.failed(record, &e.to_string(), false, None),
         };
-        let connector = slot.call(Pool::Verify).await;
+        let connector = busy_or(&slot, Pool::Verify, &record.connector).await?;
         let version = connector.digest().to_string();
         if !connector.info().capabilities.can_verify {
             return self.failed(
@@ -256,4 +256,24 @@ impl Lifecycle {
             }
         }
     }
+}
+
+/// How long background work waits for a call slot of its connector before it
+/// steps aside ([`Error::ConnectorBusy`]): long enough that a busy but working
+/// connector's grants are served in turn, short enough that the jobs of a hung
+/// one keep cycling instead of holding every job other connectors need.
+const BUSY_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// A call on `slot` from `pool`, waiting at most [`BUSY_WAIT`].
+async fn busy_or(
+    slot: &crate::registry::Slot,
+    pool: Pool,
+    connector: &str,
+) -> Result<crate::registry::Call> {
+    if let Some(call) = slot.try_call(pool) {
+        return Ok(call);
+    }
+    tokio::time::timeout(BUSY_WAIT, slot.call(pool))
+        .await
+        .map_err(|_| Error::ConnectorBusy(connector.to_owned()))
 }
