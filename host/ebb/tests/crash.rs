@@ -94,6 +94,19 @@ async fn wait_healthy(client: &reqwest::Client, base: &str) {
     panic!("the host did not come up");
 }
 
+/// `GET url` as the operator, as JSON.
+async fn operator_get(client: &reqwest::Client, url: &str) -> Value {
+    client
+        .get(url)
+        .bearer_auth(OPERATOR)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 async fn all_grants(client: &reqwest::Client, base: &str) -> Vec<Value> {
     let mut grants = Vec::new();
     let mut after: Option<String> = None;
@@ -102,15 +115,7 @@ async fn all_grants(client: &reqwest::Client, base: &str) -> Vec<Value> {
         if let Some(a) = &after {
             url.push_str(&format!("&after={a}"));
         }
-        let page: Value = client
-            .get(url)
-            .bearer_auth(OPERATOR)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let page = operator_get(client, &url).await;
         grants.extend(page["grants"].as_array().unwrap().iter().cloned());
         match page["next"].as_str() {
             Some(next) => after = Some(next.to_owned()),
@@ -297,15 +302,7 @@ async fn kill_9_at_random_moments_loses_nothing() {
         "grants revoked too late (id, revoked ms after not-after, started ms after not-after, downtime while overdue ms): {late:?}"
     );
 
-    let verify: Value = client
-        .get(format!("{base}/v1/audit/verify"))
-        .bearer_auth(OPERATOR)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let verify = operator_get(&client, &format!("{base}/v1/audit/verify")).await;
     assert_eq!(verify["problem"], Value::Null, "{verify}");
     let recovered = grants
         .iter()
@@ -570,15 +567,11 @@ async fn a_store_edited_while_stopped_is_refused_at_start() {
         port,
         Duration::from_secs(10)
     ));
-    let events: Value = reqwest::Client::new()
-        .get(format!("http://127.0.0.1:{port}/v1/audit"))
-        .bearer_auth(OPERATOR)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let events = operator_get(
+        &reqwest::Client::new(),
+        &format!("http://127.0.0.1:{port}/v1/audit"),
+    )
+    .await;
     let overridden = events
         .as_array()
         .unwrap()

@@ -614,15 +614,9 @@ async fn database_outage_is_unavailable_and_retryable() {
     );
 }
 
-/// Issue 14: the host asks `standing-access` at request time, and policies see it.
-/// A subject whose base role already reads the table gets no JIT grant on top of
-/// it (it would reduce nothing); one without standing access is approved, and the
-/// decision's evidence says what was found.
-#[tokio::test]
-async fn standing_access_reaches_the_policies_at_request_time() {
-    use ebb_engine::approval::{Alerts, ApprovalGate, Ask, Requester, Standing};
-    ebb_test_support::require!(Postgres);
-    let pg = Postgres::start().unwrap();
+/// A registry with the postgres connector as `pg`, where the subject
+/// `spiffe://test/billing` stands on the base role `svc_billing`.
+async fn standing_registry(pg: &Postgres) -> std::sync::Arc<ebb_engine::registry::Registry> {
     let registry = std::sync::Arc::new(ebb_engine::registry::Registry::new(
         Runtime::new(&RuntimeConfig::default()).unwrap(),
     ));
@@ -636,6 +630,20 @@ async fn standing_access_reaches_the_policies_at_request_time() {
         )
         .await
         .unwrap();
+    registry
+}
+
+/// Issue 14: the host asks `standing-access` at request time, and policies see it.
+/// A subject whose base role already reads the table gets no JIT grant on top of
+/// it (it would reduce nothing); one without standing access is approved, and the
+/// decision's evidence says what was found.
+#[tokio::test]
+async fn standing_access_reaches_the_policies_at_request_time() {
+    use ebb_engine::approval::{Alerts, ApprovalGate, Ask, Requester};
+    use ebb_engine::standing::Standing;
+    ebb_test_support::require!(Postgres);
+    let pg = Postgres::start().unwrap();
+    let registry = standing_registry(&pg).await;
     let policies = pg.dir().join("policies.cedar");
     std::fs::write(
         &policies,
@@ -722,19 +730,7 @@ async fn standing_access_scans_report_each_new_finding_once() {
     use ebb_engine::standing::{self, Standing};
     ebb_test_support::require!(Postgres);
     let pg = Postgres::start().unwrap();
-    let registry = std::sync::Arc::new(ebb_engine::registry::Registry::new(
-        Runtime::new(&RuntimeConfig::default()).unwrap(),
-    ));
-    registry
-        .load(
-            "pg",
-            &ConnectorConfig::new(ebb_test_plugins::POSTGRES)
-                .with_config("allowed-resources", "public.invoices")
-                .with_config("standing-role:spiffe://test/billing", "svc_billing")
-                .with_sql("main", &pg.admin_dsn()),
-        )
-        .await
-        .unwrap();
+    let registry = standing_registry(&pg).await;
     let lifecycle = Lifecycle::new(
         ebb_store_sled::SledStore::temporary([3; 32]).unwrap(),
         Sealer::new(&HostKey::from_hex(&"33".repeat(32)).unwrap()),

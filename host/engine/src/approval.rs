@@ -7,7 +7,7 @@ use crate::config::{ApprovalMode, BreakGlassConfig, PolicyConfig};
 use crate::lifecycle::Decision;
 use crate::policy::{Outcome, Policies, PolicyError, PolicyFiles, Query};
 use crate::registry::{Registry, Slot};
-pub use crate::standing::Standing;
+use crate::standing::Standing;
 use ebb_core::contract::{Permission, SubjectKind};
 use ebb_core::store::{self, Store};
 use serde_json::{Value, json};

@@ -97,19 +97,28 @@ impl Slot {
             .clone()
     }
 
+    /// The semaphores a call from `pool` takes: its own, and the share it must also
+    /// hold (verification's at most half of background work).
+    fn semaphores(&self, pool: Pool) -> (&Arc<Semaphore>, Option<&Arc<Semaphore>>) {
+        match pool {
+            Pool::Request => (&self.calls, None),
+            Pool::Background => (&self.background, None),
+            Pool::Verify => (&self.background, Some(&self.verify)),
+        }
+    }
+
     /// Waits for a slot in `pool` and takes the version that serves new calls: one
     /// operation, so a caller never holds a permit apart from the connector it
     /// permits. Requests and background work have disjoint pools: a revocation storm
     /// never starves requests, and a burst of requests never delays an expiry.
     pub async fn call(&self, pool: Pool) -> Call {
-        let (permit, share) = match pool {
-            Pool::Request => (acquire(&self.calls).await, None),
-            Pool::Background => (acquire(&self.background).await, None),
-            Pool::Verify => {
-                let share = acquire(&self.verify).await;
-                (acquire(&self.background).await, Some(share))
-            }
+        let (main, share) = self.semaphores(pool);
+        let share = match share {
+            Some(share) => Some(acquire(share).await),
+            None => None,
         };
+        let permit = acquire(main).await;
+        // The version serving once the permit is held: a swap while waiting counts.
         Call {
             connector: self.connector(),
             _permit: permit,
@@ -121,15 +130,12 @@ impl Slot {
     /// work that finds its connector busy steps aside instead of holding a job slot
     /// every other connector's expiries may need.
     pub fn try_call(&self, pool: Pool) -> Option<Call> {
-        let try_acquire = |pool: &Arc<Semaphore>| pool.clone().try_acquire_owned().ok();
-        let (permit, share) = match pool {
-            Pool::Request => (try_acquire(&self.calls)?, None),
-            Pool::Background => (try_acquire(&self.background)?, None),
-            Pool::Verify => {
-                let share = try_acquire(&self.verify)?;
-                (try_acquire(&self.background)?, Some(share))
-            }
+        let (main, share) = self.semaphores(pool);
+        let share = match share {
+            Some(share) => Some(share.clone().try_acquire_owned().ok()?),
+            None => None,
         };
+        let permit = main.clone().try_acquire_owned().ok()?;
         Some(Call {
             connector: self.connector(),
             _permit: permit,

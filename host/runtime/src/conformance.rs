@@ -359,17 +359,8 @@ pub fn builtin_probe(
             let Some(lent) = spec.redis.get(connection) else {
                 return Ok(None);
             };
-            let url = lent.resolve_url()?;
-            let info: redis::ConnectionInfo =
-                redis::IntoConnectionInfo::into_connection_info(url.expose())
-                    .context("the lent Redis URL does not parse")?;
-            let ca = match &lent.ca_file {
-                Some(path) => Some(
-                    std::fs::read(path)
-                        .with_context(|| format!("reading the CA file {}", path.display()))?,
-                ),
-                None => None,
-            };
+            let (info, ca) =
+                crate::host::redis::client_config(lent).context("the lent connection")?;
             Ok(Some(Box::new(RedisProbe { info, ca })))
         }
         _ => Ok(None),

@@ -156,12 +156,8 @@ impl SledStore {
         let durable = keyring.is_some();
         index_requesters(&db)?;
         count_escalations(&db)?;
-        let keyring = Arc::new(open_keyring(&db, keyring)?);
-        let credentials = db
-            .get(CREDENTIALS)
-            .map_err(storage)?
-            .and_then(|v| be(&v))
-            .unwrap_or(0);
+        let (keyring, credentials) = open_keyring(&db, keyring)?;
+        let keyring = Arc::new(keyring);
         let chain = Chain::new(chain_key);
         tag_records(&db, &chain)?;
         let head = match db.get(b"m/head").map_err(storage)? {
@@ -378,6 +374,19 @@ impl SledStore {
         }
     }
 
+    /// The stored audit events after `after` up to `end`, in chain order: those
+    /// appended past `end` (the head a check read) are the next check's.
+    fn events(&self, after: u64, end: u64) -> impl Iterator<Item = Result<AuditEvent>> + '_ {
+        self.db
+            .range(audit_key(after.saturating_add(1))..)
+            .take_while(|entry| entry.as_ref().map_or(true, |(k, _)| k.starts_with(b"a/")))
+            .map(|entry| {
+                let (k, v) = entry.map_err(storage)?;
+                decode::<AuditEvent>(&k, &v)
+            })
+            .take_while(move |event| event.as_ref().map_or(true, |e| e.seq <= end))
+    }
+
     /// The head the last good check verified, if this host recorded it.
     fn checkpoint(&self) -> Result<Option<Head>> {
         Ok(match self.db.get(b"m/verified").map_err(storage)? {
@@ -414,18 +423,10 @@ impl SledStore {
             _ => (0, ebb_core::audit::GENESIS.to_owned()),
         };
         let end = head.map_or(u64::MAX, |h| h.seq);
-        let events = self
-            .db
-            .range(audit_key(from_seq + 1)..audit_key(u64::MAX))
-            .map(|entry| {
-                let (k, v) = entry.map_err(storage)?;
-                decode::<AuditEvent>(&k, &v)
-            })
-            .take_while(|event| event.as_ref().map_or(true, |e| e.seq <= end));
         Ok(verify_chain_from(
             &self.chain,
             (from_seq, &from_hash),
-            events,
+            self.events(from_seq, end),
             head,
         ))
     }
@@ -580,17 +581,18 @@ fn tag_records(db: &sled::Db, chain: &Chain) -> Result<()> {
     db.apply_batch(batch).map_err(storage)
 }
 
-/// Opens the keyring at `path` (in memory without one). A store written before
-/// the keyring has its credentials put under keyring keys, once; afterwards every
-/// slot no credential refers to is zeroed.
-fn open_keyring(db: &sled::Db, path: Option<&Path>) -> Result<keyring::Keyring> {
+/// Opens the keyring at `path` (in memory without one: a temporary store starts
+/// empty) and returns it with the number of stored credentials. A store written
+/// before the keyring has its credentials put under keyring keys, once;
+/// afterwards every slot no credential refers to is zeroed.
+fn open_keyring(db: &sled::Db, path: Option<&Path>) -> Result<(keyring::Keyring, u64)> {
     const DONE: &[u8] = b"m/index/keyring";
     let io = |source| Error::Io {
         what: "opening the keyring",
         source,
     };
     let Some(path) = path else {
-        return Ok(keyring::Keyring::memory());
+        return Ok((keyring::Keyring::memory(), 0));
     };
     if db.get(DONE).map_err(storage)?.is_some() {
         // After a clean run the keyring holds exactly as many keys as there are
@@ -598,7 +600,7 @@ fn open_keyring(db: &sled::Db, path: Option<&Path>) -> Result<keyring::Keyring> 
         if let Some(n) = db.get(CREDENTIALS).map_err(storage)?.and_then(|v| be(&v)) {
             let keyring = keyring::Keyring::open(path, None).map_err(io)?;
             if keyring.in_use() == n {
-                return Ok(keyring);
+                return Ok((keyring, n));
             }
         }
         let mut used = std::collections::HashSet::new();
@@ -607,9 +609,10 @@ fn open_keyring(db: &sled::Db, path: Option<&Path>) -> Result<keyring::Keyring> 
             used.insert(keyring::slot_of(&v).map_err(io)?);
         }
         let keyring = keyring::Keyring::open(path, Some(&used)).map_err(io)?;
-        db.insert(CREDENTIALS, &(used.len() as u64).to_be_bytes()[..])
+        let n = used.len() as u64;
+        db.insert(CREDENTIALS, &n.to_be_bytes()[..])
             .map_err(storage)?;
-        return Ok(keyring);
+        return Ok((keyring, n));
     }
     let keyring =
         keyring::Keyring::open(path, Some(&std::collections::HashSet::new())).map_err(io)?;
@@ -626,7 +629,7 @@ fn open_keyring(db: &sled::Db, path: Option<&Path>) -> Result<keyring::Keyring> 
     keyring.sync().map_err(io)?;
     db.apply_batch(batch).map_err(storage)?;
     db.flush().map_err(storage)?;
-    Ok(keyring)
+    Ok((keyring, n))
 }
 
 /// Counts the escalated grants written before the count existed (once).
@@ -1018,15 +1021,7 @@ impl Store for SledStore {
             None if events_then => u64::MAX,
             None => 0,
         };
-        let events = self
-            .db
-            .scan_prefix(b"a/")
-            .map(|entry| {
-                let (k, v) = entry.map_err(storage)?;
-                decode::<AuditEvent>(&k, &v)
-            })
-            .take_while(|event| event.as_ref().map_or(true, |e| e.seq <= end));
-        let mut report = verify_chain(&self.chain, events, head.as_ref());
+        let mut report = verify_chain(&self.chain, self.events(0, end), head.as_ref());
         if report.is_intact() {
             let at_least = head.as_ref().and_then(|h| h.records).unwrap_or(0);
             let (records, problem) = self.check_records(Some(at_least), false, true)?;

@@ -28,6 +28,13 @@ fn temp_store() -> (Arc<SledStore>, std::path::PathBuf) {
     (SledStore::open(&dir, [1; 32]).unwrap(), dir)
 }
 
+/// Makes everything durable, closes the store and opens it again (a restart).
+async fn reopen(store: Arc<SledStore>, dir: &std::path::Path) -> Arc<SledStore> {
+    store.sync().await.unwrap();
+    drop(store);
+    SledStore::open(dir, [1; 32]).unwrap()
+}
+
 fn event(id: &str) -> NewEvent {
     NewEvent::new("grant.transition", "test").grant(id)
 }
@@ -182,9 +189,7 @@ async fn survives_reopen_with_chain_and_counts() {
     store
         .append_audit(NewEvent::new("auth.denied", "anonymous"))
         .unwrap();
-    store.sync().await.unwrap();
-    drop(store);
-    let store = SledStore::open(&dir, [1; 32]).unwrap();
+    let store = reopen(store, &dir).await;
     assert_eq!(store.counts().unwrap()[&GrantState::Active], 2);
     let (_, e) = store
         .commit(Commit {
@@ -525,17 +530,13 @@ async fn escalation_counts_survive_reopen() {
             .unwrap();
     }
     assert_eq!(store.escalations().unwrap()["noop"], 1);
-    store.sync().await.unwrap();
-    drop(store);
-    let store = SledStore::open(&dir, [1; 32]).unwrap();
+    let store = reopen(store, &dir).await;
     assert_eq!(store.escalations().unwrap()["noop"], 1);
 
     // A store from before the count: the count is rebuilt from the records, once.
     store.db.remove(escalated_key("noop")).unwrap();
     store.db.remove(b"m/index/escalated").unwrap();
-    store.sync().await.unwrap();
-    drop(store);
-    let store = SledStore::open(&dir, [1; 32]).unwrap();
+    let store = reopen(store, &dir).await;
     assert_eq!(store.escalations().unwrap()["noop"], 1);
     drop(store);
     let _ = std::fs::remove_dir_all(dir);
@@ -662,9 +663,7 @@ async fn old_stores_get_record_tags_once() {
         .db
         .insert(b"m/head", encode(&unkeyed).unwrap())
         .unwrap();
-    store.sync().await.unwrap();
-    drop(store);
-    let store = SledStore::open(&dir, [1; 32]).unwrap();
+    let store = reopen(store, &dir).await;
     let report = store.verify_at_start().unwrap();
     assert!(report.is_intact(), "{report:?}");
     assert_eq!(report.records, 2);
@@ -675,9 +674,7 @@ async fn old_stores_get_record_tags_once() {
         .db
         .insert(b"m/head", encode(&unkeyed).unwrap())
         .unwrap();
-    store.sync().await.unwrap();
-    drop(store);
-    let store = SledStore::open(&dir, [1; 32]).unwrap();
+    let store = reopen(store, &dir).await;
     let report = store.verify_at_start().unwrap();
     assert!(!report.is_intact(), "{report:?}");
     drop(store);
@@ -719,9 +716,7 @@ async fn a_shredded_credential_is_erased() {
             lease_until: None,
         })
         .unwrap();
-    store.sync().await.unwrap();
-    drop(store);
-    let store = SledStore::open(&dir, [1; 32]).unwrap();
+    let store = reopen(store, &dir).await;
     assert_eq!(store.sealed_credential("k1").unwrap().unwrap(), secret);
     let value = store.db.get(b"c/k1").unwrap().unwrap();
     let slot = keyring::slot_of(&value).unwrap() as usize;

@@ -232,7 +232,7 @@ async fn create(
         claims: principal.claims.clone(),
     };
     // Policies see what the subject can already do without a grant; the report keeps it.
-    let standing = ebb_engine::approval::Standing::of(&slot, &subject).await;
+    let standing = ebb_engine::standing::Standing::of(&slot, &subject).await;
     let decided = state
         .approval
         .decide(

@@ -413,20 +413,15 @@ mod tests {
     }
 
     /// An HTTPS server on loopback with a certificate for `name` from a fresh CA;
-    /// answers every request with its Host header. Returns its port and the CA file.
-    async fn tls_server(name: &str) -> (u16, std::path::PathBuf) {
+    /// answers every request with its Host header. Returns its port and the folder
+    /// holding the CA file (`ca.pem`).
+    async fn tls_server(name: &str) -> (u16, ebb_test_support::TempDir) {
         use http_body_util::Full;
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let ca_cert = ca.self_signed(&ca_key).unwrap();
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec![name.to_owned()])
-            .unwrap()
-            .signed_by(&key, &ca_cert, &ca_key)
-            .unwrap();
-        let ca_file = std::env::temp_dir().join(format!("ebb-ca-{}.pem", rand_suffix()));
-        std::fs::write(&ca_file, ca_cert.pem()).unwrap();
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+        let ca = ebb_test_support::tls::TestCa::new().unwrap();
+        let (cert, key) = ca.server_cert(&[name]).unwrap();
+        let dir = ebb_test_support::TempDir::new("egress-ca").unwrap();
+        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
         let config = rustls::ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
@@ -434,8 +429,8 @@ mod tests {
         .unwrap()
         .with_no_client_auth()
         .with_single_cert(
-            vec![cert.der().clone()],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
+            PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
         )
         .unwrap();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
@@ -464,15 +459,7 @@ mod tests {
                 });
             }
         });
-        (port, ca_file)
-    }
-
-    fn rand_suffix() -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64
-            ^ u64::from(std::process::id())
+        (port, dir)
     }
 
     async fn get(policy: HttpPolicy, url: &str) -> Result<String, HttpError> {
@@ -500,7 +487,8 @@ mod tests {
     #[tokio::test]
     async fn https_connects_to_the_checked_address_and_verifies_the_name() {
         let name = "pinned.ebb.test";
-        let (port, ca_file) = tls_server(name).await;
+        let (port, dir) = tls_server(name).await;
+        let ca_file = dir.join("ca.pem");
         let origin = format!("https://{name}:{port}");
         let config = |ca: Option<&std::path::Path>| HttpConfig {
             allow: vec![],
@@ -522,6 +510,5 @@ mod tests {
         assert!(matches!(err, HttpError::TlsCertificateError), "{err:?}");
         // The system resolver does not know the name: only the checked address works.
         assert!(tokio::net::lookup_host((name, port)).await.is_err());
-        let _ = std::fs::remove_file(ca_file);
     }
 }

@@ -72,6 +72,29 @@ fn text(value: redis::Value) -> String {
     }
 }
 
+/// The connection info of a lent connection, from its URL, and the PEM of its
+/// `ca-file` (which needs a `rediss://` URL).
+pub(crate) fn client_config(
+    config: &RedisConnectionConfig,
+) -> anyhow::Result<(redis::ConnectionInfo, Option<Vec<u8>>)> {
+    let url = config.resolve_url()?;
+    let info = redis::IntoConnectionInfo::into_connection_info(url.expose())
+        .map_err(|_| anyhow::anyhow!("the url is not a valid Redis URL"))?;
+    let ca = match &config.ca_file {
+        Some(path) => {
+            anyhow::ensure!(
+                matches!(info.addr, redis::ConnectionAddr::TcpTls { .. }),
+                "a ca-file is given but the url does not use TLS (rediss://)"
+            );
+            let pem = std::fs::read(path)
+                .map_err(|e| anyhow::anyhow!("reading the CA file {}: {e}", path.display()))?;
+            Some(pem)
+        }
+        None => None,
+    };
+    Ok((info, ca))
+}
+
 /// A client for `info`; over TLS trusting `ca` (PEM) if given.
 pub(crate) fn open_client(
     info: redis::ConnectionInfo,
@@ -92,22 +115,7 @@ pub(crate) fn open_client(
 impl RedisConnection {
     /// Prepares the client; nothing is opened until a connector needs it.
     pub fn new(config: &RedisConnectionConfig) -> anyhow::Result<Self> {
-        let url = config.resolve_url()?;
-        let info = redis::IntoConnectionInfo::into_connection_info(url.expose())
-            .map_err(|_| anyhow::anyhow!("the url is not a valid Redis URL"))?;
-        let ca =
-            match &config.ca_file {
-                Some(path) => {
-                    anyhow::ensure!(
-                        matches!(info.addr, redis::ConnectionAddr::TcpTls { .. }),
-                        "a ca-file is given but the url does not use TLS (rediss://)"
-                    );
-                    Some(std::fs::read(path).map_err(|e| {
-                        anyhow::anyhow!("reading the CA file {}: {e}", path.display())
-                    })?)
-                }
-                None => None,
-            };
+        let (info, ca) = client_config(config)?;
         let client = open_client(info, ca.as_deref())
             .map_err(|e| anyhow::anyhow!("the Redis client: {e}"))?;
         Ok(Self {
