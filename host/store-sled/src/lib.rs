@@ -12,7 +12,7 @@
 //! | `a/<seq: u64 BE>`            | audit event (JSON)              |
 //! | `i/<grant id>\0<seq: u64 BE>`| audit-by-grant index (empty)    |
 //! | `m/head`                     | audit head: seq, hash, record count and their MAC (JSON) |
-//! | `m/verified`                 | the head the last check at start verified (JSON) |
+//! | `m/verified`                 | the head the last good check verified, at start or while serving (JSON) |
 //! | `m/index/record-tags`        | present once every record has its tag |
 //! | `m/index/keyring`            | present once every `c/` value is under a keyring key |
 //! | `m/count/credentials`        | `c/` entries (u64 BE): when the keyring holds as many keys, no key is stray and the open skips the scan |
