@@ -14,7 +14,7 @@ fi
 mkdir -p target/js-plugins
 out=target/js-plugins/redis_js.wasm
 if [ ! -f "$out" ] || [ -n "$(find "$src/connector.js" wit -newer "$out" -print -quit)" ]; then
-  "$src/node_modules/.bin/jco" componentize "$src/connector.js" --wit wit --world-name plugin -o "$out.tmp" >/dev/null
+  "$src/node_modules/.bin/jco" componentize "$src/connector.js" --wit wit --world-name "ebb:connector/plugin@0.2.0" -o "$out.tmp" >/dev/null
   mv "$out.tmp" "$out"
 fi
 echo "$out"

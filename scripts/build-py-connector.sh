@@ -12,7 +12,7 @@ fi
 mkdir -p target/py-plugins
 out=target/py-plugins/redis_py.wasm
 if [ ! -f "$out" ] || [ -n "$(find plugins/python-redis wit -newer "$out" -print -quit)" ]; then
-  "$venv/bin/componentize-py" -d wit -w ebb:connector/plugin componentize app \
+  "$venv/bin/componentize-py" -d wit -w ebb:connector/plugin@0.2.0 componentize app \
     -p plugins/python-redis -o "$out.tmp"
   mv "$out.tmp" "$out"
 fi

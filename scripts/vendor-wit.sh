@@ -9,8 +9,9 @@ version=$(sed -n 's/^wasmtime-wasi-http = { version = "=\([0-9.]*\)".*/\1/p' Car
 cargo fetch --quiet
 src=$(find "${CARGO_HOME:-$HOME/.cargo}/registry/src" -maxdepth 2 -type d -name "wasmtime-wasi-http-$version" | head -n 1)
 [ -n "$src" ] || { echo "wasmtime-wasi-http $version not found in the cargo registry" >&2; exit 1; }
-rm -rf wit/deps && mkdir -p wit/deps
+# wit/deps/ebb-connector-0.1.0 is ours (the host interfaces and the 0.1.0 contract):
+# only the WASI packages are replaced.
 for pkg in cli clocks filesystem http io random sockets; do
-  mkdir -p "wit/deps/$pkg"
+  rm -rf "wit/deps/$pkg" && mkdir -p "wit/deps/$pkg"
   cp "$src/wit/deps/$pkg.wit" "wit/deps/$pkg/$pkg.wit"
 done

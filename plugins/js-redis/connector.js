@@ -41,11 +41,11 @@ function userName(grantId) {
 const within = (pattern, allowed) =>
   allowed.endsWith("*") ? pattern.startsWith(allowed.slice(0, -1)) : pattern === allowed;
 
-function checked(grant) {
-  if (grant.permissions.length === 0) throw fail("invalid", "a grant needs at least one permission");
+function checked(permissions) {
+  if (permissions.length === 0) throw fail("invalid", "a grant needs at least one permission");
   const commands = listed("allowed-commands", DEFAULT_COMMANDS);
   const keys = listed("allowed-keys", "");
-  return grant.permissions.map((p) => {
+  return permissions.map((p) => {
     const command = p.action.toLowerCase();
     if (!commands.includes(command)) {
       throw fail("invalid", `unknown command \`${p.action}\`; this connector grants ${commands.join(", ")}`);
@@ -58,7 +58,7 @@ function checked(grant) {
       throw fail("invalid", `\`${pattern}\`: \`*\` only at the end of a key pattern`);
     }
     if (!keys.some((allowed) => within(pattern, allowed))) {
-      throw fail("denied", `\`${pattern}\` is not within this connector's allowed-keys`);
+      throw fail("invalid", `\`${pattern}\` is not within this connector's allowed-keys`);
     }
     return [command, pattern];
   });
@@ -89,7 +89,7 @@ export const connector = {
   describe() {
     return {
       name: "redis",
-      version: "0.1.0-js",
+      version: "0.2.0-js",
       system: "redis",
       description: "Per-grant Redis ACL users (JavaScript)",
       actions: listed("allowed-commands", DEFAULT_COMMANDS).map((c) => ({
@@ -108,8 +108,20 @@ export const connector = {
     };
   },
 
+  validate(permissions) {
+    checked(permissions);
+  },
+
+  inventory() {
+    const listing = call("ACL", "USERS");
+    const names = listing.tag === "array" ? listing.val : [];
+    return names
+      .filter((name) => name.startsWith("ebb_"))
+      .map((name) => ({ grantId: name.slice(4).toUpperCase(), detail: `ACL user ${name}`, location: undefined }));
+  },
+
   issue(grant) {
-    const rules = checked(grant);
+    const rules = checked(grant.permissions);
     const user = userName(grant.id);
     const pass = password();
     const args = ["ACL", "SETUSER", user, "reset", "on", `>${pass}`, "-@all", "resetchannels"];
@@ -130,16 +142,21 @@ export const connector = {
     const user = userName(grant.id);
     const residue = [];
     if (call("ACL", "GETUSER", user).tag !== "nil") {
-      residue.push({ kind: "entitlement-present", detail: `ACL user ${user} still exists` });
+      residue.push({ kind: "entitlement-present", detail: `ACL user ${user} still exists`, location: undefined, remedy: undefined });
     }
     const listing = call("CLIENT", "LIST");
     const text = listing.tag === "text" || listing.tag === "status" ? listing.val : "";
     const open = text.split("\n").filter((l) => ` ${l} `.includes(` user=${user} `)).length;
     if (open > 0) {
-      residue.push({ kind: "session-open", detail: `${open} connection(s) of ${user} still open` });
+      residue.push({ kind: "session-open", detail: `${open} connection(s) of ${user} still open`, location: undefined, remedy: undefined });
     }
     if (credential !== undefined && authenticates(user, passwordOf(credential))) {
-      residue.push({ kind: "credential-accepted", detail: `AUTH as ${user} with the issued password still succeeds` });
+      residue.push({
+        kind: "credential-accepted",
+        detail: `AUTH as ${user} with the issued password still succeeds`,
+        location: undefined,
+        remedy: undefined,
+      });
     }
     return residue.length > 0 ? { tag: "residual", val: residue } : { tag: "revoked" };
   },

@@ -20,6 +20,7 @@ from wit_world.imports.ebb_connector_types import (
     Error_Invalid,
     Error_Unavailable,
     Error_Unsupported,
+    InventoryItem,
     Issued,
     Residue,
     ResidueKind,
@@ -71,13 +72,13 @@ def within(pattern, allowed):
     return pattern == allowed
 
 
-def checked(grant):
-    if not grant.permissions:
+def checked(permissions):
+    if not permissions:
         raise Err(Error_Invalid("a grant needs at least one permission"))
     commands = listed("allowed-commands", DEFAULT_COMMANDS)
     keys = listed("allowed-keys", "")
     rules = []
-    for p in grant.permissions:
+    for p in permissions:
         command = p.action.lower()
         if command not in commands:
             raise Err(Error_Invalid(f"unknown command `{p.action}`; this connector grants {', '.join(commands)}"))
@@ -87,7 +88,7 @@ def checked(grant):
         if "*" in pattern.rstrip("*"):
             raise Err(Error_Invalid(f"`{pattern}`: `*` only at the end of a key pattern"))
         if not any(within(pattern, allowed) for allowed in keys):
-            raise Err(Error_Denied(f"`{pattern}` is not within this connector's allowed-keys"))
+            raise Err(Error_Invalid(f"`{pattern}` is not within this connector's allowed-keys"))
         rules.append((command, pattern))
     return rules
 
@@ -115,7 +116,7 @@ class Connector(exports.Connector):
         ]
         return ConnectorInfo(
             name="redis",
-            version="0.1.0-py",
+            version="0.2.0-py",
             system="redis",
             description="Per-grant Redis ACL users (Python)",
             actions=actions,
@@ -125,8 +126,20 @@ class Connector(exports.Connector):
             | Capabilities.CAN_VERIFY_ISSUED,
         )
 
+    def validate(self, permissions):
+        checked(permissions)
+
+    def inventory(self):
+        listing = call("ACL", "USERS")
+        names = listing.value if isinstance(listing, redis.Reply_Array) else []
+        return [
+            InventoryItem(grant_id=name[len("ebb_"):].upper(), detail=f"ACL user {name}", location=None)
+            for name in names
+            if name.startswith("ebb_")
+        ]
+
     def issue(self, grant):
-        rules = checked(grant)
+        rules = checked(grant.permissions)
         user = user_name(grant.id)
         password = "".join(secrets.choice(ALPHABET) for _ in range(40))
         args = ["ACL", "SETUSER", user, "reset", "on", ">" + password, "-@all", "resetchannels"]
@@ -146,15 +159,20 @@ class Connector(exports.Connector):
         user = user_name(grant.id)
         residue = []
         if not isinstance(call("ACL", "GETUSER", user), redis.Reply_Nil):
-            residue.append(Residue(ResidueKind.ENTITLEMENT_PRESENT, f"ACL user {user} still exists"))
+            residue.append(Residue(ResidueKind.ENTITLEMENT_PRESENT, f"ACL user {user} still exists", None, None))
         listing = call("CLIENT", "LIST")
         text = listing.value if isinstance(listing, (redis.Reply_Text, redis.Reply_Status)) else ""
         open_ = sum(1 for line in text.splitlines() if f" user={user} " in f" {line} ")
         if open_:
-            residue.append(Residue(ResidueKind.SESSION_OPEN, f"{open_} connection(s) of {user} still open"))
+            residue.append(Residue(ResidueKind.SESSION_OPEN, f"{open_} connection(s) of {user} still open", None, None))
         if credential is not None and authenticates(user, password_of(credential)):
             residue.append(
-                Residue(ResidueKind.CREDENTIAL_ACCEPTED, f"AUTH as {user} with the issued password still succeeds")
+                Residue(
+                    ResidueKind.CREDENTIAL_ACCEPTED,
+                    f"AUTH as {user} with the issued password still succeeds",
+                    None,
+                    None,
+                )
             )
         return Verdict_Residual(residue) if residue else Verdict_Revoked()
 

@@ -2,7 +2,7 @@
 //! (`ebb:connector/config`).
 
 use crate::Error;
-use crate::wit::ebb::connector::config as raw;
+use crate::wit::ebb::connector0_1_0::config as raw;
 
 /// The value of `key`, if the operator set it.
 pub fn get(key: &str) -> Option<String> {

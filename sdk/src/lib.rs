@@ -60,7 +60,7 @@ pub mod sql;
 pub mod wit {
     wit_bindgen::generate!({
         path: "../wit",
-        world: "ebb:connector/plugin",
+        world: "ebb:connector/plugin@0.2.0",
         pub_export_macro: true,
         export_macro_name: "__export_plugin",
         default_bindings_module: "ebb_connector_sdk::wit",
@@ -68,9 +68,9 @@ pub mod wit {
     });
 }
 
-pub use wit::ebb::connector::types::{
-    ActionInfo, Capabilities, Claim, ConnectorInfo, Credential, Error, Grant, Issued, Permission,
-    Residue, ResidueKind, Secret, Subject, SubjectKind, Verdict,
+pub use wit::ebb::connector0_2_0::types::{
+    ActionInfo, Capabilities, Claim, ConnectorInfo, Credential, Error, Grant, InventoryItem,
+    Issued, Permission, Residue, ResidueKind, Secret, Subject, SubjectKind, Verdict,
 };
 
 /// The wall-clock time in milliseconds since the Unix epoch (WASI's clock), the unit
@@ -87,6 +87,14 @@ pub fn now_ms() -> u64 {
 pub trait Connector {
     /// Describes the connector. Must not call the downstream system.
     fn describe() -> ConnectorInfo;
+
+    /// Checks `permissions` without calling the downstream system; the host calls it
+    /// when a request arrives, before anyone approves it. The default accepts an
+    /// action that [`Connector::describe`] declares on a resource that is not empty;
+    /// override it to check the resource's syntax and the connector's configuration.
+    fn validate(permissions: Vec<Permission>) -> Result<(), Error> {
+        validate_declared(&Self::describe(), &permissions)
+    }
 
     /// Creates the narrowest downstream entitlement for `grant.permissions`, bound to
     /// `grant.not_after`.
@@ -121,6 +129,39 @@ pub trait Connector {
         let _ = subject;
         Err(Error::Unsupported("standing-access".into()))
     }
+
+    /// Everything downstream that the naming scheme says Ebb created, with the grant
+    /// id recovered from each name. Defaults to [`Error::Unsupported`].
+    fn inventory() -> Result<Vec<InventoryItem>, Error> {
+        Err(Error::Unsupported("inventory".into()))
+    }
+}
+
+/// The default [`Connector::validate`]: every action is declared by `info`, every
+/// resource is non-empty, and there is at least one permission.
+pub fn validate_declared(info: &ConnectorInfo, permissions: &[Permission]) -> Result<(), Error> {
+    if permissions.is_empty() {
+        return Err(Error::Invalid(
+            "a grant needs at least one permission".into(),
+        ));
+    }
+    for p in permissions {
+        if !info.actions.iter().any(|a| a.name == p.action) {
+            let known: Vec<&str> = info.actions.iter().map(|a| a.name.as_str()).collect();
+            return Err(Error::Invalid(format!(
+                "unknown action `{}` (this connector grants: {})",
+                p.action,
+                known.join(", ")
+            )));
+        }
+        if p.resource.trim().is_empty() {
+            return Err(Error::Invalid(format!(
+                "action `{}` needs a resource",
+                p.action
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Exports a [`Connector`] implementation as the component's `ebb:connector/connector`.
@@ -128,9 +169,15 @@ pub trait Connector {
 macro_rules! export_connector {
     ($ty:ident) => {
         const _: () = {
-            impl $crate::wit::exports::ebb::connector::connector::Guest for $ty {
+            impl $crate::wit::exports::ebb::connector0_2_0::connector::Guest for $ty {
                 fn describe() -> $crate::ConnectorInfo {
                     <$ty as $crate::Connector>::describe()
+                }
+                fn validate(permissions: Vec<$crate::Permission>) -> Result<(), $crate::Error> {
+                    <$ty as $crate::Connector>::validate(permissions)
+                }
+                fn inventory() -> Result<Vec<$crate::InventoryItem>, $crate::Error> {
+                    <$ty as $crate::Connector>::inventory()
                 }
                 fn issue(grant: $crate::Grant) -> Result<$crate::Issued, $crate::Error> {
                     <$ty as $crate::Connector>::issue(grant)
@@ -251,7 +298,38 @@ impl Residue {
         Self {
             kind,
             detail: detail.into(),
+            location: None,
+            remedy: None,
         }
+    }
+
+    /// Where it is (a database, an account), when the system has more than one place.
+    pub fn at(mut self, location: impl Into<String>) -> Self {
+        self.location = Some(location.into());
+        self
+    }
+
+    /// The exact manual step that removes it, for when the connector cannot.
+    pub fn remedy(mut self, step: impl Into<String>) -> Self {
+        self.remedy = Some(step.into());
+        self
+    }
+}
+
+impl InventoryItem {
+    /// Something Ebb created for grant `grant_id`, described for people.
+    pub fn new(grant_id: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self {
+            grant_id: grant_id.into(),
+            detail: detail.into(),
+            location: None,
+        }
+    }
+
+    /// Where it is, when the system has more than one place.
+    pub fn at(mut self, location: impl Into<String>) -> Self {
+        self.location = Some(location.into());
+        self
     }
 }
 

@@ -1,6 +1,6 @@
 //! Logging into the host's log (`ebb:connector/log`). Never log a credential.
 
-use crate::wit::ebb::connector::log::{Level, log};
+use crate::wit::ebb::connector0_1_0::log::{Level, log};
 
 /// Logs at debug level.
 pub fn debug(message: &str) {

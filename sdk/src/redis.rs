@@ -2,8 +2,8 @@
 //! (`ebb:connector/redis`). The host holds the URL and password, and sends only the
 //! command names the operator allows; the connector names a connection.
 
-use crate::wit::ebb::connector::redis as raw;
-pub use crate::wit::ebb::connector::redis::{AuthOutcome, Error as RedisError, Reply};
+use crate::wit::ebb::connector0_1_0::redis as raw;
+pub use crate::wit::ebb::connector0_1_0::redis::{AuthOutcome, Error as RedisError, Reply};
 
 /// Sends one command, e.g. `command("main", &["ACL", "DELUSER", "ebb_x"])`.
 pub fn command(connection: &str, args: &[&str]) -> Result<Reply, RedisError> {

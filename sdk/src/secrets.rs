@@ -6,7 +6,7 @@
 //! or put it in a handle.
 
 use crate::Error;
-use crate::wit::ebb::connector::secrets as raw;
+use crate::wit::ebb::connector0_1_0::secrets as raw;
 
 /// The secret lent under `name`, if the operator lent one.
 pub fn get(name: &str) -> Option<String> {

@@ -5,7 +5,7 @@
 //! literals in DDL must be quoted with [`quote_ident`] and [`quote_literal`].
 
 use crate::Error;
-use crate::wit::ebb::connector::sql as raw;
+use crate::wit::ebb::connector0_1_0::sql as raw;
 
 pub use raw::{DbError, Error as SqlError, LoginOutcome, Rows, Value};
 

@@ -126,6 +126,10 @@ pub enum ResidueKind {
     SessionOpen,
     EntitlementPresent,
     TokenActive,
+    /// Something the grantee created with the grant (a table, a privilege granted on).
+    OwnedObject,
+    /// A credential or identity minted with the grant (an access key, a user).
+    DerivedCredential,
     Other,
 }
 
@@ -134,6 +138,33 @@ pub enum ResidueKind {
 pub struct Residue {
     pub kind: ResidueKind,
     pub detail: String,
+    /// Where it is (a database, an account), when the system has more than one place.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    /// The manual step that removes it, when the connector cannot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remedy: Option<String>,
+}
+
+impl Residue {
+    pub fn new(kind: ResidueKind, detail: impl Into<String>) -> Self {
+        Self {
+            kind,
+            detail: detail.into(),
+            location: None,
+            remedy: None,
+        }
+    }
+}
+
+/// Something downstream that a connector's naming scheme says Ebb created.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct InventoryItem {
+    /// The grant it was created for, recovered from its name.
+    pub grant_id: String,
+    pub detail: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
 }
 
 /// The downstream system's answer to "is it gone?".

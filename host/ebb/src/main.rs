@@ -69,7 +69,8 @@ enum Command {
         command: cli::PolicyCommand,
     },
     /// Scans downstream systems: `ebb scan standing` checks what subjects can
-    /// already do without a grant.
+    /// already do without a grant; `ebb scan orphans` finds what Ebb's naming
+    /// scheme left downstream with no live grant.
     Scan {
         #[command(flatten)]
         remote: cli::Remote,
@@ -312,6 +313,9 @@ mod server {
                     for name in &report.skipped {
                         println!("skip {name}  (no independent probe for this connector)");
                     }
+                    for n in &report.not_offered {
+                        println!("n/a  {}  ({})", n.operation, n.why);
+                    }
                     let failed = report.checks.iter().filter(|c| !c.passed).count();
                     println!(
                         "\n{}: {} checks, {failed} failed, {} unverified: {}",
@@ -430,6 +434,8 @@ mod server {
         lifecycle.set_alerts(alerts.clone());
         // Subjects seen in requests have their standing access checked again hourly.
         let _standing = ebb_engine::standing::spawn(lifecycle.clone());
+        // Every connector's inventory is compared with the grants hourly.
+        let _orphans = ebb_engine::orphans::spawn(lifecycle.clone());
         // The audit chain is checked while serving, not only at start.
         let _chain = lifecycle.watch_audit_chain(std::time::Duration::from_secs(600));
         let approval = Arc::new(

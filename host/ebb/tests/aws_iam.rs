@@ -10,7 +10,9 @@
     reason = "tests fail loudly"
 )]
 
-use ebb_core::contract::{ConnectorError, Grant, Permission, Subject, SubjectKind, Verdict};
+use ebb_core::contract::{
+    ConnectorError, Grant, Permission, ResidueKind, Subject, SubjectKind, Verdict,
+};
 use ebb_engine::config::{ConnectorConfig, RuntimeConfig};
 use ebb_runtime::{CallError, LoadedConnector, Runtime};
 use ebb_test_support::Moto;
@@ -272,7 +274,24 @@ async fn minted_access_is_refused_by_default_and_residue_when_allowed() {
     }
     // Alice herself predates the grant.
     assert!(
-        !said.contains("derived credential: IAM user alice"),
+        !residue
+            .iter()
+            .any(|r| r.detail.starts_with("IAM user alice was created")),
+        "{said}"
+    );
+    // Each says what it is and how to remove it by hand.
+    let minted: Vec<_> = residue
+        .iter()
+        .filter(|r| r.detail.contains("mallory") || r.detail.contains(alice_key))
+        .collect();
+    assert_eq!(minted.len(), 3, "{said}");
+    assert!(
+        minted
+            .iter()
+            .all(|r| r.kind == ResidueKind::DerivedCredential
+                && r.remedy
+                    .as_deref()
+                    .is_some_and(|step| step.contains("aws iam delete-"))),
         "{said}"
     );
 }

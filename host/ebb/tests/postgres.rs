@@ -343,11 +343,15 @@ async fn what_the_grantee_made_is_dropped_or_reported_where_it_is() {
     };
     let elsewhere = residue
         .iter()
-        .find(|r| r.detail.contains("in database ebb_unreached"))
+        .find(|r| r.location.as_deref() == Some("ebb_unreached"))
         .unwrap_or_else(|| panic!("no residue names the database: {residue:?}"));
+    assert_eq!(elsewhere.kind, ResidueKind::OwnedObject, "{elsewhere:?}");
     assert!(
         elsewhere.detail.contains("owns 1 object(s)")
-            && elsewhere.detail.contains(&format!("DROP OWNED BY {user}")),
+            && elsewhere
+                .remedy
+                .as_deref()
+                .is_some_and(|step| step.contains(&format!("DROP OWNED BY {user}"))),
         "{elsewhere:?}"
     );
     assert!(
@@ -497,7 +501,7 @@ async fn bad_grants_are_refused_and_leave_nothing_behind() {
         (
             "01JNOTALLOWED",
             &[("select", "public.salaries")],
-            |e| matches!(e, CallError::Connector(ConnectorError::Denied(m)) if m.contains("allowed-resources")),
+            |e| matches!(e, CallError::Connector(ConnectorError::Invalid(m)) if m.contains("allowed-resources")),
         ),
         (
             "01JMALFORMED",
@@ -519,6 +523,14 @@ async fn bad_grants_are_refused_and_leave_nothing_behind() {
             .await
             .unwrap_err();
         assert!(expected(&err), "{id}: {err:?}");
+        // `validate` refuses the same requests, before anyone approves them.
+        if *id != "bad id!" {
+            let checked = pg_connector
+                .validate(&grant(id, permissions).permissions)
+                .await
+                .unwrap_err();
+            assert!(expected(&checked), "validate {id}: {checked:?}");
+        }
     }
     // A table in the allow-list that does not exist: the whole batch rolls back.
     let config = ConnectorConfig::new(ebb_test_plugins::POSTGRES)

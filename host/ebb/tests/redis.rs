@@ -102,9 +102,11 @@ async fn only_plain_patterns_and_allowed_commands_are_granted() {
     ebb_test_support::require!(Redis);
     let server = Redis::start().unwrap();
     let c = connector(&server).await;
+    // Outside the allow-list is a request that can never succeed as given: invalid,
+    // and `validate` says so before anyone approves it.
     for (action, resource, want) in [
-        ("get", "secret:*", "denied"),
-        ("get", "config:*", "denied"),
+        ("get", "secret:*", "invalid"),
+        ("get", "config:*", "invalid"),
         ("get", "cache:* +@all", "invalid"),
         ("get", "cache:*:x", "invalid"),
         ("get", "%RW~*", "invalid"),
@@ -121,6 +123,16 @@ async fn only_plain_patterns_and_allowed_commands_are_granted() {
             other => panic!("{action} {resource}: {other}"),
         };
         assert_eq!(kind, want, "{action} {resource}: {err}");
+        let checked = c
+            .validate(&grant("01BAD", action, resource).permissions)
+            .await;
+        assert!(
+            matches!(
+                checked,
+                Err(CallError::Connector(ConnectorError::Invalid(_)))
+            ),
+            "validate {action} {resource}: {checked:?}"
+        );
     }
     // An exact key is allowed as itself.
     let g = grant("01EXACT", "get", "config:feature-flags");

@@ -35,6 +35,7 @@ pub mod config;
 pub mod identity;
 pub mod lifecycle;
 pub mod loader;
+pub mod orphans;
 pub mod policy;
 pub mod registry;
 pub mod standing;

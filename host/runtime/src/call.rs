@@ -6,12 +6,12 @@
 //! does — trap, loop, grow without bound, return megabytes — the call fails with a
 //! [`CallError`] that names what happened, and the next call starts clean.
 
-use crate::bindings::{Plugin, PluginPre, types as wit};
+use crate::bindings::{Plugin, PluginPre, v1};
 use crate::host::{CallState, Lent};
 use crate::limits::{EPOCH_TICK, Limits};
 use ebb_core::contract::{
-    ActionInfo, Capabilities, ConnectorError, ConnectorInfo, Credential, Grant, Issued, Residue,
-    ResidueKind, Subject, SubjectKind, Verdict,
+    ActionInfo, Capabilities, ConnectorError, ConnectorInfo, Credential, Grant, InventoryItem,
+    Issued, Permission, Residue, ResidueKind, Subject, SubjectKind, Verdict,
 };
 use sha2::{Digest as _, Sha256};
 use std::fmt;
@@ -39,6 +39,95 @@ impl fmt::Debug for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Digest({self})")
     }
+}
+
+/// The version of `ebb:connector` a component exports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Contract {
+    /// `ebb:connector@0.2.0`, the current contract.
+    #[serde(rename = "0.2.0")]
+    V0_2,
+    /// `ebb:connector@0.1.0`, adapted: the host cannot validate its requests before
+    /// approval (they fail at issue instead) nor list what it created downstream.
+    #[serde(rename = "0.1.0")]
+    V0_1,
+}
+
+impl Contract {
+    /// The operations the host adapts for this version, for `GET /v1/connectors`.
+    pub fn missing(self) -> &'static [&'static str] {
+        match self {
+            Self::V0_2 => &[],
+            Self::V0_1 => &["validate", "inventory"],
+        }
+    }
+}
+
+/// A component prepared for instantiation, with the contract it exports.
+pub(crate) enum Pre {
+    Current(PluginPre<CallState>),
+    V1(v1::PluginPre<CallState>),
+}
+
+impl Pre {
+    /// Prepares `pre` with the newest contract its exports match.
+    /// With neither, the error is the current contract's (what an integrator should
+    /// build against).
+    pub(crate) fn new(pre: wasmtime::component::InstancePre<CallState>) -> wasmtime::Result<Self> {
+        match PluginPre::new(pre.clone()) {
+            Ok(current) => Ok(Self::Current(current)),
+            Err(current) => v1::PluginPre::new(pre).map(Self::V1).map_err(|_| current),
+        }
+    }
+
+    fn contract(&self) -> Contract {
+        match self {
+            Self::Current(_) => Contract::V0_2,
+            Self::V1(_) => Contract::V0_1,
+        }
+    }
+
+    fn engine(&self) -> &wasmtime::Engine {
+        match self {
+            Self::Current(p) => p.engine(),
+            Self::V1(p) => p.engine(),
+        }
+    }
+
+    async fn instantiate(
+        &self,
+        store: &mut wasmtime::Store<CallState>,
+    ) -> wasmtime::Result<Instance> {
+        Ok(match self {
+            Self::Current(p) => Instance::Current(p.instantiate_async(store).await?),
+            Self::V1(p) => Instance::V1(p.instantiate_async(store).await?),
+        })
+    }
+}
+
+/// An instance of either contract version.
+enum Instance {
+    Current(Plugin),
+    V1(v1::Plugin),
+}
+
+/// Runs `$body` on the instance's exported `connector` interface (bound to `$c`), with
+/// `$conv` naming the conversions for its contract version.
+macro_rules! on_connector {
+    ($instance:expr, |$c:ident, $conv:ident| $body:expr) => {
+        match $instance {
+            Instance::Current(plugin) => {
+                use convert as $conv;
+                let $c = plugin.ebb_connector0_2_0_connector();
+                $body
+            }
+            Instance::V1(plugin) => {
+                use convert_v1 as $conv;
+                let $c = plugin.ebb_connector0_1_0_connector();
+                $body
+            }
+        }
+    };
 }
 
 /// Why a call did not produce the connector's answer — or the connector's own error.
@@ -112,7 +201,7 @@ struct Inner {
     name: String,
     digest: Digest,
     info: ConnectorInfo,
-    pre: PluginPre<CallState>,
+    pre: Pre,
     lent: Arc<Lent>,
     limits: Limits,
 }
@@ -135,10 +224,10 @@ type CallFuture<'a, R> = Pin<Box<dyn Future<Output = wasmtime::Result<R>> + Send
 /// Runs one call in a fresh store: instantiate, call, classify the failure.
 async fn run<R: Send>(
     name: &str,
-    pre: &PluginPre<CallState>,
+    pre: &Pre,
     lent: &Arc<Lent>,
     limits: &Limits,
-    call: impl for<'a> FnOnce(&'a mut wasmtime::Store<CallState>, Plugin) -> CallFuture<'a, R> + Send,
+    call: impl for<'a> FnOnce(&'a mut wasmtime::Store<CallState>, Instance) -> CallFuture<'a, R> + Send,
 ) -> Result<R, CallError> {
     let mut store = wasmtime::Store::new(pre.engine(), CallState::new(lent.clone(), limits));
     store.limiter(|state| &mut state.limiter);
@@ -148,8 +237,8 @@ async fn run<R: Send>(
     // Time in wasm is bounded by the epoch deadline; time suspended in host calls is
     // bounded here (plus a little grace so the epoch trap wins the race when both fire).
     let outcome = tokio::time::timeout(limits.timeout + Duration::from_millis(50), async {
-        let plugin = pre.instantiate_async(&mut store).await?;
-        call(&mut store, plugin).await
+        let instance = pre.instantiate(&mut store).await?;
+        call(&mut store, instance).await
     })
     .await;
     let err = match outcome {
@@ -189,15 +278,11 @@ impl LoadedConnector {
     pub(super) async fn new(
         name: &str,
         digest: Digest,
-        pre: PluginPre<CallState>,
+        pre: Pre,
         lent: Arc<Lent>,
         limits: Limits,
     ) -> Result<Self, CallError> {
-        let info = run(name, &pre, &lent, &limits, |store, plugin| {
-            Box::pin(async move { plugin.ebb_connector_connector().call_describe(store).await })
-        })
-        .await?;
-        let info = convert::info(info);
+        let info = run(name, &pre, &lent, &limits, describe).await?;
         check_output(name, &limits, info_size(&info))?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -221,6 +306,11 @@ impl LoadedConnector {
         self.inner.digest
     }
 
+    /// The contract version the component exports.
+    pub fn contract(&self) -> Contract {
+        self.inner.pre.contract()
+    }
+
     /// What `describe` answered at load time.
     pub fn info(&self) -> &ConnectorInfo {
         &self.inner.info
@@ -229,7 +319,8 @@ impl LoadedConnector {
     async fn call<R: Send>(
         &self,
         name: &'static str,
-        op: impl for<'a> FnOnce(&'a mut wasmtime::Store<CallState>, Plugin) -> CallFuture<'a, R> + Send,
+        op: impl for<'a> FnOnce(&'a mut wasmtime::Store<CallState>, Instance) -> CallFuture<'a, R>
+        + Send,
     ) -> Result<R, CallError> {
         let i = &*self.inner;
         let started = std::time::Instant::now();
@@ -248,12 +339,7 @@ impl LoadedConnector {
     /// Calls `describe`.
     #[tracing::instrument(name = "ebb_runtime.describe", skip_all, fields(connector = %self.inner.name))]
     pub async fn describe(&self) -> Result<ConnectorInfo, CallError> {
-        let info = self
-            .call("describe", |store, plugin| {
-                Box::pin(async move { plugin.ebb_connector_connector().call_describe(store).await })
-            })
-            .await?;
-        let info = convert::info(info);
+        let info = self.call("describe", describe).await?;
         self.check_output(info_size(&info))?;
         Ok(info)
     }
@@ -261,19 +347,18 @@ impl LoadedConnector {
     /// Calls `issue`.
     #[tracing::instrument(name = "ebb_runtime.issue", skip_all, fields(connector = %self.inner.name, grant = %grant.id))]
     pub async fn issue(&self, grant: &Grant) -> Result<Issued, CallError> {
-        let grant = convert::grant(grant);
+        let grant = grant.clone();
         let issued = self
-            .call("issue", move |store, plugin| {
+            .call("issue", move |store, instance| {
                 Box::pin(async move {
-                    plugin
-                        .ebb_connector_connector()
-                        .call_issue(store, &grant)
-                        .await
+                    on_connector!(instance, |c, conv| Ok(c
+                        .call_issue(store, &conv::grant(&grant))
+                        .await?
+                        .map(conv::issued)
+                        .map_err(conv::error)))
                 })
             })
-            .await?
-            .map_err(convert::error)?;
-        let issued = convert::issued(issued);
+            .await??;
         self.check_output(
             issued.handle.len()
                 + issued
@@ -294,20 +379,24 @@ impl LoadedConnector {
         handle: Option<&str>,
         credential: Option<&Credential>,
     ) -> Result<(), CallError> {
-        let grant = convert::grant(grant);
+        let (grant, credential) = (grant.clone(), credential.cloned());
         let handle = handle.map(str::to_owned);
-        let credential = credential.map(convert::credential);
-        self.call("revoke", move |store, plugin| {
+        self.call("revoke", move |store, instance| {
             Box::pin(async move {
-                plugin
-                    .ebb_connector_connector()
-                    .call_revoke(store, &grant, handle.as_ref(), credential.as_ref())
-                    .await
+                on_connector!(instance, |c, conv| {
+                    let credential = credential.as_ref().map(conv::credential);
+                    Ok(c.call_revoke(
+                        store,
+                        &conv::grant(&grant),
+                        handle.as_ref(),
+                        credential.as_ref(),
+                    )
+                    .await?
+                    .map_err(conv::error))
+                })
             })
         })
         .await?
-        .map_err(convert::error)?;
-        Ok(())
     }
 
     /// Calls `verify-revoked`.
@@ -318,21 +407,26 @@ impl LoadedConnector {
         handle: Option<&str>,
         credential: Option<&Credential>,
     ) -> Result<Verdict, CallError> {
-        let grant = convert::grant(grant);
+        let (grant, credential) = (grant.clone(), credential.cloned());
         let handle = handle.map(str::to_owned);
-        let credential = credential.map(convert::credential);
         let verdict = self
-            .call("verify-revoked", move |store, plugin| {
+            .call("verify-revoked", move |store, instance| {
                 Box::pin(async move {
-                    plugin
-                        .ebb_connector_connector()
-                        .call_verify_revoked(store, &grant, handle.as_ref(), credential.as_ref())
-                        .await
+                    on_connector!(instance, |c, conv| {
+                        let credential = credential.as_ref().map(conv::credential);
+                        Ok(c.call_verify_revoked(
+                            store,
+                            &conv::grant(&grant),
+                            handle.as_ref(),
+                            credential.as_ref(),
+                        )
+                        .await?
+                        .map(conv::verdict)
+                        .map_err(conv::error))
+                    })
                 })
             })
-            .await?
-            .map_err(convert::error)?;
-        let verdict = convert::verdict(verdict);
+            .await??;
         if let Verdict::Residual(residue) = &verdict {
             self.check_output(residue_size(residue))?;
         }
@@ -347,41 +441,119 @@ impl LoadedConnector {
         handle: &str,
         credential: &Credential,
     ) -> Result<(), CallError> {
-        let grant = convert::grant(grant);
+        let (grant, credential) = (grant.clone(), credential.clone());
         let handle = handle.to_owned();
-        let credential = convert::credential(credential);
-        self.call("verify-issued", move |store, plugin| {
+        self.call("verify-issued", move |store, instance| {
             Box::pin(async move {
-                plugin
-                    .ebb_connector_connector()
-                    .call_verify_issued(store, &grant, &handle, &credential)
-                    .await
+                on_connector!(instance, |c, conv| Ok(c
+                    .call_verify_issued(
+                        store,
+                        &conv::grant(&grant),
+                        &handle,
+                        &conv::credential(&credential)
+                    )
+                    .await?
+                    .map_err(conv::error)))
             })
         })
         .await?
-        .map_err(convert::error)?;
-        Ok(())
     }
 
     /// Calls `standing-access`.
     #[tracing::instrument(name = "ebb_runtime.standing_access", skip_all, fields(connector = %self.inner.name, subject = %subject.id))]
     pub async fn standing_access(&self, subject: &Subject) -> Result<Vec<Residue>, CallError> {
-        let subject = convert::subject(subject);
+        let subject = subject.clone();
         let residue = self
-            .call("standing-access", move |store, plugin| {
+            .call("standing-access", move |store, instance| {
                 Box::pin(async move {
-                    plugin
-                        .ebb_connector_connector()
-                        .call_standing_access(store, &subject)
-                        .await
+                    on_connector!(instance, |c, conv| Ok(c
+                        .call_standing_access(store, &conv::subject(&subject))
+                        .await?
+                        .map(|r| r.into_iter().map(conv::residue).collect::<Vec<_>>())
+                        .map_err(conv::error)))
                 })
             })
-            .await?
-            .map_err(convert::error)?;
-        let residue: Vec<Residue> = residue.into_iter().map(convert::residue).collect();
+            .await??;
         self.check_output(residue_size(&residue))?;
         Ok(residue)
     }
+
+    /// Calls `validate`. A 0.1.0 component cannot validate: `Unsupported`, without a
+    /// call.
+    #[tracing::instrument(name = "ebb_runtime.validate", skip_all, fields(connector = %self.inner.name))]
+    pub async fn validate(&self, permissions: &[Permission]) -> Result<(), CallError> {
+        self.require(Contract::V0_2, "validate")?;
+        let permissions: Vec<_> = permissions.iter().map(convert::permission).collect();
+        self.call("validate", move |store, instance| {
+            Box::pin(async move {
+                match instance {
+                    Instance::Current(plugin) => Ok(plugin
+                        .ebb_connector0_2_0_connector()
+                        .call_validate(store, &permissions)
+                        .await?
+                        .map_err(convert::error)),
+                    Instance::V1(_) => unreachable!("checked by require"),
+                }
+            })
+        })
+        .await?
+    }
+
+    /// Calls `inventory`. A 0.1.0 component has none: `Unsupported`, without a call.
+    #[tracing::instrument(name = "ebb_runtime.inventory", skip_all, fields(connector = %self.inner.name))]
+    pub async fn inventory(&self) -> Result<Vec<InventoryItem>, CallError> {
+        self.require(Contract::V0_2, "inventory")?;
+        let items = self
+            .call("inventory", move |store, instance| {
+                Box::pin(async move {
+                    match instance {
+                        Instance::Current(plugin) => Ok(plugin
+                            .ebb_connector0_2_0_connector()
+                            .call_inventory(store)
+                            .await?
+                            .map(|items| {
+                                items
+                                    .into_iter()
+                                    .map(convert::inventory_item)
+                                    .collect::<Vec<_>>()
+                            })
+                            .map_err(convert::error)),
+                        Instance::V1(_) => unreachable!("checked by require"),
+                    }
+                })
+            })
+            .await??;
+        self.check_output(
+            items
+                .iter()
+                .map(|i| {
+                    i.grant_id.len() + i.detail.len() + i.location.as_ref().map_or(0, String::len)
+                })
+                .sum(),
+        )?;
+        Ok(items)
+    }
+
+    fn require(&self, contract: Contract, op: &str) -> Result<(), CallError> {
+        if self.contract() == contract {
+            return Ok(());
+        }
+        Err(CallError::Connector(ConnectorError::Unsupported(format!(
+            "{op}: the component implements ebb:connector@0.1.0, which has no `{op}`"
+        ))))
+    }
+}
+
+/// Calls `describe` on either contract version.
+fn describe<'a>(
+    store: &'a mut wasmtime::Store<CallState>,
+    instance: Instance,
+) -> CallFuture<'a, ConnectorInfo> {
+    Box::pin(async move {
+        on_connector!(instance, |c, conv| Ok(conv::info(
+            c.call_describe(store).await?
+        )))
+    })
 }
 
 fn check_output(name: &str, limits: &Limits, size: usize) -> Result<(), CallError> {
@@ -396,7 +568,15 @@ fn check_output(name: &str, limits: &Limits, size: usize) -> Result<(), CallErro
 }
 
 fn residue_size(residue: &[Residue]) -> usize {
-    residue.iter().map(|r| r.detail.len() + 1).sum()
+    residue
+        .iter()
+        .map(|r| {
+            r.detail.len()
+                + r.location.as_ref().map_or(0, String::len)
+                + r.remedy.as_ref().map_or(0, String::len)
+                + 1
+        })
+        .sum()
 }
 
 fn info_size(info: &ConnectorInfo) -> usize {
@@ -411,72 +591,128 @@ fn info_size(info: &ConnectorInfo) -> usize {
             .sum::<usize>()
 }
 
-/// Conversions between generated WIT types and [`ebb_core::contract`] types.
+/// Conversions between one contract version's generated types and
+/// [`ebb_core::contract`]'s; the parts both versions share.
+macro_rules! conversions {
+    () => {
+        pub fn subject(s: &Subject) -> wit::Subject {
+            wit::Subject {
+                id: s.id.clone(),
+                kind: match s.kind {
+                    SubjectKind::Workload => wit::SubjectKind::Workload,
+                    SubjectKind::Person => wit::SubjectKind::Person,
+                },
+                claims: s
+                    .claims
+                    .iter()
+                    .map(|(name, value)| wit::Claim {
+                        name: name.clone(),
+                        value: value.clone(),
+                    })
+                    .collect(),
+            }
+        }
+
+        pub fn permission(p: &Permission) -> wit::Permission {
+            wit::Permission {
+                action: p.action.clone(),
+                resource: p.resource.clone(),
+            }
+        }
+
+        pub fn grant(g: &Grant) -> wit::Grant {
+            wit::Grant {
+                id: g.id.clone(),
+                subject: subject(&g.subject),
+                permissions: g.permissions.iter().map(permission).collect(),
+                not_after: g.not_after,
+                task: g.task.clone(),
+            }
+        }
+
+        pub fn credential(c: &Credential) -> wit::Credential {
+            wit::Credential {
+                fields: c
+                    .fields
+                    .iter()
+                    .map(|(name, value)| wit::Secret {
+                        name: name.clone(),
+                        value: value.clone(),
+                    })
+                    .collect(),
+            }
+        }
+
+        pub fn issued(i: wit::Issued) -> Issued {
+            Issued {
+                handle: i.handle,
+                credential: Credential {
+                    fields: i
+                        .credential
+                        .fields
+                        .into_iter()
+                        .map(|s| (s.name, s.value))
+                        .collect(),
+                },
+                expires_at: i.expires_at,
+            }
+        }
+
+        pub fn verdict(v: wit::Verdict) -> Verdict {
+            match v {
+                wit::Verdict::Revoked => Verdict::Revoked,
+                wit::Verdict::Residual(r) => {
+                    Verdict::Residual(r.into_iter().map(residue).collect())
+                }
+            }
+        }
+
+        pub fn error(e: wit::Error) -> CallError {
+            CallError::Connector(match e {
+                wit::Error::Invalid(m) => ConnectorError::Invalid(m),
+                wit::Error::Denied(m) => ConnectorError::Denied(m),
+                wit::Error::Unavailable(m) => ConnectorError::Unavailable(m),
+                wit::Error::Internal(m) => ConnectorError::Internal(m),
+                wit::Error::Unsupported(m) => ConnectorError::Unsupported(m),
+            })
+        }
+
+        pub fn info(i: wit::ConnectorInfo) -> ConnectorInfo {
+            let c = i.capabilities;
+            ConnectorInfo {
+                name: i.name,
+                version: i.version,
+                system: i.system,
+                description: i.description,
+                actions: i
+                    .actions
+                    .into_iter()
+                    .map(|a| ActionInfo {
+                        name: a.name,
+                        description: a.description,
+                        resource_syntax: a.resource_syntax,
+                    })
+                    .collect(),
+                capabilities: Capabilities {
+                    revocable: c.contains(wit::Capabilities::REVOCABLE),
+                    downstream_expiry: c.contains(wit::Capabilities::DOWNSTREAM_EXPIRY),
+                    terminates_sessions: c.contains(wit::Capabilities::TERMINATES_SESSIONS),
+                    can_verify: c.contains(wit::Capabilities::CAN_VERIFY),
+                    can_verify_issued: c.contains(wit::Capabilities::CAN_VERIFY_ISSUED),
+                    reports_standing_access: c.contains(wit::Capabilities::REPORTS_STANDING_ACCESS),
+                    revokes_by_value: c.contains(wit::Capabilities::REVOKES_BY_VALUE),
+                },
+            }
+        }
+    };
+}
+
+/// `ebb:connector@0.2.0`.
 mod convert {
     use super::*;
+    use crate::bindings::types as wit;
 
-    pub fn subject(s: &Subject) -> wit::Subject {
-        wit::Subject {
-            id: s.id.clone(),
-            kind: match s.kind {
-                SubjectKind::Workload => wit::SubjectKind::Workload,
-                SubjectKind::Person => wit::SubjectKind::Person,
-            },
-            claims: s
-                .claims
-                .iter()
-                .map(|(name, value)| wit::Claim {
-                    name: name.clone(),
-                    value: value.clone(),
-                })
-                .collect(),
-        }
-    }
-
-    pub fn grant(g: &Grant) -> wit::Grant {
-        wit::Grant {
-            id: g.id.clone(),
-            subject: subject(&g.subject),
-            permissions: g
-                .permissions
-                .iter()
-                .map(|p| wit::Permission {
-                    action: p.action.clone(),
-                    resource: p.resource.clone(),
-                })
-                .collect(),
-            not_after: g.not_after,
-            task: g.task.clone(),
-        }
-    }
-
-    pub fn credential(c: &Credential) -> wit::Credential {
-        wit::Credential {
-            fields: c
-                .fields
-                .iter()
-                .map(|(name, value)| wit::Secret {
-                    name: name.clone(),
-                    value: value.clone(),
-                })
-                .collect(),
-        }
-    }
-
-    pub fn issued(i: wit::Issued) -> Issued {
-        Issued {
-            handle: i.handle,
-            credential: Credential {
-                fields: i
-                    .credential
-                    .fields
-                    .into_iter()
-                    .map(|s| (s.name, s.value))
-                    .collect(),
-            },
-            expires_at: i.expires_at,
-        }
-    }
+    conversions!();
 
     pub fn residue(r: wit::Residue) -> Residue {
         Residue {
@@ -485,54 +721,42 @@ mod convert {
                 wit::ResidueKind::SessionOpen => ResidueKind::SessionOpen,
                 wit::ResidueKind::EntitlementPresent => ResidueKind::EntitlementPresent,
                 wit::ResidueKind::TokenActive => ResidueKind::TokenActive,
+                wit::ResidueKind::OwnedObject => ResidueKind::OwnedObject,
+                wit::ResidueKind::DerivedCredential => ResidueKind::DerivedCredential,
                 wit::ResidueKind::Other => ResidueKind::Other,
             },
             detail: r.detail,
+            location: r.location,
+            remedy: r.remedy,
         }
     }
 
-    pub fn verdict(v: wit::Verdict) -> Verdict {
-        match v {
-            wit::Verdict::Revoked => Verdict::Revoked,
-            wit::Verdict::Residual(r) => Verdict::Residual(r.into_iter().map(residue).collect()),
+    pub fn inventory_item(i: wit::InventoryItem) -> InventoryItem {
+        InventoryItem {
+            grant_id: i.grant_id,
+            detail: i.detail,
+            location: i.location,
         }
     }
+}
 
-    pub fn error(e: wit::Error) -> CallError {
-        CallError::Connector(match e {
-            wit::Error::Invalid(m) => ConnectorError::Invalid(m),
-            wit::Error::Denied(m) => ConnectorError::Denied(m),
-            wit::Error::Unavailable(m) => ConnectorError::Unavailable(m),
-            wit::Error::Internal(m) => ConnectorError::Internal(m),
-            wit::Error::Unsupported(m) => ConnectorError::Unsupported(m),
-        })
-    }
+/// `ebb:connector@0.1.0`, adapted: residue has no location or remedy.
+mod convert_v1 {
+    use super::*;
+    use crate::bindings::v1::types as wit;
 
-    pub fn info(i: wit::ConnectorInfo) -> ConnectorInfo {
-        let c = i.capabilities;
-        ConnectorInfo {
-            name: i.name,
-            version: i.version,
-            system: i.system,
-            description: i.description,
-            actions: i
-                .actions
-                .into_iter()
-                .map(|a| ActionInfo {
-                    name: a.name,
-                    description: a.description,
-                    resource_syntax: a.resource_syntax,
-                })
-                .collect(),
-            capabilities: Capabilities {
-                revocable: c.contains(wit::Capabilities::REVOCABLE),
-                downstream_expiry: c.contains(wit::Capabilities::DOWNSTREAM_EXPIRY),
-                terminates_sessions: c.contains(wit::Capabilities::TERMINATES_SESSIONS),
-                can_verify: c.contains(wit::Capabilities::CAN_VERIFY),
-                can_verify_issued: c.contains(wit::Capabilities::CAN_VERIFY_ISSUED),
-                reports_standing_access: c.contains(wit::Capabilities::REPORTS_STANDING_ACCESS),
-                revokes_by_value: c.contains(wit::Capabilities::REVOKES_BY_VALUE),
+    conversions!();
+
+    pub fn residue(r: wit::Residue) -> Residue {
+        Residue::new(
+            match r.kind {
+                wit::ResidueKind::CredentialAccepted => ResidueKind::CredentialAccepted,
+                wit::ResidueKind::SessionOpen => ResidueKind::SessionOpen,
+                wit::ResidueKind::EntitlementPresent => ResidueKind::EntitlementPresent,
+                wit::ResidueKind::TokenActive => ResidueKind::TokenActive,
+                wit::ResidueKind::Other => ResidueKind::Other,
             },
-        }
+            r.detail,
+        )
     }
 }

@@ -6,7 +6,11 @@
 //! issued and finds the access of a live one; `issue` creates a credential that works
 //! for the granted permission and not for another (when a [`Probe`] can tell);
 //! `revoke` ends it, `verify-revoked` then says `revoked` and the credential fails;
-//! `revoke` is idempotent and works without the handle. A connector that declares
+//! `revoke` is idempotent and works without the handle. `validate` (0.2.0) accepts
+//! the case and refuses an unknown action; `inventory` lists a live grant and not a
+//! revoked one; what a grantee made with the credential (through the probe's
+//! [`Probe::derive`]) is removed by `revoke` or reported as residue, never
+//! `revoked` while it remains. A connector that declares
 //! its credential irrevocable must instead keep reporting it after `revoke`; one
 //! that revokes by value must report what may remain when it holds nothing to
 //! revoke by.
@@ -15,9 +19,9 @@
 //! against the downstream system's own client judges the credential independently
 //! of the connector.
 
-use crate::call::LoadedConnector;
+use crate::call::{CallError, Contract, LoadedConnector};
 use ebb_core::contract::{
-    Credential, Grant, Permission, ResidueKind, Subject, SubjectKind, Verdict,
+    ConnectorError, Credential, Grant, Permission, ResidueKind, Subject, SubjectKind, Verdict,
 };
 use std::future::Future;
 use std::pin::Pin;
@@ -31,6 +35,29 @@ pub trait Probe: Send + Sync {
         credential: &'a Credential,
         permission: &'a Permission,
     ) -> Pin<Box<dyn Future<Output = anyhow::Result<bool>> + Send + 'a>>;
+
+    /// Uses the credential as a grantee could to make access of its own that would
+    /// outlive the grant unless the connector removes it (a table holding a copy of
+    /// the granted data, a key of its own). Says what it made, or `None` when the
+    /// system gives this grant no way to.
+    fn derive<'a>(
+        &'a self,
+        credential: &'a Credential,
+        permission: &'a Permission,
+    ) -> Pin<Box<dyn Future<Output = anyhow::Result<Option<String>>> + Send + 'a>> {
+        let _ = (credential, permission);
+        Box::pin(async { Ok(None) })
+    }
+
+    /// Whether what [`Probe::derive`] made (as it described it) still exists,
+    /// judged with the operator's access, not the connector's.
+    fn derived_remains<'a>(
+        &'a self,
+        made: &'a str,
+    ) -> Pin<Box<dyn Future<Output = anyhow::Result<bool>> + Send + 'a>> {
+        let _ = made;
+        Box::pin(async { Ok(false) })
+    }
 }
 
 /// What to test with.
@@ -60,6 +87,16 @@ pub struct ConformanceReport {
     pub checks: Vec<Check>,
     /// Checks that need an independent probe and were not made for want of one.
     pub skipped: Vec<&'static str>,
+    /// Operations the connector does not offer (`inventory` for OAuth tokens, both
+    /// new operations for a 0.1.0 component), with its reason.
+    pub not_offered: Vec<NotOffered>,
+}
+
+/// See [`ConformanceReport::not_offered`].
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NotOffered {
+    pub operation: &'static str,
+    pub why: String,
 }
 
 /// What a run proved.
@@ -93,6 +130,14 @@ impl ConformanceReport {
     /// Records what a probe would have judged.
     fn skip(&mut self, name: &'static str) {
         self.skipped.push(name);
+    }
+
+    /// Records an operation the connector does not offer (not a failure).
+    fn note(&mut self, operation: &'static str, why: &str) {
+        self.not_offered.push(NotOffered {
+            operation,
+            why: why.to_owned(),
+        });
     }
 
     fn check(&mut self, name: &'static str, passed: bool, detail: impl Into<String>) -> bool {
@@ -159,6 +204,7 @@ pub async fn run(
         connector: connector.info().name.clone(),
         checks: vec![],
         skipped: vec![],
+        not_offered: vec![],
     };
     let info = connector.info();
     r.check(
@@ -173,6 +219,8 @@ pub async fn run(
                 .join(", ")
         ),
     );
+
+    check_validate(&mut r, connector, case).await;
 
     let by_value = info.capabilities.revokes_by_value;
     let never = grant(case, "n");
@@ -249,6 +297,35 @@ pub async fn run(
     } else {
         r.skip("the credential works for the granted permission");
     }
+    let inventory = match connector.inventory().await {
+        Ok(items) => {
+            r.check(
+                "inventory lists what issue created",
+                items.iter().any(|i| i.grant_id.eq_ignore_ascii_case(&g.id)),
+                format!("{} item(s)", items.len()),
+            );
+            true
+        }
+        Err(CallError::Connector(ConnectorError::Unsupported(why))) => {
+            r.note("inventory", &why);
+            false
+        }
+        Err(e) => {
+            r.check("inventory lists what issue created", false, e.to_string());
+            false
+        }
+    };
+    // What the grantee makes with the grant is part of the grant.
+    let derived = match probe {
+        Some(probe) => match probe.derive(cred, &case.granted).await {
+            Ok(made) => made,
+            Err(e) => {
+                r.check("the probe makes derived access", false, format!("{e:#}"));
+                None
+            }
+        },
+        None => None,
+    };
     let answer = connector.verify_revoked(&g, handle, Some(cred)).await;
     r.check(
         "verify finds the access of a live grant",
@@ -272,11 +349,34 @@ pub async fn run(
         return r;
     }
     let verdict = settles(connector, &g, handle, Some(cred), case.settle).await;
+    if let (Some(made), Some(probe)) = (&derived, probe) {
+        // Removed, or reported: never `revoked` while it is still there.
+        let remains = probe.derived_remains(made).await;
+        let reported = connector.verify_revoked(&g, handle, Some(cred)).await;
+        r.check(
+            "what the grantee made is removed or reported as residue",
+            match &remains {
+                Ok(false) => true,
+                Ok(true) => matches!(&reported, Ok(Verdict::Residual(x))
+                    if x.iter().any(|r| matches!(r.kind, ResidueKind::OwnedObject | ResidueKind::DerivedCredential))),
+                Err(_) => false,
+            },
+            format!("{made}: remains {remains:?}; verify says {reported:?}"),
+        );
+    }
     r.check(
         "verify after revoke says revoked",
         verdict.is_ok(),
         verdict.err().unwrap_or_else(|| "revoked".into()),
     );
+    if inventory {
+        let items = connector.inventory().await;
+        r.check(
+            "inventory no longer lists a revoked grant",
+            matches!(&items, Ok(items) if !items.iter().any(|i| i.grant_id.eq_ignore_ascii_case(&g.id))),
+            format!("{:?}", items.map(|i| i.len())),
+        );
+    }
     if let Some(probe) = probe {
         let works = probe.works(cred, &case.granted).await;
         r.check(
@@ -334,6 +434,46 @@ pub async fn run(
         }
     }
     r
+}
+
+/// `validate` accepts the case's permission and refuses an unknown action and an
+/// empty request — without calling the downstream system (it is answered before
+/// anyone approves). A 0.1.0 component has no `validate`: noted, not failed.
+async fn check_validate(r: &mut ConformanceReport, connector: &LoadedConnector, case: &Case) {
+    if connector.contract() != Contract::V0_2 {
+        r.note(
+            "validate",
+            "the component implements ebb:connector@0.1.0: requests reach approval unchecked",
+        );
+        return;
+    }
+    let ok = connector
+        .validate(std::slice::from_ref(&case.granted))
+        .await;
+    r.check(
+        "validate accepts the granted permission",
+        ok.is_ok(),
+        format!("{ok:?}"),
+    );
+    let unknown = Permission {
+        action: "ebb-conformance-no-such-action".into(),
+        resource: case.granted.resource.clone(),
+    };
+    let refused = connector.validate(&[unknown]).await;
+    r.check(
+        "validate refuses an unknown action as invalid",
+        matches!(
+            refused,
+            Err(CallError::Connector(ConnectorError::Invalid(_)))
+        ),
+        format!("{refused:?}"),
+    );
+    let empty = connector.validate(&[]).await;
+    r.check(
+        "validate refuses a request with no permission as invalid",
+        matches!(empty, Err(CallError::Connector(ConnectorError::Invalid(_)))),
+        format!("{empty:?}"),
+    );
 }
 
 /// The probe the host ships for a bundled connector, built from what the instance
@@ -412,6 +552,73 @@ impl Probe for PostgresProbe {
             }
         })
     }
+    /// A table of the grantee's own holding a copy of the granted one, where PUBLIC
+    /// may create (the `public` schema of databases from before PostgreSQL 15).
+    fn derive<'a>(
+        &'a self,
+        credential: &'a Credential,
+        permission: &'a Permission,
+    ) -> Pin<Box<dyn Future<Output = anyhow::Result<Option<String>>> + Send + 'a>> {
+        Box::pin(async move {
+            if permission.action != "select" {
+                return Ok(None);
+            }
+            let client = self.connect_as(Some(credential)).await?;
+            let made = format!(
+                "public.ebb_probe_{}",
+                ulid::Ulid::new().to_string().to_lowercase()
+            );
+            let copy = format!(
+                "CREATE TABLE {made} AS SELECT * FROM {}",
+                quoted_table(&permission.resource)
+            );
+            match client.batch_execute(&copy).await {
+                Ok(()) => Ok(Some(made)),
+                // No schema lets this role create: it can make nothing of its own.
+                Err(e) if e.as_db_error().is_some_and(|d| d.code().code() == "42501") => Ok(None),
+                Err(e) => Err(e.into()),
+            }
+        })
+    }
+
+    fn derived_remains<'a>(
+        &'a self,
+        made: &'a str,
+    ) -> Pin<Box<dyn Future<Output = anyhow::Result<bool>> + Send + 'a>> {
+        Box::pin(async move {
+            let client = self.connect_as(None).await?;
+            let row = client
+                .query_one("SELECT to_regclass($1) IS NOT NULL", &[&made])
+                .await?;
+            Ok(row.get(0))
+        })
+    }
+}
+
+impl PostgresProbe {
+    async fn connect_as(
+        &self,
+        credential: Option<&Credential>,
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let mut config = self.config.clone();
+        if let Some(credential) = credential {
+            config
+                .user(credential.get("user").unwrap_or_default())
+                .password(credential.get("password").unwrap_or_default());
+        }
+        config.connect_timeout(Duration::from_secs(5));
+        let (client, conn) = config.connect(self.tls.clone()).await?;
+        tokio::spawn(conn);
+        Ok(client)
+    }
+}
+
+fn quoted_table(resource: &str) -> String {
+    resource
+        .split('.')
+        .map(|part| format!("\"{}\"", part.replace('"', "\"\"")))
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 /// Authenticates as the credential's user and runs the permission's command on a

@@ -27,7 +27,7 @@ pub mod lend;
 mod limits;
 
 pub use cache::CacheKey;
-pub use call::{CallError, Digest, LoadedConnector};
+pub use call::{CallError, Contract, Digest, LoadedConnector};
 pub use host::http::Origin;
 pub use lend::{ConnectorSpec, RuntimeConfig};
 
@@ -234,7 +234,7 @@ impl Runtime {
             .linker
             .instantiate_pre(&component)
             .map_err(|e| LoadError::Link(e.into()))?;
-        let pre = bindings::PluginPre::new(pre).map_err(|e| LoadError::Export(e.into()))?;
+        let pre = call::Pre::new(pre).map_err(|e| LoadError::Export(e.into()))?;
         let lent = host::Lent::new(name, spec).map_err(LoadError::Lend)?;
         LoadedConnector::new(name, digest, pre, lent, limits::Limits::from(&spec.limits))
             .await

@@ -41,8 +41,8 @@
 use ebb_connector_sdk::http::{Request, form};
 use ebb_connector_sdk::sigv4::{self, Key, Scope};
 use ebb_connector_sdk::{
-    Capabilities, Connector, ConnectorInfo, Credential, Error, Grant, Issued, Residue, ResidueKind,
-    Verdict, config, export_connector, log, secrets,
+    Capabilities, Connector, ConnectorInfo, Credential, Error, Grant, InventoryItem, Issued,
+    Permission, Residue, ResidueKind, Verdict, config, export_connector, log, secrets,
 };
 
 struct AwsIam;
@@ -154,17 +154,17 @@ fn user_name(grant_id: &str) -> Result<String, Error> {
 }
 
 /// The inline policy for a grant: exactly its permissions, until `not-after`.
-fn policy_document(grant: &Grant) -> Result<String, Error> {
+fn policy_document(permissions: &[Permission], not_after: u64) -> Result<String, Error> {
     let actions = config::list("allowed-actions", "");
     let resources = config::list("allowed-resources", "");
-    if grant.permissions.is_empty() {
+    if permissions.is_empty() {
         return Err(Error::Invalid(
             "a grant must name at least one permission".into(),
         ));
     }
     let mut statements = Vec::new();
     let minting = minting_allowed();
-    for p in &grant.permissions {
+    for p in permissions {
         if !actions.iter().any(|a| a == &p.action) {
             return Err(Error::Invalid(format!(
                 "action `{}` is not in the connector's allowed-actions",
@@ -193,7 +193,7 @@ fn policy_document(grant: &Grant) -> Result<String, Error> {
             "Effect": "Allow",
             "Action": p.action,
             "Resource": resource,
-            "Condition": { "DateLessThan": { "aws:CurrentTime": iso8601(grant.not_after / 1000) } },
+            "Condition": { "DateLessThan": { "aws:CurrentTime": iso8601(not_after / 1000) } },
         }));
     }
     if !minting {
@@ -409,14 +409,17 @@ fn minted_since(iam: &Iam, since: u64) -> Result<Vec<Residue>, Error> {
             .and_then(unix_secs)
             .is_some_and(|t| t >= since)
         {
-            residue.push(Residue::new(
-                ResidueKind::EntitlementPresent,
-                format!(
-                    "derived credential: IAM user {name} was created while the grant was \
-                     active; if it is not yours: aws iam delete-user --user-name {name} \
-                     (after its keys, policies and groups)"
-                ),
-            ));
+            residue.push(
+                Residue::new(
+                    ResidueKind::DerivedCredential,
+                    format!("IAM user {name} was created while the grant was active"),
+                )
+                .at(path)
+                .remedy(format!(
+                    "if it is not yours: delete its access keys, policies, login profile and \
+                     group memberships, then aws iam delete-user --user-name {name}"
+                )),
+            );
         }
         let keys = iam
             .ok(
@@ -430,14 +433,20 @@ fn minted_since(iam: &Iam, since: u64) -> Result<Vec<Residue>, Error> {
                 continue;
             };
             if unix_secs(created).is_some_and(|t| t >= since) {
-                residue.push(Residue::new(
-                    ResidueKind::CredentialAccepted,
-                    format!(
-                        "derived credential: access key {id} of IAM user {name} was created \
-                         while the grant was active; if it is not yours: aws iam \
-                         delete-access-key --user-name {name} --access-key-id {id}"
-                    ),
-                ));
+                residue.push(
+                    Residue::new(
+                        ResidueKind::DerivedCredential,
+                        format!(
+                            "access key {id} of IAM user {name} was created while the grant \
+                             was active"
+                        ),
+                    )
+                    .at(path)
+                    .remedy(format!(
+                        "if it is not yours: aws iam delete-access-key --user-name {name} \
+                         --access-key-id {id}"
+                    )),
+                );
             }
         }
     }
@@ -520,9 +529,35 @@ impl Connector for AwsIam {
         info
     }
 
+    fn validate(permissions: Vec<Permission>) -> Result<(), Error> {
+        policy_document(&permissions, 0).map(drop)
+    }
+
+    /// Every IAM user under Ebb's path (`/ebb/`), named `ebb-<grant id>`.
+    fn inventory() -> Result<Vec<InventoryItem>, Error> {
+        let body = Iam::new()?
+            .ok(
+                &[
+                    ("Action", "ListUsers"),
+                    ("PathPrefix", PATH),
+                    ("MaxItems", "1000"),
+                ],
+                &[],
+            )?
+            .unwrap_or_default();
+        Ok(tags(&body, "member")
+            .into_iter()
+            .filter_map(|member| tag(member, "UserName"))
+            .filter_map(|name| {
+                let id = name.strip_prefix("ebb-")?;
+                Some(InventoryItem::new(id, format!("IAM user {name}")).at(PATH))
+            })
+            .collect())
+    }
+
     fn issue(grant: Grant) -> Result<Issued, Error> {
         let user = user_name(&grant.id)?;
-        let document = policy_document(&grant)?;
+        let document = policy_document(&grant.permissions, grant.not_after)?;
         let iam = Iam::new()?;
         iam.ok(
             &[

@@ -2,8 +2,8 @@
 //! the host's per-call overhead and to exercise the lifecycle without a downstream.
 
 use ebb_connector_sdk::{
-    Capabilities, Connector, ConnectorInfo, Credential, Error, Grant, Issued, Verdict,
-    export_connector,
+    Capabilities, Connector, ConnectorInfo, Credential, Error, Grant, InventoryItem, Issued,
+    Verdict, export_connector,
 };
 
 struct Noop;
@@ -14,6 +14,11 @@ impl Connector for Noop {
             .with_description("Grants nothing; for benchmarks and tests")
             .with_action("use", "does nothing", "any string")
             .with_capabilities(Capabilities::REVOCABLE | Capabilities::CAN_VERIFY)
+    }
+
+    /// Nothing is ever created downstream, so nothing can be left there.
+    fn inventory() -> Result<Vec<InventoryItem>, Error> {
+        Ok(Vec::new())
     }
 
     fn issue(grant: Grant) -> Result<Issued, Error> {

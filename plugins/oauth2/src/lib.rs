@@ -27,8 +27,8 @@
 use base64::Engine as _;
 use ebb_connector_sdk::http::{Request, Response, form};
 use ebb_connector_sdk::{
-    Capabilities, Connector, ConnectorInfo, Credential, Error, Grant, Issued, Residue, ResidueKind,
-    Verdict, config, export_connector, log, now_ms,
+    Capabilities, Connector, ConnectorInfo, Credential, Error, Grant, Issued, Permission, Residue,
+    ResidueKind, Verdict, config, export_connector, log, now_ms,
 };
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -52,10 +52,10 @@ fn access_token(credential: &Credential) -> Option<&str> {
 }
 
 /// The requested scopes, each allowed and named once, in a stable order.
-fn scopes(grant: &Grant) -> Result<Vec<String>, Error> {
+fn scopes(permissions: &[Permission]) -> Result<Vec<String>, Error> {
     let allowed = config::list("allowed-scopes", "");
     let mut scopes = Vec::new();
-    for p in &grant.permissions {
+    for p in permissions {
         if p.action != "scope" {
             return Err(Error::Invalid(format!(
                 "unknown action `{}`: this connector grants `scope`",
@@ -211,10 +211,10 @@ fn active_until(what: String, exp_ms: u64) -> Verdict {
     if now_ms() >= exp_ms {
         return Verdict::Revoked;
     }
-    Verdict::Residual(vec![Residue {
-        kind: ResidueKind::TokenActive,
-        detail: format!("{what}; honoured until {exp_ms} ms since the epoch"),
-    }])
+    Verdict::Residual(vec![Residue::new(
+        ResidueKind::TokenActive,
+        format!("{what}; honoured until {exp_ms} ms since the epoch"),
+    )])
 }
 
 impl Connector for OAuth2 {
@@ -242,8 +242,12 @@ impl Connector for OAuth2 {
         .with_capabilities(capabilities)
     }
 
+    fn validate(permissions: Vec<Permission>) -> Result<(), Error> {
+        scopes(&permissions).map(drop)
+    }
+
     fn issue(grant: Grant) -> Result<Issued, Error> {
-        let scopes = scopes(&grant)?;
+        let scopes = scopes(&grant.permissions)?;
         let requested = scopes.join(" ");
         let resource = config::get("resource");
         let mut pairs = vec![
@@ -314,6 +318,26 @@ impl Connector for OAuth2 {
             exp_ms,
             scope: requested.replace(' ', ","),
         };
+        // A refresh token would mint access tokens after this one is revoked: it is
+        // revoked now and never handed out. If the server still calls it active, the
+        // grant is refused.
+        if let Some(refresh) = body["refresh_token"].as_str().filter(|t| !t.is_empty()) {
+            post(
+                "revocation-endpoint",
+                &[("token", refresh), ("token_type_hint", "refresh_token")],
+            )?;
+            if introspect(refresh)?.is_some() {
+                return Err(refuse(format!(
+                    "the server issued refresh token {} with the access token and it stays \
+                     active after revocation",
+                    fingerprint(refresh)
+                )));
+            }
+            log::info(&format!(
+                "revoked refresh token {} that came with the access token",
+                fingerprint(refresh)
+            ));
+        }
         let token_type = body["token_type"].as_str().unwrap_or("Bearer").to_owned();
         Ok(Issued {
             handle: handle.render(),
@@ -362,10 +386,10 @@ impl Connector for OAuth2 {
             }
             return Ok(match introspect(token)? {
                 None => Verdict::Revoked,
-                Some(exp) => Verdict::Residual(vec![Residue {
-                    kind: ResidueKind::TokenActive,
-                    detail: format!("token {name} is active (introspection), until {exp} ms"),
-                }]),
+                Some(exp) => Verdict::Residual(vec![Residue::new(
+                    ResidueKind::TokenActive,
+                    format!("token {name} is active (introspection), until {exp} ms"),
+                )]),
             });
         }
         Ok(match handle {

@@ -38,8 +38,8 @@ mod names;
 
 use ebb_connector_sdk::sql::{self, LoginOutcome, Value, quote_ident, quote_literal};
 use ebb_connector_sdk::{
-    Capabilities, Connector, ConnectorInfo, Credential, Error, Grant, Issued, Residue, ResidueKind,
-    Subject, Verdict, config, export_connector, log,
+    Capabilities, Connector, ConnectorInfo, Credential, Error, Grant, InventoryItem, Issued,
+    Permission, Residue, ResidueKind, Subject, Verdict, config, export_connector, log,
 };
 use names::{Handle, TableRef, role_name, timestamp_literal};
 
@@ -113,7 +113,7 @@ impl Footprint {
     /// The residue, with the step that removes it by hand.
     fn residue(&self, role: &str) -> Residue {
         let place = match &self.database {
-            Some(db) => format!("in database {db}"),
+            Some(db) => db.clone(),
             None => "cluster-wide".to_owned(),
         };
         let step = match &self.database {
@@ -132,10 +132,16 @@ impl Footprint {
                 format!("owns {o} object(s), made with the grant, and holds {p} privilege(s)")
             }
         };
-        Residue::new(
-            ResidueKind::EntitlementPresent,
-            format!("role {role} {what} {place}: {step}"),
-        )
+        // Objects the grantee made outlive the grant unless dropped; privileges alone
+        // are the entitlement itself.
+        let kind = if self.owned > 0 {
+            ResidueKind::OwnedObject
+        } else {
+            ResidueKind::EntitlementPresent
+        };
+        Residue::new(kind, format!("role {role} {what}"))
+            .at(place)
+            .remedy(step)
     }
 }
 
@@ -212,15 +218,14 @@ fn remove_footprint(conn: &str, role: &str, oid: i64) -> Result<(), Error> {
     }
 }
 
-fn check_permissions(grant: &Grant) -> Result<Vec<(String, TableRef)>, Error> {
-    if grant.permissions.is_empty() {
+fn check_permissions(permissions: &[Permission]) -> Result<Vec<(String, TableRef)>, Error> {
+    if permissions.is_empty() {
         return Err(Error::Invalid(
             "a grant needs at least one permission".into(),
         ));
     }
     let allowed = config::get("allowed-resources").unwrap_or_default();
-    grant
-        .permissions
+    permissions
         .iter()
         .map(|p| {
             let action = p.action.to_ascii_lowercase();
@@ -233,7 +238,7 @@ fn check_permissions(grant: &Grant) -> Result<Vec<(String, TableRef)>, Error> {
             }
             let table = TableRef::parse(&p.resource)?;
             if !table.allowed_by(&allowed) {
-                return Err(Error::Denied(format!(
+                return Err(Error::Invalid(format!(
                     "`{}` is not in this connector's allowed-resources",
                     p.resource
                 )));
@@ -264,9 +269,30 @@ impl Connector for Postgres {
         info
     }
 
+    fn validate(permissions: Vec<Permission>) -> Result<(), Error> {
+        check_permissions(&permissions).map(drop)
+    }
+
+    /// Every role named `ebb_…` but the connector's own: Ebb's naming scheme,
+    /// whatever the host remembers.
+    fn inventory() -> Result<Vec<InventoryItem>, Error> {
+        let rows = sql::query(
+            &connection(),
+            "select rolname from pg_roles where rolname like 'ebb\\_%' \
+             and rolname not in (current_user, session_user) order by rolname",
+            &[],
+        )?;
+        Ok(rows
+            .rows
+            .iter()
+            .filter_map(|r| r.first().and_then(Value::as_str))
+            .map(|role| InventoryItem::new(names::grant_id(role), format!("role {role}")))
+            .collect())
+    }
+
     fn issue(grant: Grant) -> Result<Issued, Error> {
         let conn = connection();
-        let permissions = check_permissions(&grant)?;
+        let permissions = check_permissions(&grant.permissions)?;
         if grant.not_after <= ebb_connector_sdk::now_ms() {
             return Err(Error::Invalid("the grant has already ended".into()));
         }
@@ -398,7 +424,7 @@ impl Connector for Postgres {
                 "login as {role} not accepted yet: {reason}"
             )));
         }
-        for (action, table) in check_permissions(&grant)? {
+        for (action, table) in check_permissions(&grant.permissions)? {
             let rows = sql::query(
                 &conn,
                 "select has_table_privilege($1, $2, $3)",

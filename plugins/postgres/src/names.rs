@@ -23,6 +23,14 @@ pub fn role_name(grant_id: &str) -> Result<String, Error> {
     ))
 }
 
+/// The grant id a role was named for: the inverse of [`role_name`] for ULIDs (which
+/// have no `-`), upper-cased as ULIDs are written.
+pub fn grant_id(role: &str) -> String {
+    role.strip_prefix("ebb_")
+        .unwrap_or(role)
+        .to_ascii_uppercase()
+}
+
 /// `schema.table`, each part an unquoted identifier.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableRef {

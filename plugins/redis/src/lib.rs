@@ -28,8 +28,8 @@
 
 use ebb_connector_sdk::redis::{self, AuthOutcome, Reply};
 use ebb_connector_sdk::{
-    Capabilities, Connector, ConnectorInfo, Credential, Error, Grant, Issued, Residue, ResidueKind,
-    Subject, Verdict, config, export_connector,
+    Capabilities, Connector, ConnectorInfo, Credential, Error, Grant, InventoryItem, Issued,
+    Permission, Residue, ResidueKind, Subject, Verdict, config, export_connector,
 };
 
 const DEFAULT_COMMANDS: &str = "get, mget, exists, ttl, hget, hgetall, lrange, smembers";
@@ -93,16 +93,15 @@ fn user_name(grant_id: &str) -> Result<String, Error> {
 }
 
 /// `(command, key pattern)` for each permission, or why not.
-fn checked(grant: &Grant) -> Result<Vec<(String, String)>, Error> {
-    if grant.permissions.is_empty() {
+fn checked(permissions: &[Permission]) -> Result<Vec<(String, String)>, Error> {
+    if permissions.is_empty() {
         return Err(Error::Invalid(
             "a grant needs at least one permission".into(),
         ));
     }
     let commands = grantable();
     let keys = list("allowed-keys", "");
-    grant
-        .permissions
+    permissions
         .iter()
         .map(|p| {
             let command = p.action.to_ascii_lowercase();
@@ -138,13 +137,57 @@ fn checked(grant: &Grant) -> Result<Vec<(String, String)>, Error> {
                 )));
             }
             if !keys.iter().any(|allowed| config::within(pattern, allowed)) {
-                return Err(Error::Denied(format!(
+                return Err(Error::Invalid(format!(
                     "`{pattern}` is not within this connector's allowed-keys"
                 )));
             }
             Ok((command, pattern.to_owned()))
         })
         .collect()
+}
+
+/// Every ACL user's name.
+fn acl_users(conn: &str) -> Result<Vec<String>, Error> {
+    Ok(match redis::command(conn, &["ACL", "USERS"])? {
+        Reply::Array(names) => names,
+        _ => Vec::new(),
+    })
+}
+
+/// Whether the grant may mint (it names `ACL` or another minting command).
+fn grant_mints(grant: &Grant) -> bool {
+    grant
+        .permissions
+        .iter()
+        .any(|p| MINTING.contains(&p.action.to_ascii_lowercase().as_str()))
+}
+
+/// ACL users that exist now but not when the grant was issued (the handle's
+/// `before=` list), other than Ebb's own: what a grant allowed to mint made.
+fn minted_users(conn: &str, handle: Option<&str>) -> Result<Vec<Residue>, Error> {
+    let Some(before) = handle.and_then(|h| h.split(';').find_map(|kv| kv.strip_prefix("before=")))
+    else {
+        return Ok(vec![
+            Residue::new(
+                ResidueKind::Other,
+                "the grant could create ACL users, and the list of users at issue was lost with \
+             issue's reply: nothing can tell which users it made",
+            )
+            .remedy("compare ACL USERS with the users you expect and ACL DELUSER the others"),
+        ]);
+    };
+    let before: Vec<&str> = before.split(',').collect();
+    Ok(acl_users(conn)?
+        .into_iter()
+        .filter(|u| !u.starts_with("ebb_") && !before.contains(&u.as_str()))
+        .map(|u| {
+            Residue::new(
+                ResidueKind::DerivedCredential,
+                format!("ACL user {u} was created while the grant was active"),
+            )
+            .remedy(format!("if it is not yours: ACL DELUSER {u}"))
+        })
+        .collect())
 }
 
 /// Whether the user still exists.
@@ -188,9 +231,31 @@ impl Connector for Redis {
         )
     }
 
+    fn validate(permissions: Vec<Permission>) -> Result<(), Error> {
+        checked(&permissions).map(drop)
+    }
+
+    /// Every ACL user named `ebb_…`.
+    fn inventory() -> Result<Vec<InventoryItem>, Error> {
+        Ok(acl_users(&connection())?
+            .into_iter()
+            .filter_map(|u| {
+                let id = u.strip_prefix("ebb_")?.to_ascii_uppercase();
+                Some(InventoryItem::new(id, format!("ACL user {u}")))
+            })
+            .collect())
+    }
+
     fn issue(grant: Grant) -> Result<Issued, Error> {
-        let rules = checked(&grant)?;
+        let rules = checked(&grant.permissions)?;
         let conn = connection();
+        // A grant that may mint keeps the users that existed before it, so that
+        // verify-revoked can tell which ones it made (names are not secrets).
+        let before = if grant_mints(&grant) {
+            format!(";before={}", acl_users(&conn)?.join(","))
+        } else {
+            String::new()
+        };
         let user = user_name(&grant.id)?;
         let password = ebb_connector_sdk::random::password(40)?;
         let secret = format!(">{password}");
@@ -214,7 +279,7 @@ impl Connector for Redis {
         }
         redis::command(&conn, &args)?;
         Ok(Issued::new(
-            format!("user={user}"),
+            format!("user={user}{before}"),
             Credential::new([("user", user.as_str()), ("password", password.as_str())]),
         ))
     }
@@ -228,12 +293,15 @@ impl Connector for Redis {
 
     fn verify_revoked(
         grant: Grant,
-        _handle: Option<String>,
+        handle: Option<String>,
         credential: Option<Credential>,
     ) -> Result<Verdict, Error> {
         let conn = connection();
         let user = user_name(&grant.id)?;
         let mut residue = Vec::new();
+        if grant_mints(&grant) {
+            residue.extend(minted_users(&conn, handle.as_deref())?);
+        }
         if user_exists(&conn, &user)? {
             residue.push(Residue::new(
                 ResidueKind::EntitlementPresent,

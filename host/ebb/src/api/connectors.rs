@@ -20,6 +20,14 @@ pub struct ConnectorView {
     /// The sha256 of the component serving new calls.
     pub sha256: String,
     pub info: ConnectorInfo,
+    /// The `ebb:connector` version the component implements: `0.2.0`, or `0.1.0`
+    /// (loaded and adapted).
+    #[schema(value_type = String, example = "0.2.0")]
+    pub contract: ebb_runtime::Contract,
+    /// What the host adapts because the component's contract lacks it: for 0.1.0,
+    /// `validate` (requests are checked against the declared actions only, so a bad
+    /// resource fails at issue) and `inventory` (no orphan scan). Empty for 0.2.0.
+    pub adapted: Vec<&'static str>,
     /// `config` (the configuration file), `plugins-dir` (the plugins folder, which
     /// the API writes to), or absent if loaded otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -37,6 +45,8 @@ fn view(state: &AppState, slot: &Slot, live_grants: Option<usize>) -> ConnectorV
         name: slot.name().to_owned(),
         sha256: c.digest().to_string(),
         info: c.info().clone(),
+        contract: c.contract(),
+        adapted: c.contract().missing().to_vec(),
         source: state.loader.source(slot.name()),
         draining: slot.is_draining(),
         live_grants,

@@ -111,7 +111,7 @@ impl From<lifecycle::Error> for ApiError {
             E::Invalid(_) | E::UnknownConnector(_) => Self::BadRequest(e.to_string()),
             E::Illegal(_) | E::Draining(_) | E::AlreadyApproved(_) => Self::Conflict(e.to_string()),
             E::SelfApproval => Self::Forbidden(e.to_string()),
-            E::Issue(_) | E::VerifyIssued(_) => Self::Downstream(e.to_string()),
+            E::Issue(_) | E::VerifyIssued(_) | E::Validate(_) => Self::Downstream(e.to_string()),
             E::Store(ebb_core::store::Error::Conflict(_)) => Self::Conflict(e.to_string()),
             // The store cannot write (a full or failing disk, a stopped flusher): the
             // host cannot serve this now, and says so rather than "internal".

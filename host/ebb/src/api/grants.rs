@@ -231,6 +231,12 @@ async fn create(
         kind: principal.kind,
         claims: principal.claims.clone(),
     };
+    // A request the connector cannot grant is the requester's 400 now, not an
+    // approver's time and a failed issue later.
+    state
+        .lifecycle
+        .validate(&req.connector, &req.permissions)
+        .await?;
     // Policies see what the subject can already do without a grant; the report keeps it.
     let standing = ebb_engine::standing::Standing::of(&slot, &subject).await;
     let decided = state

@@ -71,6 +71,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/policies/reload", post(policy::reload_policies))
         .route("/v1/standing", get(standing::list))
         .route("/v1/standing/scan", post(standing::scan))
+        .route("/v1/orphans", get(standing::orphans))
+        .route("/v1/orphans/scan", post(standing::scan_orphans))
         .route("/v1/audit", get(ops::audit))
         .route("/v1/audit/verify", get(ops::verify_audit))
         .route("/v1/openapi.json", get(ops::openapi))
@@ -98,7 +100,7 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
         connectors::list, connectors::get, connectors::load, connectors::reload,
         connectors::unload,
         policy::report_anomaly, policy::policies, policy::reload_policies,
-        standing::list, standing::scan,
+        standing::list, standing::scan, standing::orphans, standing::scan_orphans,
         ops::audit, ops::verify_audit, ops::healthz, ops::readyz, ops::metrics,
     ),
     components(schemas(ErrorBody, connectors::LiveGrants)),

@@ -1,5 +1,7 @@
 //! Standing access: what subjects can already do downstream without a grant
-//! (see `ebb_engine::standing`). Operators and auditors read it; operators scan.
+//! (see `ebb_engine::standing`), and orphans: what Ebb's naming scheme finds
+//! downstream with no live grant (see `ebb_engine::orphans`). Operators and
+//! auditors read them; operators scan.
 
 use super::AppState;
 use super::auth::Principal;
@@ -7,6 +9,7 @@ use super::error::{ApiError, ErrorBody};
 use axum::Json;
 use axum::extract::State;
 use ebb_engine::config::Role;
+use ebb_engine::orphans::{self, Orphan, Report};
 use ebb_engine::standing::{self, Entry};
 
 /// The standing access found for every subject seen in a request, as last checked.
@@ -44,4 +47,38 @@ pub async fn scan(
 ) -> Result<Json<Vec<Entry>>, ApiError> {
     principal.require(&state, &[Role::Operator], "scan standing access")?;
     Ok(Json(standing::scan(&state.lifecycle, None).await?))
+}
+
+/// The orphans found by the last scans: items of a connector's inventory that no
+/// live grant accounts for.
+#[utoipa::path(get, operation_id = "list_orphans", path = "/v1/orphans", tag = "approval",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = Vec<Orphan>),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+    ))]
+pub async fn orphans(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<Json<Vec<Orphan>>, ApiError> {
+    principal.require(&state, &[Role::Operator, Role::Auditor], "read orphans")?;
+    Ok(Json(orphans::entries(state.lifecycle.store().as_ref())?))
+}
+
+/// Compares every connector's inventory with the grants now; new orphans are
+/// audited (`orphan.found`), alerted, and revoked by id where configured.
+#[utoipa::path(post, operation_id = "scan_orphans", path = "/v1/orphans/scan", tag = "approval",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = Report),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+    ))]
+pub async fn scan_orphans(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<Json<Report>, ApiError> {
+    principal.require(&state, &[Role::Operator], "scan for orphans")?;
+    Ok(Json(orphans::scan(&state.lifecycle).await?))
 }

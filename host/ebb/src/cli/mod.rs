@@ -244,7 +244,14 @@ fn print_grant(g: &Value) {
     }
     if let Some(residue) = g["residue"].as_array().filter(|r| !r.is_empty()) {
         for r in residue {
-            println!("residue: {} — {}", s(&r["kind"]), s(&r["detail"]));
+            let place = r["location"]
+                .as_str()
+                .map(|l| format!(" (in {l})"))
+                .unwrap_or_default();
+            println!("residue: {} — {}{place}", s(&r["kind"]), s(&r["detail"]));
+            if let Some(step) = r["remedy"].as_str() {
+                println!("  to remove it by hand: {step}");
+            }
         }
     }
 }
@@ -494,6 +501,10 @@ pub enum ScanCommand {
     /// Checks again what every subject seen in a request can do downstream without
     /// a grant; new findings are audited and alerted.
     Standing,
+    /// Compares what every connector's naming scheme says Ebb created downstream
+    /// with the live grants; orphans are audited, alerted and, where the connector
+    /// says `orphans = "revoke"`, revoked by id.
+    Orphans,
 }
 
 /// Runs `ebb scan …`.
@@ -502,9 +513,14 @@ pub async fn scan(remote: Remote, command: ScanCommand) -> anyhow::Result<()> {
     let client = Client::new(remote)?;
     let v = match command {
         ScanCommand::Standing => client.post("/v1/standing/scan", json!({})).await?,
+        ScanCommand::Orphans => client.post("/v1/orphans/scan", json!({})).await?,
     };
     if json_out {
         println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    if matches!(command, ScanCommand::Orphans) {
+        print_orphans(&v);
         return Ok(());
     }
     let entries = v.as_array().cloned().unwrap_or_default();
@@ -529,6 +545,31 @@ pub async fn scan(remote: Remote, command: ScanCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn print_orphans(report: &Value) {
+    for c in report["connectors"].as_array().into_iter().flatten() {
+        match c["skipped_because"].as_str() {
+            Some(why) => println!("{}: not scanned ({why})", s(&c["connector"])),
+            None => println!("{}: {} item(s) listed", s(&c["connector"]), c["listed"]),
+        }
+    }
+    let orphans = report["orphans"].as_array().cloned().unwrap_or_default();
+    if orphans.is_empty() {
+        println!("no orphans");
+    }
+    for o in orphans {
+        println!(
+            "ORPHAN {}  grant {}  {}{}",
+            s(&o["connector"]),
+            s(&o["grant_id"]),
+            s(&o["detail"]),
+            o["verdict"]
+                .as_str()
+                .map(|v| format!("  (revoked by id: {v})"))
+                .unwrap_or_default()
+        );
+    }
 }
 
 /// `ebb anomaly report`: revokes a grant, or a subject's grants, at once.

@@ -73,6 +73,18 @@ pub struct LifecyclePolicy {
     /// Whether requests need a person's approval (`required`) or are approved as
     /// they come (`auto`). Policy-based approval replaces this.
     pub approval: ApprovalMode,
+    /// What the hourly orphan scan does with something downstream under Ebb's
+    /// naming scheme that no live grant accounts for: `report` it (audit, alert,
+    /// metric), or also `revoke` it by id and verify.
+    pub orphans: OrphanAction,
+}
+
+/// See [`LifecyclePolicy::orphans`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OrphanAction {
+    Report,
+    Revoke,
 }
 
 /// See [`LifecyclePolicy::approval`].
@@ -97,6 +109,7 @@ impl Default for LifecyclePolicy {
             verify_issued_timeout_ms: 10_000,
             max_concurrent_calls: 16,
             approval: ApprovalMode::Required,
+            orphans: OrphanAction::Report,
         }
     }
 }

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 
 mod connector;
 
-pub use connector::{ApprovalMode, ConnectorConfig, LifecyclePolicy};
+pub use connector::{ApprovalMode, ConnectorConfig, LifecyclePolicy, OrphanAction};
 
 // The runtime's own inputs, embedded in the file as they are: what a connector is
 // lent, its limits and the engine's settings.

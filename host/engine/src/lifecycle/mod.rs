@@ -67,6 +67,10 @@ pub enum Error {
     /// `issue` failed; the grant is being compensated (revoked by id).
     #[error("issuing failed, and the grant is being revoked to be sure: {0}")]
     Issue(#[source] CallError),
+    /// The connector could not check a request (a bug in its `validate`: a trap, a
+    /// time-out); nothing was recorded.
+    #[error("the connector could not check the request: {0}")]
+    Validate(#[source] CallError),
     /// The credential was issued but never worked; it is being revoked.
     #[error("the issued credential did not work in time, and it is being revoked: {0}")]
     VerifyIssued(#[source] CallError),

@@ -4,7 +4,50 @@
 
 use super::*;
 
+/// Each permission names an action the connector declares, and there is one at least.
+fn check_actions(slot: &Slot, connector: &str, permissions: &[Permission]) -> Result<()> {
+    if permissions.is_empty() {
+        return Err(Error::Invalid(
+            "a grant needs at least one permission".into(),
+        ));
+    }
+    let connected = slot.connector();
+    let info = connected.info();
+    for p in permissions {
+        if !info.actions.iter().any(|a| a.name == p.action) {
+            return Err(Error::Invalid(format!(
+                "connector `{connector}` has no action `{}` (it has: {})",
+                p.action,
+                info.actions
+                    .iter()
+                    .map(|a| a.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
 impl Lifecycle {
+    /// Checks a request's permissions before anyone is asked to approve them: the
+    /// actions are the connector's, and its `validate` (answered without calling the
+    /// downstream system) accepts the resources and its configuration allows them. A
+    /// refusal is the requester's `Invalid`; a 0.1.0 connector cannot validate, so
+    /// only the action names are checked for it.
+    pub async fn validate(&self, connector: &str, permissions: &[Permission]) -> Result<()> {
+        let slot = self.slot(connector)?;
+        check_actions(&slot, connector, permissions)?;
+        match slot.call(Pool::Request).await.validate(permissions).await {
+            Ok(()) => Ok(()),
+            Err(CallError::Connector(ebb_core::contract::ConnectorError::Invalid(why))) => Err(
+                Error::Invalid(format!("connector `{connector}` cannot grant this: {why}")),
+            ),
+            Err(CallError::Connector(ebb_core::contract::ConnectorError::Unsupported(_))) => Ok(()),
+            Err(e) => Err(Error::Validate(e)),
+        }
+    }
+
     /// Records a request and applies `decision`.
     pub async fn request(
         &self,
@@ -16,26 +59,7 @@ impl Lifecycle {
         if slot.is_draining() {
             return Err(Error::Draining(new.connector));
         }
-        if new.permissions.is_empty() {
-            return Err(Error::Invalid(
-                "a grant needs at least one permission".into(),
-            ));
-        }
-        let info = slot.connector().info().clone();
-        for p in &new.permissions {
-            if !info.actions.iter().any(|a| a.name == p.action) {
-                return Err(Error::Invalid(format!(
-                    "connector `{}` has no action `{}` (it has: {})",
-                    new.connector,
-                    p.action,
-                    info.actions
-                        .iter()
-                        .map(|a| a.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )));
-            }
-        }
+        check_actions(&slot, &new.connector, &new.permissions)?;
         if new.ttl_ms == 0 {
             return Err(Error::Invalid("ttl must be greater than zero".into()));
         }
