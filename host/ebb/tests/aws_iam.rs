@@ -193,7 +193,8 @@ async fn minted_access_is_refused_by_default_and_residue_when_allowed() {
     ebb_test_support::require!(Moto);
     let server = Moto::start().unwrap();
     let admin = server.admin_key();
-    let actions = "iam:CreateUser, iam:CreateAccessKey, iam:ListUsers";
+    let actions = "iam:CreateUser, iam:CreateAccessKey, iam:CreateLoginProfile, \
+                   iam:CreatePolicy, iam:ListUsers";
     let c = connector_with(&server, admin.1, "*", actions, false).await;
     let offered: Vec<&str> = c.info().actions.iter().map(|a| a.name.as_str()).collect();
     assert_eq!(offered, vec!["iam:ListUsers"]);
@@ -231,7 +232,12 @@ async fn minted_access_is_refused_by_default_and_residue_when_allowed() {
     let c = connector_with(&server, admin.1, "*", actions, true).await;
     let g = grant(
         "01MINTED",
-        &[("iam:CreateUser", "*"), ("iam:CreateAccessKey", "*")],
+        &[
+            ("iam:CreateUser", "*"),
+            ("iam:CreateAccessKey", "*"),
+            ("iam:CreateLoginProfile", "*"),
+            ("iam:CreatePolicy", "*"),
+        ],
     );
     let issued = c.issue(&g).await.unwrap();
     let minted = server
@@ -240,6 +246,8 @@ async fn minted_access_is_refused_by_default_and_residue_when_allowed() {
             "iam.create_user(UserName='mallory')\n\
              m=iam.create_access_key(UserName='mallory')['AccessKey']\n\
              a=iam.create_access_key(UserName='alice')['AccessKey']\n\
+             iam.create_login_profile(UserName='mallory', Password='Mallory-Was-Here-1')\n\
+             iam.create_policy(PolicyName='backdoor', PolicyDocument=json.dumps({'Version': '2012-10-17', 'Statement': [{'Effect': 'Allow', 'Action': '*', 'Resource': '*'}]}))\n\
              print(m['AccessKeyId'], m['SecretAccessKey'], a['AccessKeyId'])",
         )
         .await
@@ -269,6 +277,10 @@ async fn minted_access_is_refused_by_default_and_residue_when_allowed() {
         "IAM user mallory was created".to_owned(),
         format!("access key {mallory_key} of IAM user mallory"),
         format!("access key {alice_key} of IAM user alice"),
+        // (On mallory: moto dates a login profile by its user's creation, so one set
+        // on alice, who predates the grant, would look old there; AWS dates it.)
+        "login profile) of IAM user mallory was set".to_owned(),
+        "managed policy backdoor was created".to_owned(),
     ] {
         assert!(said.contains(&expected), "{expected} missing from {said}");
     }
@@ -282,9 +294,9 @@ async fn minted_access_is_refused_by_default_and_residue_when_allowed() {
     // Each says what it is and how to remove it by hand.
     let minted: Vec<_> = residue
         .iter()
-        .filter(|r| r.detail.contains("mallory") || r.detail.contains(alice_key))
+        .filter(|r| r.detail.contains("mallory") || r.detail.contains("alice"))
         .collect();
-    assert_eq!(minted.len(), 3, "{said}");
+    assert_eq!(minted.len(), 4, "{said}");
     assert!(
         minted
             .iter()
@@ -293,5 +305,17 @@ async fn minted_access_is_refused_by_default_and_residue_when_allowed() {
                     .as_deref()
                     .is_some_and(|step| step.contains("aws iam delete-"))),
         "{said}"
+    );
+    let policy = residue
+        .iter()
+        .find(|r| r.detail.contains("backdoor"))
+        .unwrap();
+    assert_eq!(policy.kind, ResidueKind::OwnedObject, "{policy:?}");
+    assert!(
+        policy
+            .remedy
+            .as_deref()
+            .is_some_and(|step| step.contains("aws iam delete-policy --policy-arn arn:aws:iam::")),
+        "{policy:?}"
     );
 }

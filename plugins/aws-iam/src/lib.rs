@@ -34,9 +34,13 @@
 //! another user) outlives the grant's own user. By default such actions are not
 //! offered (a request naming one is refused before anyone approves it) and every
 //! Ebb user's policy also carries an explicit `Deny` of them. With `allow-minting`,
-//! `verify-revoked` lists the IAM users and access keys created while the grant was
-//! active (outside Ebb's own `/ebb/` path) and reports each as residue, with the
-//! step that removes it, until they are gone.
+//! `verify-revoked` lists what was created while the grant was active (outside
+//! Ebb's own `/ebb/` path) — IAM users and access keys (`derived-credential`),
+//! console passwords (login profiles), customer-managed policies (`owned-object`)
+//! — and reports each as residue, with the step that removes it, until they are
+//! gone. IAM cannot say who made them (that needs CloudTrail), so Ebb reports and
+//! never deletes them itself; it also cannot date a group membership, so a grant
+//! allowed `iam:AddUserToGroup` is not checked for one (keep it denied).
 
 use ebb_connector_sdk::http::{Request, form};
 use ebb_connector_sdk::sigv4::{self, Key, Scope};
@@ -448,6 +452,64 @@ fn minted_since(iam: &Iam, since: u64) -> Result<Vec<Residue>, Error> {
                     )),
                 );
             }
+        }
+        // A console password set on a user (an existing one too) is a credential.
+        let profile = iam
+            .ok(
+                &[("Action", "GetLoginProfile"), ("UserName", name)],
+                &["NoSuchEntity"],
+            )?
+            .unwrap_or_default();
+        if tag(&profile, "CreateDate")
+            .and_then(unix_secs)
+            .is_some_and(|t| t >= since)
+        {
+            residue.push(
+                Residue::new(
+                    ResidueKind::DerivedCredential,
+                    format!(
+                        "a console password (login profile) of IAM user {name} was set while \
+                         the grant was active"
+                    ),
+                )
+                .at(path)
+                .remedy(format!(
+                    "if it is not yours: aws iam delete-login-profile --user-name {name}"
+                )),
+            );
+        }
+    }
+    // Customer-managed policies created in the window can grant anything to whoever
+    // they are attached to.
+    let policies = iam
+        .ok(
+            &[
+                ("Action", "ListPolicies"),
+                ("Scope", "Local"),
+                ("MaxItems", "1000"),
+            ],
+            &[],
+        )?
+        .unwrap_or_default();
+    for member in tags(&policies, "member") {
+        let (Some(name), Some(arn)) = (tag(member, "PolicyName"), tag(member, "Arn")) else {
+            continue;
+        };
+        if tag(member, "CreateDate")
+            .and_then(unix_secs)
+            .is_some_and(|t| t >= since)
+        {
+            residue.push(
+                Residue::new(
+                    ResidueKind::OwnedObject,
+                    format!("managed policy {name} was created while the grant was active"),
+                )
+                .at(arn)
+                .remedy(format!(
+                    "if it is not yours: detach it everywhere, then aws iam delete-policy \
+                     --policy-arn {arn}"
+                )),
+            );
         }
     }
     Ok(residue)

@@ -22,8 +22,9 @@ policy = {
             "iam:PutUserPolicy", "iam:DeleteUserPolicy", "iam:GetUserPolicy",
             "iam:ListUserPolicies", "iam:ListAttachedUserPolicies", "iam:DetachUserPolicy",
             "iam:CreateAccessKey", "iam:DeleteAccessKey", "iam:ListAccessKeys",
-            # Not needed by the connector: the tests list what grants left behind.
-            "iam:ListUsers",
+            # For `inventory` (users under /ebb/) and, where minting is allowed, for
+            # finding what a grant minted: users, keys, console passwords, policies.
+            "iam:ListUsers", "iam:GetLoginProfile", "iam:ListPolicies",
         ],
         # On AWS this would be "arn:aws:iam::*:user/ebb/*"; moto checks IAM actions
         # against the resource "*", so a path-scoped statement denies everything.

@@ -640,6 +640,8 @@ async fn serves_an_openapi_document_of_every_route() {
         ("/metrics", "get"),
         ("/v1/standing", "get"),
         ("/v1/standing/scan", "post"),
+        ("/v1/orphans", "get"),
+        ("/v1/orphans/scan", "post"),
     ] {
         assert!(
             paths.get(path).and_then(|p| p.get(method)).is_some(),
@@ -663,7 +665,7 @@ async fn serves_an_openapi_document_of_every_route() {
         unique.len(),
         "operation ids must be unique: {ids:?}"
     );
-    assert_eq!(ids.len(), 26);
+    assert_eq!(ids.len(), 28);
 }
 
 /// Issue 14: every subject seen in a request is recorded with its standing access
