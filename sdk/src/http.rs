@@ -117,6 +117,11 @@ impl Request {
         Self::new(Method::Delete, url)
     }
 
+    /// A PUT request.
+    pub fn put(url: &str) -> Self {
+        Self::new(Method::Put, url)
+    }
+
     /// Adds a header.
     pub fn header(mut self, name: &str, value: impl AsRef<[u8]>) -> Self {
         self.headers

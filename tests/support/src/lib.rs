@@ -5,6 +5,7 @@ pub mod api;
 pub mod moto;
 pub mod oidc;
 pub mod postgres;
+pub mod rabbitmq;
 pub mod redis;
 pub mod require;
 pub mod tls;
@@ -12,6 +13,7 @@ pub mod tls;
 pub use moto::Moto;
 pub use oidc::Oidc;
 pub use postgres::Postgres;
+pub use rabbitmq::RabbitMq;
 pub use redis::Redis;
 
 /// Milliseconds since the Unix epoch, as grants count time.

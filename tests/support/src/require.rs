@@ -20,6 +20,8 @@ pub enum Need {
     Postgres,
     /// `redis-server`.
     Redis,
+    /// `rabbitmq-server` (with its management plugin).
+    RabbitMq,
     /// oidc-provider under Node.js.
     Oidc,
     /// moto's server under Python.
@@ -52,6 +54,9 @@ impl Need {
                 .map(|e| format!("PostgreSQL ({e})")),
             Self::Redis => (!on_path("redis-server"))
                 .then(|| "Redis (redis-server is not on PATH; run scripts/setup.sh)".to_owned()),
+            Self::RabbitMq => (!crate::rabbitmq::installed()).then(|| {
+                "RabbitMQ (rabbitmq-server is not installed; run scripts/setup.sh)".to_owned()
+            }),
             Self::Oidc => {
                 if !on_path("node") {
                     return Some("Node.js (node is not on PATH; run scripts/setup.sh)".into());
