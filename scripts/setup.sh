@@ -19,6 +19,8 @@ command -v runuser >/dev/null 2>&1 || need+=(util-linux)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 # RabbitMQ (its management plugin ships with it) for the rabbitmq connector's tests.
 [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || need+=(rabbitmq-server)
+# MariaDB (server and client) for the mariadb connector's tests.
+[ -x /usr/sbin/mariadbd ] && command -v mariadb >/dev/null 2>&1 || need+=(mariadb-server mariadb-client)
 # Python with venv and pip, for the API fuzz pass (schemathesis from PyPI).
 python3 -m venv --help >/dev/null 2>&1 || need+=(python3-venv python3-pip)
 command -v curl >/dev/null 2>&1 || need+=(curl ca-certificates)

@@ -37,7 +37,7 @@
 //! ```
 //!
 //! What the host lends a connector is reached through [`config`], [`log`], [`sql`],
-//! [`redis`], [`secrets`] and [`http`]; each works only as far as the operator's
+//! [`mysql`], [`redis`], [`secrets`] and [`http`]; each works only as far as the operator's
 //! configuration allows. [`sigv4`] signs AWS requests.
 
 #![deny(missing_docs)]
@@ -45,6 +45,7 @@
 pub mod config;
 pub mod http;
 pub mod log;
+pub mod mysql;
 pub mod random;
 pub mod redis;
 pub mod scram;

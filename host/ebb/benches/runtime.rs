@@ -5,6 +5,9 @@
 //! - `postgres_lifecycle/{wasm,native}`: issue → revoke → verify-revoked of one grant
 //!   against a real PostgreSQL, through the postgres connector and through the same
 //!   statements issued natively from Rust over the same kind of pool.
+//! - `connector_lifecycle/{mariadb,rabbitmq}`: one whole lifecycle of a grant
+//!   through each connector against its real server: issue → verify-issued →
+//!   revoke → verify-revoked with the credential.
 
 #![allow(
     clippy::unwrap_used,
@@ -255,5 +258,76 @@ fn languages(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, noop_call, postgres_lifecycle, languages);
+/// One lifecycle per connector, each against its real server (started here).
+fn connector_lifecycles(c: &mut Criterion) {
+    ebb_test_support::require!(MariaDb, RabbitMq);
+    let rt = rt();
+    let mariadb = ebb_test_support::MariaDb::start().unwrap();
+    let rabbit = rt.block_on(ebb_test_support::RabbitMq::start()).unwrap();
+    let runtime = Runtime::new(&RuntimeConfig::default()).unwrap();
+    let connectors = [
+        (
+            "mariadb",
+            ConnectorConfig::new(ebb_test_plugins::MARIADB)
+                .with_config("allowed-resources", "shop.orders")
+                .with_mysql("main", &mariadb.admin_url()),
+            Permission {
+                action: "select".into(),
+                resource: "shop.orders".into(),
+            },
+        ),
+        (
+            "rabbitmq",
+            ConnectorConfig::new(ebb_test_plugins::RABBITMQ)
+                .with_config("api", &rabbit.api_origin())
+                .with_config("allowed-vhosts", ebb_test_support::rabbitmq::VHOST)
+                .with_config("allowed-names", "orders.*")
+                .with_http_origin(&rabbit.api_origin(), true)
+                .with_http_basic_auth(
+                    &rabbit.api_origin(),
+                    ebb_test_support::rabbitmq::ADMIN.0,
+                    ebb_test_support::rabbitmq::ADMIN.1,
+                ),
+            Permission {
+                action: "read".into(),
+                resource: "ebb/orders.in".into(),
+            },
+        ),
+    ];
+    let mut group = c.benchmark_group("connector_lifecycle");
+    group.sample_size(20);
+    for (name, config, permission) in connectors {
+        let connector = rt.block_on(runtime.load(name, &config.spec())).unwrap();
+        let n = AtomicU64::new(0);
+        group.bench_function(name, |b| {
+            b.to_async(&rt).iter(|| async {
+                let mut g = grant(format!("01JBENCH{}", n.fetch_add(1, Ordering::Relaxed)));
+                g.permissions = vec![permission.clone()];
+                let issued = connector.issue(&g).await.unwrap();
+                connector
+                    .verify_issued(&g, &issued.handle, &issued.credential)
+                    .await
+                    .unwrap();
+                connector
+                    .revoke(&g, Some(&issued.handle), Some(&issued.credential))
+                    .await
+                    .unwrap();
+                let verdict = connector
+                    .verify_revoked(&g, Some(&issued.handle), Some(&issued.credential))
+                    .await
+                    .unwrap();
+                assert_eq!(verdict, Verdict::Revoked);
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    noop_call,
+    postgres_lifecycle,
+    languages,
+    connector_lifecycles
+);
 criterion_main!(benches);

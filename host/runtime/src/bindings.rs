@@ -15,6 +15,7 @@ mod generated {
         imports: {
             "ebb:connector/sql": async | trappable,
             "ebb:connector/redis": async | trappable,
+            "ebb:connector/mysql": async | trappable,
             default: trappable,
         },
         exports: { default: async },
@@ -49,7 +50,7 @@ mod generated_v1 {
 }
 
 pub(crate) use generated::ebb::connector0_1_0::{config, log, redis, secrets, sql};
-pub(crate) use generated::ebb::connector0_2_0::types;
+pub(crate) use generated::ebb::connector0_2_0::{mysql, types};
 pub(crate) use generated::{Plugin, PluginPre};
 
 /// The 0.1.0 contract: its types and its world, adapted by `call.rs`.

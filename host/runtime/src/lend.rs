@@ -27,6 +27,9 @@ pub struct ConnectorSpec {
     pub sql: BTreeMap<String, SqlConnectionConfig>,
     /// Named Redis connections, used through `ebb:connector/redis`.
     pub redis: BTreeMap<String, RedisConnectionConfig>,
+    /// Named MySQL/MariaDB connections (`mysql://user:password@host:port/db` URLs);
+    /// the same settings as `sql`.
+    pub mysql: BTreeMap<String, SqlConnectionConfig>,
     /// Outbound HTTP allowed through `wasi:http/outgoing-handler`.
     pub http: HttpConfig,
     /// Secrets lent to the connector by name through `ebb:connector/secrets`.
@@ -43,6 +46,7 @@ impl ConnectorSpec {
             config: BTreeMap::new(),
             sql: BTreeMap::new(),
             redis: BTreeMap::new(),
+            mysql: BTreeMap::new(),
             http: HttpConfig::default(),
             secrets: BTreeMap::new(),
             limits: LimitsConfig::default(),

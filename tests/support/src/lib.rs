@@ -2,6 +2,7 @@
 //! fake: each type runs the real server from the distribution's packages.
 
 pub mod api;
+pub mod mariadb;
 pub mod moto;
 pub mod oidc;
 pub mod postgres;
@@ -10,6 +11,7 @@ pub mod redis;
 pub mod require;
 pub mod tls;
 
+pub use mariadb::MariaDb;
 pub use moto::Moto;
 pub use oidc::Oidc;
 pub use postgres::Postgres;

@@ -22,6 +22,8 @@ pub enum Need {
     Redis,
     /// `rabbitmq-server` (with its management plugin).
     RabbitMq,
+    /// `mariadbd` and `mariadb-install-db`.
+    MariaDb,
     /// oidc-provider under Node.js.
     Oidc,
     /// moto's server under Python.
@@ -56,6 +58,9 @@ impl Need {
                 .then(|| "Redis (redis-server is not on PATH; run scripts/setup.sh)".to_owned()),
             Self::RabbitMq => (!crate::rabbitmq::installed()).then(|| {
                 "RabbitMQ (rabbitmq-server is not installed; run scripts/setup.sh)".to_owned()
+            }),
+            Self::MariaDb => (!crate::mariadb::installed()).then(|| {
+                "MariaDB (mariadb-server is not installed; run scripts/setup.sh)".to_owned()
             }),
             Self::Oidc => {
                 if !on_path("node") {

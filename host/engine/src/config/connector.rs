@@ -29,6 +29,10 @@ pub struct ConnectorConfig {
     /// Named Redis connections, used through `ebb:connector/redis`.
     #[serde(default)]
     pub redis: BTreeMap<String, RedisConnectionConfig>,
+    /// Named MySQL/MariaDB connections, used through `ebb:connector/mysql`: the same
+    /// settings as `sql`, with a `mysql://` URL.
+    #[serde(default)]
+    pub mysql: BTreeMap<String, SqlConnectionConfig>,
     /// Outbound HTTP allowed through `wasi:http/outgoing-handler`.
     #[serde(default)]
     pub http: HttpConfig,
@@ -123,6 +127,7 @@ impl ConnectorConfig {
             config: BTreeMap::new(),
             sql: BTreeMap::new(),
             redis: BTreeMap::new(),
+            mysql: BTreeMap::new(),
             http: HttpConfig::default(),
             secrets: BTreeMap::new(),
             limits: LimitsConfig::default(),
@@ -139,6 +144,7 @@ impl ConnectorConfig {
             config: self.config.clone(),
             sql: self.sql.clone(),
             redis: self.redis.clone(),
+            mysql: self.mysql.clone(),
             http: self.http.clone(),
             secrets: self.secrets.clone(),
             limits: self.limits,
@@ -163,6 +169,18 @@ impl ConnectorConfig {
             name.to_owned(),
             SqlConnectionConfig {
                 dsn: Some(Secret::new(dsn.to_owned())),
+                ..SqlConnectionConfig::default()
+            },
+        );
+        self
+    }
+
+    /// Lends a MySQL/MariaDB connection under `name`.
+    pub fn with_mysql(mut self, name: &str, url: &str) -> Self {
+        self.mysql.insert(
+            name.to_owned(),
+            SqlConnectionConfig {
+                dsn: Some(Secret::new(url.to_owned())),
                 ..SqlConnectionConfig::default()
             },
         );
@@ -240,13 +258,17 @@ impl ConnectorConfig {
         {
             bail!("sha256 must be 64 hex digits, got `{pin}`");
         }
-        for (name, sql) in &self.sql {
-            match (&sql.dsn, &sql.dsn_env) {
-                (Some(_), None) | (None, Some(_)) => {}
-                _ => bail!("sql connection `{name}` needs exactly one of `dsn` or `dsn-env`"),
-            }
-            if sql.max_connections == 0 {
-                bail!("sql connection `{name}`: max-connections must be at least 1");
+        for (kind, connections) in [("sql", &self.sql), ("mysql", &self.mysql)] {
+            for (name, sql) in connections {
+                match (&sql.dsn, &sql.dsn_env) {
+                    (Some(_), None) | (None, Some(_)) => {}
+                    _ => {
+                        bail!("{kind} connection `{name}` needs exactly one of `dsn` or `dsn-env`")
+                    }
+                }
+                if sql.max_connections == 0 {
+                    bail!("{kind} connection `{name}`: max-connections must be at least 1");
+                }
             }
         }
         for (name, redis) in &self.redis {
@@ -294,7 +316,11 @@ impl ConnectorConfig {
 impl ConnectorConfig {
     /// The environment variables this instance reads secrets from.
     pub fn env_names(&self) -> Vec<&str> {
-        let sql = self.sql.values().filter_map(|c| c.dsn_env.as_deref());
+        let sql = self
+            .sql
+            .values()
+            .chain(self.mysql.values())
+            .filter_map(|c| c.dsn_env.as_deref());
         let redis = self.redis.values().filter_map(|c| c.url_env.as_deref());
         let auth = self
             .http

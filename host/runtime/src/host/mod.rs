@@ -10,6 +10,7 @@ pub(crate) mod config;
 mod egress;
 pub(crate) mod http;
 pub(crate) mod log;
+pub(crate) mod mysql;
 pub(crate) mod redis;
 pub(crate) mod secrets;
 pub(crate) mod sql;
@@ -31,6 +32,7 @@ pub(crate) struct Lent {
     pub config: BTreeMap<String, String>,
     pub sql: BTreeMap<String, sql::SqlConnection>,
     pub redis: BTreeMap<String, redis::RedisConnection>,
+    pub mysql: BTreeMap<String, mysql::MysqlConnection>,
     pub http: Arc<http::HttpPolicy>,
     pub secrets: BTreeMap<String, crate::lend::Secret>,
 }
@@ -50,6 +52,12 @@ impl Lent {
                 .with_context(|| format!("redis connection `{conn_name}`"))?;
             redis_connections.insert(conn_name.clone(), connection);
         }
+        let mut mysql_connections = BTreeMap::new();
+        for (conn_name, conn) in &spec.mysql {
+            let connection = mysql::MysqlConnection::new(conn)
+                .with_context(|| format!("mysql connection `{conn_name}`"))?;
+            mysql_connections.insert(conn_name.clone(), connection);
+        }
         let mut secrets = BTreeMap::new();
         for (secret_name, source) in &spec.secrets {
             let value = source
@@ -64,6 +72,7 @@ impl Lent {
             config: spec.config.clone(),
             sql: connections,
             redis: redis_connections,
+            mysql: mysql_connections,
         }))
     }
 }
@@ -128,6 +137,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<CallState>) -> anyhow::Result<()
     bindings::config::add_to_linker::<_, HasSelf<CallState>>(linker, |s| s)?;
     bindings::sql::add_to_linker::<_, HasSelf<CallState>>(linker, |s| s)?;
     bindings::redis::add_to_linker::<_, HasSelf<CallState>>(linker, |s| s)?;
+    bindings::mysql::add_to_linker::<_, HasSelf<CallState>>(linker, |s| s)?;
     bindings::secrets::add_to_linker::<_, HasSelf<CallState>>(linker, |s| s)?;
     Ok(())
 }
