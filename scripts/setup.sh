@@ -21,6 +21,8 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || need+=(rabbitmq-server)
 # MariaDB (server and client) for the mariadb connector's tests.
 [ -x /usr/sbin/mariadbd ] && command -v mariadb >/dev/null 2>&1 || need+=(mariadb-server mariadb-client)
+# OpenLDAP (server and clients) for the ldap connector's tests.
+[ -x /usr/sbin/slapd ] && command -v ldapmodify >/dev/null 2>&1 || need+=(slapd ldap-utils)
 # Python with venv and pip, for the API fuzz pass (schemathesis from PyPI).
 python3 -m venv --help >/dev/null 2>&1 || need+=(python3-venv python3-pip)
 command -v curl >/dev/null 2>&1 || need+=(curl ca-certificates)

@@ -37,13 +37,14 @@
 //! ```
 //!
 //! What the host lends a connector is reached through [`config`], [`log`], [`sql`],
-//! [`mysql`], [`redis`], [`secrets`] and [`http`]; each works only as far as the operator's
+//! [`mysql`], [`ldap`], [`redis`], [`secrets`] and [`http`]; each works only as far as the operator's
 //! configuration allows. [`sigv4`] signs AWS requests.
 
 #![deny(missing_docs)]
 
 pub mod config;
 pub mod http;
+pub mod ldap;
 pub mod log;
 pub mod mysql;
 pub mod random;

@@ -42,3 +42,30 @@ pub fn quote_string(s: &str) -> Result<String, Error> {
     }
     Ok(format!("'{s}'"))
 }
+
+/// Classifies a MySQL failure for the host's retry policy (server error numbers,
+/// not SQLSTATEs): missing privileges are `denied`, lost or refused connections
+/// and lock waits `unavailable`, the rest `internal`.
+pub fn classify(e: SqlError) -> Error {
+    let message = crate::sql::describe(&e);
+    match e {
+        SqlError::Unavailable(_) => Error::Unavailable(message),
+        SqlError::UnknownConnection(_) | SqlError::Invalid(_) => Error::Invalid(message),
+        // 1044/1045 access denied, 1142/1143 command denied, 1227 needs a privilege,
+        // 1370 routine denied.
+        SqlError::Rejected(db)
+            if matches!(
+                db.code.as_str(),
+                "1044" | "1045" | "1142" | "1143" | "1227" | "1370"
+            ) =>
+        {
+            Error::Denied(message)
+        }
+        // 1205 lock wait timeout, 1213 deadlock, 1040 too many connections, 1053
+        // server shutdown.
+        SqlError::Rejected(db) if matches!(db.code.as_str(), "1205" | "1213" | "1040" | "1053") => {
+            Error::Unavailable(message)
+        }
+        SqlError::Rejected(_) => Error::Internal(message),
+    }
+}

@@ -5,7 +5,7 @@
 //! - `postgres_lifecycle/{wasm,native}`: issue → revoke → verify-revoked of one grant
 //!   against a real PostgreSQL, through the postgres connector and through the same
 //!   statements issued natively from Rust over the same kind of pool.
-//! - `connector_lifecycle/{mariadb,rabbitmq}`: one whole lifecycle of a grant
+//! - `connector_lifecycle/{mariadb,rabbitmq,ldap}`: one whole lifecycle of a grant
 //!   through each connector against its real server: issue → verify-issued →
 //!   revoke → verify-revoked with the credential.
 
@@ -260,10 +260,13 @@ fn languages(c: &mut Criterion) {
 
 /// One lifecycle per connector, each against its real server (started here).
 fn connector_lifecycles(c: &mut Criterion) {
-    ebb_test_support::require!(MariaDb, RabbitMq);
+    ebb_test_support::require!(MariaDb, RabbitMq, Ldap);
     let rt = rt();
     let mariadb = ebb_test_support::MariaDb::start().unwrap();
     let rabbit = rt.block_on(ebb_test_support::RabbitMq::start()).unwrap();
+    let directory = ebb_test_support::Ldap::start().unwrap();
+    let base = ebb_test_support::ldap::BASE;
+    let db_admins = format!("cn=db-admins,ou=groups,{base}");
     let runtime = Runtime::new(&RuntimeConfig::default()).unwrap();
     let connectors = [
         (
@@ -291,6 +294,26 @@ fn connector_lifecycles(c: &mut Criterion) {
             Permission {
                 action: "read".into(),
                 resource: "ebb/orders.in".into(),
+            },
+        ),
+        (
+            "ldap",
+            ConnectorConfig::new(ebb_test_plugins::LDAP)
+                .with_ldap(
+                    "main",
+                    &directory.url(),
+                    ebb_test_support::ldap::ADMIN.0,
+                    ebb_test_support::ldap::ADMIN.1,
+                )
+                .with_config("groups-base", &format!("ou=groups,{base}"))
+                .with_config("allowed-groups", &db_admins)
+                .with_config(
+                    "account:spiffe://bench/agent",
+                    &format!("uid=svc-report,ou=services,{base}"),
+                ),
+            Permission {
+                action: "member".into(),
+                resource: db_admins.clone(),
             },
         ),
     ];

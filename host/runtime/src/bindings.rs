@@ -16,6 +16,7 @@ mod generated {
             "ebb:connector/sql": async | trappable,
             "ebb:connector/redis": async | trappable,
             "ebb:connector/mysql": async | trappable,
+            "ebb:connector/ldap": async | trappable,
             default: trappable,
         },
         exports: { default: async },
@@ -50,7 +51,7 @@ mod generated_v1 {
 }
 
 pub(crate) use generated::ebb::connector0_1_0::{config, log, redis, secrets, sql};
-pub(crate) use generated::ebb::connector0_2_0::{mysql, types};
+pub(crate) use generated::ebb::connector0_2_0::{ldap, mysql, types};
 pub(crate) use generated::{Plugin, PluginPre};
 
 /// The 0.1.0 contract: its types and its world, adapted by `call.rs`.

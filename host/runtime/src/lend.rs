@@ -30,6 +30,8 @@ pub struct ConnectorSpec {
     /// Named MySQL/MariaDB connections (`mysql://user:password@host:port/db` URLs);
     /// the same settings as `sql`.
     pub mysql: BTreeMap<String, SqlConnectionConfig>,
+    /// Named LDAP connections, used through `ebb:connector/ldap`.
+    pub ldap: BTreeMap<String, LdapConnectionConfig>,
     /// Outbound HTTP allowed through `wasi:http/outgoing-handler`.
     pub http: HttpConfig,
     /// Secrets lent to the connector by name through `ebb:connector/secrets`.
@@ -47,6 +49,7 @@ impl ConnectorSpec {
             sql: BTreeMap::new(),
             redis: BTreeMap::new(),
             mysql: BTreeMap::new(),
+            ldap: BTreeMap::new(),
             http: HttpConfig::default(),
             secrets: BTreeMap::new(),
             limits: LimitsConfig::default(),
@@ -111,6 +114,53 @@ impl SqlConnectionConfig {
     /// The DSN, read from the environment if configured so.
     pub fn resolve_dsn(&self) -> anyhow::Result<Secret> {
         resolve_secret(self.dsn.as_ref(), self.dsn_env.as_deref(), "dsn")
+    }
+}
+
+/// A named LDAP connection. The connector never sees its password.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct LdapConnectionConfig {
+    /// `ldaps://host:636`, or `ldap://host:389` with `starttls` (plain `ldap://` is
+    /// refused except on loopback: it would send the password in clear).
+    pub url: String,
+    /// The DN the host binds as.
+    pub bind_dn: String,
+    /// Its password.
+    pub password: Option<Secret>,
+    /// The name of an environment variable that holds the password.
+    pub password_env: Option<String>,
+    /// Upgrade `ldap://` with StartTLS.
+    pub starttls: bool,
+    /// PEM certificates of the CA that signed the server's certificate (the web
+    /// PKI roots without it).
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Time limit of one operation (connect, bind, the operation), in milliseconds.
+    pub timeout_ms: u64,
+}
+
+impl Default for LdapConnectionConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            bind_dn: String::new(),
+            password: None,
+            password_env: None,
+            starttls: false,
+            ca_file: None,
+            timeout_ms: 5_000,
+        }
+    }
+}
+
+impl LdapConnectionConfig {
+    /// The bind password, read from the environment if configured so.
+    pub fn resolve_password(&self) -> anyhow::Result<Secret> {
+        resolve_secret(
+            self.password.as_ref(),
+            self.password_env.as_deref(),
+            "password",
+        )
     }
 }
 

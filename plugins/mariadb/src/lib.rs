@@ -120,7 +120,7 @@ fn checked(permissions: &[Permission]) -> Result<Vec<(String, String, String)>, 
 }
 
 fn execute(statement: &str) -> Result<u64, Error> {
-    Ok(mysql::execute(&connection(), statement, &[])?)
+    mysql::execute(&connection(), statement, &[]).map_err(mysql::classify)
 }
 
 /// The ids of the connections `user` has open.
@@ -129,7 +129,8 @@ fn sessions(user: &str) -> Result<Vec<i64>, Error> {
         &connection(),
         "SELECT id FROM information_schema.processlist WHERE user = ?",
         &[Value::Text(user.into())],
-    )?;
+    )
+    .map_err(mysql::classify)?;
     Ok(rows
         .rows
         .iter()
@@ -150,7 +151,7 @@ fn kill_sessions(user: &str) -> Result<usize, Error> {
             Ok(_) => killed += 1,
             // 1094: unknown thread id (it ended on its own).
             Err(SqlError::Rejected(db)) if db.code == "1094" => {}
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(mysql::classify(e)),
         }
     }
     Ok(killed)
@@ -263,7 +264,8 @@ impl Connector for MariaDb {
             &conn,
             "SELECT host FROM mysql.user WHERE user = ?",
             &[Value::Text(user.clone())],
-        )?;
+        )
+        .map_err(mysql::classify)?;
         for row in &accounts.rows {
             let host = row.first().and_then(Value::as_str).unwrap_or("?");
             residue.push(Residue::new(
@@ -286,7 +288,8 @@ impl Connector for MariaDb {
             ));
         }
         if let Some(password) = credential.as_ref().and_then(|c| c.get("password"))
-            && let LoginOutcome::Accepted = mysql::login_probe(&conn, &user, password)?
+            && let LoginOutcome::Accepted =
+                mysql::login_probe(&conn, &user, password).map_err(mysql::classify)?
         {
             residue.push(Residue::new(
                 ResidueKind::CredentialAccepted,
@@ -302,7 +305,9 @@ impl Connector for MariaDb {
             &connection(),
             &user,
             credential.get("password").unwrap_or_default(),
-        )? {
+        )
+        .map_err(mysql::classify)?
+        {
             LoginOutcome::Accepted => Ok(()),
             LoginOutcome::Refused(why) => Err(Error::Unavailable(format!(
                 "the new account cannot log in yet: {why}"
@@ -317,7 +322,8 @@ impl Connector for MariaDb {
             "SELECT user, host FROM mysql.user WHERE user LIKE 'ebb\\_%' \
              AND user <> SUBSTRING_INDEX(CURRENT_USER(), '@', 1) ORDER BY user",
             &[],
-        )?;
+        )
+        .map_err(mysql::classify)?;
         Ok(rows
             .rows
             .iter()

@@ -2,6 +2,7 @@
 //! fake: each type runs the real server from the distribution's packages.
 
 pub mod api;
+pub mod ldap;
 pub mod mariadb;
 pub mod moto;
 pub mod oidc;
@@ -11,6 +12,7 @@ pub mod redis;
 pub mod require;
 pub mod tls;
 
+pub use ldap::Ldap;
 pub use mariadb::MariaDb;
 pub use moto::Moto;
 pub use oidc::Oidc;

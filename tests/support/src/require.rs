@@ -24,6 +24,8 @@ pub enum Need {
     RabbitMq,
     /// `mariadbd` and `mariadb-install-db`.
     MariaDb,
+    /// OpenLDAP's `slapd` and the `ldap-utils` clients.
+    Ldap,
     /// oidc-provider under Node.js.
     Oidc,
     /// moto's server under Python.
@@ -38,7 +40,7 @@ pub(crate) fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-fn on_path(program: &str) -> bool {
+pub(crate) fn on_path(program: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
 }
@@ -61,6 +63,9 @@ impl Need {
             }),
             Self::MariaDb => (!crate::mariadb::installed()).then(|| {
                 "MariaDB (mariadb-server is not installed; run scripts/setup.sh)".to_owned()
+            }),
+            Self::Ldap => (!crate::ldap::installed()).then(|| {
+                "OpenLDAP (slapd or ldap-utils is not installed; run scripts/setup.sh)".to_owned()
             }),
             Self::Oidc => {
                 if !on_path("node") {

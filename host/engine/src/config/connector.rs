@@ -5,8 +5,8 @@
 use super::is_sha256_hex;
 use anyhow::{Context, bail};
 use ebb_runtime::lend::{
-    BasicAuth, ConnectorSpec, HttpConfig, LentSecret, LimitsConfig, RedisConnectionConfig, Secret,
-    SqlConnectionConfig,
+    BasicAuth, ConnectorSpec, HttpConfig, LdapConnectionConfig, LentSecret, LimitsConfig,
+    RedisConnectionConfig, Secret, SqlConnectionConfig,
 };
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -33,6 +33,9 @@ pub struct ConnectorConfig {
     /// settings as `sql`, with a `mysql://` URL.
     #[serde(default)]
     pub mysql: BTreeMap<String, SqlConnectionConfig>,
+    /// Named LDAP connections, used through `ebb:connector/ldap`.
+    #[serde(default)]
+    pub ldap: BTreeMap<String, LdapConnectionConfig>,
     /// Outbound HTTP allowed through `wasi:http/outgoing-handler`.
     #[serde(default)]
     pub http: HttpConfig,
@@ -128,6 +131,7 @@ impl ConnectorConfig {
             sql: BTreeMap::new(),
             redis: BTreeMap::new(),
             mysql: BTreeMap::new(),
+            ldap: BTreeMap::new(),
             http: HttpConfig::default(),
             secrets: BTreeMap::new(),
             limits: LimitsConfig::default(),
@@ -145,6 +149,7 @@ impl ConnectorConfig {
             sql: self.sql.clone(),
             redis: self.redis.clone(),
             mysql: self.mysql.clone(),
+            ldap: self.ldap.clone(),
             http: self.http.clone(),
             secrets: self.secrets.clone(),
             limits: self.limits,
@@ -182,6 +187,20 @@ impl ConnectorConfig {
             SqlConnectionConfig {
                 dsn: Some(Secret::new(url.to_owned())),
                 ..SqlConnectionConfig::default()
+            },
+        );
+        self
+    }
+
+    /// Lends an LDAP connection under `name`, bound as `bind_dn`.
+    pub fn with_ldap(mut self, name: &str, url: &str, bind_dn: &str, password: &str) -> Self {
+        self.ldap.insert(
+            name.to_owned(),
+            LdapConnectionConfig {
+                url: url.to_owned(),
+                bind_dn: bind_dn.to_owned(),
+                password: Some(Secret::new(password.to_owned())),
+                ..LdapConnectionConfig::default()
             },
         );
         self
@@ -271,6 +290,14 @@ impl ConnectorConfig {
                 }
             }
         }
+        for (name, ldap) in &self.ldap {
+            if ldap.password.is_some() == ldap.password_env.is_some() {
+                bail!("ldap connection `{name}` needs exactly one of `password` or `password-env`");
+            }
+            if ldap.url.is_empty() || ldap.bind_dn.is_empty() || ldap.timeout_ms == 0 {
+                bail!("ldap connection `{name}` needs a url, a bind-dn and a timeout-ms above 0");
+            }
+        }
         for (name, redis) in &self.redis {
             if redis.url.is_some() == redis.url_env.is_some() {
                 bail!("redis connection `{name}` needs exactly one of `url` or `url-env`");
@@ -328,6 +355,11 @@ impl ConnectorConfig {
             .values()
             .filter_map(|a| a.password_env.as_deref());
         let secrets = self.secrets.values().filter_map(|s| s.env.as_deref());
-        sql.chain(redis).chain(auth).chain(secrets).collect()
+        let ldap = self.ldap.values().filter_map(|l| l.password_env.as_deref());
+        sql.chain(redis)
+            .chain(auth)
+            .chain(secrets)
+            .chain(ldap)
+            .collect()
     }
 }

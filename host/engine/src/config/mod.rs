@@ -29,8 +29,8 @@ pub use connector::{ApprovalMode, ConnectorConfig, LifecyclePolicy, OrphanAction
 // The runtime's own inputs, embedded in the file as they are: what a connector is
 // lent, its limits and the engine's settings.
 pub use ebb_runtime::lend::{
-    BasicAuth, ConnectorSpec, HttpConfig, LentSecret, LimitsConfig, RedisConnectionConfig,
-    RuntimeConfig, Secret, SqlConnectionConfig,
+    BasicAuth, ConnectorSpec, HttpConfig, LdapConnectionConfig, LentSecret, LimitsConfig,
+    RedisConnectionConfig, RuntimeConfig, Secret, SqlConnectionConfig,
 };
 
 /// The whole configuration file.

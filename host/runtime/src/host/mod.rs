@@ -9,6 +9,7 @@
 pub(crate) mod config;
 mod egress;
 pub(crate) mod http;
+pub(crate) mod ldap;
 pub(crate) mod log;
 pub(crate) mod mysql;
 pub(crate) mod redis;
@@ -33,6 +34,7 @@ pub(crate) struct Lent {
     pub sql: BTreeMap<String, sql::SqlConnection>,
     pub redis: BTreeMap<String, redis::RedisConnection>,
     pub mysql: BTreeMap<String, mysql::MysqlConnection>,
+    pub ldap: BTreeMap<String, ldap::LdapConnection>,
     pub http: Arc<http::HttpPolicy>,
     pub secrets: BTreeMap<String, crate::lend::Secret>,
 }
@@ -58,6 +60,12 @@ impl Lent {
                 .with_context(|| format!("mysql connection `{conn_name}`"))?;
             mysql_connections.insert(conn_name.clone(), connection);
         }
+        let mut ldap_connections = BTreeMap::new();
+        for (conn_name, conn) in &spec.ldap {
+            let connection = ldap::LdapConnection::new(conn)
+                .with_context(|| format!("ldap connection `{conn_name}`"))?;
+            ldap_connections.insert(conn_name.clone(), connection);
+        }
         let mut secrets = BTreeMap::new();
         for (secret_name, source) in &spec.secrets {
             let value = source
@@ -73,6 +81,7 @@ impl Lent {
             sql: connections,
             redis: redis_connections,
             mysql: mysql_connections,
+            ldap: ldap_connections,
         }))
     }
 }
@@ -138,6 +147,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<CallState>) -> anyhow::Result<()
     bindings::sql::add_to_linker::<_, HasSelf<CallState>>(linker, |s| s)?;
     bindings::redis::add_to_linker::<_, HasSelf<CallState>>(linker, |s| s)?;
     bindings::mysql::add_to_linker::<_, HasSelf<CallState>>(linker, |s| s)?;
+    bindings::ldap::add_to_linker::<_, HasSelf<CallState>>(linker, |s| s)?;
     bindings::secrets::add_to_linker::<_, HasSelf<CallState>>(linker, |s| s)?;
     Ok(())
 }
