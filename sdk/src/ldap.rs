@@ -27,9 +27,15 @@ pub fn modify(connection: &str, dn: &str, changes: &[Modification]) -> Result<()
     raw::modify(connection, dn, changes)
 }
 
-/// Binds as `dn` with `password` on a new connection: whether it authenticates.
-pub fn bind_probe(connection: &str, dn: &str, password: &str) -> Result<BindOutcome, LdapFailure> {
-    raw::bind_probe(connection, dn, password)
+/// Binds as `dn` with `password` on a new connection: whether it authenticates
+/// and, with `read`, whether it can then read that entry.
+pub fn bind_probe(
+    connection: &str,
+    dn: &str,
+    password: &str,
+    read: Option<&str>,
+) -> Result<BindOutcome, LdapFailure> {
+    raw::bind_probe(connection, dn, password, read)
 }
 
 /// Escapes a value for a search filter (RFC 4515): `*`, `(`, `)`, `\` and NUL.

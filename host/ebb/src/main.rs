@@ -302,20 +302,7 @@ mod server {
                         )?
                     );
                 } else {
-                    for c in &report.checks {
-                        println!(
-                            "{} {}  ({})",
-                            if c.passed { "ok  " } else { "FAIL" },
-                            c.name,
-                            c.detail
-                        );
-                    }
-                    for name in &report.skipped {
-                        println!("skip {name}  (no independent probe for this connector)");
-                    }
-                    for n in &report.not_offered {
-                        println!("n/a  {}  ({})", n.operation, n.why);
-                    }
+                    print!("{report}");
                     let failed = report.checks.iter().filter(|c| !c.passed).count();
                     println!(
                         "\n{}: {} checks, {failed} failed, {} unverified: {}",

@@ -18,26 +18,11 @@ const APPROVER: &str = "cli-test-approver-token";
 const OPERATOR: &str = "cli-test-operator-token";
 
 fn ebb(api: &str, token: &str, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ebb"))
-        .args(args)
-        .env("EBB_API", api)
-        .env("EBB_TOKEN", token)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    ebb_test_support::cli::run(env!("CARGO_BIN_EXE_ebb"), api, token, args).unwrap()
 }
 
 fn json(api: &str, token: &str, args: &[&str]) -> Value {
-    let mut all = args.to_vec();
-    all.push("--json");
-    let (ok, out, err) = ebb(api, token, &all);
-    assert!(ok, "ebb {args:?} failed: {err}");
-    serde_json::from_str(&out).unwrap()
+    ebb_test_support::cli::json(env!("CARGO_BIN_EXE_ebb"), api, token, args).unwrap()
 }
 
 #[test]

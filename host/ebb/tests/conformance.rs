@@ -77,14 +77,7 @@ impl Probe for AwsProbe<'_> {
 }
 
 fn print(report: &conformance::ConformanceReport) {
-    for c in &report.checks {
-        eprintln!(
-            "{} {} ({})",
-            if c.passed { "ok  " } else { "FAIL" },
-            c.name,
-            c.detail
-        );
-    }
+    eprint!("{report}");
 }
 
 fn permission(action: &str, resource: &str) -> Permission {

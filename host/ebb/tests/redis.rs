@@ -8,7 +8,9 @@
     reason = "tests fail loudly"
 )]
 
-use ebb_core::contract::{ConnectorError, Grant, Permission, Subject, SubjectKind, Verdict};
+use ebb_core::contract::{
+    ConnectorError, Grant, Permission, ResidueKind, Subject, SubjectKind, Verdict,
+};
 use ebb_engine::config::{ConnectorConfig, RuntimeConfig};
 use ebb_runtime::{CallError, LoadedConnector, Runtime};
 use ebb_test_support::Redis;
@@ -220,4 +222,80 @@ async fn commands_that_mint_access_are_not_granted_by_default() {
         }
     }
     assert!(server.ebb_users().unwrap().is_empty());
+}
+
+/// Issue 14: where the operator allows minting, an ACL user a grant made with its
+/// own credential outlives the grant's user: it is residue (derived-credential,
+/// with the `ACL DELUSER` step), never `verified`, until it is gone. Users that
+/// existed before the grant are not blamed on it.
+#[tokio::test]
+async fn acl_users_a_minting_grant_made_are_residue() {
+    ebb_test_support::require!(Redis);
+    let server = Redis::start().unwrap();
+    let c = Runtime::new(&RuntimeConfig::default())
+        .unwrap()
+        .load(
+            "redis-minting-allowed",
+            &ConnectorConfig::new(ebb_test_plugins::REDIS)
+                .with_config("allowed-keys", "cache:*")
+                .with_config("allowed-commands", "get, acl")
+                .with_config("allow-minting", "true")
+                .with_redis("main", &server.admin_url())
+                .spec(),
+        )
+        .await
+        .unwrap();
+    let mut g = grant("01MINTEDACL", "acl", "cache:*");
+    g.permissions.push(Permission {
+        action: "get".into(),
+        resource: "cache:*".into(),
+    });
+    let issued = c.issue(&g).await.unwrap();
+    let user = issued.credential.get("user").unwrap().to_owned();
+    let password = issued.credential.get("password").unwrap().to_owned();
+    let mut grantee = redis::Client::open(format!(
+        "redis://{user}:{password}@127.0.0.1:{}",
+        server.port()
+    ))
+    .unwrap()
+    .get_connection()
+    .unwrap();
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("mallory")
+        .arg("on")
+        .arg(">minted-password")
+        .arg("~*")
+        .arg("+@all")
+        .query(&mut grantee)
+        .unwrap();
+    drop(grantee);
+    c.revoke(&g, Some(&issued.handle), Some(&issued.credential))
+        .await
+        .unwrap();
+    let verdict = c
+        .verify_revoked(&g, Some(&issued.handle), Some(&issued.credential))
+        .await
+        .unwrap();
+    let Verdict::Residual(residue) = verdict else {
+        panic!("the minted ACL user must be residue, got {verdict:?}");
+    };
+    assert_eq!(residue.len(), 1, "{residue:?}");
+    assert_eq!(residue[0].kind, ResidueKind::DerivedCredential);
+    assert!(
+        residue[0].detail.contains("ACL user mallory"),
+        "{residue:?}"
+    );
+    assert_eq!(
+        residue[0].remedy.as_deref(),
+        Some("if it is not yours: ACL DELUSER mallory")
+    );
+    // The operator removes it: verified.
+    server.run(&["ACL", "DELUSER", "mallory"]).unwrap();
+    assert_eq!(
+        c.verify_revoked(&g, Some(&issued.handle), Some(&issued.credential))
+            .await
+            .unwrap(),
+        Verdict::Revoked
+    );
 }

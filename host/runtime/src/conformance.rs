@@ -92,6 +92,24 @@ pub struct ConformanceReport {
     pub not_offered: Vec<NotOffered>,
 }
 
+/// One line per check (`ok  ` or `FAIL`, its name, what was seen), then the checks
+/// left for want of a probe and the operations not offered.
+impl std::fmt::Display for ConformanceReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for c in &self.checks {
+            let mark = if c.passed { "ok  " } else { "FAIL" };
+            writeln!(f, "{mark} {}  ({})", c.name, c.detail)?;
+        }
+        for name in &self.skipped {
+            writeln!(f, "skip {name}  (no independent probe for this connector)")?;
+        }
+        for n in &self.not_offered {
+            writeln!(f, "n/a  {}  ({})", n.operation, n.why)?;
+        }
+        Ok(())
+    }
+}
+
 /// See [`ConformanceReport::not_offered`].
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct NotOffered {

@@ -24,14 +24,22 @@
 //! `revoke` removes it: the safe direction; request-time `standing-access`
 //! reports such a membership first.
 //!
+//! The account's own view: with `probe-entry` (an entry only the allowed groups'
+//! effective members may read) and the account's password lent as the secret
+//! `account-password:<subject id>`, `verify-revoked` also binds as the account and
+//! tries to read that entry — access by any path the directory's ACLs allow, nested
+//! groups or not, is residue while it works. The password enters the sandbox for
+//! the call (the `secrets` trade-off); without it, effective membership is what is
+//! checked.
+//!
 //! Settings (`[connectors.<name>.config]`): `connection` (default `main`),
-//! `groups-base`, `allowed-groups` (`;`-separated DNs: DNs contain commas), and
-//! `account:<subject id>`.
+//! `groups-base`, `allowed-groups` (`;`-separated DNs: DNs contain commas),
+//! `account:<subject id>`, and `probe-entry`.
 
-use ebb_connector_sdk::ldap::{self, LdapFailure, Modification, ModifyOp, Scope};
+use ebb_connector_sdk::ldap::{self, BindOutcome, LdapFailure, Modification, ModifyOp, Scope};
 use ebb_connector_sdk::{
     Capabilities, Connector, ConnectorInfo, Credential, Error, Grant, Issued, Permission, Residue,
-    ResidueKind, Subject, Verdict, config, export_connector, log,
+    ResidueKind, Subject, Verdict, config, export_connector, log, secrets,
 };
 use std::collections::{BTreeSet, VecDeque};
 
@@ -181,6 +189,29 @@ fn membership(account: &str, group: &str) -> Result<Vec<Residue>, Error> {
         .collect())
 }
 
+/// With `probe-entry` and the account's password lent: whether the account still
+/// binds and reads the entry only the groups' members may read.
+fn still_reads(subject: &Subject, account: &str) -> Result<Option<Residue>, Error> {
+    let Some(entry) = config::get("probe-entry") else {
+        return Ok(None);
+    };
+    let Some(password) = secrets::get(&format!("account-password:{}", subject.id)) else {
+        return Ok(None);
+    };
+    Ok(
+        match ldap::bind_probe(&connection(), account, &password, Some(&entry))? {
+            BindOutcome::Accepted(Some(true)) => Some(
+                Residue::new(
+                    ResidueKind::EntitlementPresent,
+                    format!("{account} still binds and reads {entry}"),
+                )
+                .at(entry),
+            ),
+            BindOutcome::Accepted(_) | BindOutcome::Refused(_) => None,
+        },
+    )
+}
+
 fn change(op: ModifyOp, account: &str) -> Modification {
     Modification {
         op,
@@ -258,6 +289,7 @@ impl Connector for LdapGroups {
         for group in groups(&grant.permissions)? {
             residue.extend(membership(&account, &group)?);
         }
+        residue.extend(still_reads(&grant.subject, &account)?);
         Ok(Verdict::from_residue(residue))
     }
 

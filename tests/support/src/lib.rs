@@ -2,6 +2,7 @@
 //! fake: each type runs the real server from the distribution's packages.
 
 pub mod api;
+pub mod cli;
 pub mod ldap;
 pub mod mariadb;
 pub mod moto;
@@ -41,6 +42,15 @@ pub fn serve_command(bin: &str, config: &std::path::Path) -> std::process::Comma
 }
 
 /// A loopback port free at the time of asking.
+/// Stops a server started in a process group of its own (`process_group(0)`): every
+/// process of the group, then the child itself is reaped.
+pub(crate) fn kill_group(child: &mut std::process::Child) {
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", "--", &format!("-{}", child.id())])
+        .status();
+    let _ = child.wait();
+}
+
 pub fn free_port() -> anyhow::Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?.port())

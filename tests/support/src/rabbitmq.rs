@@ -196,10 +196,7 @@ impl RabbitMq {
 impl Drop for RabbitMq {
     fn drop(&mut self) {
         // The start script, the Erlang VM and its helpers share one process group.
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", self.child.id())])
-            .status();
-        let _ = self.child.wait();
+        crate::kill_group(&mut self.child);
         // The start script forks: whatever left the group goes by its node name.
         let _ = Command::new("pkill")
             .args(["-KILL", "-f", &format!("ebb{}@localhost", self.amqp_port)])

@@ -205,7 +205,12 @@ impl LdapConnection {
         }
     }
 
-    async fn bind_probe(&self, dn: &str, password: &str) -> Result<BindOutcome, Error> {
+    async fn bind_probe(
+        &self,
+        dn: &str,
+        password: &str,
+        read: Option<&str>,
+    ) -> Result<BindOutcome, Error> {
         // An empty password is an unauthenticated bind that "succeeds": never a proof.
         if password.is_empty() {
             return Ok(BindOutcome::Refused(
@@ -214,8 +219,19 @@ impl LdapConnection {
         }
         match self.bind_as(dn, password).await? {
             Ok(mut ldap) => {
+                let readable = match read {
+                    None => None,
+                    Some(entry) => {
+                        let found = ldap
+                            .search(entry, ldap3::Scope::Base, "(objectClass=*)", vec!["1.1"])
+                            .await
+                            .map_err(unavailable)?;
+                        // 32: no such object — also what an ACL shows a reader it denies.
+                        Some(found.1.rc == 0 && !found.0.is_empty())
+                    }
+                };
                 let _ = ldap.unbind().await;
-                Ok(BindOutcome::Accepted)
+                Ok(BindOutcome::Accepted(readable))
             }
             Err(why) => Ok(BindOutcome::Refused(why)),
         }
@@ -284,9 +300,12 @@ impl Host for CallState {
         connection: String,
         dn: String,
         mut password: String,
+        read: Option<String>,
     ) -> wasmtime::Result<Result<BindOutcome, Error>> {
         let result = self
-            .bounded(&connection, async |c| c.bind_probe(&dn, &password).await)
+            .bounded(&connection, async |c| {
+                c.bind_probe(&dn, &password, read.as_deref()).await
+            })
             .await;
         password.zeroize();
         Ok(result)
