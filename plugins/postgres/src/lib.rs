@@ -172,9 +172,24 @@ fn footprint(conn: &str, oid: i64) -> Result<Vec<Footprint>, Error> {
 /// database, then in each other database it left something in where a
 /// `db:<database>` connection is lent — and then the role. Each step is its own
 /// transaction: a role that cannot be dropped yet keeps nothing that was removed.
+///
+/// The common case — nothing outside the lent database — takes one transaction:
+/// `DROP ROLE` succeeds only when the role owns and holds nothing anywhere in the
+/// cluster, so if it fails (2BP01), that transaction rolls back and the step-by-step
+/// path runs.
 fn remove_footprint(conn: &str, role: &str, oid: i64) -> Result<(), Error> {
     let ident = quote_ident(role);
     // On PostgreSQL 15+ DROP OWNED needs membership in the role.
+    let at_once = format!(
+        "grant {ident} to current_user;\n{ACL_LOCK}drop owned by {ident};\ndrop role {ident};"
+    );
+    match sql::execute_batch(conn, &at_once) {
+        Ok(()) => return Ok(()),
+        // 42704 undefined_object: dropped concurrently; already gone is success.
+        Err(sql::SqlError::Rejected(db)) if db.code == "42704" => return Ok(()),
+        Err(sql::SqlError::Rejected(db)) if db.code == "2BP01" => {}
+        Err(e) => return Err(e.into()),
+    }
     sql::execute_batch(conn, &format!("grant {ident} to current_user"))?;
     let drop_owned = format!("{ACL_LOCK}drop owned by {ident};");
     sql::execute_batch(conn, &drop_owned)?;
