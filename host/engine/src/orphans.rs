@@ -96,6 +96,8 @@ fn put(store: &dyn store::Store, orphan: &Orphan) -> store::Result<()> {
 pub async fn scan(lifecycle: &Lifecycle) -> store::Result<Report> {
     let store = lifecycle.store();
     let mut scanned = Vec::new();
+    // What earlier scans found, read once; each connector's entries are its own.
+    let recorded = entries(store.as_ref())?;
     for slot in lifecycle.registry().all() {
         let connector = slot.name().to_owned();
         let items = match slot.call(Pool::Background).await.inventory().await {
@@ -109,9 +111,10 @@ pub async fn scan(lifecycle: &Lifecycle) -> store::Result<Report> {
                 continue;
             }
         };
-        let known: Vec<Orphan> = entries(store.as_ref())?
-            .into_iter()
+        let known: Vec<Orphan> = recorded
+            .iter()
             .filter(|o| o.connector == connector)
+            .cloned()
             .collect();
         let mut orphans = Vec::new();
         for item in &items {

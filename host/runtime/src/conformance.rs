@@ -541,24 +541,13 @@ impl Probe for PostgresProbe {
             if permission.action != "select" {
                 anyhow::bail!("the built-in PostgreSQL probe judges `select` only");
             }
-            let mut config = self.config.clone();
-            config
-                .user(credential.get("user").unwrap_or_default())
-                .password(credential.get("password").unwrap_or_default())
-                .connect_timeout(Duration::from_secs(5));
-            let (client, conn) = match config.connect(self.tls.clone()).await {
+            let client = match self.connect_as(Some(credential)).await {
                 Ok(c) => c,
                 // The login is refused (28P01, 28000): the credential does not work.
                 Err(e) if e.as_db_error().is_some() => return Ok(false),
                 Err(e) => return Err(e.into()),
             };
-            tokio::spawn(conn);
-            let table = permission
-                .resource
-                .split('.')
-                .map(|part| format!("\"{}\"", part.replace('"', "\"\"")))
-                .collect::<Vec<_>>()
-                .join(".");
+            let table = quoted_table(&permission.resource);
             match client
                 .simple_query(&format!("SELECT count(*) FROM {table}"))
                 .await
