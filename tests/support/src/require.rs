@@ -1,9 +1,9 @@
 //! Tests that need a downstream server skip where it is not installed, and say so.
 //!
 //! `cargo test --workspace` on a machine with only Rust runs every hermetic test and
-//! skips the ones that need PostgreSQL, Redis, Node.js (oidc-provider) or Python
-//! (moto, the componentize-py connector), each with one line on stderr naming the
-//! test, what it needs and how to get it. The README's test command
+//! skips the ones that need PostgreSQL, Redis, MariaDB, OpenLDAP, RabbitMQ, Node.js
+//! (oidc-provider) or Python (moto, the componentize-py connector), each with one
+//! line on stderr naming the test, what it needs and how to get it. The README's test command
 //! (`scripts/test.sh`) installs everything and sets `EBB_REQUIRE_ALL=1`, under which
 //! a missing server fails the test instead: nothing is skipped there.
 
