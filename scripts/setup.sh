@@ -23,6 +23,8 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 [ -x /usr/sbin/mariadbd ] && command -v mariadb >/dev/null 2>&1 || need+=(mariadb-server mariadb-client)
 # OpenLDAP (server and clients) for the ldap connector's tests.
 [ -x /usr/sbin/slapd ] && command -v ldapmodify >/dev/null 2>&1 || need+=(slapd ldap-utils)
+# Chromium and its WebDriver for the web console's browser tests.
+[ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] || need+=(chromium chromium-driver)
 # Python with venv and pip, for the API fuzz pass (schemathesis from PyPI).
 python3 -m venv --help >/dev/null 2>&1 || need+=(python3-venv python3-pip)
 command -v curl >/dev/null 2>&1 || need+=(curl ca-certificates)

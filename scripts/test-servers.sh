@@ -8,6 +8,11 @@ oidc=tests/servers/oidc
 if [ ! -d "$oidc/node_modules/oidc-provider" ]; then
   (cd "$oidc" && npm install --no-audit --no-fund --loglevel=error)
 fi
+# axe-core (npm, pinned by its lock) for the console's accessibility check.
+browser=tests/servers/browser
+if [ ! -f "$browser/node_modules/axe-core/axe.min.js" ]; then
+  (cd "$browser" && npm install --no-audit --no-fund --loglevel=error)
+fi
 venv=.ebb/moto
 if [ ! -x "$venv/bin/moto_server" ]; then
   python3 -m venv "$venv"

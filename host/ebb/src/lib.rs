@@ -4,6 +4,8 @@
 //!
 //! - [`api`] (feature `server`): the axum router over the engine — grants,
 //!   connectors, policies, audit, health, metrics, the OpenAPI document.
+//! - [`console`] (feature `server`): the web console under `/console` — pages,
+//!   OIDC sign-in, sessions, CSRF, live updates — over the API's own handlers.
 //! - [`cli`]: `ebb grant|audit|connectors|policy|anomaly`, clients of the API.
 //! - [`metrics`] (feature `server`): the Prometheus exporter.
 //! - [`serve`] (feature `server`): the HTTP server with its limits (header-read
@@ -24,6 +26,8 @@
 #[cfg(feature = "server")]
 pub mod api;
 pub mod cli;
+#[cfg(feature = "server")]
+pub mod console;
 #[cfg(feature = "server")]
 pub mod metrics;
 #[cfg(feature = "server")]

@@ -470,15 +470,33 @@ mod server {
         let listener = tokio::net::TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("listening on {}", config.server.listen))?;
+        let mut app = api::router(state.clone());
+        let console = if config.console.enabled {
+            let console = Arc::new(
+                ebb::console::Console::new(&config.console, config.server.listen)
+                    .context("the console")?,
+            );
+            app = app.merge(ebb::console::router(state, console.clone()));
+            tracing::info!(url = %console.url(), "the web console is served");
+            Some(console)
+        } else {
+            None
+        };
         tracing::info!(listen = %config.server.listen, "ebb is serving");
         ebb::serve::serve(
             listener,
-            api::router(state),
+            app,
             ebb::serve::Limits {
                 header_read_timeout: config.server.header_read_timeout,
                 max_connections: config.server.max_connections,
             },
-            shutdown_signal(),
+            async move {
+                shutdown_signal().await;
+                // Live-update streams would hold the graceful shutdown open.
+                if let Some(console) = console {
+                    console.close();
+                }
+            },
         )
         .await
         .context("serving the API")?;

@@ -9,6 +9,11 @@
 //   OIDC_PROBE_SECRET    secret of client `probe`, a resource server that only
 //                        introspects (RFC 7662)
 //   OIDC_TOKEN_TTL       lifetime of client-credentials tokens, seconds (default 300)
+//   OIDC_CONSOLE_REDIRECT  redirect URIs (comma-separated) of client `ebb-console`,
+//                        Ebb's web console: authorization code + PKCE (S256), its
+//                        secret OIDC_CONSOLE_SECRET (default: OIDC_CLIENT_SECRET).
+//                        People sign in on the provider's own (development) login
+//                        page with any password; their groups come from PEOPLE.
 //
 // Prints "ready <issuer>" once it listens.
 import Provider from 'oidc-provider';
@@ -23,6 +28,17 @@ if (!secret || !probeSecret) {
 }
 
 const scopes = ['invoices:read', 'invoices:write', 'reports:read'];
+const consoleRedirects = (process.env.OIDC_CONSOLE_REDIRECT || '').split(',').filter(Boolean);
+const consoleSecret = process.env.OIDC_CONSOLE_SECRET || secret;
+
+// The people of the demo and the tests, with the groups Ebb maps to roles. Anyone
+// else may sign in too, with no groups.
+const PEOPLE = {
+  alice: { name: 'Alice Approver', groups: ['ebb-approvers', 'ebb-operators'] },
+  bob: { name: 'Bob Approver', groups: ['ebb-approvers'] },
+  carol: { name: 'Carol Requester', groups: ['ebb-requesters'] },
+  dave: { name: 'Dave Auditor', groups: ['ebb-auditors'] },
+};
 const client = (id, clientSecret, scope) => ({
   client_id: id,
   client_secret: clientSecret,
@@ -39,10 +55,41 @@ const provider = new Provider(issuer, {
     client('ebb', secret, scopes.join(' ')),
     client('ebb-jwt', secret, scopes.join(' ')),
     client('probe', probeSecret, ''),
+    ...(consoleRedirects.length ? [{
+      client_id: 'ebb-console',
+      client_secret: consoleSecret,
+      grant_types: ['authorization_code'],
+      response_types: ['code'],
+      redirect_uris: consoleRedirects,
+      token_endpoint_auth_method: 'client_secret_basic',
+    }] : []),
   ],
-  scopes,
+  scopes: ['openid', 'profile', 'groups', ...scopes],
+  claims: { openid: ['sub'], profile: ['name'], groups: ['groups'] },
+  // The console reads the person's name and groups from the ID token.
+  conformIdTokenClaims: false,
+  pkce: { required: () => true },
+  async findAccount(ctx, id) {
+    const person = PEOPLE[id] || { name: id, groups: [] };
+    return { accountId: id, async claims() { return { sub: id, ...person }; } };
+  },
+  // The console is first-party: its sign-ins need no consent screen.
+  async loadExistingGrant(ctx) {
+    const grantId = ctx.oidc.result?.consent?.grantId
+      || ctx.oidc.session.grantIdFor(ctx.oidc.client.clientId);
+    if (grantId) return ctx.oidc.provider.Grant.find(grantId);
+    if (ctx.oidc.client.clientId !== 'ebb-console') return undefined;
+    const grant = new ctx.oidc.provider.Grant({
+      clientId: ctx.oidc.client.clientId,
+      accountId: ctx.oidc.session.accountId,
+    });
+    grant.addOIDCScope('openid profile groups');
+    grant.addOIDCClaims(['name', 'groups']);
+    await grant.save();
+    return grant;
+  },
   features: {
-    devInteractions: { enabled: false },
+    devInteractions: { enabled: consoleRedirects.length > 0 },
     clientCredentials: { enabled: true },
     introspection: { enabled: true },
     revocation: { enabled: true },

@@ -2,6 +2,7 @@
 //! fake: each type runs the real server from the distribution's packages.
 
 pub mod api;
+pub mod browser;
 pub mod cli;
 pub mod ldap;
 pub mod mariadb;
@@ -13,6 +14,7 @@ pub mod redis;
 pub mod require;
 pub mod tls;
 
+pub use browser::Browser;
 pub use ldap::Ldap;
 pub use mariadb::MariaDb;
 pub use moto::Moto;
@@ -86,9 +88,21 @@ impl Host {
     /// serve` from `bin` (a test's `env!("CARGO_BIN_EXE_ebb")`) and waits until it
     /// listens.
     pub fn start(bin: &str, tag: &str, server: &str, rest: &str) -> anyhow::Result<Self> {
+        Self::start_on(bin, tag, free_port()?, &[], server, rest)
+    }
+
+    /// [`Host::start`] on `port`, with `env` set for the host (secrets the
+    /// configuration names by variable).
+    pub fn start_on(
+        bin: &str,
+        tag: &str,
+        port: u16,
+        env: &[(&str, &str)],
+        server: &str,
+        rest: &str,
+    ) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(format!("ebb-{tag}-{}", rand::random::<u64>()));
         std::fs::create_dir_all(&dir)?;
-        let port = free_port()?;
         let config = dir.join("ebb.toml");
         std::fs::write(
             &config,
@@ -98,7 +112,9 @@ impl Host {
                 dir.join("host.key").display(),
             ),
         )?;
-        let child = serve_command(bin, &config).spawn()?;
+        let mut command = serve_command(bin, &config);
+        command.envs(env.iter().copied());
+        let child = command.spawn()?;
         let host = Self {
             api: format!("http://127.0.0.1:{port}"),
             dir,

@@ -29,6 +29,18 @@ pub(crate) fn server_dir() -> PathBuf {
 impl Oidc {
     /// Starts a server whose client-credentials tokens live `token_ttl_secs`.
     pub fn start(token_ttl_secs: u64) -> anyhow::Result<Self> {
+        Self::start_with(token_ttl_secs, None)
+    }
+
+    /// Starts a server that also knows Ebb's web console as client `ebb-console`
+    /// (secret [`CLIENT_SECRET`]) redirecting to `redirect_uri`, and lets people
+    /// sign in on its login page: `alice` (groups `ebb-approvers`, `ebb-operators`),
+    /// `bob` (`ebb-approvers`), `carol` (`ebb-requesters`), `dave` (`ebb-auditors`).
+    pub fn start_for_console(redirect_uri: &str) -> anyhow::Result<Self> {
+        Self::start_with(300, Some(redirect_uri))
+    }
+
+    fn start_with(token_ttl_secs: u64, console_redirect: Option<&str>) -> anyhow::Result<Self> {
         let dir = server_dir();
         if !dir.join("node_modules/oidc-provider").is_dir() {
             bail!("oidc-provider is not installed; run scripts/test-servers.sh");
@@ -41,6 +53,7 @@ impl Oidc {
             .env("OIDC_CLIENT_SECRET", CLIENT_SECRET)
             .env("OIDC_PROBE_SECRET", PROBE_SECRET)
             .env("OIDC_TOKEN_TTL", token_ttl_secs.to_string())
+            .env("OIDC_CONSOLE_REDIRECT", console_redirect.unwrap_or(""))
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

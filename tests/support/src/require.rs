@@ -2,7 +2,7 @@
 //!
 //! `cargo test --workspace` on a machine with only Rust runs every hermetic test and
 //! skips the ones that need PostgreSQL, Redis, MariaDB, OpenLDAP, RabbitMQ, Node.js
-//! (oidc-provider) or Python (moto, the componentize-py connector), each with one
+//! (oidc-provider), Chromium (the console's browser tests) or Python (moto, the componentize-py connector), each with one
 //! line on stderr naming the test, what it needs and how to get it. The README's test command
 //! (`scripts/test.sh`) installs everything and sets `EBB_REQUIRE_ALL=1`, under which
 //! a missing server fails the test instead: nothing is skipped there.
@@ -30,6 +30,8 @@ pub enum Need {
     Oidc,
     /// moto's server under Python.
     Moto,
+    /// Chromium, chromedriver and axe-core, for the console's browser tests.
+    Browser,
     /// The Python redis connector built by `scripts/build-py-connector.sh`.
     PyConnector,
     /// The JavaScript redis connector built by `scripts/build-js-connector.sh`.
@@ -74,6 +76,19 @@ impl Need {
                 file(
                     &crate::oidc::server_dir().join("node_modules/oidc-provider"),
                     "oidc-provider",
+                    "run scripts/test-servers.sh",
+                )
+            }
+            Self::Browser => {
+                if !on_path("chromium") || !on_path("chromedriver") {
+                    return Some(
+                        "Chromium (chromium or chromedriver is not on PATH; run scripts/setup.sh)"
+                            .into(),
+                    );
+                }
+                file(
+                    &crate::browser::axe_path(),
+                    "axe-core",
                     "run scripts/test-servers.sh",
                 )
             }

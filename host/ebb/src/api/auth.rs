@@ -91,7 +91,7 @@ impl Tokens {
         Ok(Self { by_hash })
     }
 
-    fn find(&self, token: &str) -> Option<&Principal> {
+    pub(crate) fn find(&self, token: &str) -> Option<&Principal> {
         let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         self.by_hash.get(&hash)
     }

@@ -64,6 +64,11 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// The status the API answers this with.
+    pub fn status(&self) -> StatusCode {
+        self.status_and_code().0
+    }
+
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             Self::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),

@@ -10,14 +10,14 @@
 //! connector or the store's write path directly.
 
 pub mod auth;
-mod connectors;
+pub(crate) mod connectors;
 mod error;
 mod extract;
-mod grants;
+pub(crate) mod grants;
 pub mod guard;
-mod ops;
+pub(crate) mod ops;
 pub mod policy;
-mod standing;
+pub(crate) mod standing;
 
 pub use auth::{Principal, Tokens};
 pub use error::{ApiError, ErrorBody};
@@ -198,4 +198,4 @@ pub fn openapi() -> &'static serde_json::Value {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

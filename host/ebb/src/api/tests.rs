@@ -37,6 +37,13 @@ fn recorder() -> metrics_exporter_prometheus::PrometheusHandle {
 }
 
 async fn app() -> Router {
+    router(state().await)
+}
+
+/// An API over a temporary store with two noop instances (`auto`, `manual`) and
+/// tokens `tok-<name>` for agent, other-agent, alice (approver), selfish
+/// (requester and approver), ops and audit.
+pub(crate) async fn state() -> AppState {
     let registry = Arc::new(Registry::new(
         Runtime::new(&RuntimeConfig::default()).unwrap(),
     ));
@@ -75,7 +82,7 @@ async fn app() -> Router {
         token("audit", &[Role::Auditor]),
     ])
     .unwrap();
-    router(AppState {
+    AppState {
         guard: super::guard::Guard::start(
             lifecycle.audit_log().clone(),
             std::time::Duration::from_millis(100),
@@ -88,10 +95,10 @@ async fn app() -> Router {
         identity: None,
         tokens: Arc::new(tokens),
         metrics: Some(recorder()),
-    })
+    }
 }
 
-async fn call(
+pub(crate) async fn call(
     app: &Router,
     method: &str,
     uri: &str,
@@ -102,7 +109,7 @@ async fn call(
     ebb_test_support::api::send(app, method, uri, bearer.as_deref(), body).await
 }
 
-fn grant_body(connector: &str, ttl: &str) -> String {
+pub(crate) fn grant_body(connector: &str, ttl: &str) -> String {
     json!({
         "connector": connector,
         "permissions": [{"action": "use", "resource": "x"}],

@@ -60,6 +60,88 @@ pub struct Config {
     /// Connector instances by name.
     #[serde(default)]
     pub connectors: BTreeMap<String, ConnectorConfig>,
+    /// The web console for approvers, operators and auditors.
+    #[serde(default)]
+    pub console: ConsoleConfig,
+}
+
+/// The web console, served by the host under `/console`.
+///
+/// ```toml
+/// [console]
+/// public-url = "https://ebb.example.com"   # where browsers reach this host
+///
+/// [console.oidc]                            # people sign in here
+/// issuer = "https://idp.example.com"
+/// client-id = "ebb-console"
+/// client-secret-env = "EBB_CONSOLE_CLIENT_SECRET"
+/// roles-claim = "groups"
+/// roles = { "sre" = ["operator", "approver"], "audit" = ["auditor"] }
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ConsoleConfig {
+    pub enabled: bool,
+    /// The origin browsers use to reach the host (the OIDC redirect URI is built
+    /// from it, and state-changing requests must come from it). Default: the
+    /// listen address over `http`.
+    pub public_url: Option<String>,
+    /// How long a signed-in session lasts.
+    #[serde(with = "humantime_serde_str")]
+    pub session_ttl: std::time::Duration,
+    /// Sign-in with API tokens pasted into a form (for the demo and break-glass
+    /// operators). On by default; people should sign in through `oidc`.
+    pub token_sign_in: bool,
+    pub oidc: Option<ConsoleOidcConfig>,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            public_url: None,
+            session_ttl: std::time::Duration::from_secs(8 * 3600),
+            token_sign_in: true,
+            oidc: None,
+        }
+    }
+}
+
+/// Sign-in for people: OpenID Connect, authorization code with PKCE (S256).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ConsoleOidcConfig {
+    /// The issuer; its `/.well-known/openid-configuration` is read at sign-in.
+    pub issuer: String,
+    pub client_id: String,
+    /// The environment variable that holds the client secret; without one the
+    /// console is a public client (PKCE alone).
+    pub client_secret_env: Option<String>,
+    /// Scopes asked for (`openid` is always included).
+    #[serde(default = "default_console_scopes")]
+    pub scopes: Vec<String>,
+    /// The ID-token claim that lists the person's groups (a string or an array).
+    #[serde(default = "default_roles_claim")]
+    pub roles_claim: String,
+    /// Console roles by group: a person gets the union of their groups' roles.
+    #[serde(default)]
+    pub roles: BTreeMap<String, Vec<Role>>,
+    /// Roles every signed-in person has, whatever their groups.
+    #[serde(default)]
+    pub default_roles: Vec<Role>,
+    /// The button's text.
+    #[serde(default = "default_console_provider_name")]
+    pub name: String,
+}
+
+fn default_console_scopes() -> Vec<String> {
+    vec!["openid".into(), "profile".into()]
+}
+fn default_roles_claim() -> String {
+    "groups".into()
+}
+fn default_console_provider_name() -> String {
+    "single sign-on".into()
 }
 
 /// Connectors loaded while the host runs: a watched folder, written to by the admin

@@ -187,6 +187,30 @@ struct Inner {
     alerts: std::sync::OnceLock<crate::alerts::Alerts>,
     /// Grants whose scheduled work failed in the host, and how many times in a row.
     stuck: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+    /// Every committed change of a grant, for whoever watches (the console's live
+    /// updates). Sent after the commit; a slow watcher misses changes and is told.
+    changes: tokio::sync::broadcast::Sender<GrantChange>,
+}
+
+/// A grant's record changed (committed): its id and where it is now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantChange {
+    pub id: String,
+    pub state: GrantState,
+    pub connector: String,
+    /// Who requested it (the namespaced principal id).
+    pub requested_by: String,
+}
+
+impl GrantChange {
+    fn of(record: &GrantRecord) -> Self {
+        Self {
+            id: record.grant.id.clone(),
+            state: record.state,
+            connector: record.connector.clone(),
+            requested_by: record.requested_by.clone(),
+        }
+    }
 }
 
 /// The engine's shutdown signal: a flag plus a notify.
@@ -273,8 +297,20 @@ impl Lifecycle {
                 shutdown: shutdown::Shutdown::default(),
                 alerts: std::sync::OnceLock::new(),
                 stuck: std::sync::Mutex::default(),
+                changes: tokio::sync::broadcast::channel(1024).0,
             }),
         }
+    }
+
+    /// Committed grant changes from now on. A receiver that falls more than 1,024
+    /// changes behind gets `Lagged` and should re-read what it shows.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<GrantChange> {
+        self.inner.changes.subscribe()
+    }
+
+    /// Tells watchers that `record` was committed (nobody listening is fine).
+    fn changed(&self, record: &GrantRecord) {
+        let _ = self.inner.changes.send(GrantChange::of(record));
     }
 
     /// Announces escalations through `alerts` (the first escalation of a grant).
@@ -406,6 +442,7 @@ impl Lifecycle {
             event: audit,
             lease_until,
         })?;
+        self.changed(&record);
         if record.due_at.is_some() {
             self.inner.wake.notify_one();
         }

@@ -73,6 +73,7 @@ impl Lifecycle {
             event: handed,
             lease_until: None,
         })?;
+        self.changed(&record);
         if record.due_at.is_some() {
             self.inner.wake.notify_one();
         }

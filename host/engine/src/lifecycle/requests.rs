@@ -118,6 +118,7 @@ impl Lifecycle {
             sealed: Sealed::Keep,
             lease_until: None,
         })?;
+        self.changed(&record);
         let _lock = self.inner.locks.lock(&id).await;
         let record = match decision {
             Decision::Pending => record,
