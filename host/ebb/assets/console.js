@@ -28,10 +28,13 @@
         var next = new DOMParser().parseFromString(html, 'text/html').querySelector('main');
         var current = document.querySelector('main');
         if (!next || !current) return;
-        current.querySelectorAll('textarea[id], input[id]:not([type=hidden])').forEach(function (el) {
+        current.querySelectorAll('textarea[id], select[id], input[id]:not([type=hidden])').forEach(function (el) {
           var twin = next.querySelector('#' + CSS.escape(el.id));
           if (twin && el.value) twin.value = el.value;
         });
+        // What the last action did is said once by the server: keep it in view.
+        var flash = current.querySelector('#flash');
+        if (flash && !next.querySelector('#flash')) next.insertBefore(flash, next.firstChild);
         var focused = document.activeElement && document.activeElement.id;
         current.replaceWith(next);
         if (focused) { var f = document.getElementById(focused); if (f) f.focus(); }

@@ -58,6 +58,22 @@ async fn wait_for(
         .unwrap_or_else(|e| panic!("`{css}` never appeared: {e}"))
 }
 
+/// Clicks `css`, finding it again if a live update replaced it in between.
+async fn click(client: &Client, css: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let clicked = match client.find(Locator::Css(css)).await {
+            Ok(e) => e.click().await,
+            Err(e) => Err(e),
+        };
+        match clicked {
+            Ok(()) => return,
+            Err(e) => assert!(Instant::now() < deadline, "clicking `{css}`: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Waits until `css`'s text satisfies `ok`; returns it.
 async fn wait_for_text(client: &Client, css: &str, ok: impl Fn(&str) -> bool) -> String {
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -72,6 +88,46 @@ async fn wait_for_text(client: &Client, css: &str, ok: impl Fn(&str) -> bool) ->
         assert!(Instant::now() < deadline, "`{css}` still says `{text}`");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Signs `person` in through the identity provider's login page.
+async fn sign_in_oidc(client: &Client, console: &str, idp: &str, person: &str) {
+    client
+        .goto(&format!("{console}/console/login"))
+        .await
+        .unwrap();
+    wait_for(client, "#sign-in-oidc")
+        .await
+        .click()
+        .await
+        .unwrap();
+    let login = wait_for(client, "input[name=login]").await;
+    assert!(
+        client
+            .current_url()
+            .await
+            .unwrap()
+            .as_str()
+            .starts_with(idp),
+        "the sign-in goes through the identity provider"
+    );
+    login.send_keys(person).await.unwrap();
+    client
+        .find(Locator::Css("input[name=password]"))
+        .await
+        .unwrap()
+        .send_keys("any password")
+        .await
+        .unwrap();
+    client
+        .find(Locator::Css("button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let who = wait_for_text(client, "#who", |t| !t.is_empty()).await;
+    assert_eq!(who, format!("{idp}#{person}"));
 }
 
 struct Api {
@@ -158,6 +214,19 @@ async fn people_approve_watch_and_revoke_in_a_real_browser() {
     let port = ebb_test_support::free_port().unwrap();
     let console = format!("http://127.0.0.1:{port}");
     let oidc = Oidc::start_for_console(&format!("{console}/console/callback")).unwrap();
+    // Two people must approve a noop grant; the misbehaving connector's grants are
+    // approved by policy, and what they leave behind will not go away.
+    let files = ebb_test_support::TempDir::new("console-files").unwrap();
+    std::fs::write(
+        files.join("policy.cedar"),
+        "@id(\"two-people\")\n@approvers(\"2\")\n\
+         permit (principal, action, resource == Ebb::Connector::\"noop\");\n\
+         @id(\"stuck-auto\")\n@approval(\"auto\")\n\
+         permit (principal, action, resource == Ebb::Connector::\"stuck\");\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(files.join("plugins")).unwrap();
+    std::fs::copy(ebb_test_plugins::NOOP, files.join("plugins/noop.wasm")).unwrap();
     let hash = ebb::token::hash_token;
     let host = Host::start_on(
         env!("CARGO_BIN_EXE_ebb"),
@@ -185,7 +254,17 @@ roles = ["operator", "auditor"]
 
 [connectors.noop]
 component = "{noop}"
-lifecycle = {{ approval = "required" }}
+
+[connectors.stuck]
+component = "{misbehave}"
+config = {{ verify = "residual" }}
+lifecycle = {{ escalate-after = 1, retry-base-ms = 60000, retry-max-ms = 60000 }}
+
+[policy]
+path = "{policy}"
+
+[plugins]
+dir = "{plugins}"
 
 [console]
 public-url = "{console}"
@@ -207,6 +286,9 @@ ebb-requesters = ["requester"]
             lead = hash(LEAD),
             ops = hash(OPS),
             noop = ebb_test_plugins::NOOP,
+            misbehave = ebb_test_plugins::MISBEHAVE,
+            policy = files.join("policy.cedar").display(),
+            plugins = files.join("plugins").display(),
             issuer = oidc.origin(),
         ),
     )
@@ -226,40 +308,8 @@ ebb-requesters = ["requester"]
     wait_for(&alice, "#sign-in-oidc").await;
     assert_eq!(alice.current_url().await.unwrap().path(), "/console/login");
     check_page(&alice, "login").await;
-    alice
-        .find(Locator::Id("sign-in-oidc"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    let login = wait_for(&alice, "input[name=login]").await;
-    assert!(
-        alice
-            .current_url()
-            .await
-            .unwrap()
-            .as_str()
-            .starts_with(&oidc.origin()),
-        "the sign-in goes through the identity provider"
-    );
-    login.send_keys("alice").await.unwrap();
-    alice
-        .find(Locator::Css("input[name=password]"))
-        .await
-        .unwrap()
-        .send_keys("any password")
-        .await
-        .unwrap();
-    alice
-        .find(Locator::Css("button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    let who = wait_for_text(&alice, "#who", |t| !t.is_empty()).await;
-    assert_eq!(who, format!("{}#alice", oidc.origin()));
+    sign_in_oidc(&alice, &console, &oidc.origin(), "alice").await;
+    let alice_id = format!("{}#alice", oidc.origin());
 
     // The session cookie is HttpOnly and SameSite; every page has a strict CSP.
     let cookie = alice.get_named_cookie("ebb_console").await.unwrap();
@@ -316,8 +366,9 @@ ebb-requesters = ["requester"]
         "reports",
         "10m",
         "ticket OPS-77",
-        "approval required",
-        "0 of 1",
+        "two-people",
+        "needs 2 different approvers",
+        "0 of 2",
     ] {
         assert!(
             card.contains(shown),
@@ -326,7 +377,7 @@ ebb-requesters = ["requester"]
     }
     check_page(&alice, "requests").await;
 
-    // Approve with a note: two clicks (the note is optional).
+    // Approve with a note: two clicks (the note is optional). One of two.
     alice
         .find(Locator::Id(&format!("note-{g1}")))
         .await
@@ -334,30 +385,41 @@ ebb-requesters = ["requester"]
         .send_keys("looks right")
         .await
         .unwrap();
-    alice
-        .find(Locator::Id(&format!("approve-{g1}")))
-        .await
-        .unwrap()
-        .click()
+    click(&alice, &format!("#approve-{g1}")).await;
+    wait_for_text(&alice, "#flash", |t| t.contains("1 of 2")).await;
+    assert_eq!(api.state(&g1).await, "requested");
+
+    // Bob, a second person, sees the progress and approves it.
+    let bob = browser.session().await.unwrap();
+    sign_in_oidc(&bob, &console, &oidc.origin(), "bob").await;
+    bob.goto(&format!("{console}/console/requests"))
         .await
         .unwrap();
-    wait_for_text(&alice, "#flash", |t| t.contains("Approved")).await;
+    wait_for_text(&bob, &format!("#progress-{g1}"), |t| t == "1 of 2").await;
+    wait_for(&bob, &format!("#approve-{g1}")).await;
+    click(&bob, &format!("#approve-{g1}")).await;
+    wait_for_text(&bob, "#flash", |t| t.contains("Approved")).await;
     assert_eq!(api.state(&g1).await, "approved");
     let (_, report) = api
         .call(OPS, "GET", &format!("/v1/grants/{g1}/report"), None)
         .await;
-    let approval = report["events"]
-        .as_array()
-        .unwrap()
+    let events = report["events"].as_array().unwrap();
+    let first = events
         .iter()
-        .find(|e| e["to"] == "approved")
-        .expect("an approval event");
+        .find(|e| e["detail"]["approvals"] == 1)
+        .expect("the first approval's event");
     assert_eq!(
-        approval["actor"],
-        json!(format!("{}#alice", oidc.origin())),
+        first["actor"],
+        json!(alice_id),
         "the audit log names the person's verified identity"
     );
-    assert_eq!(approval["detail"]["note"], "looks right");
+    assert_eq!(first["detail"]["note"], "looks right");
+    let second = events
+        .iter()
+        .find(|e| e["to"] == "approved")
+        .expect("the approval event");
+    assert_eq!(second["actor"], json!(format!("{}#bob", oidc.origin())));
+    bob.close().await.unwrap();
 
     // It becomes active while Alice watches the grants page.
     alice
@@ -403,13 +465,7 @@ ebb-requesters = ["requester"]
     check_page(&alice, "grants").await;
 
     // Revoke now: the report page shows it verified.
-    alice
-        .find(Locator::Id(&format!("revoke-{g1}")))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&alice, &format!("#revoke-{g1}")).await;
     wait_for_text(&alice, "#grant-state", |t| t == "verified").await;
     wait_for(&alice, "#verified-at").await;
     let timeline = alice
@@ -428,7 +484,45 @@ ebb-requesters = ["requester"]
     assert_eq!(api.state(&g1).await, "verified");
     check_page(&alice, "grant-report").await;
 
-    // The operator's and auditor's other pages.
+    // A grant whose session will not go away: escalated, on top, with its residue.
+    let (status, body) = api
+        .call(
+            AGENT,
+            "POST",
+            "/v1/grants",
+            Some(
+                json!({"connector": "stuck", "permissions": [{"action": "use", "resource": "db"}],
+                        "ttl": "10m", "task": "poke the stuck system"}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let stuck = body["grant"]["grant"]["id"].as_str().unwrap().to_owned();
+    alice
+        .goto(&format!("{console}/console/grants"))
+        .await
+        .unwrap();
+    wait_for(&alice, "html[data-live-connected=yes]").await;
+    wait_for_text(&alice, &format!("#grant-{stuck} .state"), |t| t == "active").await;
+    click(&alice, &format!("#revoke-{stuck}")).await;
+    wait_for_text(&alice, "#grant-state", |t| t == "escalated").await;
+    alice
+        .goto(&format!("{console}/console/grants"))
+        .await
+        .unwrap();
+    let troubled = wait_for(&alice, &format!("article#grant-{stuck}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        troubled.contains("escalated") && troubled.contains("is still open"),
+        "{troubled}"
+    );
+    check_page(&alice, "grants-escalated").await;
+
+    // Connectors: load one through the form, reload, unload with the live-grants
+    // decision.
     alice
         .goto(&format!("{console}/console/connectors"))
         .await
@@ -439,24 +533,65 @@ ebb-requesters = ["requester"]
         .await
         .unwrap();
     assert!(noop.contains("healthy") && noop.contains("noop"), "{noop}");
+    let stuck_row = alice
+        .find(Locator::Id("connector-stuck"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(stuck_row.contains("1 escalated grant"), "{stuck_row}");
     check_page(&alice, "connectors").await;
+    alice
+        .find(Locator::Id("load-name"))
+        .await
+        .unwrap()
+        .send_keys("spare")
+        .await
+        .unwrap();
+    click(&alice, "#load-submit").await;
+    wait_for_text(&alice, "#flash", |t| t.contains("Loaded `spare`")).await;
+    wait_for(&alice, "#connector-spare").await;
+    click(&alice, "#reload-spare").await;
+    wait_for_text(&alice, "#flash", |t| t.contains("Reloaded `spare`")).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let chosen = match alice.find(Locator::Id("live-spare")).await {
+            Ok(e) => e.select_by_value("revoke").await,
+            Err(e) => Err(e),
+        };
+        match chosen {
+            Ok(()) => break,
+            Err(e) => assert!(Instant::now() < deadline, "choosing `revoke`: {e}"),
+        }
+    }
+    click(&alice, "#unload-spare").await;
+    wait_for_text(&alice, "#flash", |t| t.contains("Unloaded `spare`")).await;
+    assert!(alice.find(Locator::Id("connector-spare")).await.is_err());
+    let (_, connectors) = api.call(OPS, "GET", "/v1/connectors", None).await;
+    assert!(
+        !connectors.to_string().contains("\"spare\""),
+        "{connectors}"
+    );
+
+    // Policies: listed, and reloaded from the console.
     alice
         .goto(&format!("{console}/console/policies"))
         .await
         .unwrap();
-    wait_for(&alice, "h1").await;
+    let ids = wait_for(&alice, "#policy-ids").await.text().await.unwrap();
+    assert!(
+        ids.contains("two-people") && ids.contains("stuck-auto"),
+        "{ids}"
+    );
+    click(&alice, "#reload-policies").await;
+    wait_for_text(&alice, "#flash", |t| t.contains("Policies reloaded: 2")).await;
     check_page(&alice, "policies").await;
     alice
         .goto(&format!("{console}/console/audit"))
         .await
         .unwrap();
-    alice
-        .find(Locator::Id("check-chain"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&alice, "#check-chain").await;
     wait_for_text(&alice, "#chain-result", |t| t.contains("intact")).await;
     check_page(&alice, "audit").await;
     alice.goto(&format!("{console}/console/")).await.unwrap();
@@ -474,12 +609,7 @@ ebb-requesters = ["requester"]
         .send_keys(LEAD)
         .await
         .unwrap();
-    lead.find(Locator::Id("sign-in-token"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&lead, "#sign-in-token").await;
     wait_for_text(&lead, "#who", |t| t == "lead").await;
     let g2 = api.request(LEAD, "rotate the reporting password").await;
     let g3 = api.request(AGENT, "reconcile the ledger").await;
@@ -516,15 +646,13 @@ ebb-requesters = ["requester"]
                 .send()
                 .await
                 .unwrap()
-                .status()
-                .as_u16()
         }
     };
-    assert_eq!(post(g2.clone(), console.clone(), csrf.clone()).await, 303);
+    let refused = post(g2.clone(), console.clone(), csrf.clone()).await;
+    assert_eq!(refused.status().as_u16(), 303);
     assert_eq!(api.state(&g2).await, "requested");
-    lead.goto(&format!("{console}/console/requests"))
-        .await
-        .unwrap();
+    let back = refused.headers()["location"].to_str().unwrap().to_owned();
+    lead.goto(&format!("{console}{back}")).await.unwrap();
     wait_for_text(&lead, "#flash", |t| t.contains("never approve its own")).await;
 
     // A forged cross-site POST, from a page on another site the person visits.
@@ -557,22 +685,37 @@ ebb-requesters = ["requester"]
     // Even with the cookie (a browser without SameSite), another origin or a
     // wrong token is refused; the right token from the console's origin is not.
     let elsewhere = evil.trim_end_matches('/').to_owned();
-    assert_eq!(post(g3.clone(), elsewhere, csrf.clone()).await, 403);
     assert_eq!(
-        post(g3.clone(), console.clone(), "guessed".into()).await,
+        post(g3.clone(), elsewhere, csrf.clone())
+            .await
+            .status()
+            .as_u16(),
+        403
+    );
+    assert_eq!(
+        post(g3.clone(), console.clone(), "guessed".into())
+            .await
+            .status()
+            .as_u16(),
         403
     );
     assert_eq!(api.state(&g3).await, "requested");
-    assert_eq!(post(g3.clone(), console.clone(), csrf.clone()).await, 303);
-    assert_eq!(api.state(&g3).await, "approved");
+    assert_eq!(
+        post(g3.clone(), console.clone(), csrf.clone())
+            .await
+            .status()
+            .as_u16(),
+        303
+    );
+    let (_, g3_now) = api
+        .call(OPS, "GET", &format!("/v1/grants/{g3}"), None)
+        .await;
+    assert_eq!(g3_now["approvals"][0]["by"], "lead", "{g3_now}");
 
     // Sign-out ends the session: its cookie opens nothing any more.
     lead.goto(&format!("{console}/console/")).await.unwrap();
-    wait_for(&lead, "form[action='/console/logout'] button")
-        .await
-        .click()
-        .await
-        .unwrap();
+    wait_for(&lead, "form[action='/console/logout'] button").await;
+    click(&lead, "form[action='/console/logout'] button").await;
     wait_for(&lead, "#token").await;
     lead.goto(&format!("{console}/console/requests"))
         .await

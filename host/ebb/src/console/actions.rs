@@ -51,8 +51,7 @@ fn outcome<T>(
             text: message(&e),
         },
     };
-    who.flash(&state.console, flash);
-    Redirect::to(back).into_response()
+    Redirect::to(&who.flash(&state.console, flash, back)).into_response()
 }
 
 /// `POST /console/grants/{id}/approve`.
@@ -77,7 +76,17 @@ pub async fn approve(
         &state,
         &who,
         result,
-        |Json(g)| format!("Approved {id}: it is now {}.", g.state.as_str()),
+        |Json(g)| {
+            if g.state == ebb_engine::lifecycle::GrantState::Requested {
+                format!(
+                    "Your approval of {id} is recorded: {} of {} so far.",
+                    g.approvals.len(),
+                    g.approvals_required
+                )
+            } else {
+                format!("Approved {id}: it is now {}.", g.state.as_str())
+            }
+        },
         "/console/requests",
     )
 }

@@ -323,14 +323,13 @@ impl Decided {
                 None => String::new(),
             }
         } else {
-            match &verdict["outcome"] {
-                serde_json::Value::String(s) => s.clone(),
-                serde_json::Value::Object(o) => o
-                    .iter()
-                    .map(|(k, v)| format!("{k} ({v})"))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                other => other.to_string(),
+            let outcome = &verdict["outcome"];
+            match (outcome["decision"].as_str(), outcome["approvers"].as_u64()) {
+                (Some("needs-approval"), Some(1)) => "needs one approver".to_owned(),
+                (Some("needs-approval"), Some(n)) => format!("needs {n} different approvers"),
+                (Some("auto-approve"), _) => "approved without a person".to_owned(),
+                (Some("deny"), _) => "denied".to_owned(),
+                _ => outcome.to_string(),
             }
         };
         let risk = match &policy["risk"] {

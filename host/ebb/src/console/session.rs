@@ -54,9 +54,14 @@ struct Session {
     principal: Principal,
     csrf: String,
     expires: Instant,
-    /// Said once on the next page (what the last action did).
-    flash: Option<pages::Flash>,
+    /// What recent actions did, each said once on the page the action sent the
+    /// browser to (`?flash=<key>`): keyed, so a live update's concurrent read of
+    /// another page cannot take it.
+    flashes: Vec<(String, pages::Flash)>,
 }
+
+/// Flashes kept per session at most (the oldest go first).
+const MAX_FLASHES: usize = 8;
 
 /// The signed-in sessions, by the hash of their cookie.
 #[derive(Debug)]
@@ -97,13 +102,14 @@ impl Sessions {
                 principal,
                 csrf: random_token(),
                 expires: now + self.ttl,
-                flash: None,
+                flashes: Vec::new(),
             },
         );
         token
     }
 
-    fn get(&self, token: &str) -> Option<Session> {
+    /// The session, and the flash `flash` names (taken: said once).
+    fn get(&self, token: &str, flash: Option<&str>) -> Option<(Session, Option<pages::Flash>)> {
         let mut sessions = self.lock();
         let key = hash(token);
         let session = sessions.get_mut(&key)?;
@@ -111,15 +117,23 @@ impl Sessions {
             sessions.remove(&key);
             return None;
         }
-        let found = session.clone();
-        session.flash = None;
-        Some(found)
+        let said = flash.and_then(|f| {
+            let at = session.flashes.iter().position(|(k, _)| k == f)?;
+            Some(session.flashes.remove(at).1)
+        });
+        Some((session.clone(), said))
     }
 
-    fn set_flash(&self, token: &str, flash: pages::Flash) {
-        if let Some(s) = self.lock().get_mut(&hash(token)) {
-            s.flash = Some(flash);
+    /// Keeps `flash` for the page the browser goes to next; returns its key.
+    fn add_flash(&self, token: &str, flash: pages::Flash) -> Option<String> {
+        let mut sessions = self.lock();
+        let session = sessions.get_mut(&hash(token))?;
+        if session.flashes.len() >= MAX_FLASHES {
+            session.flashes.remove(0);
         }
+        let key: String = random_token().chars().take(16).collect();
+        session.flashes.push((key.clone(), flash));
+        Some(key)
     }
 
     fn remove(&self, token: &str) -> Option<Principal> {
@@ -175,9 +189,13 @@ impl SignedIn {
         }
     }
 
-    /// Says `flash` on the next page.
-    pub fn flash(&self, console: &super::Console, flash: pages::Flash) {
-        console.sessions.set_flash(&self.token, flash);
+    /// Says `flash` on the page at `back` (a console path): returns where to send
+    /// the browser.
+    pub fn flash(&self, console: &super::Console, flash: pages::Flash, back: &str) -> String {
+        match console.sessions.add_flash(&self.token, flash) {
+            Some(key) => format!("{back}?flash={key}"),
+            None => back.to_owned(),
+        }
     }
 }
 
@@ -206,16 +224,22 @@ impl FromRequestParts<ConsoleState> for SignedIn {
     ) -> Result<Self, NotSignedIn> {
         let page = parts.method == axum::http::Method::GET && parts.uri.path() != "/console/events";
         let token = cookie(&parts.headers, SESSION_COOKIE).ok_or(NotSignedIn { page })?;
-        let session = state
+        let flash = parts
+            .uri
+            .query()
+            .into_iter()
+            .flat_map(|q| q.split('&'))
+            .find_map(|pair| pair.strip_prefix("flash="));
+        let (session, flash) = state
             .console
             .sessions
-            .get(token)
+            .get(token, flash)
             .ok_or(NotSignedIn { page })?;
         Ok(Self {
             principal: session.principal,
             csrf: session.csrf,
             token: token.to_owned(),
-            flash: session.flash,
+            flash,
         })
     }
 }

@@ -283,9 +283,17 @@ async fn state_changes_need_the_sessions_csrf_token_and_the_consoles_origin() {
     .await;
     assert_eq!(grant["state"], "approved");
     assert_eq!(grant["approvals"][0]["by"], "spiffe://test/alice");
-    let page = send(&s.console, get("/console/requests", Some(&session))).await;
+    let back = answer.headers["location"].to_str().unwrap().to_owned();
+    assert!(back.starts_with("/console/requests?flash="), "{back}");
+    let page = send(&s.console, get(&back, Some(&session))).await;
     assert!(
         page.body.contains(&format!("Approved {id}")),
+        "{}",
+        page.body
+    );
+    let again = send(&s.console, get(&back, Some(&session))).await;
+    assert!(
+        !again.body.contains(&format!("Approved {id}")),
         "the outcome is said once"
     );
 }
@@ -327,7 +335,8 @@ async fn a_requester_never_gets_an_approve_button_on_their_own_request() {
     )
     .await;
     assert_eq!(grant["state"], "requested");
-    let page = send(&s.console, get("/console/requests", Some(&session))).await;
+    let back = answer.headers["location"].to_str().unwrap().to_owned();
+    let page = send(&s.console, get(&back, Some(&session))).await;
     assert!(page.body.contains("never approve its own"), "{}", page.body);
 }
 
