@@ -104,6 +104,26 @@ allowed-resources = "*"
 [connectors.noop]
 component = "$wasm/noop.wasm"
 lifecycle = { approval = "auto" }
+
+# The web console. People sign in at the demo identity provider as alice (approver,
+# operator), bob (approver), carol (requester) or dave (auditor), any password; or
+# with a token from .ebb/tokens.env.
+[console]
+public-url = "http://127.0.0.1:${EBB_PORT:-8700}"
+
+[console.oidc]
+issuer = "$oidc"
+client-id = "ebb-console"
+client-secret-env = "EBB_OIDC_CLIENT_SECRET"
+scopes = ["openid", "profile", "groups"]
+name = "the demo identity provider"
+
+[console.oidc.roles]
+ebb-approvers = ["approver"]
+ebb-operators = ["operator", "auditor"]
+ebb-auditors = ["auditor"]
+ebb-requesters = ["requester"]
 TOML
 echo "API on http://127.0.0.1:${EBB_PORT:-8700}; demo tokens in .ebb/tokens.env" >&2
+echo "Console on http://127.0.0.1:${EBB_PORT:-8700}/console/ (sign in as alice, bob, carol or dave, any password)" >&2
 exec ./target/release/ebb serve --config .ebb/ebb.toml "$@"

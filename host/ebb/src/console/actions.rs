@@ -141,10 +141,14 @@ pub async fn revoke(
         &who,
         result,
         |Json(g)| {
-            format!(
-                "Revocation of {id} started: it is {}; the page shows when it is verified.",
-                g.state.as_str()
-            )
+            if g.state == ebb_engine::lifecycle::GrantState::Revoking {
+                format!("Revocation of {id} started; the page shows when it is verified.")
+            } else {
+                format!(
+                    "{id} is {}: nothing to start; the host goes on with it.",
+                    g.state.as_str()
+                )
+            }
         },
         &format!("/console/grants/{id}"),
     )

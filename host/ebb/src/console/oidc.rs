@@ -155,7 +155,7 @@ impl Provider {
     }
 
     /// The roles `claims` map to.
-    fn roles(&self, claims: &[(String, String)]) -> HashSet<Role> {
+    pub(super) fn roles(&self, claims: &[(String, String)]) -> HashSet<Role> {
         let mut roles: HashSet<Role> = self.config.default_roles.iter().copied().collect();
         let groups = claims
             .iter()

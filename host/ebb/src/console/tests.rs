@@ -439,3 +439,42 @@ fn cookies_are_secure_when_the_console_is_reached_over_https() {
         .is_err()
     );
 }
+
+#[test]
+fn a_persons_groups_map_to_roles() {
+    let config: ebb_engine::config::ConsoleOidcConfig = toml::from_str(
+        r#"
+        issuer = "https://idp.test"
+        client-id = "ebb-console"
+        default-roles = ["requester"]
+        [roles]
+        sre = ["operator", "approver"]
+        audit = ["auditor"]
+        "#,
+    )
+    .unwrap();
+    let provider = oidc::Provider::new(&config, ORIGIN).unwrap();
+    let roles = |groups: &str| {
+        let mut r: Vec<_> = provider
+            .roles(&[
+                ("groups".into(), groups.into()),
+                ("name".into(), "sre".into()),
+            ])
+            .into_iter()
+            .map(|r| format!("{r:?}"))
+            .collect();
+        r.sort();
+        r
+    };
+    assert_eq!(roles("sre"), ["Approver", "Operator", "Requester"]);
+    assert_eq!(
+        roles("audit,sre"),
+        ["Approver", "Auditor", "Operator", "Requester"]
+    );
+    assert_eq!(
+        roles("unknown"),
+        ["Requester"],
+        "only mapped groups give roles"
+    );
+    assert_eq!(roles(""), ["Requester"]);
+}
