@@ -419,6 +419,10 @@ ebb-requesters = ["requester"]
         .find(|e| e["to"] == "approved")
         .expect("the approval event");
     assert_eq!(second["actor"], json!(format!("{}#bob", oidc.origin())));
+    // Pages Bob may not open say so (and pass axe-core too).
+    bob.goto(&format!("{console}/console/audit")).await.unwrap();
+    wait_for_text(&bob, "main", |t| t.contains("may not")).await;
+    check_page(&bob, "forbidden").await;
     bob.close().await.unwrap();
 
     // It becomes active while Alice watches the grants page.
@@ -731,10 +735,30 @@ ebb-requesters = ["requester"]
         .unwrap();
     assert_eq!(stale.status().as_u16(), 303, "a signed-out session is gone");
 
+    // A sign-in this browser did not start is refused, on a page that says why.
+    lead.goto(&format!(
+        "{console}/console/callback?code=stolen&state=forged"
+    ))
+    .await
+    .unwrap();
+    wait_for_text(&lead, "main", |t| t.contains("did not start that sign-in")).await;
+    check_page(&lead, "sign-in-refused").await;
+
     // The chain still verifies through the API.
     let (_, chain) = api.call(OPS, "GET", "/v1/audit/verify", None).await;
     assert!(chain["problem"].is_null(), "{chain}");
+
+    // An open live-update stream does not hold the host's graceful shutdown.
+    alice
+        .goto(&format!("{console}/console/grants"))
+        .await
+        .unwrap();
+    wait_for(&alice, "html[data-live-connected=yes]").await;
+    let mut host = host;
+    assert!(
+        host.terminate(Duration::from_secs(20)).unwrap(),
+        "the host did not stop with a console page open"
+    );
     alice.close().await.unwrap();
     lead.close().await.unwrap();
-    drop(host);
 }

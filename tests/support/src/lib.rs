@@ -128,6 +128,23 @@ impl Host {
     }
 }
 
+impl Host {
+    /// Sends SIGTERM and waits up to `limit` for the host to exit; true if it did.
+    pub fn terminate(&mut self, limit: std::time::Duration) -> anyhow::Result<bool> {
+        std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()?;
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if self.child.try_wait()?.is_some() {
+                return Ok(true);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Ok(false)
+    }
+}
+
 impl Drop for Host {
     fn drop(&mut self) {
         let _ = self.child.kill();
