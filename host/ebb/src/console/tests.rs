@@ -299,6 +299,31 @@ async fn state_changes_need_the_sessions_csrf_token_and_the_consoles_origin() {
 }
 
 #[tokio::test]
+async fn nothing_from_the_path_reaches_a_header() {
+    let s = setup().await;
+    let session = sign_in(&s.console, "ops").await;
+    let page = send(&s.console, get("/console/connectors", Some(&session))).await;
+    let csrf = field(&page.body, "csrf");
+    let answer = send(
+        &s.console,
+        post(
+            "/console/grants/x%0D%0ASet-Cookie:%20a=b/revoke",
+            &session,
+            Some(ORIGIN),
+            &format!("csrf={csrf}"),
+        ),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::SEE_OTHER);
+    let location = answer.headers["location"].to_str().unwrap();
+    assert!(
+        location.starts_with("/console/grants/xSetCookieab?flash="),
+        "{location}"
+    );
+    assert!(set_cookie(&answer, "a").is_none());
+}
+
+#[tokio::test]
 async fn a_requester_never_gets_an_approve_button_on_their_own_request() {
     let s = setup().await;
     let (_, body) = call(
