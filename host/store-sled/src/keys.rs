@@ -111,6 +111,23 @@ pub(crate) fn requester_key(requested_by: &str, id: &str) -> Vec<u8> {
     k
 }
 
+/// `x/<state>\0<id>`: the state index, so listing the grants in one state (the
+/// console's queue, live grants) reads those grants, not every grant.
+pub(crate) fn by_state_key(state: GrantState, id: &str) -> Vec<u8> {
+    let mut k = by_state_prefix(state);
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+/// `x/<state>\0`.
+pub(crate) fn by_state_prefix(state: GrantState) -> Vec<u8> {
+    let mut k = Vec::with_capacity(16);
+    k.extend_from_slice(b"x/");
+    k.extend_from_slice(state.as_str().as_bytes());
+    k.push(0);
+    k
+}
+
 /// `s/<key>`: host state that is no grant.
 pub(crate) fn state_key(key: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(2 + key.len());

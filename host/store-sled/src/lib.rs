@@ -155,6 +155,7 @@ impl SledStore {
     fn with_db(db: sled::Db, chain_key: [u8; 32], keyring: Option<&Path>) -> Result<Arc<Self>> {
         let durable = keyring.is_some();
         index_requesters(&db)?;
+        index_states(&db)?;
         count_escalations(&db)?;
         let (keyring, credentials) = open_keyring(&db, keyring)?;
         let keyring = Arc::new(keyring);
@@ -339,6 +340,39 @@ impl SledStore {
         let start = match &filter.after {
             Some(after) => {
                 let mut k = requester_key(requester, after);
+                k.push(0);
+                k
+            }
+            None => prefix.clone(),
+        };
+        let mut page = Page::default();
+        for entry in self.db.range(start..) {
+            let (k, _) = entry.map_err(storage)?;
+            let Some(id) = k.strip_prefix(prefix.as_slice()) else {
+                break;
+            };
+            let id = String::from_utf8_lossy(id);
+            let Some(record) = self.get(&id)? else {
+                continue;
+            };
+            if filter.matches(&record) {
+                if page.grants.len() == limit {
+                    page.next = page.grants.last().map(|r| r.grant.id.clone());
+                    break;
+                }
+                page.grants.push(record);
+            }
+        }
+        Ok(page)
+    }
+
+    /// Lists through the state index: reads only the grants in `state`. Entries
+    /// are checked against the record, like the requester index's.
+    fn list_by_state(&self, state: GrantState, filter: &ListFilter, limit: usize) -> Result<Page> {
+        let prefix = by_state_prefix(state);
+        let start = match &filter.after {
+            Some(after) => {
+                let mut k = by_state_key(state, after);
                 k.push(0);
                 k
             }
@@ -673,6 +707,22 @@ fn index_requesters(db: &sled::Db) -> Result<()> {
     db.apply_batch(batch).map_err(storage)
 }
 
+/// Builds the state index of a store written before it existed (once).
+fn index_states(db: &sled::Db) -> Result<()> {
+    const DONE: &[u8] = b"m/index/state";
+    if db.get(DONE).map_err(storage)?.is_some() {
+        return Ok(());
+    }
+    let mut batch = sled::Batch::default();
+    for entry in db.scan_prefix(b"g/") {
+        let (k, v) = entry.map_err(storage)?;
+        let record: GrantRecord = decode(&k, &v)?;
+        batch.insert(by_state_key(record.state, &record.grant.id), &[][..]);
+    }
+    batch.insert(DONE, &[][..]);
+    db.apply_batch(batch).map_err(storage)
+}
+
 impl Drop for SledStore {
     fn drop(&mut self) {
         // Drop runs before the fields are dropped: mark the store closed first, so a
@@ -774,6 +824,10 @@ impl Store for SledStore {
         let old_state = old.as_ref().map(|o| o.state);
         let mut counts = shared.counts.clone();
         if old_state != Some(record.state) {
+            if let Some(s) = old_state {
+                batch.remove(by_state_key(s, &id));
+            }
+            batch.insert(by_state_key(record.state, &id), &[][..]);
             if let Some(s) = old_state {
                 let n = counts.entry(s).or_default();
                 *n = n.saturating_sub(1);
@@ -940,6 +994,9 @@ impl Store for SledStore {
         let limit = filter.limit.clamp(1, 1000);
         if let Some(requester) = &filter.requested_by {
             return self.list_by_requester(requester, filter, limit);
+        }
+        if let Some(state) = filter.state {
+            return self.list_by_state(state, filter, limit);
         }
         let start = match &filter.after {
             Some(after) => {

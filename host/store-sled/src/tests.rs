@@ -404,6 +404,85 @@ async fn requester_listings_use_an_index_built_for_old_stores_too() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// Listing by state reads the `x/` index (the console's queue and live grants on
+/// a store of mostly closed grants), follows transitions, and is built for stores
+/// written before it existed.
+#[tokio::test]
+async fn state_listings_use_an_index_that_follows_transitions() {
+    let (store, dir) = temp_store();
+    let states = [
+        GrantState::Verified,
+        GrantState::Requested,
+        GrantState::Verified,
+        GrantState::Active,
+        GrantState::Requested,
+        GrantState::Requested,
+    ];
+    for (n, state) in states.iter().enumerate() {
+        commit_state(&store, record(&format!("g{n}"), *state, None));
+    }
+    let list = |store: &SledStore, state: GrantState, after: Option<&str>| {
+        let page = store
+            .list(&ListFilter {
+                state: Some(state),
+                after: after.map(str::to_owned),
+                limit: 2,
+                ..ListFilter::default()
+            })
+            .unwrap();
+        let ids: Vec<String> = page.grants.iter().map(|r| r.grant.id.clone()).collect();
+        (ids, page.next)
+    };
+    assert_eq!(
+        list(&store, GrantState::Requested, None),
+        (vec!["g1".into(), "g4".into()], Some("g4".into()))
+    );
+    assert_eq!(
+        list(&store, GrantState::Requested, Some("g4")),
+        (vec!["g5".into()], None)
+    );
+    // A transition moves the entry.
+    let mut g4 = store.get("g4").unwrap().unwrap();
+    g4.state = GrantState::Approved;
+    commit_state(&store, g4);
+    assert_eq!(
+        list(&store, GrantState::Requested, None),
+        (vec!["g1".into(), "g5".into()], None)
+    );
+    assert_eq!(
+        list(&store, GrantState::Approved, None),
+        (vec!["g4".into()], None)
+    );
+    // Only the index is read: a record without its entry is not found.
+    store
+        .db
+        .remove(by_state_key(GrantState::Requested, "g5"))
+        .unwrap();
+    assert_eq!(
+        list(&store, GrantState::Requested, None),
+        (vec!["g1".into()], None)
+    );
+    // A store from before the index: no `x/` keys, no marker.
+    let old: Vec<_> = store.db.scan_prefix(b"x/").map(|e| e.unwrap().0).collect();
+    for k in old {
+        store.db.remove(k).unwrap();
+    }
+    store.db.remove(b"m/index/state").unwrap();
+    store.db.flush().unwrap();
+    drop(store);
+    let store = SledStore::open(&dir, [1; 32]).unwrap();
+    assert_eq!(
+        list(&store, GrantState::Requested, None),
+        (vec!["g1".into(), "g5".into()], None)
+    );
+    assert_eq!(
+        list(&store, GrantState::Verified, None),
+        (vec!["g0".into(), "g2".into()], None)
+    );
+    drop(store);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// Issue 12: on a full disk the store says so: `sync` fails within a bounded time
 /// with the disk's own error kind (not a hang), and `health` reports it; what was
 /// durable before is intact when the store is opened again. Needs a small tmpfs, so root; skipped (with a line
