@@ -307,6 +307,30 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Grants matching `filter`, in id order.
     fn list(&self, filter: &ListFilter) -> Result<Page>;
 
+    /// The ids of the grants that have scheduled work (a due entry, leased or not),
+    /// in id order. A store with a due index reads only those; this default reads
+    /// every grant.
+    fn with_work(&self) -> Result<Vec<String>> {
+        let mut filter = ListFilter {
+            limit: 1000,
+            ..ListFilter::default()
+        };
+        let mut ids = Vec::new();
+        loop {
+            let page = self.list(&filter)?;
+            ids.extend(
+                page.grants
+                    .iter()
+                    .filter(|g| g.due_at.is_some())
+                    .map(|g| g.grant.id.clone()),
+            );
+            match page.next {
+                Some(next) => filter.after = Some(next),
+                None => return Ok(ids),
+            }
+        }
+    }
+
     /// Audit events matching `query`, in chain order.
     fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>>;
 

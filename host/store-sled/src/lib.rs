@@ -990,6 +990,16 @@ impl Store for SledStore {
             })
     }
 
+    fn with_work(&self) -> Result<Vec<String>> {
+        self.db
+            .scan_prefix(b"d/")
+            .map(|entry| {
+                let (k, _) = entry.map_err(storage)?;
+                Ok(String::from_utf8_lossy(&k[2..]).into_owned())
+            })
+            .collect()
+    }
+
     fn list(&self, filter: &ListFilter) -> Result<Page> {
         let limit = filter.limit.clamp(1, 1000);
         if let Some(requester) = &filter.requested_by {

@@ -483,6 +483,25 @@ async fn state_listings_use_an_index_that_follows_transitions() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// `with_work` reads the due index: grants with a due entry, leased or not, and
+/// nothing else (the same answer as the trait's default, which reads every grant).
+#[tokio::test]
+async fn grants_with_work_come_from_the_due_index() {
+    let (store, dir) = temp_store();
+    commit_state(&store, record("a", GrantState::Active, Some(50)));
+    commit_state(&store, record("b", GrantState::Verified, None));
+    commit_state(&store, record("c", GrantState::Verified, Some(90)));
+    commit_state(&store, record("d", GrantState::Requested, Some(10)));
+    assert_eq!(store.claim_due(60, 1_000, 10).unwrap(), ["d", "a"]);
+    assert_eq!(store.with_work().unwrap(), ["a", "c", "d"]);
+    let mut c = store.get("c").unwrap().unwrap();
+    c.due_at = None;
+    commit_state(&store, c);
+    assert_eq!(store.with_work().unwrap(), ["a", "d"]);
+    drop(store);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// Issue 12: on a full disk the store says so: `sync` fails within a bounded time
 /// with the disk's own error kind (not a hang), and `health` reports it; what was
 /// durable before is intact when the store is opened again. Needs a small tmpfs, so root; skipped (with a line

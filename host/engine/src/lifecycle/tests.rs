@@ -991,3 +991,78 @@ async fn a_hung_connector_does_not_starve_another_connectors_expiries() {
         "the hung connector's calls are still waiting"
     );
 }
+
+/// Issue 16: the grants an instance still has, read through the state and due
+/// indexes, are exactly those a full read would find: open grants, and closed ones
+/// still being re-verified; not closed ones, nor another instance's.
+#[tokio::test]
+async fn live_grants_are_open_or_still_reverified_and_read_without_a_full_scan() {
+    let watched = LifecyclePolicy {
+        reverify_window_ms: 60_000,
+        reverify_every_ms: 10_000,
+        ..fast_policy()
+    };
+    let engine = engine(&[
+        (
+            "noop",
+            ConnectorConfig::new(ebb_test_plugins::NOOP).with_lifecycle(watched),
+        ),
+        noop_named("other"),
+    ])
+    .await;
+    let pending = engine
+        .request(new_grant("noop", 60_000), "agent", Decision::Pending)
+        .await
+        .unwrap();
+    let active = issued(&engine, "noop", 60_000).await;
+    let done = issued(&engine, "noop", 60_000).await;
+    engine
+        .revoke(&done.grant.id, Trigger::TaskCompleted, "agent", None)
+        .await
+        .unwrap();
+    let done = wait_for(&engine, &done.grant.id, GrantState::Verified).await;
+    assert!(done.due_at.is_some(), "re-verified for a while");
+    let denied = engine
+        .request(
+            new_grant("noop", 60_000),
+            "agent",
+            Decision::Deny {
+                by: "policy".into(),
+                reason: "no".into(),
+            },
+        )
+        .await
+        .unwrap();
+    let elsewhere = issued(&engine, "other", 60_000).await;
+    let live: Vec<String> = engine
+        .live_grants("noop")
+        .unwrap()
+        .into_iter()
+        .map(|g| g.grant.id)
+        .collect();
+    let mut expected = vec![pending.grant.id, active.grant.id, done.grant.id];
+    expected.sort();
+    assert_eq!(live, expected);
+    assert!(!live.contains(&denied.grant.id) && !live.contains(&elsewhere.grant.id));
+    // The same as reading everything.
+    let all: Vec<String> = engine
+        .grants_matching(store::ListFilter {
+            connector: Some("noop".into()),
+            ..Default::default()
+        })
+        .unwrap()
+        .into_iter()
+        .filter(|r| {
+            r.due_at.is_some() || !matches!(r.state, GrantState::Denied | GrantState::Verified)
+        })
+        .map(|g| g.grant.id)
+        .collect();
+    assert_eq!(live, all);
+}
+
+fn noop_named(name: &'static str) -> (&'static str, ConnectorConfig) {
+    (
+        name,
+        ConnectorConfig::new(ebb_test_plugins::NOOP).with_lifecycle(fast_policy()),
+    )
+}
