@@ -6,6 +6,11 @@
 //!   atomic commit to an on-disk sled store, intents synced (group commit).
 //! - million: RSS with N active grants, restart-to-serving with them, and the
 //!   expiry-to-revoke-start lag of grants expiring among them.
+//! - limits (run with throughput): the same lifecycles on an in-memory sled store
+//!   (the ceiling without durability), and what the layers below the engine can do
+//!   alone: sled batches of one commit's size with a flush after each, the same
+//!   without flushing, and the disk itself (appends of that size, `fdatasync`
+//!   after each).
 
 #![allow(
     clippy::unwrap_used,
@@ -85,8 +90,18 @@ fn new_grant(ttl_ms: u64) -> NewGrant {
     }
 }
 
-async fn throughput(dir: &Path, total: usize, concurrency: usize) {
+async fn throughput(dir: &Path, total: usize, concurrency: usize) -> f64 {
     let store = SledStore::open(dir, [1; 32]).unwrap();
+    lifecycles(store, "durable", total, concurrency).await
+}
+
+/// The same lifecycles on an in-memory store: everything but durability.
+async fn throughput_in_memory(total: usize, concurrency: usize) -> f64 {
+    let store = SledStore::temporary([1; 32]).unwrap();
+    lifecycles(store, "in-memory", total, concurrency).await
+}
+
+async fn lifecycles(store: Arc<SledStore>, label: &str, total: usize, concurrency: usize) -> f64 {
     let engine = engine(store.clone()).await;
     engine.start().unwrap();
     let started = Instant::now();
@@ -131,13 +146,144 @@ async fn throughput(dir: &Path, total: usize, concurrency: usize) {
     }
     let elapsed = started.elapsed();
     store.sync().await.unwrap();
+    let rate = ids.len() as f64 / elapsed.as_secs_f64();
     println!(
-        "throughput: {} durable lifecycles in {:.2} s = {:.0} lifecycles/s (concurrency {concurrency})",
+        "throughput: {} {label} lifecycles in {:.2} s = {rate:.0} lifecycles/s (concurrency {concurrency})",
         ids.len(),
         elapsed.as_secs_f64(),
-        ids.len() as f64 / elapsed.as_secs_f64()
     );
     engine.shutdown().await.unwrap();
+    rate
+}
+
+/// One commit's worth of writes: a grant record (~1 KiB), its tag, the due
+/// entries, the indexes, an audit event (~700 B) and the head — 9 keys.
+fn commit_sized(n: u64) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let id = format!("{n:026}");
+    vec![
+        (format!("g/{id}").into_bytes(), vec![b'r'; 1024]),
+        (format!("b/{id}").into_bytes(), vec![b't'; 32]),
+        (format!("t/{n:016}{id}").into_bytes(), vec![]),
+        (format!("d/{id}").into_bytes(), n.to_be_bytes().to_vec()),
+        (format!("x/active\0{id}").into_bytes(), vec![]),
+        (format!("r/agent\0{id}").into_bytes(), vec![]),
+        (format!("a/{n:016}").into_bytes(), vec![b'e'; 700]),
+        (format!("i/{id}\0{n:016}").into_bytes(), vec![]),
+        (b"m/head".to_vec(), vec![b'h'; 160]),
+    ]
+}
+
+/// Runs `body` for `secs` seconds; how many times per second it ran.
+fn per_second(secs: f64, body: &mut dyn FnMut(u64)) -> f64 {
+    let started = Instant::now();
+    let mut n = 0u64;
+    while started.elapsed().as_secs_f64() < secs {
+        body(n);
+        n += 1;
+    }
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
+/// What a storage layer sustains alone, single writer: commits of one commit's
+/// size made durable each (`synced`) and not (`unsynced`).
+#[derive(Debug, Clone, Copy)]
+struct Limit {
+    synced: f64,
+    unsynced: f64,
+}
+
+/// sled (the store's engine today), redb and fjall (maintained embedded engines),
+/// and the disk itself (2 KiB appends, `fdatasync` after each), for `secs` seconds
+/// each, in the same run.
+fn limits(dir: &Path, secs: f64) -> [(&'static str, Limit); 4] {
+    use std::io::Write as _;
+    std::fs::create_dir_all(dir).unwrap();
+    let sled_batch = |n| {
+        let mut batch = sled::Batch::default();
+        for (k, v) in commit_sized(n) {
+            batch.insert(k, v);
+        }
+        batch
+    };
+    let db = sled::open(dir.join("sled-synced")).unwrap();
+    let synced = per_second(secs, &mut |n| {
+        db.apply_batch(sled_batch(n)).unwrap();
+        db.flush().unwrap();
+    });
+    drop(db);
+    let db = sled::open(dir.join("sled-unsynced")).unwrap();
+    let unsynced = per_second(secs, &mut |n| db.apply_batch(sled_batch(n)).unwrap());
+    drop(db);
+    let sled = Limit { synced, unsynced };
+
+    const TABLE: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("t");
+    let redb_run = |path: std::path::PathBuf, durability: redb::Durability| {
+        let db = redb::Database::create(path).unwrap();
+        per_second(secs, &mut |n| {
+            let mut tx = db.begin_write().unwrap();
+            tx.set_durability(durability).unwrap();
+            {
+                let mut table = tx.open_table(TABLE).unwrap();
+                for (k, v) in commit_sized(n) {
+                    table.insert(k.as_slice(), v.as_slice()).unwrap();
+                }
+            }
+            tx.commit().unwrap();
+        })
+    };
+    let redb = Limit {
+        synced: redb_run(dir.join("redb-synced"), redb::Durability::Immediate),
+        unsynced: redb_run(dir.join("redb-unsynced"), redb::Durability::None),
+    };
+
+    let fjall_run = |path: std::path::PathBuf, sync: bool| {
+        let db = fjall::Database::builder(path).open().unwrap();
+        let keyspace = db
+            .keyspace("t", fjall::KeyspaceCreateOptions::default)
+            .unwrap();
+        per_second(secs, &mut |n| {
+            let mut batch = db.batch();
+            for (k, v) in commit_sized(n) {
+                batch.insert(&keyspace, k, v);
+            }
+            batch.commit().unwrap();
+            if sync {
+                db.persist(fjall::PersistMode::SyncData).unwrap();
+            }
+        })
+    };
+    let fjall = Limit {
+        synced: fjall_run(dir.join("fjall-synced"), true),
+        unsynced: fjall_run(dir.join("fjall-unsynced"), false),
+    };
+
+    let mut file = std::fs::File::create(dir.join("raw")).unwrap();
+    let block = vec![0x5au8; 2048];
+    let disk = per_second(secs, &mut |_| {
+        file.write_all(&block).unwrap();
+        file.sync_data().unwrap();
+    });
+    let mut file = std::fs::File::create(dir.join("raw-unsynced")).unwrap();
+    let unsynced_disk = per_second(secs, &mut |_| file.write_all(&block).unwrap());
+    let all = [
+        ("sled", sled),
+        ("redb", redb),
+        ("fjall", fjall),
+        (
+            "disk",
+            Limit {
+                synced: disk,
+                unsynced: unsynced_disk,
+            },
+        ),
+    ];
+    for (name, l) in all {
+        println!(
+            "limits: {name:<5} one commit's writes: {:>8.0}/s synced each, {:>9.0}/s unsynced",
+            l.synced, l.unsynced
+        );
+    }
+    all
 }
 
 fn active_record(id: String, not_after: u64, now: u64) -> GrantRecord {
@@ -427,8 +573,26 @@ fn main() {
         if which.is_empty() || which == "throughput" {
             let dir = base.join("throughput");
             let (total, conc) = if full { (40_000, 256) } else { (200, 16) };
-            throughput(&dir, total, conc).await;
+            let durable = throughput(&dir, total, conc).await;
             let _ = std::fs::remove_dir_all(&dir);
+            let memory = throughput_in_memory(total, conc).await;
+            let limits = limits(&base.join("limits"), if full { 5.0 } else { 0.2 });
+            let _ = std::fs::remove_dir_all(base.join("limits"));
+            // A lifecycle is 7 commits; 2 of them (the intents) must be durable
+            // before the call they announce, the rest ride the group commit.
+            let commits = durable * 7.0;
+            println!(
+                "ratios: durable lifecycles / in-memory {:.2}; the durable run's {commits:.0} commits/s are {:.2} of sled's unsynced limit",
+                durable / memory,
+                commits / limits[0].1.unsynced,
+            );
+            for (name, l) in limits {
+                println!(
+                    "ratios: {name:<5} unsynced limit = {:.0} lifecycles/s of 7 commits (goal 10,000: {:.2} of it)",
+                    l.unsynced / 7.0,
+                    l.unsynced / 7.0 / 10_000.0
+                );
+            }
         }
         if which.is_empty() || which == "million" {
             let dir = base.join("million");

@@ -28,8 +28,12 @@ pub struct Browser {
 impl Browser {
     pub fn start() -> anyhow::Result<Self> {
         let port = crate::free_port()?;
+        use std::os::unix::process::CommandExt as _;
+        // In a process group of its own: the browsers it starts go with it on drop,
+        // even when a failing test never closed its sessions.
         let driver = Command::new("chromedriver")
             .arg(format!("--port={port}"))
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -78,8 +82,7 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
+        crate::kill_group(&mut self.driver);
         let _ = std::fs::remove_dir_all(&self.profiles);
     }
 }
