@@ -328,60 +328,24 @@ impl SledStore {
         self.group.written.fetch_add(1, Ordering::AcqRel) + 1
     }
 
-    /// [`Store::list`] for one requester, through the `r/` index: it reads that
-    /// requester's grants only, not every grant.
-    fn list_by_requester(
-        &self,
-        requester: &str,
-        filter: &ListFilter,
-        limit: usize,
-    ) -> Result<Page> {
-        let prefix = requester_key(requester, "");
+    /// [`Store::list`] through an index whose keys are `prefix` followed by a grant
+    /// id (`r/<requester>\0`, `x/<state>\0`): it reads the grants the index names,
+    /// not every grant. Entries are checked against the record (`filter.matches`),
+    /// so a stale entry shows nothing it should not.
+    fn list_by_index(&self, prefix: &[u8], filter: &ListFilter, limit: usize) -> Result<Page> {
         let start = match &filter.after {
             Some(after) => {
-                let mut k = requester_key(requester, after);
+                let mut k = prefix.to_vec();
+                k.extend_from_slice(after.as_bytes());
                 k.push(0);
                 k
             }
-            None => prefix.clone(),
+            None => prefix.to_vec(),
         };
         let mut page = Page::default();
         for entry in self.db.range(start..) {
             let (k, _) = entry.map_err(storage)?;
-            let Some(id) = k.strip_prefix(prefix.as_slice()) else {
-                break;
-            };
-            let id = String::from_utf8_lossy(id);
-            let Some(record) = self.get(&id)? else {
-                continue;
-            };
-            if filter.matches(&record) {
-                if page.grants.len() == limit {
-                    page.next = page.grants.last().map(|r| r.grant.id.clone());
-                    break;
-                }
-                page.grants.push(record);
-            }
-        }
-        Ok(page)
-    }
-
-    /// Lists through the state index: reads only the grants in `state`. Entries
-    /// are checked against the record, like the requester index's.
-    fn list_by_state(&self, state: GrantState, filter: &ListFilter, limit: usize) -> Result<Page> {
-        let prefix = by_state_prefix(state);
-        let start = match &filter.after {
-            Some(after) => {
-                let mut k = by_state_key(state, after);
-                k.push(0);
-                k
-            }
-            None => prefix.clone(),
-        };
-        let mut page = Page::default();
-        for entry in self.db.range(start..) {
-            let (k, _) = entry.map_err(storage)?;
-            let Some(id) = k.strip_prefix(prefix.as_slice()) else {
+            let Some(id) = k.strip_prefix(prefix) else {
                 break;
             };
             let id = String::from_utf8_lossy(id);
@@ -1003,10 +967,10 @@ impl Store for SledStore {
     fn list(&self, filter: &ListFilter) -> Result<Page> {
         let limit = filter.limit.clamp(1, 1000);
         if let Some(requester) = &filter.requested_by {
-            return self.list_by_requester(requester, filter, limit);
+            return self.list_by_index(&requester_key(requester, ""), filter, limit);
         }
         if let Some(state) = filter.state {
-            return self.list_by_state(state, filter, limit);
+            return self.list_by_index(&by_state_prefix(state), filter, limit);
         }
         let start = match &filter.after {
             Some(after) => {

@@ -4,7 +4,7 @@
 //! to.
 
 use super::pages::Flash;
-use super::session::{SignedIn, check_post};
+use super::session::{CsrfForm, SignedIn, check_post};
 use super::{ConsoleState, message};
 use crate::api::{ApiError, connectors, grants, policy};
 use axum::Json;
@@ -211,12 +211,6 @@ pub async fn load_connector(
         },
         "/console/connectors",
     )
-}
-
-#[derive(Debug, Deserialize)]
-pub struct CsrfForm {
-    #[serde(default)]
-    csrf: String,
 }
 
 /// `POST /console/connectors/{name}/reload`: reads the configured component again.

@@ -387,10 +387,11 @@ pub async fn token_sign_in(
     start_session(&state, principal, "token")
 }
 
+/// A form that carries only the session's CSRF token.
 #[derive(Debug, Deserialize)]
 pub struct CsrfForm {
     #[serde(default)]
-    csrf: String,
+    pub csrf: String,
 }
 
 /// `POST /console/logout`.
