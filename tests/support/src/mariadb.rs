@@ -35,23 +35,34 @@ impl MariaDb {
         let os_user = String::from_utf8(Command::new("id").arg("-un").output()?.stdout)?
             .trim()
             .to_owned();
+        // A temporary folder of its own: concurrent installs sharing /tmp collide on
+        // their bootstrap temporary tables (seen: 2 of 4 parallel installs failed).
+        let tmp = dir.join("tmp");
+        std::fs::create_dir_all(&tmp)?;
         let install = Command::new("mariadb-install-db")
             .arg("--no-defaults")
             .arg(format!("--datadir={}", dir.join("data").display()))
+            .arg(format!("--tmpdir={}", tmp.display()))
             .arg(format!("--user={os_user}"))
             .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
+            .stdin(Stdio::null())
+            .output()
             .context("mariadb-server is not installed; run scripts/setup.sh")?;
-        if !install.success() {
-            bail!("mariadb-install-db failed");
+        if !install.status.success() {
+            let out = String::from_utf8_lossy(&install.stdout);
+            let err = String::from_utf8_lossy(&install.stderr);
+            let tail: Vec<&str> = out.lines().chain(err.lines()).rev().take(8).collect();
+            bail!(
+                "mariadb-install-db failed: {}",
+                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+            );
         }
         let child = Command::new("/usr/sbin/mariadbd")
             .arg("--no-defaults")
             .arg(format!("--datadir={}", dir.join("data").display()))
             .arg(format!("--socket={}", dir.join("sock").display()))
             .arg(format!("--pid-file={}", dir.join("pid").display()))
+            .arg(format!("--tmpdir={}", tmp.display()))
             .arg(format!("--log-error={}", dir.join("error.log").display()))
             .arg(format!("--user={os_user}"))
             .arg(format!("--port={port}"))
