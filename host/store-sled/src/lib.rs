@@ -154,8 +154,12 @@ impl SledStore {
     /// durable store) or `None` (a temporary one, keys in memory).
     fn with_db(db: sled::Db, chain_key: [u8; 32], keyring: Option<&Path>) -> Result<Arc<Self>> {
         let durable = keyring.is_some();
-        index_requesters(&db)?;
-        index_states(&db)?;
+        build_index(&db, b"m/index/requester", |r| {
+            requester_key(&r.requested_by, &r.grant.id)
+        })?;
+        build_index(&db, b"m/index/state", |r| {
+            by_state_key(r.state, &r.grant.id)
+        })?;
         count_escalations(&db)?;
         let (keyring, credentials) = open_keyring(&db, keyring)?;
         let keyring = Arc::new(keyring);
@@ -652,38 +656,19 @@ fn count_escalations(db: &sled::Db) -> Result<()> {
     db.apply_batch(batch).map_err(storage)
 }
 
-/// Builds the requester index over grants written before it existed (once).
-fn index_requesters(db: &sled::Db) -> Result<()> {
-    const DONE: &[u8] = b"m/index/requester";
-    if db.get(DONE).map_err(storage)?.is_some() {
+/// Builds an index over grants written before it existed, once (`done` marks
+/// it built): one entry `key(record)` per grant record.
+fn build_index(db: &sled::Db, done: &[u8], key: impl Fn(&GrantRecord) -> Vec<u8>) -> Result<()> {
+    if db.get(done).map_err(storage)?.is_some() {
         return Ok(());
     }
     let mut batch = sled::Batch::default();
     for entry in db.scan_prefix(b"g/") {
         let (k, v) = entry.map_err(storage)?;
         let record: GrantRecord = decode(&k, &v)?;
-        batch.insert(
-            requester_key(&record.requested_by, &record.grant.id),
-            &[][..],
-        );
+        batch.insert(key(&record), &[][..]);
     }
-    batch.insert(DONE, &[][..]);
-    db.apply_batch(batch).map_err(storage)
-}
-
-/// Builds the state index of a store written before it existed (once).
-fn index_states(db: &sled::Db) -> Result<()> {
-    const DONE: &[u8] = b"m/index/state";
-    if db.get(DONE).map_err(storage)?.is_some() {
-        return Ok(());
-    }
-    let mut batch = sled::Batch::default();
-    for entry in db.scan_prefix(b"g/") {
-        let (k, v) = entry.map_err(storage)?;
-        let record: GrantRecord = decode(&k, &v)?;
-        batch.insert(by_state_key(record.state, &record.grant.id), &[][..]);
-    }
-    batch.insert(DONE, &[][..]);
+    batch.insert(done, &[][..]);
     db.apply_batch(batch).map_err(storage)
 }
 
