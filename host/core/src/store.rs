@@ -12,7 +12,7 @@
 //! connector call is in flight it is a lease after which the work is redone.
 //!
 //! Key types: [`Store`], [`GrantRecord`], [`Commit`]. The embedded default is
-//! `ebb_store_sled::SledStore`.
+//! `ebb_store_kv::KvStore`.
 
 use crate::audit::{AuditEvent, ChainReport, NewEvent};
 use crate::contract::{Grant, Residue, Timestamp};

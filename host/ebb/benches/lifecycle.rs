@@ -29,7 +29,7 @@ use ebb_engine::lifecycle::{
 };
 use ebb_engine::registry::Registry;
 use ebb_runtime::Runtime;
-use ebb_store_sled::SledStore;
+use ebb_store_kv::KvStore;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -91,17 +91,17 @@ fn new_grant(ttl_ms: u64) -> NewGrant {
 }
 
 async fn throughput(dir: &Path, total: usize, concurrency: usize) -> f64 {
-    let store = SledStore::open(dir, [1; 32]).unwrap();
+    let store = KvStore::open(dir, [1; 32]).unwrap();
     lifecycles(store, "durable", total, concurrency).await
 }
 
 /// The same lifecycles on an in-memory store: everything but durability.
 async fn throughput_in_memory(total: usize, concurrency: usize) -> f64 {
-    let store = SledStore::temporary([1; 32]).unwrap();
+    let store = KvStore::temporary([1; 32]).unwrap();
     lifecycles(store, "in-memory", total, concurrency).await
 }
 
-async fn lifecycles(store: Arc<SledStore>, label: &str, total: usize, concurrency: usize) -> f64 {
+async fn lifecycles(store: Arc<KvStore>, label: &str, total: usize, concurrency: usize) -> f64 {
     let engine = engine(store.clone()).await;
     engine.start().unwrap();
     let started = Instant::now();
@@ -384,7 +384,7 @@ async fn million(dir: &Path, total: usize, expiring: usize) {
     let rss_before = rss_mib();
     let mut some_id = String::new();
     {
-        let store = SledStore::open(dir, bench_audit_key()).unwrap();
+        let store = KvStore::open(dir, bench_audit_key()).unwrap();
         let load = Instant::now();
         // Far-future grants, plus `expiring` ones due 5–15 s after loading ends.
         for i in 0..total {
@@ -431,7 +431,7 @@ async fn million(dir: &Path, total: usize, expiring: usize) {
     }
     {
         let opened = Instant::now();
-        let store = SledStore::open(dir, bench_audit_key()).unwrap();
+        let store = KvStore::open(dir, bench_audit_key()).unwrap();
         let open_ms = opened.elapsed().as_millis();
         let checked = Instant::now();
         let report = store.verify_at_start().unwrap();
@@ -446,7 +446,7 @@ async fn million(dir: &Path, total: usize, expiring: usize) {
     // Schedule the expiring ones now that loading is done.
     let start_at = Clock::system().now_ms() + 5_000;
     {
-        let store = SledStore::open(dir, bench_audit_key()).unwrap();
+        let store = KvStore::open(dir, bench_audit_key()).unwrap();
         let mut page = store
             .list(&ebb_core::store::ListFilter {
                 limit: 1000,
@@ -493,7 +493,7 @@ async fn million(dir: &Path, total: usize, expiring: usize) {
     // Restart in process (the store and engine the lag is measured on): open the
     // store, load the connector, start the scheduler, count the grants.
     let restart = Instant::now();
-    let store = SledStore::open(dir, bench_audit_key()).unwrap();
+    let store = KvStore::open(dir, bench_audit_key()).unwrap();
     let engine = engine(store.clone()).await;
     engine.start().unwrap();
     let counts = store.counts().unwrap();

@@ -13,7 +13,7 @@
 //! - [`token`]: bearer-token hashing, shared by the API and `ebb token`.
 //!
 //! The crates below it, from the bottom up: `ebb-core` (vocabulary, audit chain,
-//! sealing, the `Store` trait), `ebb-store-sled` (the embedded store),
+//! sealing, the `Store` trait), `ebb-store-kv` (the embedded store),
 //! `ebb-runtime` (wasmtime, lent capabilities, the conformance kit) and
 //! `ebb-engine` (lifecycle, registry, loader, approval, identity, configuration).
 //!

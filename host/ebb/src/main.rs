@@ -193,7 +193,7 @@ mod server {
     use ebb_engine::registry::Registry;
     use ebb_runtime::conformance::Outcome;
     use ebb_runtime::{CacheKey, Digest, Runtime};
-    use ebb_store_sled::SledStore;
+    use ebb_store_kv::KvStore;
     use std::path::{Path, PathBuf};
     use std::sync::Arc;
 
@@ -383,7 +383,7 @@ mod server {
         };
         std::fs::create_dir_all(&config.store.path)
             .with_context(|| format!("creating {}", config.store.path.display()))?;
-        let store = SledStore::open(&config.store.path, key.derive("audit-chain"))?;
+        let store = KvStore::open(&config.store.path, key.derive("audit-chain"))?;
         check_store(store.as_ref(), accept_unverified_store)?;
         let runtime =
             Runtime::with_cache_key(&config.runtime, CacheKey::new(key.derive("runtime-cache")))?;

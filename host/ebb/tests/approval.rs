@@ -25,7 +25,7 @@ use ebb_engine::lifecycle::{Clock, EngineConfig, Lifecycle};
 use ebb_engine::loader::Loader;
 use ebb_engine::registry::Registry;
 use ebb_runtime::Runtime;
-use ebb_store_sled::SledStore;
+use ebb_store_kv::KvStore;
 use ed25519_dalek::pkcs8::EncodePrivateKey as _;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
@@ -145,7 +145,7 @@ async fn env() -> Env {
         .await
         .unwrap();
     let lifecycle = Lifecycle::new(
-        SledStore::open(&dir.join("data"), [5; 32]).unwrap(),
+        KvStore::open(&dir.join("data"), [5; 32]).unwrap(),
         Sealer::new(&HostKey::from_hex(&"55".repeat(32)).unwrap()),
         registry.clone(),
         Clock::system(),

@@ -497,7 +497,7 @@ async fn a_store_edited_while_stopped_is_refused_at_start() {
     let key = ebb_core::seal::HostKey::load_or_create(&dir.join("host.key")).unwrap();
     {
         let store =
-            ebb_store_sled::SledStore::open(&dir.join("data"), key.derive("audit-chain")).unwrap();
+            ebb_store_kv::KvStore::open(&dir.join("data"), key.derive("audit-chain")).unwrap();
         let grant = ebb_core::contract::Grant {
             id: "01JTAMPERED".into(),
             subject: ebb_core::contract::Subject {

@@ -18,7 +18,7 @@ use ebb_engine::lifecycle::{Clock, EngineConfig, Lifecycle};
 use ebb_engine::loader::Loader;
 use ebb_engine::registry::Registry;
 use ebb_runtime::{Digest, Runtime};
-use ebb_store_sled::SledStore;
+use ebb_store_kv::KvStore;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -78,7 +78,7 @@ async fn start_host(tag: &str, watch: bool, allowed: &[&str]) -> Host {
     let registry = Arc::new(Registry::new(
         Runtime::new(&RuntimeConfig::default()).unwrap(),
     ));
-    let store = SledStore::open(&dir.join("data"), [4; 32]).unwrap();
+    let store = KvStore::open(&dir.join("data"), [4; 32]).unwrap();
     let lifecycle = Lifecycle::new(
         store.clone(),
         Sealer::new(&HostKey::from_hex(&"44".repeat(32)).unwrap()),

@@ -22,7 +22,7 @@ use ebb_engine::lifecycle::{
 };
 use ebb_engine::registry::Registry;
 use ebb_runtime::{CallError, LoadedConnector, Runtime};
-use ebb_store_sled::SledStore;
+use ebb_store_kv::KvStore;
 use ebb_test_support::Oidc;
 use ebb_test_support::oidc::CLIENT_SECRET;
 use std::sync::Arc;
@@ -98,7 +98,7 @@ async fn a_grant_ends_with_its_token_revoked_and_proven_inactive() {
         .await
         .unwrap();
     let dir = std::env::temp_dir().join(format!("ebb-oauth2-{}", rand::random::<u64>()));
-    let store = SledStore::open(&dir, [7; 32]).unwrap();
+    let store = KvStore::open(&dir, [7; 32]).unwrap();
     let engine = Lifecycle::new(
         store.clone(),
         Sealer::new(&HostKey::from_hex(&"44".repeat(32)).unwrap()),

@@ -17,7 +17,7 @@ use ebb_engine::lifecycle::{
 };
 use ebb_engine::registry::Registry;
 use ebb_runtime::Runtime;
-use ebb_store_sled::SledStore;
+use ebb_store_kv::KvStore;
 use ebb_test_support::Postgres;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,7 +45,7 @@ async fn grants_expiring_during_a_database_outage_end_verified() {
     ));
     registry.load("pg", &config).await.unwrap();
     let dir = std::env::temp_dir().join(format!("ebb-outage-{}", rand::random::<u64>()));
-    let store = SledStore::open(&dir, [6; 32]).unwrap();
+    let store = KvStore::open(&dir, [6; 32]).unwrap();
     let engine = Lifecycle::new(
         store.clone(),
         Sealer::new(&HostKey::from_hex(&"33".repeat(32)).unwrap()),

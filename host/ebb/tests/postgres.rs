@@ -744,7 +744,7 @@ async fn standing_access_scans_report_each_new_finding_once() {
     let pg = Postgres::start().unwrap();
     let registry = standing_registry(&pg).await;
     let lifecycle = Lifecycle::new(
-        ebb_store_sled::SledStore::temporary([3; 32]).unwrap(),
+        ebb_store_kv::KvStore::temporary([3; 32]).unwrap(),
         Sealer::new(&HostKey::from_hex(&"33".repeat(32)).unwrap()),
         registry.clone(),
         Clock::system(),

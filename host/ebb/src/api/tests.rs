@@ -9,7 +9,7 @@ use ebb_engine::config::{
 use ebb_engine::lifecycle::{Clock, EngineConfig};
 use ebb_engine::registry::Registry;
 use ebb_runtime::Runtime;
-use ebb_store_sled::SledStore;
+use ebb_store_kv::KvStore;
 use serde_json::{Value, json};
 
 fn token(name: &str, roles: &[Role]) -> TokenConfig {
@@ -65,7 +65,7 @@ pub(crate) async fn state() -> AppState {
             .unwrap();
     }
     let lifecycle = Lifecycle::new(
-        SledStore::temporary([9; 32]).unwrap(),
+        KvStore::temporary([9; 32]).unwrap(),
         Sealer::new(&HostKey::from_hex(&"22".repeat(32)).unwrap()),
         registry,
         Clock::system(),

@@ -6,7 +6,7 @@ use crate::registry::Registry;
 use ebb_core::contract::{Permission, Subject, SubjectKind};
 use ebb_core::seal::{HostKey, Sealer};
 use ebb_runtime::Runtime;
-use ebb_store_sled::SledStore;
+use ebb_store_kv::KvStore;
 use std::time::Duration;
 
 fn fast_policy() -> LifecyclePolicy {
@@ -46,7 +46,7 @@ async fn engine_on(store: Arc<dyn Store>, connectors: &[(&str, ConnectorConfig)]
 }
 
 async fn engine(connectors: &[(&str, ConnectorConfig)]) -> Lifecycle {
-    let engine = engine_on(SledStore::temporary([3; 32]).unwrap(), connectors).await;
+    let engine = engine_on(KvStore::temporary([3; 32]).unwrap(), connectors).await;
     engine.start().unwrap();
     engine
 }
@@ -339,7 +339,7 @@ async fn residue_is_revoked_again_until_verified() {
 #[tokio::test]
 async fn recovery_finishes_grants_left_mid_flight() {
     let dir = std::env::temp_dir().join(format!("ebb-recover-{}", rand::random::<u64>()));
-    let store: Arc<dyn Store> = SledStore::open(&dir, [4; 32]).unwrap();
+    let store: Arc<dyn Store> = KvStore::open(&dir, [4; 32]).unwrap();
     // A host that is about to die: it never runs its scheduler.
     let dying = engine_on(store.clone(), &[noop()]).await;
     let a = dying
@@ -448,7 +448,7 @@ async fn bad_requests_are_refused_with_reasons() {
 #[tokio::test]
 async fn restart_revokes_past_due_grants_first() {
     let dir = std::env::temp_dir().join(format!("ebb-pastdue-{}", rand::random::<u64>()));
-    let store: Arc<dyn Store> = SledStore::open(&dir, [5; 32]).unwrap();
+    let store: Arc<dyn Store> = KvStore::open(&dir, [5; 32]).unwrap();
     let first = engine_on(store.clone(), &[noop()]).await;
     let mut ids = vec![];
     let mut past_due = 0;
@@ -610,7 +610,7 @@ struct TestStore {
 impl TestStore {
     fn new(key: u8) -> Arc<Self> {
         Arc::new(Self {
-            inner: SledStore::temporary([key; 32]).unwrap(),
+            inner: KvStore::temporary([key; 32]).unwrap(),
             unsynced: std::sync::atomic::AtomicU64::new(0),
             failing: std::sync::Mutex::new(None),
             tampered: std::sync::Mutex::new(None),
@@ -763,7 +763,7 @@ async fn decisions_are_durable_before_they_are_answered() {
 #[tokio::test]
 async fn an_unsealable_credential_is_revoked_by_grant_id_and_audited() {
     let dir = std::env::temp_dir().join(format!("ebb-unseal-{}", rand::random::<u64>()));
-    let store: Arc<dyn Store> = SledStore::open(&dir, [7; 32]).unwrap();
+    let store: Arc<dyn Store> = KvStore::open(&dir, [7; 32]).unwrap();
     let first = engine_on(store.clone(), &[noop()]).await;
     let record = issued(&first, "noop", 3_600_000).await;
     let id = record.grant.id.clone();
@@ -870,7 +870,7 @@ async fn work_the_host_cannot_do_is_audited_alerted_and_finished_later() {
 /// written.
 #[tokio::test]
 async fn not_after_never_moves_after_issuance() {
-    let engine = engine_on(SledStore::temporary([4; 32]).unwrap(), &[noop()]).await;
+    let engine = engine_on(KvStore::temporary([4; 32]).unwrap(), &[noop()]).await;
     let record = issued(&engine, "noop", 3_600_000).await;
     let id = record.grant.id.clone();
     // Mid-revocation, a failed call's step tries to push `not-after` out.

@@ -1,5 +1,5 @@
-//! The embedded default store on sled: one tree, keys by prefix, every commit one
-//! atomic batch.
+//! The embedded store: one ordered key space on an embedded engine (sled by
+//! default, or fjall; `kv.rs`), keys by prefix, every commit one atomic batch.
 //!
 //! | key                          | value                           |
 //! |------------------------------|---------------------------------|
@@ -17,7 +17,7 @@
 //! | `m/index/keyring`            | present once every `c/` value is under a keyring key |
 //! | `m/count/credentials`        | `c/` entries (u64 BE): when the keyring holds as many keys, no key is stray and the open skips the scan |
 //!
-//! Beside sled's files, `keyring` holds the erasable keys, one 32-byte slot each.
+//! Beside the engine's files, `keyring` holds the erasable keys, one 32-byte slot each.
 //! | `m/count/<state>`            | grants in that state (u64 BE)   |
 //! | `m/escalated/<connector>`    | grants of that connector ever escalated (u64 BE) |
 //! | `m/index/escalated`          | present once `m/escalated/` counts every grant |
@@ -28,8 +28,8 @@
 //! Big-endian numbers make byte order equal numeric order, so range scans over
 //! `t/` yield grants by due time, then id (mini-redis's `(Instant, key)` tiebreak).
 //!
-//! Key types: [`SledStore`], implementing `ebb_core::Store`. Key and value layout
-//! and error conversion live in `keys.rs`.
+//! Key types: [`KvStore`], implementing `ebb_core::Store`, and [`Engine`]. Key and
+//! value layout live in `keys.rs`; the engines and their errors in `kv.rs`.
 //!
 //! **Architecture invariant:** a store knows the vocabulary of `ebb-core` and its
 //! storage engine, nothing else: no wasmtime, no axum, no Cedar, no engine. It never
@@ -49,10 +49,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{Notify, watch};
 
-/// The sled-backed store.
-pub struct SledStore {
+/// The embedded store, on the engine it was opened with.
+pub struct KvStore {
     /// Shared with the flusher only weakly, so dropping the store closes the db.
-    db: Arc<sled::Db>,
+    db: Arc<Kv>,
     chain: Chain,
     /// Serializes commits: the audit chain is a total order.
     state: Mutex<Shared>,
@@ -63,9 +63,9 @@ pub struct SledStore {
     keyring: Arc<keyring::Keyring>,
 }
 
-impl std::fmt::Debug for SledStore {
+impl std::fmt::Debug for KvStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SledStore").finish_non_exhaustive()
+        f.debug_struct("KvStore").finish_non_exhaustive()
     }
 }
 
@@ -101,40 +101,42 @@ struct Kick {
     closed: std::sync::atomic::AtomicBool,
 }
 
-/// Keeps sled's error whole: its I/O errors as [`Error::Io`], so a full disk stays
-/// a full disk for the caller.
 mod keyring;
 mod keys;
+mod kv;
+
+pub use kv::Engine;
+use kv::{Batch, Kv};
+/// The store's tests, run on each durable engine.
 #[cfg(test)]
-mod tests;
+mod tests {
+    mod sled {
+        const ENGINE: crate::Engine = crate::Engine::Sled;
+        include!("tests.rs");
+    }
+    mod fjall {
+        const ENGINE: crate::Engine = crate::Engine::Fjall;
+        include!("tests.rs");
+    }
+}
 
 use keys::*;
 
-impl SledStore {
-    /// Opens (or creates) the store in `dir`. `chain_key` keys the audit chain.
-    /// Must be called within a tokio runtime (the group-commit flusher is a task).
+impl KvStore {
+    /// Opens (or creates) the store in `dir` on sled, the default engine.
+    /// `chain_key` keys the audit chain. Must be called within a tokio runtime (the
+    /// group-commit flusher is a task).
     pub fn open(dir: &Path, chain_key: [u8; 32]) -> Result<Arc<Self>> {
-        let config = sled::Config::new()
-            .path(dir)
-            .cache_capacity(64 * 1024 * 1024)
-            .mode(sled::Mode::HighThroughput)
-            .flush_every_ms(Some(1000));
-        // sled's background threads can hold a just-closed database for a moment, so
-        // a reopen in the same process retries a held lock briefly. Another process
-        // holding it still gets the error after two seconds.
-        let mut attempts = 0;
-        let db = loop {
-            match config.open() {
-                Ok(db) => break db,
-                Err(sled::Error::Io(e))
-                    if e.kind() == std::io::ErrorKind::WouldBlock && attempts < 100 =>
-                {
-                    attempts += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                Err(e) => return Err(sled_error("opening the store")(e)),
-            }
-        };
+        Self::open_with(Engine::Sled, dir, chain_key)
+    }
+
+    /// Opens (or creates) the store in `dir` on `engine`. A folder holding a store
+    /// of another engine is refused.
+    pub fn open_with(engine: Engine, dir: &Path, chain_key: [u8; 32]) -> Result<Arc<Self>> {
+        if engine == Engine::Memory {
+            return Self::temporary(chain_key);
+        }
+        let db = Kv::open(engine, dir)?;
         let keyring = dir.join("keyring");
         Self::with_db(db, chain_key, Some(&keyring))
     }
@@ -142,17 +144,12 @@ impl SledStore {
     /// An in-memory store that vanishes on drop, for tests and benchmarks of
     /// everything but durability.
     pub fn temporary(chain_key: [u8; 32]) -> Result<Arc<Self>> {
-        let db = sled::Config::new()
-            .temporary(true)
-            .cache_capacity(64 * 1024 * 1024)
-            .open()
-            .map_err(storage)?;
-        Self::with_db(db, chain_key, None)
+        Self::with_db(Kv::memory(), chain_key, None)
     }
 
     /// Opens the store on `db`; `keyring` is where the erasable keys live (a
     /// durable store) or `None` (a temporary one, keys in memory).
-    fn with_db(db: sled::Db, chain_key: [u8; 32], keyring: Option<&Path>) -> Result<Arc<Self>> {
+    fn with_db(db: Kv, chain_key: [u8; 32], keyring: Option<&Path>) -> Result<Arc<Self>> {
         let durable = keyring.is_some();
         build_index(&db, b"m/index/requester", |r| {
             requester_key(&r.requested_by, &r.grant.id)
@@ -165,7 +162,7 @@ impl SledStore {
         let keyring = Arc::new(keyring);
         let chain = Chain::new(chain_key);
         tag_records(&db, &chain)?;
-        let head = match db.get(b"m/head").map_err(storage)? {
+        let head = match db.get(b"m/head")? {
             Some(bytes) => decode(b"m/head", &bytes)?,
             None => Head::genesis(&chain),
         };
@@ -176,14 +173,14 @@ impl SledStore {
         for state in GrantState::ALL {
             let n = db
                 .get(count_key(state))
-                .map_err(storage)?
+                ?
                 .and_then(|v| be(&v))
                 .unwrap_or(0);
             counts.insert(state, n);
         }
         let mut escalations = BTreeMap::new();
-        for entry in db.scan_prefix(ESCALATED) {
-            let (k, v) = entry.map_err(storage)?;
+        for entry in db.prefix(ESCALATED) {
+            let (k, v) = entry?;
             let connector = String::from_utf8_lossy(&k[ESCALATED.len()..]).into_owned();
             escalations.insert(connector, be(&v).unwrap_or(0));
         }
@@ -223,21 +220,28 @@ impl SledStore {
                     // Keys before the records that use them: every slot written by
                     // a commit counted in `target` was written before it was counted.
                     // Keys of credentials whose removal is now durable are erased
-                    // (and the erasure synced) after sled's flush: erased before,
+                    // (and the erasure synced) after the engine's flush: erased before,
                     // a crash could bring back a record whose credential is gone.
                     let synced = keyring.clone();
-                    match tokio::task::spawn_blocking(move || synced.sync()).await {
-                        Ok(Ok(())) => match db.flush_async().await {
-                            Ok(_) => tokio::task::spawn_blocking(move || keyring.erase_due(target))
-                                .await
-                                .unwrap_or_else(|e| Err(std::io::Error::other(e)))
-                                .map(|()| target)
-                                .map_err(sled::Error::Io),
-                            Err(e) => Err(e),
-                        },
-                        Ok(Err(e)) => Err(sled::Error::Io(e)),
-                        Err(e) => Err(sled::Error::Io(std::io::Error::other(e))),
-                    }
+                    tokio::task::spawn_blocking(move || {
+                        synced.sync().map_err(|source| Error::Io {
+                            what: "syncing the keyring",
+                            source,
+                        })?;
+                        db.flush()?;
+                        keyring.erase_due(target).map_err(|source| Error::Io {
+                            what: "erasing credentials' keys",
+                            source,
+                        })?;
+                        Ok::<_, Error>(target)
+                    })
+                    .await
+                    .unwrap_or_else(|e| {
+                        Err(Error::Io {
+                            what: "flushing the store to disk",
+                            source: std::io::Error::other(e),
+                        })
+                    })
                 };
                 let Some(group) = weak_group.upgrade() else {
                     break;
@@ -249,16 +253,14 @@ impl SledStore {
                     }
                     Err(e) => {
                         metrics::counter!("ebb_store_flush_errors_total").increment(1);
-                        tracing::error!(error = %e, "store flush failed; retrying");
-                        let kind = match &e {
-                            sled::Error::Io(io) => io.kind(),
-                            _ => std::io::ErrorKind::Other,
-                        };
+                        let why = ebb_core::error_chain(&e);
+                        tracing::error!(error = %why, "store flush failed; retrying");
+                        let kind = e.io_kind().unwrap_or(std::io::ErrorKind::Other);
                         group
                             .failing
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
-                            .get_or_insert_with(|| (std::time::Instant::now(), kind, e.to_string()))
+                            .get_or_insert_with(|| (std::time::Instant::now(), kind, why))
                             .1 = kind;
                         drop(group);
                         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -310,7 +312,7 @@ impl SledStore {
         shared: &Shared,
         event: NewEvent,
         records: u64,
-        batch: &mut sled::Batch,
+        batch: &mut Batch,
     ) -> Result<AuditEvent> {
         let at = (shared.clock)();
         let sealed = self
@@ -347,8 +349,8 @@ impl SledStore {
             None => prefix.to_vec(),
         };
         let mut page = Page::default();
-        for entry in self.db.range(start..) {
-            let (k, _) = entry.map_err(storage)?;
+        for entry in self.db.range(&start, None) {
+            let (k, _) = entry?;
             let Some(id) = k.strip_prefix(prefix) else {
                 break;
             };
@@ -380,10 +382,10 @@ impl SledStore {
     /// appended past `end` (the head a check read) are the next check's.
     fn events(&self, after: u64, end: u64) -> impl Iterator<Item = Result<AuditEvent>> + '_ {
         self.db
-            .range(audit_key(after.saturating_add(1))..)
+            .range(&audit_key(after.saturating_add(1)), None)
             .take_while(|entry| entry.as_ref().map_or(true, |(k, _)| k.starts_with(b"a/")))
             .map(|entry| {
-                let (k, v) = entry.map_err(storage)?;
+                let (k, v) = entry?;
                 decode::<AuditEvent>(&k, &v)
             })
             .take_while(move |event| event.as_ref().map_or(true, |e| e.seq <= end))
@@ -391,7 +393,7 @@ impl SledStore {
 
     /// The head the last good check verified, if this host recorded it.
     fn checkpoint(&self) -> Result<Option<Head>> {
-        Ok(match self.db.get(b"m/verified").map_err(storage)? {
+        Ok(match self.db.get(b"m/verified")? {
             Some(bytes) => Some(decode::<Head>(b"m/verified", &bytes)?)
                 .filter(|h| self.chain.head_is_genuine(h)),
             None => None,
@@ -404,7 +406,7 @@ impl SledStore {
         let (from_seq, from_hash) = match (self.checkpoint()?, head) {
             (Some(c), Some(h)) if c.seq <= h.seq => {
                 // The event it ended at must still be the one it verified.
-                let at = match self.db.get(audit_key(c.seq)).map_err(storage)? {
+                let at = match self.db.get(audit_key(c.seq))? {
                     Some(v) => Some(decode::<AuditEvent>(&audit_key(c.seq), &v)?),
                     None => None,
                 };
@@ -434,7 +436,7 @@ impl SledStore {
     }
 
     fn stored_head(&self) -> Result<Option<Head>> {
-        match self.db.get(b"m/head").map_err(storage)? {
+        match self.db.get(b"m/head")? {
             Some(bytes) => Ok(Some(decode(b"m/head", &bytes)?)),
             None => Ok(None),
         }
@@ -454,30 +456,30 @@ impl SledStore {
     ) -> Result<(u64, Option<String>)> {
         let mut checked = 0;
         // Tags are read beside the records (both in id order), not looked up one by one.
-        let mut tags = self.db.scan_prefix(b"b/").peekable();
-        for entry in self.db.scan_prefix(b"g/") {
-            let (k, v) = entry.map_err(storage)?;
+        let mut tags = self.db.prefix(b"b/");
+        let mut next_tag = tags.next().transpose()?;
+        for entry in self.db.prefix(b"g/") {
+            let (k, v) = entry?;
             let id = &k[2..];
-            let mut tag = None;
-            while let Some(next) = tags.peek() {
-                let (tk, tv) = next.as_ref().map_err(|e| storage(e.clone()))?;
-                match tk[2..].cmp(id) {
-                    std::cmp::Ordering::Less => {}
-                    std::cmp::Ordering::Equal => tag = Some(tv.clone()),
-                    std::cmp::Ordering::Greater => break,
-                }
-                tags.next();
-                if tag.is_some() {
-                    break;
-                }
+            // Skip tags of ids before this one; take this one's if there is one.
+            while next_tag.as_ref().is_some_and(|(tk, _)| &tk[2..] < id) {
+                next_tag = tags.next().transpose()?;
             }
+            let tag = match &next_tag {
+                Some((tk, _)) if &tk[2..] == id => {
+                    let tag = next_tag.take().map(|(_, tv)| tv);
+                    next_tag = tags.next().transpose()?;
+                    tag
+                }
+                _ => None,
+            };
             let id = String::from_utf8_lossy(id).into_owned();
             checked += 1;
             let problem = match self.record_problem(&id, &v, tag.as_deref(), latest_event)? {
                 Some(_) if !exact => {
                     let _shared = self.lock();
-                    let tag = self.db.get(key("b/", &id)).map_err(storage)?;
-                    match self.db.get(&k).map_err(storage)? {
+                    let tag = self.db.get(key("b/", &id))?;
+                    match self.db.get(&k)? {
                         Some(now) => {
                             self.record_problem(&id, &now, tag.as_deref(), latest_event)?
                         }
@@ -520,15 +522,15 @@ impl SledStore {
         }
         let mut prefix = key("i/", id);
         prefix.push(0);
-        let Some(entry) = self.db.scan_prefix(&prefix).next_back() else {
+        let Some(entry) = self.db.prefix(&prefix).next_back() else {
             return Ok(Some(format!("grant record {id} has no audit event")));
         };
-        let (k, _) = entry.map_err(storage)?;
+        let (k, _) = entry?;
         let seq = be(&k[prefix.len()..]).ok_or_else(|| Error::Corrupt {
             key: String::from_utf8_lossy(&k).into_owned(),
             source: "malformed audit index key".into(),
         })?;
-        let Some(v) = self.db.get(audit_key(seq)).map_err(storage)? else {
+        let Some(v) = self.db.get(audit_key(seq))? else {
             return Ok(Some(format!(
                 "the latest audit event of grant {id} (seq {seq}) is missing"
             )));
@@ -547,7 +549,7 @@ impl SledStore {
         Ok(self
             .db
             .get(key("d/", id))
-            .map_err(storage)?
+            ?
             .and_then(|v| be(&v)))
     }
 }
@@ -556,20 +558,20 @@ impl SledStore {
 /// every record, and keys the head with their count — also a head from before
 /// heads were keyed. What the store holds at that moment is trusted, as it was
 /// before; from then on an edit outside the host is detected.
-fn tag_records(db: &sled::Db, chain: &Chain) -> Result<()> {
+fn tag_records(db: &Kv, chain: &Chain) -> Result<()> {
     const DONE: &[u8] = b"m/index/record-tags";
-    if db.get(DONE).map_err(storage)?.is_some() {
+    if db.get(DONE)?.is_some() {
         return Ok(());
     }
-    let mut batch = sled::Batch::default();
+    let mut batch = Batch::default();
     let mut records = 0;
-    for entry in db.scan_prefix(b"g/") {
-        let (k, v) = entry.map_err(storage)?;
+    for entry in db.prefix(b"g/") {
+        let (k, v) = entry?;
         let id = String::from_utf8_lossy(&k[2..]);
         batch.insert(key("b/", &id), &chain.record_tag(&id, &v)[..]);
         records += 1;
     }
-    if let Some(bytes) = db.get(b"m/head").map_err(storage)? {
+    if let Some(bytes) = db.get(b"m/head")? {
         let head: Head = decode(b"m/head", &bytes)?;
         // A keyed head that is not genuine stays as it is, for the checks to report.
         if head.mac.is_none() || chain.head_is_genuine(&head) {
@@ -580,14 +582,14 @@ fn tag_records(db: &sled::Db, chain: &Chain) -> Result<()> {
         }
     }
     batch.insert(DONE, &[][..]);
-    db.apply_batch(batch).map_err(storage)
+    db.apply(batch)
 }
 
 /// Opens the keyring at `path` (in memory without one: a temporary store starts
 /// empty) and returns it with the number of stored credentials. A store written
 /// before the keyring has its credentials put under keyring keys, once;
 /// afterwards every slot no credential refers to is zeroed.
-fn open_keyring(db: &sled::Db, path: Option<&Path>) -> Result<(keyring::Keyring, u64)> {
+fn open_keyring(db: &Kv, path: Option<&Path>) -> Result<(keyring::Keyring, u64)> {
     const DONE: &[u8] = b"m/index/keyring";
     let io = |source| Error::Io {
         what: "opening the keyring",
@@ -596,83 +598,83 @@ fn open_keyring(db: &sled::Db, path: Option<&Path>) -> Result<(keyring::Keyring,
     let Some(path) = path else {
         return Ok((keyring::Keyring::memory(), 0));
     };
-    if db.get(DONE).map_err(storage)?.is_some() {
+    if db.get(DONE)?.is_some() {
         // After a clean run the keyring holds exactly as many keys as there are
         // credentials; only after a crash can a key be stray, and then a scan finds it.
-        if let Some(n) = db.get(CREDENTIALS).map_err(storage)?.and_then(|v| be(&v)) {
+        if let Some(n) = db.get(CREDENTIALS)?.and_then(|v| be(&v)) {
             let keyring = keyring::Keyring::open(path, None).map_err(io)?;
             if keyring.in_use() == n {
                 return Ok((keyring, n));
             }
         }
         let mut used = std::collections::HashSet::new();
-        for entry in db.scan_prefix(b"c/") {
-            let (_, v) = entry.map_err(storage)?;
+        for entry in db.prefix(b"c/") {
+            let (_, v) = entry?;
             used.insert(keyring::slot_of(&v).map_err(io)?);
         }
         let keyring = keyring::Keyring::open(path, Some(&used)).map_err(io)?;
         let n = used.len() as u64;
-        db.insert(CREDENTIALS, &n.to_be_bytes()[..])
-            .map_err(storage)?;
+        db.put(CREDENTIALS, Some(&n.to_be_bytes()[..]))
+            ?;
         return Ok((keyring, n));
     }
     let keyring =
         keyring::Keyring::open(path, Some(&std::collections::HashSet::new())).map_err(io)?;
-    let mut batch = sled::Batch::default();
+    let mut batch = Batch::default();
     let mut n: u64 = 0;
-    for entry in db.scan_prefix(b"c/") {
-        let (k, v) = entry.map_err(storage)?;
+    for entry in db.prefix(b"c/") {
+        let (k, v) = entry?;
         let id = String::from_utf8_lossy(&k[2..]);
-        batch.insert(k.clone(), keyring.seal(&id, &v).map_err(io)?);
+        batch.insert(k.to_vec(), keyring.seal(&id, &v).map_err(io)?);
         n += 1;
     }
     batch.insert(CREDENTIALS, &n.to_be_bytes()[..]);
     batch.insert(DONE, &[][..]);
     keyring.sync().map_err(io)?;
-    db.apply_batch(batch).map_err(storage)?;
-    db.flush().map_err(storage)?;
+    db.apply(batch)?;
+    db.flush()?;
     Ok((keyring, n))
 }
 
 /// Counts the escalated grants written before the count existed (once).
-fn count_escalations(db: &sled::Db) -> Result<()> {
+fn count_escalations(db: &Kv) -> Result<()> {
     const DONE: &[u8] = b"m/index/escalated";
-    if db.get(DONE).map_err(storage)?.is_some() {
+    if db.get(DONE)?.is_some() {
         return Ok(());
     }
     let mut counts: BTreeMap<String, u64> = BTreeMap::new();
-    for entry in db.scan_prefix(b"g/") {
-        let (k, v) = entry.map_err(storage)?;
+    for entry in db.prefix(b"g/") {
+        let (k, v) = entry?;
         let record: GrantRecord = decode(&k, &v)?;
         if record.escalated_at.is_some() {
             *counts.entry(record.connector).or_default() += 1;
         }
     }
-    let mut batch = sled::Batch::default();
+    let mut batch = Batch::default();
     for (connector, n) in counts {
         batch.insert(escalated_key(&connector), &n.to_be_bytes()[..]);
     }
     batch.insert(DONE, &[][..]);
-    db.apply_batch(batch).map_err(storage)
+    db.apply(batch)
 }
 
 /// Builds an index over grants written before it existed, once (`done` marks
 /// it built): one entry `key(record)` per grant record.
-fn build_index(db: &sled::Db, done: &[u8], key: impl Fn(&GrantRecord) -> Vec<u8>) -> Result<()> {
-    if db.get(done).map_err(storage)?.is_some() {
+fn build_index(db: &Kv, done: &[u8], key: impl Fn(&GrantRecord) -> Vec<u8>) -> Result<()> {
+    if db.get(done)?.is_some() {
         return Ok(());
     }
-    let mut batch = sled::Batch::default();
-    for entry in db.scan_prefix(b"g/") {
-        let (k, v) = entry.map_err(storage)?;
+    let mut batch = Batch::default();
+    for entry in db.prefix(b"g/") {
+        let (k, v) = entry?;
         let record: GrantRecord = decode(&k, &v)?;
         batch.insert(key(&record), &[][..]);
     }
     batch.insert(done, &[][..]);
-    db.apply_batch(batch).map_err(storage)
+    db.apply(batch)
 }
 
-impl Drop for SledStore {
+impl Drop for KvStore {
     fn drop(&mut self) {
         // Drop runs before the fields are dropped: mark the store closed first, so a
         // woken flusher ends instead of upgrading its handle and holding the db open.
@@ -681,10 +683,10 @@ impl Drop for SledStore {
     }
 }
 
-impl Store for SledStore {
+impl Store for KvStore {
     fn get(&self, id: &str) -> Result<Option<GrantRecord>> {
         let k = key("g/", id);
-        match self.db.get(&k).map_err(storage)? {
+        match self.db.get(&k)? {
             Some(bytes) => decode(&k, &bytes).map(Some),
             None => Ok(None),
         }
@@ -708,7 +710,7 @@ impl Store for SledStore {
             _ => {}
         }
         record.version += 1;
-        let mut batch = sled::Batch::default();
+        let mut batch = Batch::default();
         let bytes = encode(&record)?;
         let tag = self.chain.record_tag(&id, &bytes);
         batch.insert(key("g/", &id), bytes);
@@ -745,7 +747,7 @@ impl Store for SledStore {
         // drops it is applied; a new one's key is erased if the batch fails.
         let replaced = match &sealed {
             Sealed::Keep => None,
-            Sealed::Set(_) | Sealed::Shred => self.db.get(key("c/", &id)).map_err(storage)?,
+            Sealed::Set(_) | Sealed::Shred => self.db.get(key("c/", &id))?,
         };
         let credentials = match (&sealed, &replaced) {
             (Sealed::Set(_), None) => Some(shared.credentials + 1),
@@ -800,7 +802,7 @@ impl Store for SledStore {
         });
         let event = self.seal_event(&shared, event, records, &mut batch);
         let applied = event.and_then(|event| {
-            self.db.apply_batch(batch).map_err(storage)?;
+            self.db.apply(batch)?;
             Ok(event)
         });
         let event = match applied {
@@ -835,9 +837,9 @@ impl Store for SledStore {
 
     fn append_audit(&self, event: NewEvent) -> Result<AuditEvent> {
         let mut shared = self.lock();
-        let mut batch = sled::Batch::default();
+        let mut batch = Batch::default();
         let event = self.seal_event(&shared, event, shared.records, &mut batch)?;
-        self.db.apply_batch(batch).map_err(storage)?;
+        self.db.apply(batch)?;
         shared.head = self.chain.head(event.seq, &event.hash, shared.records);
         drop(shared);
         self.written();
@@ -852,34 +854,34 @@ impl Store for SledStore {
     ) -> Result<Vec<String>> {
         let _shared = self.lock();
         let mut claimed = Vec::new();
-        let mut batch = sled::Batch::default();
+        let mut batch = Batch::default();
         for entry in self
             .db
-            .range(due_key(0, "")..due_key(now.saturating_add(1), ""))
+            .range(&due_key(0, ""), Some(&due_key(now.saturating_add(1), "")))
         {
             if claimed.len() >= limit {
                 break;
             }
-            let (k, _) = entry.map_err(storage)?;
+            let (k, _) = entry?;
             let (due, id) = parse_due_key(&k)?;
-            batch.remove(k);
+            batch.remove(k.to_vec());
             batch.insert(due_key(lease_until, &id), &[][..]);
             batch.insert(key("d/", &id), &lease_until.to_be_bytes()[..]);
             // Keep the first lease's original due if an expired lease is re-claimed.
-            if self.db.get(key("l/", &id)).map_err(storage)?.is_none() {
+            if self.db.get(key("l/", &id))?.is_none() {
                 batch.insert(key("l/", &id), &due.to_be_bytes()[..]);
             }
             claimed.push(id);
         }
         if !claimed.is_empty() {
-            self.db.apply_batch(batch).map_err(storage)?;
+            self.db.apply(batch)?;
         }
         Ok(claimed)
     }
 
     fn reschedule(&self, id: &str, due: Option<Timestamp>) -> Result<()> {
         let _shared = self.lock();
-        let mut batch = sled::Batch::default();
+        let mut batch = Batch::default();
         if let Some(current) = self.current_due(id)? {
             batch.remove(due_key(current, id));
         }
@@ -891,13 +893,13 @@ impl Store for SledStore {
             None => batch.remove(key("d/", id)),
         }
         batch.remove(key("l/", id));
-        self.db.apply_batch(batch).map_err(storage)
+        self.db.apply(batch)
     }
 
     fn next_due(&self) -> Result<Option<Timestamp>> {
-        match self.db.scan_prefix(b"t/").next() {
+        match self.db.prefix(b"t/").next() {
             Some(entry) => {
-                let (k, _) = entry.map_err(storage)?;
+                let (k, _) = entry?;
                 Ok(Some(parse_due_key(&k)?.0))
             }
             None => Ok(None),
@@ -906,10 +908,10 @@ impl Store for SledStore {
 
     fn release_leases(&self) -> Result<usize> {
         let _shared = self.lock();
-        let mut batch = sled::Batch::default();
+        let mut batch = Batch::default();
         let mut n = 0;
-        for entry in self.db.scan_prefix(b"l/") {
-            let (k, v) = entry.map_err(storage)?;
+        for entry in self.db.prefix(b"l/") {
+            let (k, v) = entry?;
             let id = String::from_utf8_lossy(&k[2..]).into_owned();
             let original = be(&v).ok_or_else(|| Error::Corrupt {
                 key: String::from_utf8_lossy(&k).into_owned(),
@@ -920,15 +922,15 @@ impl Store for SledStore {
             }
             batch.insert(due_key(original, &id), &[][..]);
             batch.insert(key("d/", &id), &original.to_be_bytes()[..]);
-            batch.remove(k);
+            batch.remove(k.to_vec());
             n += 1;
         }
-        self.db.apply_batch(batch).map_err(storage)?;
+        self.db.apply(batch)?;
         Ok(n)
     }
 
     fn sealed_credential(&self, id: &str) -> Result<Option<Vec<u8>>> {
-        let Some(value) = self.db.get(key("c/", id)).map_err(storage)? else {
+        let Some(value) = self.db.get(key("c/", id))? else {
             return Ok(None);
         };
         self.keyring
@@ -941,9 +943,9 @@ impl Store for SledStore {
 
     fn with_work(&self) -> Result<Vec<String>> {
         self.db
-            .scan_prefix(b"d/")
+            .prefix(b"d/")
             .map(|entry| {
-                let (k, _) = entry.map_err(storage)?;
+                let (k, _) = entry?;
                 Ok(String::from_utf8_lossy(&k[2..]).into_owned())
             })
             .collect()
@@ -966,8 +968,8 @@ impl Store for SledStore {
             None => b"g/".to_vec(),
         };
         let mut page = Page::default();
-        for entry in self.db.range(start..b"g0".to_vec()) {
-            let (k, v) = entry.map_err(storage)?;
+        for entry in self.db.range(&start, Some(b"g0")) {
+            let (k, v) = entry?;
             let record: GrantRecord = decode(&k, &v)?;
             if filter.matches(&record) {
                 if page.grants.len() == limit {
@@ -990,13 +992,13 @@ impl Store for SledStore {
                     p.push(0);
                     p
                 };
-                for entry in self.db.scan_prefix(&prefix) {
-                    let (k, _) = entry.map_err(storage)?;
+                for entry in self.db.prefix(&prefix) {
+                    let (k, _) = entry?;
                     let seq = be(&k[prefix.len()..]).unwrap_or(0);
                     if seq <= query.after_seq {
                         continue;
                     }
-                    if let Some(v) = self.db.get(audit_key(seq)).map_err(storage)? {
+                    if let Some(v) = self.db.get(audit_key(seq))? {
                         events.push(decode(&k, &v)?);
                     }
                     if events.len() == limit {
@@ -1007,9 +1009,9 @@ impl Store for SledStore {
             None => {
                 for entry in self
                     .db
-                    .range(audit_key(query.after_seq.saturating_add(1))..b"a0".to_vec())
+                    .range(&audit_key(query.after_seq.saturating_add(1)), Some(b"a0"))
                 {
-                    let (k, v) = entry.map_err(storage)?;
+                    let (k, v) = entry?;
                     events.push(decode(&k, &v)?);
                     if events.len() == limit {
                         break;
@@ -1028,7 +1030,7 @@ impl Store for SledStore {
             let _shared = self.lock();
             let head = self.stored_head()?;
             // Without a head, whether events existed when it was read (not later).
-            let events_then = head.is_some() || self.db.scan_prefix(b"a/").next().is_some();
+            let events_then = head.is_some() || self.db.prefix(b"a/").next().is_some();
             (head, events_then)
         };
         // No head and no events: an empty chain. No head but events: reported below.
@@ -1069,7 +1071,7 @@ impl Store for SledStore {
         report.records = records;
         report.problem = problem;
         if let (true, Some(h)) = (report.is_intact(), &head) {
-            self.db.insert(b"m/verified", encode(h)?).map_err(storage)?;
+            self.db.put(b"m/verified", Some(&encode(h)?))?;
             self.written();
         }
         Ok(report)
@@ -1087,7 +1089,7 @@ impl Store for SledStore {
             let _shared = self.lock();
             // Only forward: a check at start may have got further meanwhile.
             if self.checkpoint()?.is_none_or(|c| c.seq < h.seq) {
-                self.db.insert(b"m/verified", encode(h)?).map_err(storage)?;
+                self.db.put(b"m/verified", Some(&encode(h)?))?;
                 self.written();
             }
         }
@@ -1132,20 +1134,16 @@ impl Store for SledStore {
 
     fn put_state(&self, key: &str, value: Option<&[u8]>) -> Result<()> {
         let k = state_key(key);
-        match value {
-            Some(v) => self.db.insert(k, v).map(|_| ()),
-            None => self.db.remove(k).map(|_| ()),
-        }
-        .map_err(storage)?;
+        self.db.put(&k, value)?;
         self.written();
         Ok(())
     }
 
     fn states(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
         self.db
-            .scan_prefix(state_key(prefix))
+            .prefix(state_key(prefix))
             .map(|entry| {
-                let (k, v) = entry.map_err(storage)?;
+                let (k, v) = entry?;
                 let key = String::from_utf8_lossy(&k[2..]).into_owned();
                 Ok((key, v.to_vec()))
             })
@@ -1155,7 +1153,7 @@ impl Store for SledStore {
     fn health(&self) -> Result<()> {
         // A real read, and the flusher's state: a store that answers reads but
         // cannot make anything durable is not ready.
-        self.db.get(b"m/head").map_err(storage)?;
+        self.db.get(b"m/head")?;
         self.flush_failure(std::time::Duration::ZERO)
     }
 }

@@ -1,24 +1,10 @@
-//! How values and keys are laid out in sled, and how sled's errors become the
-//! store's typed errors. See the key table in the crate docs.
+//! How keys and values are laid out in the engine. See the key table in the
+//! crate docs.
 
 use ebb_core::contract::Timestamp;
 use ebb_core::state::GrantState;
 use ebb_core::store::{Error, Result};
 use serde::{Deserialize, Serialize};
-
-pub(crate) fn sled_error(what: &'static str) -> impl Fn(sled::Error) -> Error {
-    move |e| match e {
-        sled::Error::Io(source) => Error::Io { what, source },
-        other => Error::Storage {
-            what,
-            source: Box::new(other),
-        },
-    }
-}
-
-pub(crate) fn storage(e: sled::Error) -> Error {
-    sled_error("accessing sled")(e)
-}
 
 pub(crate) fn decode<T: for<'de> Deserialize<'de>>(key: &[u8], bytes: &[u8]) -> Result<T> {
     serde_json::from_slice(bytes).map_err(|e| Error::Corrupt {

@@ -1,4 +1,5 @@
-use super::*;
+use crate::kv::Bytes;
+use crate::*;
 use ebb_core::contract::{Grant, Subject, SubjectKind};
 
 fn record(id: &str, state: GrantState, due: Option<Timestamp>) -> GrantRecord {
@@ -19,20 +20,25 @@ fn record(id: &str, state: GrantState, due: Option<Timestamp>) -> GrantRecord {
     r
 }
 
-fn temp_store() -> (Arc<SledStore>, std::path::PathBuf) {
+/// Opens the store in `dir` on the engine these tests run on.
+fn open(dir: &std::path::Path, chain_key: [u8; 32]) -> Result<Arc<KvStore>> {
+    KvStore::open_with(ENGINE, dir, chain_key)
+}
+
+fn temp_store() -> (Arc<KvStore>, std::path::PathBuf) {
     let dir = std::env::temp_dir().join(format!(
         "ebb-store-{}-{}",
         std::process::id(),
         rand::random::<u64>()
     ));
-    (SledStore::open(&dir, [1; 32]).unwrap(), dir)
+    (open(&dir, [1; 32]).unwrap(), dir)
 }
 
 /// Makes everything durable, closes the store and opens it again (a restart).
-async fn reopen(store: Arc<SledStore>, dir: &std::path::Path) -> Arc<SledStore> {
+async fn reopen(store: Arc<KvStore>, dir: &std::path::Path) -> Arc<KvStore> {
     store.sync().await.unwrap();
     drop(store);
-    SledStore::open(dir, [1; 32]).unwrap()
+    open(dir, [1; 32]).unwrap()
 }
 
 fn event(id: &str) -> NewEvent {
@@ -203,7 +209,7 @@ async fn survives_reopen_with_chain_and_counts() {
     assert!(store.verify_audit().unwrap().is_intact());
     // A different chain key does not verify: the chain is keyed.
     drop(store);
-    let wrong = SledStore::open(&dir, [2; 32]).unwrap();
+    let wrong = open(&dir, [2; 32]).unwrap();
     assert!(!wrong.verify_audit().unwrap().is_intact());
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -222,9 +228,9 @@ async fn tampering_with_any_stored_audit_record_is_detected() {
             .unwrap();
     }
     assert!(store.verify_audit().unwrap().is_intact());
-    let original: Vec<(sled::IVec, sled::IVec)> =
-        store.db.scan_prefix(b"a/").map(|e| e.unwrap()).collect();
-    let restore = |store: &SledStore| {
+    let original: Vec<(Bytes, Bytes)> =
+        store.db.prefix(b"a/").map(|e| e.unwrap()).collect();
+    let restore = |store: &KvStore| {
         for (k, v) in &original {
             store.db.insert(k, v.clone()).unwrap();
         }
@@ -365,7 +371,7 @@ async fn requester_listings_use_an_index_built_for_old_stores_too() {
             })
             .unwrap();
     }
-    let list = |store: &SledStore, after: Option<&str>| {
+    let list = |store: &KvStore, after: Option<&str>| {
         let page = store
             .list(&ListFilter {
                 requested_by: Some("a".into()),
@@ -387,14 +393,14 @@ async fn requester_listings_use_an_index_built_for_old_stores_too() {
     store.db.remove(requester_key("a", "g4")).unwrap();
     assert_eq!(list(&store, Some("g2")), (vec![], None));
     // A store from before the index: no `r/` keys, no marker.
-    let old: Vec<_> = store.db.scan_prefix(b"r/").map(|e| e.unwrap().0).collect();
+    let old: Vec<_> = store.db.prefix(b"r/").map(|e| e.unwrap().0).collect();
     for k in old {
         store.db.remove(k).unwrap();
     }
     store.db.remove(b"m/index/requester").unwrap();
     store.db.flush().unwrap();
     drop(store);
-    let store = SledStore::open(&dir, [1; 32]).unwrap();
+    let store = open(&dir, [1; 32]).unwrap();
     assert_eq!(
         list(&store, None),
         (vec!["g0".into(), "g2".into()], Some("g2".into()))
@@ -421,7 +427,7 @@ async fn state_listings_use_an_index_that_follows_transitions() {
     for (n, state) in states.iter().enumerate() {
         commit_state(&store, record(&format!("g{n}"), *state, None));
     }
-    let list = |store: &SledStore, state: GrantState, after: Option<&str>| {
+    let list = |store: &KvStore, state: GrantState, after: Option<&str>| {
         let page = store
             .list(&ListFilter {
                 state: Some(state),
@@ -463,14 +469,14 @@ async fn state_listings_use_an_index_that_follows_transitions() {
         (vec!["g1".into()], None)
     );
     // A store from before the index: no `x/` keys, no marker.
-    let old: Vec<_> = store.db.scan_prefix(b"x/").map(|e| e.unwrap().0).collect();
+    let old: Vec<_> = store.db.prefix(b"x/").map(|e| e.unwrap().0).collect();
     for k in old {
         store.db.remove(k).unwrap();
     }
     store.db.remove(b"m/index/state").unwrap();
     store.db.flush().unwrap();
     drop(store);
-    let store = SledStore::open(&dir, [1; 32]).unwrap();
+    let store = open(&dir, [1; 32]).unwrap();
     assert_eq!(
         list(&store, GrantState::Requested, None),
         (vec!["g1".into(), "g5".into()], None)
@@ -532,7 +538,7 @@ async fn a_full_disk_is_an_error_within_a_bounded_time_not_a_hang() {
         let _ = std::process::Command::new("umount").arg(dir).status();
         let _ = std::fs::remove_dir_all(dir);
     };
-    let store = SledStore::open(&mount.join("store"), [1; 32]).unwrap();
+    let store = open(&mount.join("store"), [1; 32]).unwrap();
     store
         .commit(Commit {
             record: record("before", GrantState::Active, Some(10)),
@@ -592,7 +598,7 @@ async fn a_full_disk_is_an_error_within_a_bounded_time_not_a_hang() {
     // acknowledged before the disk filled is lost: reopened with space, it is there.
     drop(store);
     std::fs::remove_file(&filler).unwrap();
-    let store = SledStore::open(&mount.join("store"), [1; 32]).unwrap();
+    let store = open(&mount.join("store"), [1; 32]).unwrap();
     assert!(store.get("before").unwrap().is_some());
     assert!(store.verify_audit().unwrap().is_intact());
     store.health().unwrap();
@@ -640,7 +646,7 @@ async fn escalation_counts_survive_reopen() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-fn commit_state(store: &SledStore, r: GrantRecord) -> GrantRecord {
+fn commit_state(store: &KvStore, r: GrantRecord) -> GrantRecord {
     let id = r.grant.id.clone();
     store
         .commit(Commit {
@@ -654,7 +660,7 @@ fn commit_state(store: &SledStore, r: GrantRecord) -> GrantRecord {
 }
 
 /// Both the check at start and the full check report a problem containing `needle`.
-fn both_checks_report(store: &SledStore, needle: &str) {
+fn both_checks_report(store: &KvStore, needle: &str) {
     for report in [
         store.verify_at_start().unwrap(),
         store.verify_audit().unwrap(),
@@ -870,7 +876,7 @@ async fn keys_no_credential_uses_are_zeroed_at_open() {
         .unwrap()
         .write_all_at(&stray, 5 * 32)
         .unwrap();
-    let store = SledStore::open(&dir, [1; 32]).unwrap();
+    let store = open(&dir, [1; 32]).unwrap();
     assert!(files_containing(&dir, &stray).is_empty());
     assert_eq!(store.sealed_credential("k2").unwrap().unwrap(), b"kept");
     drop(store);

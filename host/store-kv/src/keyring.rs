@@ -1,15 +1,15 @@
 //! Erasable keys for sealed credentials (crypto-shredding).
 //!
-//! sled is log-structured: a removed value stays in its segment until the segment
-//! is reused, so deleting `c/<id>` does not erase a credential. Instead each stored
+//! Both engines are log-structured (sled's segments, fjall's journal and sorted
+//! tables): a removed value stays on disk until its space is reused or compacted, so deleting `c/<id>` does not erase a credential. Instead each stored
 //! credential is encrypted (XChaCha20-Poly1305, the grant id as associated data)
 //! under its own random key, and that key lives in one 32-byte slot of a plain file
-//! beside sled, `keyring`, written in place. Shredding overwrites the slot with
-//! zeros; once that is synced the credential's bytes, wherever sled left them, can
+//! beside the engine's, `keyring`, written in place. Shredding overwrites the slot with
+//! zeros; once that is synced the credential's bytes, wherever the engine left them, can
 //! no longer be decrypted by anyone, the host key's holder included.
 //!
-//! Durability: a slot is written before the sled batch that refers to it, and the
-//! group-commit flusher syncs this file before it flushes sled, so a durable
+//! Durability: a slot is written before the batch that refers to it, and the
+//! group-commit flusher syncs this file before it flushes the engine, so a durable
 //! reference never points at a key that is not. A crash can leave slots no record
 //! refers to (written for a batch that was lost, or not yet zeroed after a shred);
 //! [`Keyring::open`] zeroes every slot that `used` does not name.
