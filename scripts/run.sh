@@ -41,6 +41,9 @@ listen = "127.0.0.1:${EBB_PORT:-8700}"
 
 [store]
 path = "data"
+# The embedded engine: sled (the default) or fjall (faster commits; a folder
+# written by one engine is refused by the other).
+engine = "${EBB_STORE_ENGINE:-sled}"
 key-file = "host.key"
 
 [runtime]

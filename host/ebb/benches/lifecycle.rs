@@ -3,10 +3,11 @@
 //!
 //! - throughput: complete durable lifecycles per second with the noop connector
 //!   (request+approve, issue, task completion, revoke, verify), each state change an
-//!   atomic commit to an on-disk sled store, intents synced (group commit).
+//!   atomic commit to an on-disk store, intents synced (group commit) — on sled and
+//!   on fjall, in the same run.
 //! - million: RSS with N active grants, restart-to-serving with them, and the
 //!   expiry-to-revoke-start lag of grants expiring among them.
-//! - limits (run with throughput): the same lifecycles on an in-memory sled store
+//! - limits (run with throughput): the same lifecycles on the in-memory engine
 //!   (the ceiling without durability), and what the layers below the engine can do
 //!   alone: sled batches of one commit's size with a flush after each, the same
 //!   without flushing, and the disk itself (appends of that size, `fdatasync`
@@ -29,7 +30,7 @@ use ebb_engine::lifecycle::{
 };
 use ebb_engine::registry::Registry;
 use ebb_runtime::Runtime;
-use ebb_store_kv::KvStore;
+use ebb_store_kv::{Engine, KvStore};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -90,15 +91,17 @@ fn new_grant(ttl_ms: u64) -> NewGrant {
     }
 }
 
-async fn throughput(dir: &Path, total: usize, concurrency: usize) -> f64 {
-    let store = KvStore::open(dir, [1; 32]).unwrap();
-    lifecycles(store, "durable", total, concurrency).await
-}
-
-/// The same lifecycles on an in-memory store: everything but durability.
-async fn throughput_in_memory(total: usize, concurrency: usize) -> f64 {
-    let store = KvStore::temporary([1; 32]).unwrap();
-    lifecycles(store, "in-memory", total, concurrency).await
+/// Durable lifecycles on a store in `dir` on `engine` (on `Engine::Memory`: the
+/// same lifecycles without durability, the ceiling of everything above the store).
+async fn throughput(engine: Engine, dir: &Path, total: usize, concurrency: usize) -> f64 {
+    let store = KvStore::open_with(engine, dir, [1; 32]).unwrap();
+    let label = match engine {
+        Engine::Memory => "in-memory".to_owned(),
+        durable => format!("durable {durable}"),
+    };
+    let rate = lifecycles(store, &label, total, concurrency).await;
+    let _ = std::fs::remove_dir_all(dir);
+    rate
 }
 
 async fn lifecycles(store: Arc<KvStore>, label: &str, total: usize, concurrency: usize) -> f64 {
@@ -573,18 +576,25 @@ fn main() {
         if which.is_empty() || which == "throughput" {
             let dir = base.join("throughput");
             let (total, conc) = if full { (40_000, 256) } else { (200, 16) };
-            let durable = throughput(&dir, total, conc).await;
-            let _ = std::fs::remove_dir_all(&dir);
-            let memory = throughput_in_memory(total, conc).await;
+            let durable = throughput(Engine::Sled, &dir, total, conc).await;
+            let fjall = throughput(Engine::Fjall, &dir, total, conc).await;
+            let memory = throughput(Engine::Memory, &dir, total, conc).await;
             let limits = limits(&base.join("limits"), if full { 5.0 } else { 0.2 });
             let _ = std::fs::remove_dir_all(base.join("limits"));
             // A lifecycle is 7 commits; 2 of them (the intents) must be durable
             // before the call they announce, the rest ride the group commit.
             let commits = durable * 7.0;
             println!(
-                "ratios: durable lifecycles / in-memory {:.2}; the durable run's {commits:.0} commits/s are {:.2} of sled's unsynced limit",
+                "ratios: durable sled lifecycles / in-memory {:.2}; the durable run's {commits:.0} commits/s are {:.2} of sled's unsynced limit",
                 durable / memory,
                 commits / limits[0].1.unsynced,
+            );
+            println!(
+                "ratios: durable fjall lifecycles / in-memory {:.2}; its {:.0} commits/s are {:.2} of fjall's unsynced limit; fjall / sled {:.2}",
+                fjall / memory,
+                fjall * 7.0,
+                fjall * 7.0 / limits[2].1.unsynced,
+                fjall / durable,
             );
             for (name, l) in limits {
                 println!(

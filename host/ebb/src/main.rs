@@ -186,14 +186,14 @@ mod server {
     use ebb::api::{self, AppState, Tokens};
     use ebb_core::seal::{HostKey, Sealer};
     use ebb_engine::approval::{Alerts, ApprovalGate};
-    use ebb_engine::config::{Config, ConnectorConfig, ConnectorSpec, RuntimeConfig};
+    use ebb_engine::config::{Config, ConnectorConfig, ConnectorSpec, RuntimeConfig, StoreEngine};
     use ebb_engine::identity::Verifier;
     use ebb_engine::lifecycle::{Clock, EngineConfig, Lifecycle};
     use ebb_engine::loader::Loader;
     use ebb_engine::registry::Registry;
     use ebb_runtime::conformance::Outcome;
     use ebb_runtime::{CacheKey, Digest, Runtime};
-    use ebb_store_kv::KvStore;
+    use ebb_store_kv::{Engine, KvStore};
     use std::path::{Path, PathBuf};
     use std::sync::Arc;
 
@@ -383,7 +383,11 @@ mod server {
         };
         std::fs::create_dir_all(&config.store.path)
             .with_context(|| format!("creating {}", config.store.path.display()))?;
-        let store = KvStore::open(&config.store.path, key.derive("audit-chain"))?;
+        let engine = match config.store.engine {
+            StoreEngine::Sled => Engine::Sled,
+            StoreEngine::Fjall => Engine::Fjall,
+        };
+        let store = KvStore::open_with(engine, &config.store.path, key.derive("audit-chain"))?;
         check_store(store.as_ref(), accept_unverified_store)?;
         let runtime =
             Runtime::with_cache_key(&config.runtime, CacheKey::new(key.derive("runtime-cache")))?;

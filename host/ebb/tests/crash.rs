@@ -28,7 +28,7 @@ fn sha(token: &str) -> String {
     ebb::api::auth::hash_token(token)
 }
 
-fn write_config(dir: &Path, pg: &Postgres, port: u16) -> std::path::PathBuf {
+fn write_config(dir: &Path, pg: &Postgres, port: u16, engine: &str) -> std::path::PathBuf {
     let config = format!(
         r#"
 [server]
@@ -36,6 +36,7 @@ listen = "127.0.0.1:{port}"
 
 [store]
 path = "data"
+engine = "{engine}"
 key-file = "host.key"
 
 [[tokens]]
@@ -127,11 +128,23 @@ async fn all_grants(client: &reqwest::Client, base: &str) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_at_random_moments_loses_nothing() {
     ebb_test_support::require!(Postgres);
+    kill_9_at_random_moments("sled").await;
+}
+
+/// The same on the fjall engine: its journal, made durable by the store's group
+/// commit, must keep every acknowledged grant and the chain through `kill -9`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_at_random_moments_loses_nothing_on_fjall() {
+    ebb_test_support::require!(Postgres);
+    kill_9_at_random_moments("fjall").await;
+}
+
+async fn kill_9_at_random_moments(engine: &str) {
     let pg = Postgres::start().unwrap();
     let dir = std::env::temp_dir().join(format!("ebb-crash-{}", rand::random::<u64>()));
     std::fs::create_dir_all(&dir).unwrap();
     let port = ebb_test_support::free_port().unwrap();
-    let config = write_config(&dir, &pg, port);
+    let config = write_config(&dir, &pg, port, engine);
     let log = dir.join("host.log");
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::builder()
@@ -309,7 +322,7 @@ async fn kill_9_at_random_moments_loses_nothing() {
         .filter(|g| g["trigger"] == "compensation")
         .count();
     eprintln!(
-        "crash test: {} grants ({} issued to clients, {recovered} compensated after a crash), {} kills",
+        "crash test on {engine}: {} grants ({} issued to clients, {recovered} compensated after a crash), {} kills",
         grants.len(),
         acknowledged.len(),
         downtimes.len()

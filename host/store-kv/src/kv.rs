@@ -168,10 +168,9 @@ impl Kv {
         let key = key.as_ref();
         match self {
             Self::Sled(db) => Ok(db.get(key).map_err(sled_error(READ))?.map(Bytes::Sled)),
-            Self::Fjall { tree, .. } => Ok(tree
-                .get(key)
-                .map_err(fjall_error(READ))?
-                .map(Bytes::Fjall)),
+            Self::Fjall { tree, .. } => {
+                Ok(tree.get(key).map_err(fjall_error(READ))?.map(Bytes::Fjall))
+            }
             Self::Memory(map) => Ok(read(map).get(key).cloned().map(Bytes::Owned)),
         }
     }
@@ -260,7 +259,7 @@ impl Kv {
         match self {
             Self::Sled(db) => db.flush().map(|_| ()).map_err(sled_error(FLUSH)),
             Self::Fjall { db, .. } => db
-                .persist(fjall::PersistMode::SyncAll)
+                .persist(fjall::PersistMode::SyncData)
                 .map_err(fjall_error(FLUSH)),
             Self::Memory(_) => Ok(()),
         }

@@ -43,11 +43,11 @@ use ebb_core::state::GrantState;
 use ebb_core::store::{
     AuditQuery, Commit, Error, GrantRecord, ListFilter, Page, Result, Sealed, Store, SyncFuture,
 };
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 
 /// The embedded store, on the engine it was opened with.
 pub struct KvStore {
@@ -71,6 +71,11 @@ impl std::fmt::Debug for KvStore {
 
 struct Shared {
     head: Head,
+    /// The due index (`t/`), also in memory: the scheduler's claims and "when is
+    /// the next one" read this instead of scanning the engine, where an LSM engine
+    /// would walk past every due entry ever removed and not yet compacted away.
+    /// Changed only under this lock, after the engine took the batch.
+    due: BTreeSet<(Timestamp, String)>,
     /// Grant records held: counted in the keyed head.
     records: u64,
     /// Stored credentials (`c/` entries), persisted beside them.
@@ -96,9 +101,106 @@ struct GroupCommit {
 const FLUSH_GIVE_UP: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How the store wakes its flusher, and tells it the store is gone.
+#[derive(Default)]
 struct Kick {
-    notify: Notify,
+    notify: tokio::sync::Notify,
     closed: std::sync::atomic::AtomicBool,
+}
+
+impl Kick {
+    fn kick(&self) {
+        self.notify.notify_one();
+    }
+
+    /// Waits until kicked; false once the store is closed.
+    async fn wait(&self) -> bool {
+        self.notify.notified().await;
+        !self.closed.load(Ordering::Acquire)
+    }
+}
+
+/// The group-commit flusher: a task that runs each flush on the blocking pool and
+/// holds the store only weakly. (A thread of its own made rounds shorter — 0.8 ms
+/// instead of ~4 ms, the wait for a turn on two busy async workers — but then
+/// groups were half as large and lifecycles/s fell on both engines: with the CPU
+/// the limit, fewer, larger groups win. BENCHMARKS.md.)
+struct Flusher {
+    kick: Arc<Kick>,
+    group: std::sync::Weak<GroupCommit>,
+    db: std::sync::Weak<Kv>,
+    keyring: std::sync::Weak<keyring::Keyring>,
+    flushed: watch::Sender<u64>,
+}
+
+impl Flusher {
+    async fn run(self) {
+        while self.kick.wait().await {
+            // Hold the db only while flushing, and let go of it before telling
+            // anyone: a caller that syncs and then drops the store must find the db
+            // closed (its file lock released) right away.
+            let flushed = {
+                let (Some(group), Some(db), Some(keyring)) = (
+                    self.group.upgrade(),
+                    self.db.upgrade(),
+                    self.keyring.upgrade(),
+                ) else {
+                    break;
+                };
+                let target = group.written.load(Ordering::Acquire);
+                tokio::task::spawn_blocking(move || Self::flush(&db, &keyring, target))
+                    .await
+                    .unwrap_or_else(|e| {
+                        Err(Error::Io {
+                            what: "flushing the store to disk",
+                            source: std::io::Error::other(e),
+                        })
+                    })
+            };
+            let Some(group) = self.group.upgrade() else {
+                break;
+            };
+            match flushed {
+                Ok(target) => {
+                    *group.failing.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                    self.flushed.send_replace(target);
+                }
+                Err(e) => {
+                    metrics::counter!("ebb_store_flush_errors_total").increment(1);
+                    let why = ebb_core::error_chain(&e);
+                    tracing::error!(error = %why, "store flush failed; retrying");
+                    let kind = e.io_kind().unwrap_or(std::io::ErrorKind::Other);
+                    group
+                        .failing
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get_or_insert_with(|| (std::time::Instant::now(), kind, why))
+                        .1 = kind;
+                    drop(group);
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    self.kick.kick();
+                }
+            }
+        }
+    }
+
+    /// Makes everything counted up to `target` durable.
+    fn flush(db: &Kv, keyring: &keyring::Keyring, target: u64) -> Result<u64> {
+        // Keys before the records that use them: every slot written by a commit
+        // counted in `target` was written before it was counted. Keys of
+        // credentials whose removal is now durable are erased after the engine's
+        // flush (their zeros synced with the next round's keyring sync): erased
+        // before, a crash could bring back a record whose credential is gone.
+        keyring.sync().map_err(|source| Error::Io {
+            what: "syncing the keyring",
+            source,
+        })?;
+        db.flush()?;
+        keyring.erase_due(target).map_err(|source| Error::Io {
+            what: "erasing credentials' keys",
+            source,
+        })?;
+        Ok(target)
+    }
 }
 
 mod keyring;
@@ -121,6 +223,33 @@ mod tests {
 }
 
 use keys::*;
+
+/// The due-index entries one batch adds and removes, in order, for the in-memory
+/// copy (`Shared::due`) once the engine took the batch.
+#[derive(Default)]
+struct DueChanges(Vec<(Timestamp, String, bool)>);
+
+impl DueChanges {
+    fn insert(&mut self, batch: &mut Batch, due: Timestamp, id: &str) {
+        batch.insert(due_key(due, id), &[][..]);
+        self.0.push((due, id.to_owned(), true));
+    }
+
+    fn remove(&mut self, batch: &mut Batch, due: Timestamp, id: &str) {
+        batch.remove(due_key(due, id));
+        self.0.push((due, id.to_owned(), false));
+    }
+
+    fn apply(self, index: &mut BTreeSet<(Timestamp, String)>) {
+        for (due, id, added) in self.0 {
+            if added {
+                index.insert((due, id));
+            } else {
+                index.remove(&(due, id));
+            }
+        }
+    }
+}
 
 impl KvStore {
     /// Opens (or creates) the store in `dir` on sled, the default engine.
@@ -171,11 +300,7 @@ impl KvStore {
         let records = head.records.unwrap_or(0);
         let mut counts = BTreeMap::new();
         for state in GrantState::ALL {
-            let n = db
-                .get(count_key(state))
-                ?
-                .and_then(|v| be(&v))
-                .unwrap_or(0);
+            let n = db.get(count_key(state))?.and_then(|v| be(&v)).unwrap_or(0);
             counts.insert(state, n);
         }
         let mut escalations = BTreeMap::new();
@@ -184,96 +309,35 @@ impl KvStore {
             let connector = String::from_utf8_lossy(&k[ESCALATED.len()..]).into_owned();
             escalations.insert(connector, be(&v).unwrap_or(0));
         }
+        let mut due = BTreeSet::new();
+        for entry in db.prefix(b"t/") {
+            let (k, _) = entry?;
+            due.insert(parse_due_key(&k)?);
+        }
         let db = Arc::new(db);
         let (flushed_tx, flushed) = watch::channel(0);
         let group = Arc::new(GroupCommit {
             written: AtomicU64::new(0),
             flushed,
-            kick: Arc::new(Kick {
-                notify: Notify::new(),
-                closed: std::sync::atomic::AtomicBool::new(false),
-            }),
+            kick: Arc::new(Kick::default()),
             failing: Mutex::new(None),
         });
-        let kick = group.kick.clone();
-        let weak_keyring = Arc::downgrade(&keyring);
-        let weak_group = Arc::downgrade(&group);
-        let weak_db = Arc::downgrade(&db);
-        tokio::spawn(async move {
-            loop {
-                kick.notify.notified().await;
-                if kick.closed.load(Ordering::Acquire) {
-                    break;
-                }
-                // Hold the db only while flushing, and let go of it before telling
-                // anyone: a caller that syncs and then drops the store must find the
-                // db closed (its file lock released) right away.
-                let flushed = {
-                    let (Some(group), Some(db), Some(keyring)) = (
-                        weak_group.upgrade(),
-                        weak_db.upgrade(),
-                        weak_keyring.upgrade(),
-                    ) else {
-                        break;
-                    };
-                    let target = group.written.load(Ordering::Acquire);
-                    // Keys before the records that use them: every slot written by
-                    // a commit counted in `target` was written before it was counted.
-                    // Keys of credentials whose removal is now durable are erased
-                    // (and the erasure synced) after the engine's flush: erased before,
-                    // a crash could bring back a record whose credential is gone.
-                    let synced = keyring.clone();
-                    tokio::task::spawn_blocking(move || {
-                        synced.sync().map_err(|source| Error::Io {
-                            what: "syncing the keyring",
-                            source,
-                        })?;
-                        db.flush()?;
-                        keyring.erase_due(target).map_err(|source| Error::Io {
-                            what: "erasing credentials' keys",
-                            source,
-                        })?;
-                        Ok::<_, Error>(target)
-                    })
-                    .await
-                    .unwrap_or_else(|e| {
-                        Err(Error::Io {
-                            what: "flushing the store to disk",
-                            source: std::io::Error::other(e),
-                        })
-                    })
-                };
-                let Some(group) = weak_group.upgrade() else {
-                    break;
-                };
-                match flushed {
-                    Ok(target) => {
-                        *group.failing.lock().unwrap_or_else(|p| p.into_inner()) = None;
-                        flushed_tx.send_replace(target);
-                    }
-                    Err(e) => {
-                        metrics::counter!("ebb_store_flush_errors_total").increment(1);
-                        let why = ebb_core::error_chain(&e);
-                        tracing::error!(error = %why, "store flush failed; retrying");
-                        let kind = e.io_kind().unwrap_or(std::io::ErrorKind::Other);
-                        group
-                            .failing
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .get_or_insert_with(|| (std::time::Instant::now(), kind, why))
-                            .1 = kind;
-                        drop(group);
-                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                        kick.notify.notify_one();
-                    }
-                }
-            }
-        });
+        if durable {
+            let flusher = Flusher {
+                kick: group.kick.clone(),
+                group: Arc::downgrade(&group),
+                db: Arc::downgrade(&db),
+                keyring: Arc::downgrade(&keyring),
+                flushed: flushed_tx,
+            };
+            tokio::spawn(flusher.run());
+        }
         Ok(Arc::new(Self {
             db,
             chain,
             state: Mutex::new(Shared {
                 head,
+                due,
                 records,
                 credentials,
                 counts,
@@ -546,11 +610,7 @@ impl KvStore {
     }
 
     fn current_due(&self, id: &str) -> Result<Option<Timestamp>> {
-        Ok(self
-            .db
-            .get(key("d/", id))
-            ?
-            .and_then(|v| be(&v)))
+        Ok(self.db.get(key("d/", id))?.and_then(|v| be(&v)))
     }
 }
 
@@ -614,8 +674,7 @@ fn open_keyring(db: &Kv, path: Option<&Path>) -> Result<(keyring::Keyring, u64)>
         }
         let keyring = keyring::Keyring::open(path, Some(&used)).map_err(io)?;
         let n = used.len() as u64;
-        db.put(CREDENTIALS, Some(&n.to_be_bytes()[..]))
-            ?;
+        db.put(CREDENTIALS, Some(&n.to_be_bytes()[..]))?;
         return Ok((keyring, n));
     }
     let keyring =
@@ -679,7 +738,7 @@ impl Drop for KvStore {
         // Drop runs before the fields are dropped: mark the store closed first, so a
         // woken flusher ends instead of upgrading its handle and holding the db open.
         self.group.kick.closed.store(true, Ordering::Release);
-        self.group.kick.notify.notify_one();
+        self.group.kick.kick();
     }
 }
 
@@ -724,17 +783,18 @@ impl Store for KvStore {
             batch.insert(requester_key(&record.requested_by, &id), &[][..]);
         }
         // Move the due entry from wherever it is now (its logical due or a lease).
+        let mut dues = DueChanges::default();
         if let Some(current) = self.current_due(&id)? {
-            batch.remove(due_key(current, &id));
+            dues.remove(&mut batch, current, &id);
         }
         match (record.due_at, lease_until) {
             (Some(due), Some(lease)) => {
-                batch.insert(due_key(lease, &id), &[][..]);
+                dues.insert(&mut batch, lease, &id);
                 batch.insert(key("d/", &id), &lease.to_be_bytes()[..]);
                 batch.insert(key("l/", &id), &due.to_be_bytes()[..]);
             }
             (Some(due), None) => {
-                batch.insert(due_key(due, &id), &[][..]);
+                dues.insert(&mut batch, due, &id);
                 batch.insert(key("d/", &id), &due.to_be_bytes()[..]);
                 batch.remove(key("l/", &id));
             }
@@ -815,6 +875,7 @@ impl Store for KvStore {
             }
         };
         shared.head = self.chain.head(event.seq, &event.hash, records);
+        dues.apply(&mut shared.due);
         shared.records = records;
         if let Some(n) = credentials {
             shared.credentials = n;
@@ -852,63 +913,61 @@ impl Store for KvStore {
         lease_until: Timestamp,
         limit: usize,
     ) -> Result<Vec<String>> {
-        let _shared = self.lock();
-        let mut claimed = Vec::new();
+        let mut shared = self.lock();
+        let due: Vec<(Timestamp, String)> = shared
+            .due
+            .range(..(now.saturating_add(1), String::new()))
+            .take(limit)
+            .cloned()
+            .collect();
+        let mut claimed = Vec::with_capacity(due.len());
         let mut batch = Batch::default();
-        for entry in self
-            .db
-            .range(&due_key(0, ""), Some(&due_key(now.saturating_add(1), "")))
-        {
-            if claimed.len() >= limit {
-                break;
-            }
-            let (k, _) = entry?;
-            let (due, id) = parse_due_key(&k)?;
-            batch.remove(k.to_vec());
-            batch.insert(due_key(lease_until, &id), &[][..]);
+        let mut dues = DueChanges::default();
+        for (at, id) in due {
+            dues.remove(&mut batch, at, &id);
+            dues.insert(&mut batch, lease_until, &id);
             batch.insert(key("d/", &id), &lease_until.to_be_bytes()[..]);
             // Keep the first lease's original due if an expired lease is re-claimed.
             if self.db.get(key("l/", &id))?.is_none() {
-                batch.insert(key("l/", &id), &due.to_be_bytes()[..]);
+                batch.insert(key("l/", &id), &at.to_be_bytes()[..]);
             }
             claimed.push(id);
         }
         if !claimed.is_empty() {
             self.db.apply(batch)?;
+            dues.apply(&mut shared.due);
         }
         Ok(claimed)
     }
 
     fn reschedule(&self, id: &str, due: Option<Timestamp>) -> Result<()> {
-        let _shared = self.lock();
+        let mut shared = self.lock();
         let mut batch = Batch::default();
+        let mut dues = DueChanges::default();
         if let Some(current) = self.current_due(id)? {
-            batch.remove(due_key(current, id));
+            dues.remove(&mut batch, current, id);
         }
         match due {
             Some(due) => {
-                batch.insert(due_key(due, id), &[][..]);
+                dues.insert(&mut batch, due, id);
                 batch.insert(key("d/", id), &due.to_be_bytes()[..]);
             }
             None => batch.remove(key("d/", id)),
         }
         batch.remove(key("l/", id));
-        self.db.apply(batch)
+        self.db.apply(batch)?;
+        dues.apply(&mut shared.due);
+        Ok(())
     }
 
     fn next_due(&self) -> Result<Option<Timestamp>> {
-        match self.db.prefix(b"t/").next() {
-            Some(entry) => {
-                let (k, _) = entry?;
-                Ok(Some(parse_due_key(&k)?.0))
-            }
-            None => Ok(None),
-        }
+        Ok(self.lock().due.first().map(|(at, _)| *at))
     }
 
     fn release_leases(&self) -> Result<usize> {
-        let _shared = self.lock();
+        let mut shared = self.lock();
         let mut batch = Batch::default();
+        let mut dues = DueChanges::default();
         let mut n = 0;
         for entry in self.db.prefix(b"l/") {
             let (k, v) = entry?;
@@ -918,14 +977,15 @@ impl Store for KvStore {
                 source: "malformed lease".into(),
             })?;
             if let Some(current) = self.current_due(&id)? {
-                batch.remove(due_key(current, &id));
+                dues.remove(&mut batch, current, &id);
             }
-            batch.insert(due_key(original, &id), &[][..]);
+            dues.insert(&mut batch, original, &id);
             batch.insert(key("d/", &id), &original.to_be_bytes()[..]);
             batch.remove(k.to_vec());
             n += 1;
         }
         self.db.apply(batch)?;
+        dues.apply(&mut shared.due);
         Ok(n)
     }
 
@@ -1114,7 +1174,7 @@ impl Store for KvStore {
             if *flushed.borrow() >= target {
                 return Ok(());
             }
-            self.group.kick.notify.notify_one();
+            self.group.kick.kick();
             loop {
                 let waited = tokio::time::timeout(
                     std::time::Duration::from_millis(100),

@@ -360,6 +360,9 @@ pub struct TokenConfig {
 pub struct StoreConfig {
     /// The embedded store's folder.
     pub path: PathBuf,
+    /// The embedded engine under the store: `sled` (the default) or `fjall`. A
+    /// folder written by one engine is refused by the other.
+    pub engine: StoreEngine,
     /// The host key (64 hex digits) file; created with mode 0600 if missing. It
     /// seals credentials and keys the audit chain: back it up, keep it apart.
     pub key_file: PathBuf,
@@ -367,10 +370,21 @@ pub struct StoreConfig {
     pub key_env: Option<String>,
 }
 
+/// The embedded engine a store runs on (see `ebb_store_kv::Engine`; the in-memory
+/// engine of tests and benchmarks is not offered to a host).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StoreEngine {
+    #[default]
+    Sled,
+    Fjall,
+}
+
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             path: PathBuf::from(".ebb/data"),
+            engine: StoreEngine::default(),
             key_file: PathBuf::from(".ebb/host.key"),
             key_env: None,
         }
