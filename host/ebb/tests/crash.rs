@@ -602,3 +602,48 @@ async fn a_store_edited_while_stopped_is_refused_at_start() {
     host.wait().unwrap();
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A store folder written on one engine, started with the other named in the
+/// configuration: `ebb serve` refuses to start and says which engine holds it —
+/// it never opens an empty store beside the real one.
+#[tokio::test]
+async fn a_store_of_the_other_engine_is_refused_at_start() {
+    let dir = std::env::temp_dir().join(format!("ebb-engines-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = ebb_core::seal::HostKey::load_or_create(&dir.join("host.key")).unwrap();
+    drop(
+        ebb_store_kv::KvStore::open_with(
+            ebb_store_kv::Engine::Sled,
+            &dir.join("data"),
+            key.derive("audit-chain"),
+        )
+        .unwrap(),
+    );
+    let port = ebb_test_support::free_port().unwrap();
+    std::fs::write(
+        dir.join("ebb.toml"),
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[store]\npath = \"{}\"\nengine = \"fjall\"\nkey-file = \"{}\"\n",
+            dir.join("data").display(),
+            dir.join("host.key").display(),
+        ),
+    )
+    .unwrap();
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_ebb"))
+        .args(["serve", "--config"])
+        .arg(dir.join("ebb.toml"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("holds a sled store, not a fjall one")
+            && stderr.contains("set the store's engine to `sled`"),
+        "{stderr}"
+    );
+    assert!(
+        !dir.join("data").join("fjall").exists(),
+        "nothing of the other engine was created"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

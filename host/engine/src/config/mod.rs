@@ -512,6 +512,22 @@ mod tests {
     }
 
     #[test]
+    fn the_store_engine_is_sled_unless_fjall_is_named() {
+        let default = Config::parse("[store]\npath = \"data\"\n").unwrap();
+        assert_eq!(default.store.engine, StoreEngine::Sled);
+        let fjall = Config::parse("[store]\nengine = \"fjall\"\n").unwrap();
+        assert_eq!(fjall.store.engine, StoreEngine::Fjall);
+        // The in-memory engine of tests is not a host's choice; a typo is an error.
+        for bad in ["memory", "rocksdb"] {
+            let err = Config::parse(&format!("[store]\nengine = \"{bad}\"\n")).unwrap_err();
+            assert!(
+                format!("{err:#}").contains("unknown variant"),
+                "{bad}: {err:#}"
+            );
+        }
+    }
+
+    #[test]
     fn partial_tables_take_defaults() {
         let config = Config::parse("[runtime]\ncache-dir = \"/tmp/x\"\n[connectors.a]\ncomponent = \"a.wasm\"\nlimits = { memory-mib = 8 }\n").unwrap();
         assert_eq!(config.runtime.max_instances, 256);
