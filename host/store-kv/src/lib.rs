@@ -224,6 +224,20 @@ mod tests {
 
 use keys::*;
 
+/// Adds `record` to `page` if `filter` matches it; false once the page is full
+/// (its `next` then names the last grant on it).
+fn add_to_page(page: &mut Page, filter: &ListFilter, limit: usize, record: GrantRecord) -> bool {
+    if !filter.matches(&record) {
+        return true;
+    }
+    if page.grants.len() == limit {
+        page.next = page.grants.last().map(|r| r.grant.id.clone());
+        return false;
+    }
+    page.grants.push(record);
+    true
+}
+
 /// The due-index entries one batch adds and removes, in order, for the in-memory
 /// copy (`Shared::due`) once the engine took the batch.
 #[derive(Default)]
@@ -422,12 +436,8 @@ impl KvStore {
             let Some(record) = self.get(&id)? else {
                 continue;
             };
-            if filter.matches(&record) {
-                if page.grants.len() == limit {
-                    page.next = page.grants.last().map(|r| r.grant.id.clone());
-                    break;
-                }
-                page.grants.push(record);
+            if !add_to_page(&mut page, filter, limit, record) {
+                break;
             }
         }
         Ok(page)
@@ -1031,12 +1041,8 @@ impl Store for KvStore {
         for entry in self.db.range(&start, Some(b"g0")) {
             let (k, v) = entry?;
             let record: GrantRecord = decode(&k, &v)?;
-            if filter.matches(&record) {
-                if page.grants.len() == limit {
-                    page.next = page.grants.last().map(|r| r.grant.id.clone());
-                    break;
-                }
-                page.grants.push(record);
+            if !add_to_page(&mut page, filter, limit, record) {
+                break;
             }
         }
         Ok(page)
