@@ -502,6 +502,18 @@ lifecycle = {{ approval = "auto", retry-base-ms = 100, retry-max-ms = 1000 }}
 /// `active` to `verified`, which would end its revocation unnoticed — is refused at
 /// start with a clear message; `--accept-unverified-store` serves it anyway and the
 /// audit log records the override and what failed.
+/// Runs `ebb serve --config config`, which must refuse to start; what it said.
+fn refused_to_start(config: &Path) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ebb"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{stderr}");
+    stderr
+}
+
 #[tokio::test]
 async fn a_store_edited_while_stopped_is_refused_at_start() {
     use ebb_core::store::{Commit, GrantRecord, Sealed, Store};
@@ -557,13 +569,7 @@ async fn a_store_edited_while_stopped_is_refused_at_start() {
         ),
     )
     .unwrap();
-    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_ebb"))
-        .args(["serve", "--config"])
-        .arg(dir.join("ebb.toml"))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(!refused.status.success());
+    let stderr = refused_to_start(&dir.join("ebb.toml"));
     assert!(
         stderr.contains("failed its check at start")
             && stderr.contains("grant record 01JTAMPERED was altered")
@@ -629,13 +635,7 @@ async fn a_store_of_the_other_engine_is_refused_at_start() {
         ),
     )
     .unwrap();
-    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_ebb"))
-        .args(["serve", "--config"])
-        .arg(dir.join("ebb.toml"))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(!refused.status.success(), "{stderr}");
+    let stderr = refused_to_start(&dir.join("ebb.toml"));
     assert!(
         stderr.contains("holds a sled store, not a fjall one")
             && stderr.contains("set the store's engine to `sled`"),

@@ -7,9 +7,9 @@
 //!   a choice (its files sit directly in the store's folder).
 //! - **fjall**: an LSM tree with a write-ahead journal (files under `fjall/` in the
 //!   store's folder). On this machine it takes the store's commit-sized batches
-//!   several times faster than sled (BENCHMARKS.md). One difference to know: after
-//!   a failed `fsync` fjall refuses every further write until the host restarts
-//!   (it cannot know what reached the disk), where sled retries.
+//!   several times faster than sled (BENCHMARKS.md). After a failed `fsync` fjall
+//!   refuses every further write until the store is opened again (it cannot know
+//!   what reached the disk); sled, too, keeps a flush error until then.
 //! - **memory**: a `BTreeMap`, gone with the process; the ceiling without
 //!   durability for benchmarks, and fast tests.
 

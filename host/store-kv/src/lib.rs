@@ -16,14 +16,14 @@
 //! | `m/index/record-tags`        | present once every record has its tag |
 //! | `m/index/keyring`            | present once every `c/` value is under a keyring key |
 //! | `m/count/credentials`        | `c/` entries (u64 BE): when the keyring holds as many keys, no key is stray and the open skips the scan |
-//!
-//! Beside the engine's files, `keyring` holds the erasable keys, one 32-byte slot each.
 //! | `m/count/<state>`            | grants in that state (u64 BE)   |
 //! | `m/escalated/<connector>`    | grants of that connector ever escalated (u64 BE) |
 //! | `m/index/escalated`          | present once `m/escalated/` counts every grant |
 //! | `r/<requested by>\0<id>`     | grants by requester (empty)     |
 //! | `m/index/requester`          | present once `r/` covers every grant |
 //! | `s/<key>`                    | host state (anomaly flags, draining instances) |
+//!
+//! Beside the engine's files, `keyring` holds the erasable keys, one 32-byte slot each.
 //!
 //! Big-endian numbers make byte order equal numeric order, so range scans over
 //! `t/` yield grants by due time, then id (mini-redis's `(Instant, key)` tiebreak).
@@ -48,6 +48,27 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::watch;
+
+mod keyring;
+mod keys;
+mod kv;
+
+use keys::*;
+pub use kv::Engine;
+use kv::{Batch, Kv};
+
+/// The store's tests, run on each durable engine.
+#[cfg(test)]
+mod tests {
+    mod sled {
+        const ENGINE: crate::Engine = crate::Engine::Sled;
+        include!("tests.rs");
+    }
+    mod fjall {
+        const ENGINE: crate::Engine = crate::Engine::Fjall;
+        include!("tests.rs");
+    }
+}
 
 /// The embedded store, on the engine it was opened with.
 pub struct KvStore {
@@ -202,27 +223,6 @@ impl Flusher {
         Ok(target)
     }
 }
-
-mod keyring;
-mod keys;
-mod kv;
-
-pub use kv::Engine;
-use kv::{Batch, Kv};
-/// The store's tests, run on each durable engine.
-#[cfg(test)]
-mod tests {
-    mod sled {
-        const ENGINE: crate::Engine = crate::Engine::Sled;
-        include!("tests.rs");
-    }
-    mod fjall {
-        const ENGINE: crate::Engine = crate::Engine::Fjall;
-        include!("tests.rs");
-    }
-}
-
-use keys::*;
 
 /// Adds `record` to `page` if `filter` matches it; false once the page is full
 /// (its `next` then names the last grant on it).
