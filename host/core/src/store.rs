@@ -19,7 +19,9 @@ use crate::contract::{Grant, Residue, Timestamp};
 use crate::state::{GrantState, Trigger};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::pin::Pin;
+
+/// The attribute a `Store` implementation carries (`#[ebb_core::store::async_trait]`).
+pub use async_trait::async_trait;
 
 /// A store failure. The storage engine's own error is kept as the `source`, so an
 /// `io::ErrorKind` such as a full disk reaches the caller ([`Error::io_kind`]).
@@ -265,25 +267,24 @@ pub struct AuditQuery {
     pub limit: usize,
 }
 
-/// A future returned by [`Store::sync`].
-pub type SyncFuture<'a> = Pin<Box<dyn Future<Output = Result<()>> + Send + 'a>>;
-
-/// Persistence for the lifecycle.
+/// Persistence for the lifecycle. Its methods are async because a network store
+/// waits on its database; the embedded store answers at once.
+#[async_trait::async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// The grant `id`.
-    fn get(&self, id: &str) -> Result<Option<GrantRecord>>;
+    async fn get(&self, id: &str) -> Result<Option<GrantRecord>>;
 
     /// Applies one state change atomically and returns the appended audit event.
     /// Fails with [`Error::Conflict`] if the record's version moved.
-    fn commit(&self, commit: Commit) -> Result<(GrantRecord, AuditEvent)>;
+    async fn commit(&self, commit: Commit) -> Result<(GrantRecord, AuditEvent)>;
 
     /// Appends an audit event that is not a grant transition (e.g. a refused call).
-    fn append_audit(&self, event: NewEvent) -> Result<AuditEvent>;
+    async fn append_audit(&self, event: NewEvent) -> Result<AuditEvent>;
 
     /// Claims up to `limit` grants due at or before `now`: their due entries move to
     /// `lease_until`, so they are not handed out twice, and they come back by
     /// themselves if the work is never committed.
-    fn claim_due(
+    async fn claim_due(
         &self,
         now: Timestamp,
         lease_until: Timestamp,
@@ -292,32 +293,32 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Puts grant `id`'s due entry back at `due` (or removes it), releasing a claim
     /// without a state change: index upkeep, not a transition, so no audit event.
-    fn reschedule(&self, id: &str, due: Option<Timestamp>) -> Result<()>;
+    async fn reschedule(&self, id: &str, due: Option<Timestamp>) -> Result<()>;
 
     /// When the earliest due entry is, if any.
-    fn next_due(&self) -> Result<Option<Timestamp>>;
+    async fn next_due(&self) -> Result<Option<Timestamp>>;
 
     /// Voids every lease (at startup: a previous process's in-flight work is due at
     /// once, not when its lease would have run out). Returns how many.
-    fn release_leases(&self) -> Result<usize>;
+    async fn release_leases(&self) -> Result<usize>;
 
     /// The sealed credential of grant `id`, if still held.
-    fn sealed_credential(&self, id: &str) -> Result<Option<Vec<u8>>>;
+    async fn sealed_credential(&self, id: &str) -> Result<Option<Vec<u8>>>;
 
     /// Grants matching `filter`, in id order.
-    fn list(&self, filter: &ListFilter) -> Result<Page>;
+    async fn list(&self, filter: &ListFilter) -> Result<Page>;
 
     /// The ids of the grants that have scheduled work (a due entry, leased or not),
     /// in id order. A store with a due index reads only those; this default reads
     /// every grant.
-    fn with_work(&self) -> Result<Vec<String>> {
+    async fn with_work(&self) -> Result<Vec<String>> {
         let mut filter = ListFilter {
             limit: 1000,
             ..ListFilter::default()
         };
         let mut ids = Vec::new();
         loop {
-            let page = self.list(&filter)?;
+            let page = self.list(&filter).await?;
             ids.extend(
                 page.grants
                     .iter()
@@ -332,44 +333,44 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     }
 
     /// Audit events matching `query`, in chain order.
-    fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>>;
+    async fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>>;
 
     /// Checks the whole audit chain, and every grant record against its tag and
     /// its grant's latest event (an edited record, or an older one put back, is a
     /// problem). Consistent while commits go on: what is written during the check
     /// is left to the next one.
-    fn verify_audit(&self) -> Result<ChainReport>;
+    async fn verify_audit(&self) -> Result<ChainReport>;
 
     /// The check a host runs before serving: the events appended since the last
     /// successful check at start (the whole chain the first time), every grant
     /// record against its tag, and the number of records against the keyed head.
     /// On success the checked head becomes the next check's starting point.
-    fn verify_at_start(&self) -> Result<ChainReport>;
+    async fn verify_at_start(&self) -> Result<ChainReport>;
 
     /// Checks the events appended since the last good check (while serving, on a
     /// schedule) and, if intact, makes the head the next check's starting point —
     /// so tampering is seen while the host runs and a restart re-reads little.
-    fn verify_new_events(&self) -> Result<ChainReport>;
+    async fn verify_new_events(&self) -> Result<ChainReport>;
 
     /// The number of grants in each state.
-    fn counts(&self) -> Result<BTreeMap<GrantState, u64>>;
+    async fn counts(&self) -> Result<BTreeMap<GrantState, u64>>;
 
     /// The number of grants ever escalated (`escalated_at` set by a commit), by
     /// connector: stored state, so it survives a restart.
-    fn escalations(&self) -> Result<BTreeMap<String, u64>>;
+    async fn escalations(&self) -> Result<BTreeMap<String, u64>>;
 
     /// Makes everything committed before the call durable. Fails, within a bounded
     /// time, when the storage cannot make it durable (a full or failing disk).
-    fn sync(&self) -> SyncFuture<'_>;
+    async fn sync(&self) -> Result<()>;
 
     /// Whether the store can serve: it answers a read and can make writes durable.
-    fn health(&self) -> Result<()>;
+    async fn health(&self) -> Result<()>;
 
     /// Sets (or, with `None`, removes) a piece of host state that must survive a
     /// restart but is no grant (an anomaly flag, an instance being drained), and
     /// makes it durable with the next `sync`.
-    fn put_state(&self, key: &str, value: Option<&[u8]>) -> Result<()>;
+    async fn put_state(&self, key: &str, value: Option<&[u8]>) -> Result<()>;
 
     /// The host state under `prefix`, by key.
-    fn states(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>>;
+    async fn states(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>>;
 }

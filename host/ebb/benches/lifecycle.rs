@@ -106,7 +106,7 @@ async fn throughput(engine: Engine, dir: &Path, total: usize, concurrency: usize
 
 async fn lifecycles(store: Arc<KvStore>, label: &str, total: usize, concurrency: usize) -> f64 {
     let engine = engine(store.clone()).await;
-    engine.start().unwrap();
+    engine.start().await.unwrap();
     let started = Instant::now();
     let per_task = total / concurrency;
     let mut tasks = Vec::new();
@@ -498,7 +498,7 @@ async fn million(dir: &Path, total: usize, expiring: usize) {
     let restart = Instant::now();
     let store = KvStore::open(dir, bench_audit_key()).unwrap();
     let engine = engine(store.clone()).await;
-    engine.start().unwrap();
+    engine.start().await.unwrap();
     let counts = store.counts().unwrap();
     let serving = restart.elapsed();
     println!(

@@ -335,9 +335,12 @@ mod server {
     /// The store's check at start: a store edited while the host was stopped (an
     /// event, a grant record, the head) is refused unless the operator overrides,
     /// and the override is itself audited.
-    fn check_store(store: &dyn ebb_core::store::Store, accept: bool) -> anyhow::Result<()> {
+    async fn check_store(store: &dyn ebb_core::store::Store, accept: bool) -> anyhow::Result<()> {
         let started = std::time::Instant::now();
-        let report = store.verify_at_start().context("checking the store")?;
+        let report = store
+            .verify_at_start()
+            .await
+            .context("checking the store")?;
         let Some(problem) = &report.problem else {
             tracing::info!(
                 events = report.events,
@@ -364,6 +367,7 @@ mod server {
                 ebb_core::audit::NewEvent::new("store.check-overridden", "operator")
                     .detail(serde_json::json!({ "problem": problem })),
             )
+            .await
             .context("recording the override in the audit log")?;
         Ok(())
     }
@@ -388,7 +392,7 @@ mod server {
             StoreEngine::Fjall => Engine::Fjall,
         };
         let store = KvStore::open_with(engine, &config.store.path, key.derive("audit-chain"))?;
-        check_store(store.as_ref(), accept_unverified_store)?;
+        check_store(store.as_ref(), accept_unverified_store).await?;
         let runtime =
             Runtime::with_cache_key(&config.runtime, CacheKey::new(key.derive("runtime-cache")))?;
         let registry = Arc::new(Registry::new(runtime));
@@ -413,7 +417,7 @@ mod server {
             .resume_drains()
             .await
             .context("resuming draining unloads")?;
-        lifecycle.start()?;
+        lifecycle.start().await?;
         if config.tokens.is_empty() {
             tracing::warn!(
                 "no API tokens are configured: every API call will be refused (see `ebb token new`)"
@@ -436,6 +440,7 @@ mod server {
         // Anomaly flags raised before a restart still hold.
         approval
             .keep_flags_in(lifecycle.store().clone(), lifecycle.clock().now_ms())
+            .await
             .context("reading the anomaly flags")?;
         let identity = if config.identity.issuers.is_empty() {
             None

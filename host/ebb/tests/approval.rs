@@ -151,7 +151,7 @@ async fn env() -> Env {
         Clock::system(),
         EngineConfig::default(),
     );
-    lifecycle.start().unwrap();
+    lifecycle.start().await.unwrap();
     let (url, alerts) = webhook().await;
     let approval = ApprovalGate::new(
         Some(&policy_config(&dir)),
@@ -161,6 +161,7 @@ async fn env() -> Env {
     .unwrap();
     approval
         .keep_flags_in(lifecycle.store().clone(), lifecycle.clock().now_ms())
+        .await
         .unwrap();
     let identity = Verifier::new(&IdentityConfig {
         issuers: vec![IssuerConfig {
@@ -574,6 +575,7 @@ async fn an_anomaly_revokes_a_subjects_grants_at_once() {
     assert!(!restarted.is_flagged(CI));
     restarted
         .keep_flags_in(lifecycle.store().clone(), lifecycle.clock().now_ms())
+        .await
         .unwrap();
     assert!(restarted.is_flagged(CI), "the anomaly flag was lost");
     assert!(

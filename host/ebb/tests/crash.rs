@@ -516,7 +516,7 @@ fn refused_to_start(config: &Path) -> String {
 
 #[tokio::test]
 async fn a_store_edited_while_stopped_is_refused_at_start() {
-    use ebb_core::store::{Commit, GrantRecord, Sealed, Store};
+    use ebb_core::store::{Commit, GrantRecord, Sealed};
     let dir = std::env::temp_dir().join(format!("ebb-tampered-{}", rand::random::<u64>()));
     std::fs::create_dir_all(&dir).unwrap();
     let key = ebb_core::seal::HostKey::load_or_create(&dir.join("host.key")).unwrap();

@@ -106,7 +106,7 @@ async fn start_host(tag: &str, watch: bool, allowed: &[&str]) -> Host {
     if let Some(watcher) = loader.watch().unwrap() {
         std::mem::forget(watcher);
     }
-    lifecycle.start().unwrap();
+    lifecycle.start().await.unwrap();
     let token = |name: &str, roles: &[Role]| TokenConfig {
         name: name.into(),
         sha256: api::auth::hash_token(&format!("tok-{name}")),
@@ -300,6 +300,7 @@ async fn upgrades_and_rollbacks_under_load_fail_no_call_and_record_every_version
                 after_seq: 0,
                 limit: 1000,
             })
+            .await
             .unwrap();
         let calls: Vec<&Value> = events
             .iter()
@@ -326,6 +327,7 @@ async fn upgrades_and_rollbacks_under_load_fail_no_call_and_record_every_version
             after_seq: 0,
             limit: 10_000,
         })
+        .await
         .unwrap();
     let reloads = all
         .iter()

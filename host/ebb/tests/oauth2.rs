@@ -15,7 +15,6 @@ use ebb_core::contract::{
     ConnectorError, Grant, Permission, ResidueKind, Subject, SubjectKind, Verdict,
 };
 use ebb_core::seal::{HostKey, Sealer};
-use ebb_core::store::Store;
 use ebb_engine::config::{ApprovalMode, ConnectorConfig, LifecyclePolicy, RuntimeConfig};
 use ebb_engine::lifecycle::{
     Clock, Decision, EngineConfig, GrantState, Lifecycle, NewGrant, Trigger,
@@ -106,7 +105,7 @@ async fn a_grant_ends_with_its_token_revoked_and_proven_inactive() {
         Clock::system(),
         EngineConfig::default(),
     );
-    engine.start().unwrap();
+    engine.start().await.unwrap();
     let new = NewGrant {
         connector: "oauth2".into(),
         subject: Subject {
@@ -141,11 +140,11 @@ async fn a_grant_ends_with_its_token_revoked_and_proven_inactive() {
         .await
         .unwrap();
     let started = Instant::now();
-    while engine.get(&r.grant.id).unwrap().state != GrantState::Verified {
+    while engine.get(&r.grant.id).await.unwrap().state != GrantState::Verified {
         assert!(
             started.elapsed() < Duration::from_secs(20),
             "not verified: {:?}",
-            engine.get(&r.grant.id).unwrap()
+            engine.get(&r.grant.id).await.unwrap()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -10,7 +10,6 @@
 
 use ebb_core::contract::{Permission, Subject, SubjectKind};
 use ebb_core::seal::{HostKey, Sealer};
-use ebb_core::store::Store;
 use ebb_engine::config::{ApprovalMode, ConnectorConfig, LifecyclePolicy, RuntimeConfig};
 use ebb_engine::lifecycle::{
     Clock, Decision, EngineConfig, GrantState, Lifecycle, NewGrant, Trigger,
@@ -53,7 +52,7 @@ async fn grants_expiring_during_a_database_outage_end_verified() {
         Clock::system(),
         EngineConfig::default(),
     );
-    engine.start().unwrap();
+    engine.start().await.unwrap();
 
     let mut ids = Vec::new();
     for i in 0..20 {
@@ -99,7 +98,10 @@ async fn grants_expiring_during_a_database_outage_end_verified() {
     // Every grant expires while PostgreSQL is down, and keeps failing for a while:
     // retries at 1, 2, 4 s… after expiry, so the next one is seconds off at return.
     tokio::time::sleep(Duration::from_millis(6_000)).await;
-    let during: Vec<GrantState> = ids.iter().map(|id| engine.get(id).unwrap().state).collect();
+    let mut during: Vec<GrantState> = Vec::new();
+    for id in &ids {
+        during.push(engine.get(id).await.unwrap().state);
+    }
     // The first grant's revocation was requested before the database went away and
     // may have finished while it was still shutting down; none of the others can.
     assert!(
@@ -113,7 +115,7 @@ async fn grants_expiring_during_a_database_outage_end_verified() {
 
     for id in &ids {
         loop {
-            let r = engine.get(id).unwrap();
+            let r = engine.get(id).await.unwrap();
             if r.state == GrantState::Verified {
                 break;
             }
@@ -128,7 +130,7 @@ async fn grants_expiring_during_a_database_outage_end_verified() {
     assert!(pg.ebb_roles().unwrap().is_empty(), "{:?}", pg.ebb_roles());
     // The outage is on record: failed attempts with the error, for every grant.
     for id in &ids {
-        let report = engine.report(id).unwrap();
+        let report = engine.report(id).await.unwrap();
         assert!(
             report.events.iter().any(|e| e.detail["error"]
                 .as_str()

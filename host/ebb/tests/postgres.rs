@@ -755,36 +755,43 @@ async fn standing_access_scans_report_each_new_finding_once() {
         kind: SubjectKind::Workload,
         claims: vec![],
     };
-    let found = |lifecycle: &Lifecycle| {
+    async fn found(lifecycle: &Lifecycle) -> Vec<serde_json::Value> {
         lifecycle
             .store()
             .audit(&ebb_core::store::AuditQuery {
                 limit: 1000,
                 ..Default::default()
             })
+            .await
             .unwrap()
             .into_iter()
             .filter(|e| e.kind == "standing.found")
             .map(|e| e.detail["findings"].clone())
             .collect::<Vec<_>>()
-    };
+    }
     let standing = Standing::of(&registry.get("pg").unwrap(), &subject).await;
-    let first = standing::record(&lifecycle, "pg", &subject, &standing, true).unwrap();
+    let first = standing::record(&lifecycle, "pg", &subject, &standing, true)
+        .await
+        .unwrap();
     assert!(
         !first.is_empty(),
         "svc_billing has standing access: {standing:?}"
     );
-    assert_eq!(found(&lifecycle).len(), 1);
+    assert_eq!(found(&lifecycle).await.len(), 1);
 
     let entries = standing::scan(&lifecycle, None).await.unwrap();
     assert_eq!(entries.len(), 1);
     assert_eq!(entries[0].standing.findings.as_deref(), Some(&first[..]));
-    assert_eq!(found(&lifecycle).len(), 1, "nothing new, nothing written");
+    assert_eq!(
+        found(&lifecycle).await.len(),
+        1,
+        "nothing new, nothing written"
+    );
 
     pg.psql("grant delete on public.invoices to svc_billing")
         .unwrap();
     standing::scan(&lifecycle, None).await.unwrap();
-    let events = found(&lifecycle);
+    let events = found(&lifecycle).await;
     assert_eq!(events.len(), 2);
     let new: Vec<String> = serde_json::from_value(events[1].clone()).unwrap();
     assert_eq!(new.len(), 1, "{new:?}");

@@ -134,8 +134,13 @@ impl ApprovalGate {
 
     /// Keeps anomaly flags in `store` from now on, and takes back the ones it holds
     /// that have not lapsed (flags survive a restart).
-    pub fn keep_flags_in(&self, store: Arc<dyn Store>, now_ms: u64) -> Result<(), store::Error> {
-        let kept = store.states(FLAG_PREFIX)?;
+    pub async fn keep_flags_in(
+        &self,
+        store: Arc<dyn Store>,
+        now_ms: u64,
+    ) -> Result<(), store::Error> {
+        let kept = store.states(FLAG_PREFIX).await?;
+        let mut stale = Vec::new();
         {
             let mut flagged = self.flagged.lock().unwrap_or_else(|p| p.into_inner());
             for (key, value) in kept {
@@ -152,9 +157,12 @@ impl ApprovalGate {
                         Instant::now() + Duration::from_millis(until_ms - now_ms),
                     );
                 } else {
-                    store.put_state(&key, None)?;
+                    stale.push(key);
                 }
             }
+        }
+        for key in stale {
+            store.put_state(&key, None).await?;
         }
         let _ = self.store.set(store);
         Ok(())
@@ -163,7 +171,7 @@ impl ApprovalGate {
     /// Marks `subject` anomalous for the anomaly window: its requests carry the
     /// `anomalous-subject` risk flag. Kept in the store (if one is set) so that a
     /// restart does not clear it; the caller syncs.
-    pub fn flag(&self, subject: &str, now_ms: u64) -> Result<(), store::Error> {
+    pub async fn flag(&self, subject: &str, now_ms: u64) -> Result<(), store::Error> {
         {
             let mut flagged = self.flagged.lock().unwrap_or_else(|p| p.into_inner());
             flagged.retain(|_, until| *until > Instant::now());
@@ -172,10 +180,12 @@ impl ApprovalGate {
         if let Some(store) = self.store.get() {
             let window = u64::try_from(self.anomaly_window.as_millis()).unwrap_or(u64::MAX);
             let until = now_ms.saturating_add(window);
-            store.put_state(
-                &format!("{FLAG_PREFIX}{subject}"),
-                Some(&until.to_be_bytes()),
-            )?;
+            store
+                .put_state(
+                    &format!("{FLAG_PREFIX}{subject}"),
+                    Some(&until.to_be_bytes()),
+                )
+                .await?;
         }
         Ok(())
     }

@@ -32,6 +32,7 @@ impl AuditLog {
         let appended = self
             .store
             .append_audit(event)
+            .await
             .inspect_err(|e| failed(&kind, e))?;
         self.store.sync().await.inspect_err(|e| failed(&kind, e))?;
         Ok(appended)
@@ -39,9 +40,9 @@ impl AuditLog {
 
     /// Appends `event`; the next group commit makes it durable. A failure is logged
     /// and counted, never silently dropped, and never fails the caller's answer.
-    pub fn note(&self, event: NewEvent) {
+    pub async fn note(&self, event: NewEvent) {
         let kind = event.kind.clone();
-        if let Err(e) = self.store.append_audit(event) {
+        if let Err(e) = self.store.append_audit(event).await {
             failed(&kind, &e);
         }
     }

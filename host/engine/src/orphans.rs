@@ -71,9 +71,9 @@ fn key(connector: &str, grant_id: &str) -> String {
 }
 
 /// Every recorded orphan, by connector then grant id.
-pub fn entries(store: &dyn store::Store) -> store::Result<Vec<Orphan>> {
+pub async fn entries(store: &dyn store::Store) -> store::Result<Vec<Orphan>> {
     let mut out = Vec::new();
-    for (key, value) in store.states(PREFIX)? {
+    for (key, value) in store.states(PREFIX).await? {
         match serde_json::from_slice::<Orphan>(&value) {
             Ok(orphan) => out.push(orphan),
             Err(e) => tracing::error!(key, error = %e, "unreadable orphan entry"),
@@ -82,12 +82,14 @@ pub fn entries(store: &dyn store::Store) -> store::Result<Vec<Orphan>> {
     Ok(out)
 }
 
-fn put(store: &dyn store::Store, orphan: &Orphan) -> store::Result<()> {
+async fn put(store: &dyn store::Store, orphan: &Orphan) -> store::Result<()> {
     let bytes = serde_json::to_vec(orphan).map_err(|e| store::Error::Storage {
         what: "encoding an orphan entry",
         source: Box::new(e),
     })?;
-    store.put_state(&key(&orphan.connector, &orphan.item.grant_id), Some(&bytes))
+    store
+        .put_state(&key(&orphan.connector, &orphan.item.grant_id), Some(&bytes))
+        .await
 }
 
 /// Compares every loaded connector's inventory with the grants, records and
@@ -97,7 +99,7 @@ pub async fn scan(lifecycle: &Lifecycle) -> store::Result<Report> {
     let store = lifecycle.store();
     let mut scanned = Vec::new();
     // What earlier scans found, read once; each connector's entries are its own.
-    let recorded = entries(store.as_ref())?;
+    let recorded = entries(store.as_ref()).await?;
     for slot in lifecycle.registry().all() {
         let connector = slot.name().to_owned();
         let items = match slot.call(Pool::Background).await.inventory().await {
@@ -118,20 +120,22 @@ pub async fn scan(lifecycle: &Lifecycle) -> store::Result<Report> {
             .collect();
         let mut orphans = Vec::new();
         for item in &items {
-            if let Some(orphan) = check(lifecycle, &connector, item, &known)? {
+            if let Some(orphan) = check(lifecycle, &connector, item, &known).await? {
                 orphans.push(orphan);
             }
         }
         // Gone downstream (or live again): forgotten.
         for old in &known {
             if !orphans.iter().any(|o| o.item.grant_id == old.item.grant_id) {
-                store.put_state(&key(&connector, &old.item.grant_id), None)?;
+                store
+                    .put_state(&key(&connector, &old.item.grant_id), None)
+                    .await?;
             }
         }
         if slot.policy().orphans == OrphanAction::Revoke {
             for orphan in &mut orphans {
                 revoke(lifecycle, &slot, orphan).await;
-                put(store.as_ref(), orphan)?;
+                put(store.as_ref(), orphan).await?;
             }
         }
         #[expect(clippy::cast_precision_loss, reason = "a gauge of orphan counts")]
@@ -145,12 +149,12 @@ pub async fn scan(lifecycle: &Lifecycle) -> store::Result<Report> {
     store.sync().await?;
     Ok(Report {
         connectors: scanned,
-        orphans: entries(store.as_ref())?,
+        orphans: entries(store.as_ref()).await?,
     })
 }
 
 /// The orphan `item` is, if it is one; a new one is recorded, audited and alerted.
-fn check(
+async fn check(
     lifecycle: &Lifecycle,
     connector: &str,
     item: &InventoryItem,
@@ -158,9 +162,9 @@ fn check(
 ) -> store::Result<Option<Orphan>> {
     let store = lifecycle.store();
     // Names are case-folded downstream; grant ids are ULIDs, case-insensitive.
-    let record = match store.get(&item.grant_id)? {
+    let record = match store.get(&item.grant_id).await? {
         Some(r) => Some(r),
-        None => store.get(&item.grant_id.to_ascii_uppercase())?,
+        None => store.get(&item.grant_id.to_ascii_uppercase()).await?,
     };
     // Grant ids are unique across connectors: two instances lent the same
     // database both list a live grant's role, and neither may call it an orphan.
@@ -180,7 +184,7 @@ fn check(
         revoked_at: None,
         verdict: None,
     };
-    put(store.as_ref(), &orphan)?;
+    put(store.as_ref(), &orphan).await?;
     let detail = json!({
         "connector": connector,
         "grant": item.grant_id,
@@ -190,7 +194,8 @@ fn check(
     });
     lifecycle
         .audit_log()
-        .note(NewEvent::new("orphan.found", "ebb").detail(detail.clone()));
+        .note(NewEvent::new("orphan.found", "ebb").detail(detail.clone()))
+        .await;
     let mut alert = detail;
     alert["kind"] = json!("orphan");
     lifecycle.alert(alert);
@@ -205,6 +210,7 @@ async fn revoke(lifecycle: &Lifecycle, slot: &Slot, orphan: &mut Orphan) {
     let grant = lifecycle
         .store()
         .get(&orphan.item.grant_id)
+        .await
         .ok()
         .flatten()
         .map_or_else(
@@ -244,7 +250,8 @@ async fn revoke(lifecycle: &Lifecycle, slot: &Slot, orphan: &mut Orphan) {
             "grant": orphan.item.grant_id,
             "what": orphan.item.detail,
             "verdict": verdict,
-        })));
+        })))
+        .await;
     tracing::info!(connector = %orphan.connector, grant = %orphan.item.grant_id, %verdict, "orphan revoked by id");
     orphan.revoked_at = Some(now);
     orphan.verdict = Some(verdict);

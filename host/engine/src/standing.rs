@@ -83,9 +83,9 @@ fn key(connector: &str, subject: &str) -> String {
 }
 
 /// Every recorded entry, by connector then subject.
-pub fn entries(store: &dyn store::Store) -> store::Result<Vec<Entry>> {
+pub async fn entries(store: &dyn store::Store) -> store::Result<Vec<Entry>> {
     let mut out = Vec::new();
-    for (key, value) in store.states(PREFIX)? {
+    for (key, value) in store.states(PREFIX).await? {
         match serde_json::from_slice::<Entry>(&value) {
             Ok(entry) => out.push(entry),
             Err(e) => tracing::error!(key, error = %e, "unreadable standing-access entry"),
@@ -97,7 +97,7 @@ pub fn entries(store: &dyn store::Store) -> store::Result<Vec<Entry>> {
 /// Records what a check found for `subject` at `connector` (a request, when
 /// `seen` is true); a finding not recorded before is audited and alerted. Returns
 /// the new findings.
-pub fn record(
+pub async fn record(
     lifecycle: &Lifecycle,
     connector: &str,
     subject: &Subject,
@@ -108,7 +108,8 @@ pub fn record(
     let now = lifecycle.clock().now_ms();
     let k = key(connector, &subject.id);
     let before: Option<Entry> = store
-        .states(&k)?
+        .states(&k)
+        .await?
         .into_iter()
         .find(|(key, _)| *key == k)
         .and_then(|(_, v)| serde_json::from_slice(&v).ok());
@@ -146,7 +147,7 @@ pub fn record(
         what: "encoding a standing-access entry",
         source: Box::new(e),
     })?;
-    store.put_state(&k, Some(&bytes))?;
+    store.put_state(&k, Some(&bytes)).await?;
     if !new.is_empty() {
         lifecycle
             .audit_log()
@@ -154,7 +155,8 @@ pub fn record(
                 "connector": connector,
                 "subject": subject.id,
                 "findings": new,
-            })));
+            })))
+            .await;
         lifecycle.alert(json!({
             "kind": "standing-access",
             "connector": connector,
@@ -174,7 +176,7 @@ pub async fn scan(lifecycle: &Lifecycle, within: Option<Duration>) -> store::Res
     let since = within.map_or(0, |w| {
         now.saturating_sub(u64::try_from(w.as_millis()).unwrap_or(u64::MAX))
     });
-    for entry in entries(lifecycle.store().as_ref())? {
+    for entry in entries(lifecycle.store().as_ref()).await? {
         if entry.seen_at < since {
             continue;
         }
@@ -188,10 +190,11 @@ pub async fn scan(lifecycle: &Lifecycle, within: Option<Duration>) -> store::Res
             &entry.subject,
             &standing,
             false,
-        )?;
+        )
+        .await?;
     }
     lifecycle.store().sync().await?;
-    let all = entries(lifecycle.store().as_ref())?;
+    let all = entries(lifecycle.store().as_ref()).await?;
     let mut per_connector: BTreeMap<&str, usize> = BTreeMap::new();
     for entry in &all {
         *per_connector.entry(&entry.connector).or_default() +=

@@ -41,7 +41,7 @@ use ebb_core::audit::{
 use ebb_core::contract::Timestamp;
 use ebb_core::state::GrantState;
 use ebb_core::store::{
-    AuditQuery, Commit, Error, GrantRecord, ListFilter, Page, Result, Sealed, Store, SyncFuture,
+    AuditQuery, Commit, Error, GrantRecord, ListFilter, Page, Result, Sealed, Store,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -82,6 +82,8 @@ pub struct KvStore {
     durable: bool,
     /// The erasable keys of stored credentials.
     keyring: Arc<keyring::Keyring>,
+    /// The store itself, for work handed to the blocking pool.
+    me: std::sync::Weak<KvStore>,
 }
 
 impl std::fmt::Debug for KvStore {
@@ -346,7 +348,8 @@ impl KvStore {
             };
             tokio::spawn(flusher.run());
         }
-        Ok(Arc::new(Self {
+        Ok(Arc::new_cyclic(|me| Self {
+            me: me.clone(),
             db,
             chain,
             state: Mutex::new(Shared {
@@ -362,6 +365,20 @@ impl KvStore {
             durable,
             keyring,
         }))
+    }
+
+    /// Runs `check` on the blocking pool: a whole-store scan must not hold up an
+    /// async worker.
+    async fn blocking<T: Send + 'static>(&self, check: fn(&KvStore) -> Result<T>) -> Result<T> {
+        let Some(me) = self.me.upgrade() else {
+            return check(self);
+        };
+        tokio::task::spawn_blocking(move || check(&me))
+            .await
+            .map_err(|e| Error::Storage {
+                what: "checking the store",
+                source: e.into(),
+            })?
     }
 
     /// The flusher's error if flushes have been failing for at least `for_at_least`.
@@ -752,8 +769,10 @@ impl Drop for KvStore {
     }
 }
 
-impl Store for KvStore {
-    fn get(&self, id: &str) -> Result<Option<GrantRecord>> {
+/// The store's operations, synchronous: the engine answers from memory or local
+/// disk. `Store` (below) serves them to the lifecycle.
+impl KvStore {
+    pub fn get(&self, id: &str) -> Result<Option<GrantRecord>> {
         let k = key("g/", id);
         match self.db.get(&k)? {
             Some(bytes) => decode(&k, &bytes).map(Some),
@@ -761,7 +780,7 @@ impl Store for KvStore {
         }
     }
 
-    fn commit(&self, commit: Commit) -> Result<(GrantRecord, AuditEvent)> {
+    pub fn commit(&self, commit: Commit) -> Result<(GrantRecord, AuditEvent)> {
         let Commit {
             mut record,
             sealed,
@@ -906,7 +925,7 @@ impl Store for KvStore {
         Ok((record, event))
     }
 
-    fn append_audit(&self, event: NewEvent) -> Result<AuditEvent> {
+    pub fn append_audit(&self, event: NewEvent) -> Result<AuditEvent> {
         let mut shared = self.lock();
         let mut batch = Batch::default();
         let event = self.seal_event(&shared, event, shared.records, &mut batch)?;
@@ -917,7 +936,7 @@ impl Store for KvStore {
         Ok(event)
     }
 
-    fn claim_due(
+    pub fn claim_due(
         &self,
         now: Timestamp,
         lease_until: Timestamp,
@@ -950,7 +969,7 @@ impl Store for KvStore {
         Ok(claimed)
     }
 
-    fn reschedule(&self, id: &str, due: Option<Timestamp>) -> Result<()> {
+    pub fn reschedule(&self, id: &str, due: Option<Timestamp>) -> Result<()> {
         let mut shared = self.lock();
         let mut batch = Batch::default();
         let mut dues = DueChanges::default();
@@ -970,11 +989,11 @@ impl Store for KvStore {
         Ok(())
     }
 
-    fn next_due(&self) -> Result<Option<Timestamp>> {
+    pub fn next_due(&self) -> Result<Option<Timestamp>> {
         Ok(self.lock().due.first().map(|(at, _)| *at))
     }
 
-    fn release_leases(&self) -> Result<usize> {
+    pub fn release_leases(&self) -> Result<usize> {
         let mut shared = self.lock();
         let mut batch = Batch::default();
         let mut dues = DueChanges::default();
@@ -999,7 +1018,7 @@ impl Store for KvStore {
         Ok(n)
     }
 
-    fn sealed_credential(&self, id: &str) -> Result<Option<Vec<u8>>> {
+    pub fn sealed_credential(&self, id: &str) -> Result<Option<Vec<u8>>> {
         let Some(value) = self.db.get(key("c/", id))? else {
             return Ok(None);
         };
@@ -1011,7 +1030,7 @@ impl Store for KvStore {
             })
     }
 
-    fn with_work(&self) -> Result<Vec<String>> {
+    pub fn with_work(&self) -> Result<Vec<String>> {
         self.db
             .prefix(b"d/")
             .map(|entry| {
@@ -1021,7 +1040,7 @@ impl Store for KvStore {
             .collect()
     }
 
-    fn list(&self, filter: &ListFilter) -> Result<Page> {
+    pub fn list(&self, filter: &ListFilter) -> Result<Page> {
         let limit = filter.limit.clamp(1, 1000);
         if let Some(requester) = &filter.requested_by {
             return self.list_by_index(&requester_key(requester, ""), filter, limit);
@@ -1048,7 +1067,7 @@ impl Store for KvStore {
         Ok(page)
     }
 
-    fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>> {
+    pub fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>> {
         let limit = query.limit.clamp(1, 10_000);
         let mut events = Vec::new();
         match &query.grant_id {
@@ -1088,7 +1107,7 @@ impl Store for KvStore {
         Ok(events)
     }
 
-    fn verify_audit(&self) -> Result<ChainReport> {
+    pub fn verify_audit(&self) -> Result<ChainReport> {
         // The head as stored, read under the commit lock so that it matches the
         // events written so far; events appended while the scan runs lie beyond it
         // and are left to the next verification.
@@ -1115,7 +1134,7 @@ impl Store for KvStore {
         Ok(report)
     }
 
-    fn verify_at_start(&self) -> Result<ChainReport> {
+    pub fn verify_at_start(&self) -> Result<ChainReport> {
         let _shared = self.lock();
         let head = self.stored_head()?;
         let mut report = self.check_new_events(head.as_ref())?;
@@ -1143,7 +1162,7 @@ impl Store for KvStore {
         Ok(report)
     }
 
-    fn verify_new_events(&self) -> Result<ChainReport> {
+    pub fn verify_new_events(&self) -> Result<ChainReport> {
         // The head as stored, read under the commit lock; the events up to it are
         // checked without holding it.
         let head = {
@@ -1162,50 +1181,48 @@ impl Store for KvStore {
         Ok(report)
     }
 
-    fn counts(&self) -> Result<BTreeMap<GrantState, u64>> {
+    pub fn counts(&self) -> Result<BTreeMap<GrantState, u64>> {
         Ok(self.lock().counts.clone())
     }
 
-    fn escalations(&self) -> Result<BTreeMap<String, u64>> {
+    pub fn escalations(&self) -> Result<BTreeMap<String, u64>> {
         Ok(self.lock().escalations.clone())
     }
 
-    fn sync(&self) -> SyncFuture<'_> {
-        Box::pin(async move {
-            if !self.durable {
-                return Ok(());
+    pub async fn sync(&self) -> Result<()> {
+        if !self.durable {
+            return Ok(());
+        }
+        let target = self.group.written.load(Ordering::Acquire);
+        let mut flushed = self.group.flushed.clone();
+        if *flushed.borrow() >= target {
+            return Ok(());
+        }
+        self.group.kick.kick();
+        loop {
+            let waited = tokio::time::timeout(
+                std::time::Duration::from_millis(100),
+                flushed.wait_for(|done| *done >= target),
+            )
+            .await;
+            match waited {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(_)) => return Err(Error::FlusherStopped),
+                // Still waiting: fine while the disk takes writes; an error once
+                // flushes have failed for FLUSH_GIVE_UP.
+                Err(_) => self.flush_failure(FLUSH_GIVE_UP)?,
             }
-            let target = self.group.written.load(Ordering::Acquire);
-            let mut flushed = self.group.flushed.clone();
-            if *flushed.borrow() >= target {
-                return Ok(());
-            }
-            self.group.kick.kick();
-            loop {
-                let waited = tokio::time::timeout(
-                    std::time::Duration::from_millis(100),
-                    flushed.wait_for(|done| *done >= target),
-                )
-                .await;
-                match waited {
-                    Ok(Ok(_)) => return Ok(()),
-                    Ok(Err(_)) => return Err(Error::FlusherStopped),
-                    // Still waiting: fine while the disk takes writes; an error once
-                    // flushes have failed for FLUSH_GIVE_UP.
-                    Err(_) => self.flush_failure(FLUSH_GIVE_UP)?,
-                }
-            }
-        })
+        }
     }
 
-    fn put_state(&self, key: &str, value: Option<&[u8]>) -> Result<()> {
+    pub fn put_state(&self, key: &str, value: Option<&[u8]>) -> Result<()> {
         let k = state_key(key);
         self.db.put(&k, value)?;
         self.written();
         Ok(())
     }
 
-    fn states(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+    pub fn states(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
         self.db
             .prefix(state_key(prefix))
             .map(|entry| {
@@ -1216,10 +1233,82 @@ impl Store for KvStore {
             .collect()
     }
 
-    fn health(&self) -> Result<()> {
+    pub fn health(&self) -> Result<()> {
         // A real read, and the flusher's state: a store that answers reads but
         // cannot make anything durable is not ready.
         self.db.get(b"m/head")?;
         self.flush_failure(std::time::Duration::ZERO)
+    }
+}
+
+/// The lifecycle's view. Reads and commits answer at once (memory or local disk);
+/// the whole-store checks run on the blocking pool, so a large store's scan does
+/// not hold up an async worker.
+#[async_trait::async_trait]
+impl Store for KvStore {
+    async fn get(&self, id: &str) -> Result<Option<GrantRecord>> {
+        KvStore::get(self, id)
+    }
+    async fn commit(&self, commit: Commit) -> Result<(GrantRecord, AuditEvent)> {
+        KvStore::commit(self, commit)
+    }
+    async fn append_audit(&self, event: NewEvent) -> Result<AuditEvent> {
+        KvStore::append_audit(self, event)
+    }
+    async fn claim_due(
+        &self,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<String>> {
+        KvStore::claim_due(self, now, lease_until, limit)
+    }
+    async fn reschedule(&self, id: &str, due: Option<Timestamp>) -> Result<()> {
+        KvStore::reschedule(self, id, due)
+    }
+    async fn next_due(&self) -> Result<Option<Timestamp>> {
+        KvStore::next_due(self)
+    }
+    async fn release_leases(&self) -> Result<usize> {
+        KvStore::release_leases(self)
+    }
+    async fn sealed_credential(&self, id: &str) -> Result<Option<Vec<u8>>> {
+        KvStore::sealed_credential(self, id)
+    }
+    async fn list(&self, filter: &ListFilter) -> Result<Page> {
+        KvStore::list(self, filter)
+    }
+    async fn with_work(&self) -> Result<Vec<String>> {
+        KvStore::with_work(self)
+    }
+    async fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>> {
+        KvStore::audit(self, query)
+    }
+    async fn verify_audit(&self) -> Result<ChainReport> {
+        self.blocking(KvStore::verify_audit).await
+    }
+    async fn verify_at_start(&self) -> Result<ChainReport> {
+        self.blocking(KvStore::verify_at_start).await
+    }
+    async fn verify_new_events(&self) -> Result<ChainReport> {
+        self.blocking(KvStore::verify_new_events).await
+    }
+    async fn counts(&self) -> Result<BTreeMap<GrantState, u64>> {
+        KvStore::counts(self)
+    }
+    async fn escalations(&self) -> Result<BTreeMap<String, u64>> {
+        KvStore::escalations(self)
+    }
+    async fn sync(&self) -> Result<()> {
+        KvStore::sync(self).await
+    }
+    async fn health(&self) -> Result<()> {
+        KvStore::health(self)
+    }
+    async fn put_state(&self, key: &str, value: Option<&[u8]>) -> Result<()> {
+        KvStore::put_state(self, key, value)
+    }
+    async fn states(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        KvStore::states(self, prefix)
     }
 }

@@ -42,15 +42,24 @@ impl Principal {
     }
 
     /// Requires any of `roles`.
-    pub fn require(&self, state: &AppState, roles: &[Role], action: &str) -> Result<(), ApiError> {
+    pub async fn require(
+        &self,
+        state: &AppState,
+        roles: &[Role],
+        action: &str,
+    ) -> Result<(), ApiError> {
         if roles.iter().any(|r| self.has(*r)) {
             return Ok(());
         }
         let message = format!("`{}` may not {action}", self.name);
-        state.lifecycle.audit_log().note(
-            NewEvent::new("auth.forbidden", &self.name)
-                .detail(serde_json::json!({ "action": action })),
-        );
+        state
+            .lifecycle
+            .audit_log()
+            .note(
+                NewEvent::new("auth.forbidden", &self.name)
+                    .detail(serde_json::json!({ "action": action })),
+            )
+            .await;
         Err(ApiError::Forbidden(message))
     }
 }

@@ -133,7 +133,9 @@ pub async fn load(
     Path(name): Path<String>,
     body: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> Result<(StatusCode, Json<ConnectorView>), ApiError> {
-    principal.require(&state, &[Role::Operator], "load connectors")?;
+    principal
+        .require(&state, &[Role::Operator], "load connectors")
+        .await?;
     let Json(body) = body.map_err(super::error::json_rejection)?;
     let slot = state.loader.load(&name, body, &principal.name).await?;
     Ok((StatusCode::CREATED, Json(view(&state, &slot, None))))
@@ -180,7 +182,9 @@ pub async fn reload(
     Path(name): Path<String>,
     body: super::extract::Body,
 ) -> Result<Json<Reloaded>, ApiError> {
-    principal.require(&state, &[Role::Operator], "reload connectors")?;
+    principal
+        .require(&state, &[Role::Operator], "reload connectors")
+        .await?;
     let body: ReloadBody = super::extract::optional_object(body)?;
     if let Some(pin) = &body.sha256
         && !ebb_engine::config::is_sha256_hex(pin)
@@ -261,7 +265,9 @@ pub async fn unload(
     Path(name): Path<String>,
     query: Result<Query<UnloadParams>, QueryRejection>,
 ) -> Result<(StatusCode, Json<UnloadView>), ApiError> {
-    principal.require(&state, &[Role::Operator], "unload connectors")?;
+    principal
+        .require(&state, &[Role::Operator], "unload connectors")
+        .await?;
     let Query(q) = query.map_err(rejection)?;
     let mode = match (q.live, q.to) {
         (LiveGrants::Refuse, None) => UnloadMode::Refuse,

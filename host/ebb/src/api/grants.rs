@@ -151,8 +151,8 @@ fn owns(p: &Principal, g: &GrantRecord) -> bool {
     p.id == g.requested_by
 }
 
-fn load_visible(state: &AppState, p: &Principal, id: &str) -> Result<GrantRecord, ApiError> {
-    let grant = state.lifecycle.get(id)?;
+async fn load_visible(state: &AppState, p: &Principal, id: &str) -> Result<GrantRecord, ApiError> {
+    let grant = state.lifecycle.get(id).await?;
     if owns(p, &grant) || p.has(Role::Operator) || p.has(Role::Auditor) || p.has(Role::Approver) {
         Ok(grant)
     } else {
@@ -179,7 +179,9 @@ pub async fn request(
     principal: Principal,
     req: extract::Body,
 ) -> Result<(StatusCode, Json<GrantResponse>), ApiError> {
-    principal.require(&state, &[Role::Requester], "request grants")?;
+    principal
+        .require(&state, &[Role::Requester], "request grants")
+        .await?;
     create(state, principal, req, false).await
 }
 
@@ -202,7 +204,9 @@ pub async fn break_glass(
     principal: Principal,
     req: extract::Body,
 ) -> Result<(StatusCode, Json<GrantResponse>), ApiError> {
-    principal.require(&state, &[Role::Requester], "request break-glass grants")?;
+    principal
+        .require(&state, &[Role::Requester], "request break-glass grants")
+        .await?;
     create(state, principal, req, true).await
 }
 
@@ -296,7 +300,7 @@ async fn create(
     // Seen now: its standing access is checked again on the schedule, and a new
     // finding is audited and alerted. The request stands even if this fails.
     if let Err(e) =
-        ebb_engine::standing::record(&state.lifecycle, &connector, &subject, &standing, true)
+        ebb_engine::standing::record(&state.lifecycle, &connector, &subject, &standing, true).await
     {
         tracing::error!(error = %e, "recording standing access failed");
     }
@@ -370,8 +374,10 @@ pub async fn issue(
     principal: Principal,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<GrantResponse>), ApiError> {
-    principal.require(&state, &[Role::Requester], "issue grants")?;
-    let grant = load_visible(&state, &principal, &id)?;
+    principal
+        .require(&state, &[Role::Requester], "issue grants")
+        .await?;
+    let grant = load_visible(&state, &principal, &id).await?;
     if !owns(&principal, &grant) {
         return Err(ApiError::Forbidden(
             "only the requester can issue its grant".into(),
@@ -406,14 +412,20 @@ pub async fn approve(
     Path(id): Path<String>,
     note: extract::Body,
 ) -> Result<Json<GrantRecord>, ApiError> {
-    principal.require(&state, &[Role::Approver], "approve grants")?;
+    principal
+        .require(&state, &[Role::Approver], "approve grants")
+        .await?;
     let note: ReasonBody = extract::optional_object(note)?;
-    let grant = state.lifecycle.get(&id)?;
+    let grant = state.lifecycle.get(&id).await?;
     if owns(&principal, &grant) {
-        state.lifecycle.audit_log().note(
-            ebb_core::audit::NewEvent::new("grant.self-approval-refused", &principal.name)
-                .grant(&id),
-        );
+        state
+            .lifecycle
+            .audit_log()
+            .note(
+                ebb_core::audit::NewEvent::new("grant.self-approval-refused", &principal.name)
+                    .grant(&id),
+            )
+            .await;
         return Err(ApiError::Forbidden(
             "a requester can never approve its own request".into(),
         ));
@@ -445,7 +457,9 @@ pub async fn deny(
     Path(id): Path<String>,
     reason: extract::Body,
 ) -> Result<Json<GrantRecord>, ApiError> {
-    principal.require(&state, &[Role::Approver], "deny grants")?;
+    principal
+        .require(&state, &[Role::Approver], "deny grants")
+        .await?;
     let reason: ReasonBody = extract::optional_object(reason)?;
     let reason = reason.reason.unwrap_or_else(|| "denied".into());
     Ok(Json(
@@ -460,11 +474,13 @@ async fn end(
     trigger: Trigger,
     reason: Option<String>,
 ) -> Result<Json<GrantRecord>, ApiError> {
-    let grant = load_visible(&state, &principal, &id)?;
+    let grant = load_visible(&state, &principal, &id).await?;
     let allowed = (owns(&principal, &grant) && principal.has(Role::Requester))
         || principal.has(Role::Operator);
     if !allowed {
-        principal.require(&state, &[Role::Operator], &format!("end grant {id}"))?;
+        principal
+            .require(&state, &[Role::Operator], &format!("end grant {id}"))
+            .await?;
     }
     Ok(Json(
         state
@@ -557,7 +573,7 @@ pub async fn get(
     principal: Principal,
     Path(id): Path<String>,
 ) -> Result<Json<GrantRecord>, ApiError> {
-    Ok(Json(load_visible(&state, &principal, &id)?))
+    Ok(Json(load_visible(&state, &principal, &id).await?))
 }
 
 /// What was requested, granted and remains, with the grant's audit trail.
@@ -574,8 +590,8 @@ pub async fn report(
     principal: Principal,
     Path(id): Path<String>,
 ) -> Result<Json<GrantReport>, ApiError> {
-    load_visible(&state, &principal, &id)?;
-    Ok(Json(state.lifecycle.report(&id)?))
+    load_visible(&state, &principal, &id).await?;
+    Ok(Json(state.lifecycle.report(&id).await?))
 }
 
 /// `GET /v1/grants` filters.
@@ -617,7 +633,9 @@ pub async fn list(
         || principal.has(Role::Auditor)
         || principal.has(Role::Approver);
     if !sees_all {
-        principal.require(&state, &[Role::Requester], "list grants")?;
+        principal
+            .require(&state, &[Role::Requester], "list grants")
+            .await?;
     }
     let (subject, requested_by) = if sees_all {
         (q.subject, None)
@@ -637,6 +655,7 @@ pub async fn list(
             .lifecycle
             .store()
             .list(&filter)
+            .await
             .map_err(|e| ApiError::Internal(e.to_string()))?,
     ))
 }

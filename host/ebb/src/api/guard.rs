@@ -101,7 +101,9 @@ impl Guard {
                 tick.tick().await;
                 let Some(guard) = weak.upgrade() else { return };
                 if let Some(summary) = guard.drain() {
-                    audit.note(NewEvent::new("auth.refusals", "ebb").detail(summary));
+                    audit
+                        .note(NewEvent::new("auth.refusals", "ebb").detail(summary))
+                        .await;
                 }
             }
         });

@@ -41,11 +41,13 @@ pub async fn audit(
     principal: Principal,
     query: Result<Query<AuditParams>, QueryRejection>,
 ) -> Result<Json<Vec<AuditEvent>>, ApiError> {
-    principal.require(
-        &state,
-        &[Role::Auditor, Role::Operator],
-        "read the audit log",
-    )?;
+    principal
+        .require(
+            &state,
+            &[Role::Auditor, Role::Operator],
+            "read the audit log",
+        )
+        .await?;
     let Query(q) = query.map_err(rejection)?;
     let events = state
         .lifecycle
@@ -56,6 +58,7 @@ pub async fn audit(
                 .map_err(|_| ApiError::BadRequest("after must not be negative".into()))?,
             limit: super::grants::page_size(q.limit)?,
         })
+        .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok(Json(events))
 }
@@ -72,15 +75,18 @@ pub async fn verify_audit(
     State(state): State<AppState>,
     principal: Principal,
 ) -> Result<Json<ChainReport>, ApiError> {
-    principal.require(
-        &state,
-        &[Role::Auditor, Role::Operator],
-        "verify the audit log",
-    )?;
-    let store = state.lifecycle.store().clone();
-    let report = tokio::task::spawn_blocking(move || store.verify_audit())
+    principal
+        .require(
+            &state,
+            &[Role::Auditor, Role::Operator],
+            "verify the audit log",
+        )
+        .await?;
+    let report = state
+        .lifecycle
+        .store()
+        .verify_audit()
         .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok(Json(report))
 }
@@ -99,7 +105,7 @@ pub async fn healthz() -> &'static str {
         (status = 503, body = ErrorBody),
     ))]
 pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
-    state.lifecycle.store().health().map_err(|e| {
+    state.lifecycle.store().health().await.map_err(|e| {
         let why = ebb_core::error_chain(&e);
         tracing::error!(error = %why, "not ready: the store cannot serve");
         ApiError::Unavailable(format!("the store cannot serve: {why}"))
@@ -121,9 +127,11 @@ pub async fn metrics(State(state): State<AppState>) -> Result<String, ApiError> 
     let store = state.lifecycle.store();
     let counts = store
         .counts()
+        .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     let escalations = store
         .escalations()
+        .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok(crate::metrics::render(handle, &counts, &escalations))
 }

@@ -59,11 +59,13 @@ pub async fn report_anomaly(
     principal: Principal,
     body: extract::Body,
 ) -> Result<Json<AnomalyOutcome>, ApiError> {
-    principal.require(
-        &state,
-        &[Role::Operator, Role::Reporter],
-        "report anomalies",
-    )?;
+    principal
+        .require(
+            &state,
+            &[Role::Operator, Role::Reporter],
+            "report anomalies",
+        )
+        .await?;
     let report: AnomalyReport = extract::object(body)?;
     if report.reason.trim().is_empty() {
         return Err(ApiError::BadRequest("say what was seen: `reason`".into()));
@@ -77,19 +79,23 @@ pub async fn report_anomaly(
     let mut targets = Vec::new();
     let mut subject = report.subject.clone();
     if let Some(id) = &report.grant {
-        let grant = lifecycle.get(id)?;
+        let grant = lifecycle.get(id).await?;
         subject.get_or_insert(grant.grant.subject.id.clone());
         targets.push(grant);
     }
     if let Some(s) = &report.subject {
-        targets.extend(lifecycle.grants_matching(ListFilter {
-            subject: Some(s.clone()),
-            ..Default::default()
-        })?);
+        targets.extend(
+            lifecycle
+                .grants_matching(ListFilter {
+                    subject: Some(s.clone()),
+                    ..Default::default()
+                })
+                .await?,
+        );
     }
     if let Some(s) = &subject {
         // Kept in the store; the audit record below makes it durable.
-        state.approval.flag(s, lifecycle.clock().now_ms())?;
+        state.approval.flag(s, lifecycle.clock().now_ms()).await?;
     }
     let actor = format!("{} (anomaly)", principal.name);
     lifecycle
@@ -157,7 +163,9 @@ pub async fn policies(
     State(state): State<AppState>,
     principal: Principal,
 ) -> Result<Json<PolicyView>, ApiError> {
-    principal.require(&state, &[Role::Operator, Role::Auditor], "read policies")?;
+    principal
+        .require(&state, &[Role::Operator, Role::Auditor], "read policies")
+        .await?;
     Ok(Json(view(&state)))
 }
 
@@ -184,7 +192,9 @@ pub async fn reload_policies(
     State(state): State<AppState>,
     principal: Principal,
 ) -> Result<Json<PolicyView>, ApiError> {
-    principal.require(&state, &[Role::Operator], "reload policies")?;
+    principal
+        .require(&state, &[Role::Operator], "reload policies")
+        .await?;
     if state.approval.policies().is_none() {
         return Err(ApiError::Conflict(
             "no policies are configured ([policy] path)".into(),

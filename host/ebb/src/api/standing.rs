@@ -24,12 +24,16 @@ pub async fn list(
     State(state): State<AppState>,
     principal: Principal,
 ) -> Result<Json<Vec<Entry>>, ApiError> {
-    principal.require(
-        &state,
-        &[Role::Operator, Role::Auditor],
-        "read standing access",
-    )?;
-    Ok(Json(standing::entries(state.lifecycle.store().as_ref())?))
+    principal
+        .require(
+            &state,
+            &[Role::Operator, Role::Auditor],
+            "read standing access",
+        )
+        .await?;
+    Ok(Json(
+        standing::entries(state.lifecycle.store().as_ref()).await?,
+    ))
 }
 
 /// Checks every recorded subject's standing access again now; new findings are
@@ -45,7 +49,9 @@ pub async fn scan(
     State(state): State<AppState>,
     principal: Principal,
 ) -> Result<Json<Vec<Entry>>, ApiError> {
-    principal.require(&state, &[Role::Operator], "scan standing access")?;
+    principal
+        .require(&state, &[Role::Operator], "scan standing access")
+        .await?;
     Ok(Json(standing::scan(&state.lifecycle, None).await?))
 }
 
@@ -62,8 +68,12 @@ pub async fn orphans(
     State(state): State<AppState>,
     principal: Principal,
 ) -> Result<Json<Vec<Orphan>>, ApiError> {
-    principal.require(&state, &[Role::Operator, Role::Auditor], "read orphans")?;
-    Ok(Json(orphans::entries(state.lifecycle.store().as_ref())?))
+    principal
+        .require(&state, &[Role::Operator, Role::Auditor], "read orphans")
+        .await?;
+    Ok(Json(
+        orphans::entries(state.lifecycle.store().as_ref()).await?,
+    ))
 }
 
 /// Compares every connector's inventory with the grants now; new orphans are
@@ -79,6 +89,8 @@ pub async fn scan_orphans(
     State(state): State<AppState>,
     principal: Principal,
 ) -> Result<Json<Report>, ApiError> {
-    principal.require(&state, &[Role::Operator], "scan for orphans")?;
+    principal
+        .require(&state, &[Role::Operator], "scan for orphans")
+        .await?;
     Ok(Json(orphans::scan(&state.lifecycle).await?))
 }

@@ -71,7 +71,7 @@ pub(crate) async fn state() -> AppState {
         Clock::system(),
         EngineConfig::default(),
     );
-    lifecycle.start().unwrap();
+    lifecycle.start().await.unwrap();
     let loader = ebb_engine::loader::Loader::new(lifecycle.clone(), Default::default());
     let tokens = Tokens::new(&[
         token("agent", &[Role::Requester]),

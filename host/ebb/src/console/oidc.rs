@@ -317,6 +317,23 @@ pub struct Callback {
     error: Option<String>,
 }
 
+/// A refused sign-in: audited, and a page that says why.
+async fn refuse(state: &ConsoleState, why: &str) -> Response {
+    state
+        .app
+        .lifecycle
+        .audit_log()
+        .note(
+            ebb_core::audit::NewEvent::new("console.sign-in-refused", "anonymous")
+                .detail(serde_json::json!({ "why": why })),
+        )
+        .await;
+    pages::problem(
+        StatusCode::UNAUTHORIZED,
+        &format!("Sign-in failed: {why}. Start again from the sign-in page."),
+    )
+}
+
 /// `GET /console/callback`: the identity provider sends the browser back here.
 pub async fn callback(
     State(state): State<ConsoleState>,
@@ -326,18 +343,8 @@ pub async fn callback(
     let Some(provider) = &state.console.oidc else {
         return (StatusCode::NOT_FOUND, "no identity provider is configured").into_response();
     };
-    let refuse = |why: &str| {
-        state.app.lifecycle.audit_log().note(
-            ebb_core::audit::NewEvent::new("console.sign-in-refused", "anonymous")
-                .detail(serde_json::json!({ "why": why })),
-        );
-        pages::problem(
-            StatusCode::UNAUTHORIZED,
-            &format!("Sign-in failed: {why}. Start again from the sign-in page."),
-        )
-    };
     let Ok(Query(callback)) = query else {
-        return refuse("the identity provider's answer is malformed");
+        return refuse(&state, "the identity provider's answer is malformed").await;
     };
     if let Some(error) = &callback.error {
         let error: String = error
@@ -345,23 +352,23 @@ pub async fn callback(
             .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
             .take(40)
             .collect();
-        return refuse(&format!("the identity provider said `{error}`"));
+        return refuse(&state, &format!("the identity provider said `{error}`")).await;
     }
     let (Some(code), Some(sign_in)) = (&callback.code, &callback.state) else {
-        return refuse("the identity provider's answer has no code");
+        return refuse(&state, "the identity provider's answer has no code").await;
     };
     // The sign-in must be this browser's own: the state is the cookie's.
     if !cookie(&headers, LOGIN_COOKIE).is_some_and(|c| session::same(c, sign_in)) {
-        return refuse("this browser did not start that sign-in");
+        return refuse(&state, "this browser did not start that sign-in").await;
     }
     let Some(pending) = provider.take(sign_in) else {
-        return refuse("the sign-in expired or was already used");
+        return refuse(&state, "the sign-in expired or was already used").await;
     };
     match provider.finish(code, &pending).await {
-        Ok(principal) => session::start_session(&state, principal, "oidc"),
+        Ok(principal) => session::start_session(&state, principal, "oidc").await,
         Err(e) => {
             tracing::warn!(error = format!("{e:#}"), "console sign-in refused");
-            refuse(&format!("{e:#}"))
+            refuse(&state, &format!("{e:#}")).await
         }
     }
 }

@@ -252,7 +252,7 @@ pub async fn home(State(state): State<ConsoleState>, who: SignedIn) -> Response 
     let store = state.app.lifecycle.store();
     let (mut pending, mut live, mut troubled) = (0, 0, 0);
     if roles.sees_all() {
-        let counts = match store.counts() {
+        let counts = match store.counts().await {
             Ok(counts) => counts,
             Err(e) => return failed(&who, "home", &e.into()),
         };
@@ -270,11 +270,13 @@ pub async fn home(State(state): State<ConsoleState>, who: SignedIn) -> Response 
     let mut mine = Vec::new();
     if roles.requester {
         // Through the requester index: the person's own grants only.
-        let own = store.list(&ebb_core::store::ListFilter {
-            requested_by: Some(who.principal.id.clone()),
-            limit: 1000,
-            ..ebb_core::store::ListFilter::default()
-        });
+        let own = store
+            .list(&ebb_core::store::ListFilter {
+                requested_by: Some(who.principal.id.clone()),
+                limit: 1000,
+                ..ebb_core::store::ListFilter::default()
+            })
+            .await;
         match own {
             Ok(page) => mine.extend(
                 page.grants
@@ -394,11 +396,15 @@ struct Requests {
 
 /// `GET /console/requests`: the approval queue.
 pub async fn requests(State(state): State<ConsoleState>, who: SignedIn) -> Response {
-    if let Err(e) = who.principal.require(
-        &state.app,
-        &[ebb_engine::config::Role::Approver],
-        "open the approval queue",
-    ) {
+    if let Err(e) = who
+        .principal
+        .require(
+            &state.app,
+            &[ebb_engine::config::Role::Approver],
+            "open the approval queue",
+        )
+        .await
+    {
         return failed(&who, "requests", &e);
     }
     let found = match listed(&state, &who, GrantState::Requested).await {
@@ -416,6 +422,7 @@ pub async fn requests(State(state): State<ConsoleState>, who: SignedIn) -> Respo
                 after_seq: 0,
                 limit: 1,
             })
+            .await
             .ok()
             .and_then(|events| events.into_iter().find(|e| e.kind == "grant.requested"))
             .map(|e| Decided::from_detail(&e.detail["policy"]))
@@ -581,6 +588,7 @@ pub async fn connectors(State(state): State<ConsoleState>, who: SignedIn) -> Res
         .lifecycle
         .store()
         .escalations()
+        .await
         .unwrap_or_default();
     let rows = views
         .into_iter()

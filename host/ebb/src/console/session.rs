@@ -314,11 +314,16 @@ fn with_cookie(mut response: Response, cookie: &str) -> Response {
 }
 
 /// Starts a session for `principal` and sends the browser to the console.
-pub fn start_session(state: &ConsoleState, principal: Principal, method: &str) -> Response {
-    state.app.lifecycle.audit_log().note(
-        NewEvent::new("console.signed-in", &principal.name)
-            .detail(serde_json::json!({ "method": method })),
-    );
+pub async fn start_session(state: &ConsoleState, principal: Principal, method: &str) -> Response {
+    state
+        .app
+        .lifecycle
+        .audit_log()
+        .note(
+            NewEvent::new("console.signed-in", &principal.name)
+                .detail(serde_json::json!({ "method": method })),
+        )
+        .await;
     tracing::info!(who = %principal.name, method, "signed in to the console");
     let token = state.console.sessions.create(principal);
     let mut response = Redirect::to("/console/").into_response();
@@ -384,7 +389,7 @@ pub async fn token_sign_in(
         *response.status_mut() = StatusCode::UNAUTHORIZED;
         return response;
     };
-    start_session(&state, principal, "token")
+    start_session(&state, principal, "token").await
 }
 
 /// A form that carries only the session's CSRF token.
@@ -409,7 +414,8 @@ pub async fn sign_out(
             .app
             .lifecycle
             .audit_log()
-            .note(NewEvent::new("console.signed-out", &p.name));
+            .note(NewEvent::new("console.signed-out", &p.name))
+            .await;
     }
     with_cookie(
         Redirect::to("/console/login").into_response(),

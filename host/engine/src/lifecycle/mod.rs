@@ -328,9 +328,8 @@ impl Lifecycle {
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
-                let store = lifecycle.store().clone();
-                match tokio::task::spawn_blocking(move || store.verify_new_events()).await {
-                    Ok(Ok(report)) => {
+                match lifecycle.store().verify_new_events().await {
+                    Ok(report) => {
                         if let Some(problem) = &report.problem {
                             metrics::counter!("ebb_audit_check_failures_total").increment(1);
                             tracing::error!(problem, "the audit chain failed its check");
@@ -340,8 +339,7 @@ impl Lifecycle {
                             }));
                         }
                     }
-                    Ok(Err(e)) => tracing::error!(error = %e, "checking the audit chain failed"),
-                    Err(e) => tracing::error!(error = %e, "checking the audit chain panicked"),
+                    Err(e) => tracing::error!(error = %e, "checking the audit chain failed"),
                 }
             }
         })
@@ -384,7 +382,7 @@ impl Lifecycle {
 
     /// Applies `event` to `record` (after `edit`), commits it with its audit event,
     /// and wakes the scheduler if the grant now has a due time.
-    fn transition(
+    async fn transition(
         &self,
         record: GrantRecord,
         event: Event,
@@ -394,6 +392,7 @@ impl Lifecycle {
         edit: impl FnOnce(&mut GrantRecord),
     ) -> Result<GrantRecord> {
         self.transition_leased(record, event, actor, detail, sealed, None, edit)
+            .await
     }
 
     /// [`Lifecycle::transition`] for an intent: the due entry is held until
@@ -402,7 +401,7 @@ impl Lifecycle {
         clippy::too_many_arguments,
         reason = "one private helper with named call sites"
     )]
-    fn transition_leased(
+    async fn transition_leased(
         &self,
         mut record: GrantRecord,
         event: Event,
@@ -436,12 +435,16 @@ impl Lifecycle {
             }
             _ => json!({ "event": format!("{event:?}") }),
         };
-        let (record, _) = self.inner.store.commit(Commit {
-            record,
-            sealed,
-            event: audit,
-            lease_until,
-        })?;
+        let (record, _) = self
+            .inner
+            .store
+            .commit(Commit {
+                record,
+                sealed,
+                event: audit,
+                lease_until,
+            })
+            .await?;
         self.changed(&record);
         if record.due_at.is_some() {
             self.inner.wake.notify_one();
@@ -450,17 +453,18 @@ impl Lifecycle {
         Ok(record)
     }
 
-    fn load(&self, id: &str) -> Result<GrantRecord> {
+    async fn load(&self, id: &str) -> Result<GrantRecord> {
         self.inner
             .store
-            .get(id)?
+            .get(id)
+            .await?
             .ok_or_else(|| Error::NotFound(id.to_owned()))
     }
 
     /// Starts the scheduler: voids the previous process's leases (so its in-flight
     /// work is due now) and runs due work, oldest first.
-    pub fn start(&self) -> Result<tokio::task::JoinHandle<()>> {
-        let released = self.inner.store.release_leases()?;
+    pub async fn start(&self) -> Result<tokio::task::JoinHandle<()>> {
+        let released = self.inner.store.release_leases().await?;
         if released > 0 {
             tracing::warn!(
                 released,

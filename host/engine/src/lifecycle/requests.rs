@@ -112,12 +112,16 @@ impl Lifecycle {
         });
         let mut requested = event("grant.requested", requested_by, &record).detail(detail);
         requested.to = Some(GrantState::Requested);
-        let (record, _) = self.inner.store.commit(Commit {
-            event: requested,
-            record,
-            sealed: Sealed::Keep,
-            lease_until: None,
-        })?;
+        let (record, _) = self
+            .inner
+            .store
+            .commit(Commit {
+                event: requested,
+                record,
+                sealed: Sealed::Keep,
+                lease_until: None,
+            })
+            .await?;
         self.changed(&record);
         let _lock = self.inner.locks.lock(&id).await;
         let record = match decision {
@@ -126,8 +130,11 @@ impl Lifecycle {
                 by,
                 note,
                 issue_within_ms,
-            } => self.approve_locked(record, &by, note, issue_within_ms)?,
-            Decision::Deny { by, reason } => self.deny_locked(record, &by, &reason)?,
+            } => {
+                self.approve_locked(record, &by, note, issue_within_ms)
+                    .await?
+            }
+            Decision::Deny { by, reason } => self.deny_locked(record, &by, &reason).await?,
         };
         // Acknowledged means durable: the caller is told only what survives a crash.
         self.inner.store.sync().await?;
@@ -138,7 +145,7 @@ impl Lifecycle {
     /// person approve twice; a grant that needs N approvals is approved by the Nth.
     pub async fn approve(&self, id: &str, by: &str, note: Option<String>) -> Result<GrantRecord> {
         let _lock = self.inner.locks.lock(id).await;
-        let record = self.load(id)?;
+        let record = self.load(id).await?;
         if record.requested_by == by || record.grant.subject.id == by {
             return Err(Error::SelfApproval);
         }
@@ -162,9 +169,10 @@ impl Lifecycle {
                         note,
                     });
                 },
-            )?
+            )
+            .await?
         } else {
-            self.approve_locked(record, by, note, None)?
+            self.approve_locked(record, by, note, None).await?
         };
         // Acknowledged means durable: a lost approval or denial after a crash would
         // let the grant be decided again, differently.
@@ -172,7 +180,7 @@ impl Lifecycle {
         Ok(record)
     }
 
-    pub(super) fn approve_locked(
+    pub(super) async fn approve_locked(
         &self,
         record: GrantRecord,
         by: &str,
@@ -196,18 +204,19 @@ impl Lifecycle {
                 r.due_at = Some(now + window);
             },
         )
+        .await
     }
 
     /// Denies a requested (or approved, not yet issued) grant.
     pub async fn deny(&self, id: &str, by: &str, reason: &str) -> Result<GrantRecord> {
         let _lock = self.inner.locks.lock(id).await;
-        let record = self.load(id)?;
-        let record = self.deny_locked(record, by, reason)?;
+        let record = self.load(id).await?;
+        let record = self.deny_locked(record, by, reason).await?;
         self.inner.store.sync().await?;
         Ok(record)
     }
 
-    pub(super) fn deny_locked(
+    pub(super) async fn deny_locked(
         &self,
         record: GrantRecord,
         by: &str,
@@ -224,13 +233,14 @@ impl Lifecycle {
                 r.last_error = Some(reason.to_owned());
             },
         )
+        .await
     }
 
     /// Issues an approved grant and returns the credential — the only time it is
     /// ever returned.
     pub async fn issue(&self, id: &str, actor: &str) -> Result<(GrantRecord, Credential)> {
         let _lock = self.inner.locks.lock(id).await;
-        let record = self.load(id)?;
+        let record = self.load(id).await?;
         if record.state != GrantState::Approved {
             return Err(IllegalTransition {
                 from: record.state,
@@ -248,20 +258,22 @@ impl Lifecycle {
         // scheduler compensate if this process dies before the outcome is recorded.
         let lease = now + self.inner.config.lease_ms;
         let digest = connector.digest().to_string();
-        let record = self.transition_leased(
-            record,
-            Event::BeginIssue,
-            actor,
-            json!({ "not_after": not_after, "connector_version": digest }),
-            Sealed::Keep,
-            Some(lease),
-            |r| {
-                r.grant.not_after = not_after;
-                r.issued_at = Some(now);
-                r.issued_by_digest = Some(digest.clone());
-                r.due_at = Some(now);
-            },
-        )?;
+        let record = self
+            .transition_leased(
+                record,
+                Event::BeginIssue,
+                actor,
+                json!({ "not_after": not_after, "connector_version": digest }),
+                Sealed::Keep,
+                Some(lease),
+                |r| {
+                    r.grant.not_after = not_after;
+                    r.issued_at = Some(now);
+                    r.issued_by_digest = Some(digest.clone());
+                    r.due_at = Some(now);
+                },
+            )
+            .await?;
         self.inner.store.sync().await?;
 
         let outcome = connector.issue(&record.grant).await;
@@ -274,15 +286,18 @@ impl Lifecycle {
         let issued = match outcome {
             Ok(issued) => issued,
             Err(e) => {
-                let record = self.transition(
-                    record,
-                    Event::IssueFailed,
-                    actor,
-                    json!({ "error": e.to_string() }),
-                    Sealed::Keep,
-                    |r| r.last_error = Some(e.to_string()),
-                )?;
-                self.begin_revoke(record, Trigger::Compensation, "ebb", None)?;
+                let record = self
+                    .transition(
+                        record,
+                        Event::IssueFailed,
+                        actor,
+                        json!({ "error": e.to_string() }),
+                        Sealed::Keep,
+                        |r| r.last_error = Some(e.to_string()),
+                    )
+                    .await?;
+                self.begin_revoke(record, Trigger::Compensation, "ebb", None)
+                    .await?;
                 self.inner.store.sync().await?;
                 return Err(Error::Issue(e));
             }
@@ -293,19 +308,21 @@ impl Lifecycle {
                 let plain = zeroize::Zeroizing::new(plain);
                 self.inner.sealer.seal(id, &plain).map_err(Error::Seal)
             })?;
-        let record = self.transition(
-            record,
-            Event::IssueSucceeded,
-            actor,
-            json!({ "handle": issued.handle, "downstream_expires_at": issued.expires_at }),
-            Sealed::Set(sealed),
-            |r| {
-                r.handle = Some(issued.handle.clone());
-                r.downstream_expires_at = issued.expires_at;
-                r.last_error = None;
-                r.due_at = Some(not_after);
-            },
-        )?;
+        let record = self
+            .transition(
+                record,
+                Event::IssueSucceeded,
+                actor,
+                json!({ "handle": issued.handle, "downstream_expires_at": issued.expires_at }),
+                Sealed::Set(sealed),
+                |r| {
+                    r.handle = Some(issued.handle.clone());
+                    r.downstream_expires_at = issued.expires_at;
+                    r.last_error = None;
+                    r.due_at = Some(not_after);
+                },
+            )
+            .await?;
         // Usually no sync here, on purpose: if this commit is lost in a crash, the
         // grant is still `issuing` after restart and is compensated (revoked by grant
         // id), so nothing can exist downstream that the store does not know about;
@@ -322,13 +339,14 @@ impl Lifecycle {
             && can_verify_issued
             && let Err(e) = self.verify_issued(&slot, &record, &issued).await
         {
-            let record = self.load(id)?;
+            let record = self.load(id).await?;
             self.begin_revoke(
                 record,
                 Trigger::TaskFailed,
                 "ebb",
                 Some("the issued credential did not work"),
-            )?;
+            )
+            .await?;
             self.inner.store.sync().await?;
             return Err(Error::VerifyIssued(e));
         }
@@ -373,11 +391,12 @@ impl Lifecycle {
         reason: Option<&str>,
     ) -> Result<GrantRecord> {
         let _lock = self.inner.locks.lock(id).await;
-        let record = self.load(id)?;
+        let record = self.load(id).await?;
         let record = match record.state {
-            GrantState::Active => self.begin_revoke(record, trigger, actor, reason)?,
+            GrantState::Active => self.begin_revoke(record, trigger, actor, reason).await?,
             GrantState::Requested | GrantState::Approved => {
-                self.deny_locked(record, actor, reason.unwrap_or("withdrawn before issuance"))?
+                self.deny_locked(record, actor, reason.unwrap_or("withdrawn before issuance"))
+                    .await?
             }
             _ => {
                 self.inner
@@ -393,7 +412,7 @@ impl Lifecycle {
         Ok(record)
     }
 
-    pub(super) fn begin_revoke(
+    pub(super) async fn begin_revoke(
         &self,
         record: GrantRecord,
         trigger: Trigger,
@@ -415,5 +434,6 @@ impl Lifecycle {
                 r.due_at = Some(now);
             },
         )
+        .await
     }
 }

@@ -4,7 +4,7 @@
 use super::*;
 
 impl Lifecycle {
-    pub(super) fn found_residue(
+    pub(super) async fn found_residue(
         &self,
         record: GrantRecord,
         residue: Vec<Residue>,
@@ -18,24 +18,28 @@ impl Lifecycle {
             .increment(residue.len() as u64);
         let escalate = attempts >= policy.escalate_after;
         let delay = if escalate { policy.retry_max_ms } else { 0 };
-        let record = self.transition(
-            record,
-            Event::FoundResidue,
-            "ebb",
-            json!({ "residue": residue, "attempts": attempts, "connector_version": version }),
-            Sealed::Keep,
-            |r| {
-                r.residue = residue;
-                r.attempts = attempts;
-                r.due_at = Some(now + delay);
-            },
-        )?;
-        if escalate {
-            return self.escalate(
+        let record = self
+            .transition(
                 record,
-                "access remains after repeated revocation",
-                Some(version),
-            );
+                Event::FoundResidue,
+                "ebb",
+                json!({ "residue": residue, "attempts": attempts, "connector_version": version }),
+                Sealed::Keep,
+                |r| {
+                    r.residue = residue;
+                    r.attempts = attempts;
+                    r.due_at = Some(now + delay);
+                },
+            )
+            .await?;
+        if escalate {
+            return self
+                .escalate(
+                    record,
+                    "access remains after repeated revocation",
+                    Some(version),
+                )
+                .await;
         }
         Ok(record)
     }
@@ -43,7 +47,7 @@ impl Lifecycle {
     /// A failed step: retry with backoff, or escalate past the budget (and retry
     /// anyway, at the slowest pace).
     /// `version` is the connector version whose call failed, if one was made.
-    pub(super) fn failed(
+    pub(super) async fn failed(
         &self,
         record: GrantRecord,
         error: &str,
@@ -64,7 +68,7 @@ impl Lifecycle {
             r.attempts = attempts;
             r.last_error = Some(error.to_owned());
             r.due_at = Some(now + slot_policy.retry_max_ms);
-            return self.escalate(r, error, version);
+            return self.escalate(r, error, version).await;
         }
         let delay = if escalate {
             slot_policy.retry_max_ms
@@ -83,10 +87,10 @@ impl Lifecycle {
                 r.last_error = Some(error.to_owned());
                 r.due_at = Some(now + delay);
             },
-        )
+        ).await
     }
 
-    pub(super) fn escalate(
+    pub(super) async fn escalate(
         &self,
         record: GrantRecord,
         why: &str,
@@ -109,19 +113,21 @@ impl Lifecycle {
                 "why": why,
             })
         });
-        let record = self.transition(
-            record,
-            Event::Escalate,
-            "ebb",
-            json!({ "why": why, "first": first, "connector_version": version }),
-            Sealed::Keep,
-            |r| {
-                if r.escalated_at.is_none() {
-                    r.escalated_at = Some(now);
-                }
-                r.due_at = due.or(Some(now));
-            },
-        )?;
+        let record = self
+            .transition(
+                record,
+                Event::Escalate,
+                "ebb",
+                json!({ "why": why, "first": first, "connector_version": version }),
+                Sealed::Keep,
+                |r| {
+                    if r.escalated_at.is_none() {
+                        r.escalated_at = Some(now);
+                    }
+                    r.due_at = due.or(Some(now));
+                },
+            )
+            .await?;
         if let (Some(alert), Some(alerts)) = (alert, self.inner.alerts.get()) {
             alerts.send(alert);
         }

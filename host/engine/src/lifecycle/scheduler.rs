@@ -29,6 +29,7 @@ impl Lifecycle {
             let claimed = match inner
                 .store
                 .claim_due(now, now + inner.config.lease_ms, capacity)
+                .await
             {
                 Ok(ids) => ids,
                 Err(e) => {
@@ -52,7 +53,7 @@ impl Lifecycle {
             if full {
                 continue;
             }
-            let next = inner.store.next_due().ok().flatten();
+            let next = inner.store.next_due().await.ok().flatten();
             let sleep = async {
                 match next {
                     Some(at) => tokio::time::sleep_until(inner.clock.instant_at(at)).await,
@@ -88,7 +89,7 @@ impl Lifecycle {
             // Not a failure: the connector's calls are all taken. Back shortly, with
             // jitter so a crowd of waiting grants does not come back at once.
             let later = self.now() + BUSY_RETRY_MS + rand::random_range(0..BUSY_RETRY_MS * 3);
-            if let Err(e) = self.inner.store.reschedule(id, Some(later)) {
+            if let Err(e) = self.inner.store.reschedule(id, Some(later)).await {
                 tracing::error!(grant = %id, error = %e, "rescheduling a grant failed; its lease brings it back");
             }
             return;

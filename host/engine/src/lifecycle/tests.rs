@@ -47,7 +47,7 @@ async fn engine_on(store: Arc<dyn Store>, connectors: &[(&str, ConnectorConfig)]
 
 async fn engine(connectors: &[(&str, ConnectorConfig)]) -> Lifecycle {
     let engine = engine_on(KvStore::temporary([3; 32]).unwrap(), connectors).await;
-    engine.start().unwrap();
+    engine.start().await.unwrap();
     engine
 }
 
@@ -119,7 +119,7 @@ async fn alert_receiver(engine: &Lifecycle) -> Arc<std::sync::Mutex<Vec<serde_js
 /// without real waiting; the others poll in real time.
 async fn wait_for(engine: &Lifecycle, id: &str, state: GrantState) -> GrantRecord {
     for _ in 0..2000 {
-        let r = engine.get(id).unwrap();
+        let r = engine.get(id).await.unwrap();
         if r.state == state {
             return r;
         }
@@ -127,7 +127,7 @@ async fn wait_for(engine: &Lifecycle, id: &str, state: GrantState) -> GrantRecor
     }
     panic!(
         "grant {id} never reached {state}: {:?}",
-        engine.get(id).unwrap()
+        engine.get(id).await.unwrap()
     );
 }
 
@@ -159,23 +159,30 @@ async fn expiry_revokes_and_verifies_with_paused_time() {
     assert_eq!(record.state, GrantState::Active);
     assert_eq!(credential.get("token"), Some("noop"));
     assert_eq!(record.grant.not_after, record.issued_at.unwrap() + ttl);
-    assert!(engine.store().sealed_credential(&id).unwrap().is_some());
+    assert!(
+        engine
+            .store()
+            .sealed_credential(&id)
+            .await
+            .unwrap()
+            .is_some()
+    );
 
     tokio::time::advance(Duration::from_millis(ttl - 1_000)).await;
     assert_eq!(
-        engine.get(&id).unwrap().state,
+        engine.get(&id).await.unwrap().state,
         GrantState::Active,
         "revoked before not-after"
     );
 
     tokio::time::advance(Duration::from_millis(2_000)).await;
-    let mut record = engine.get(&id).unwrap();
+    let mut record = engine.get(&id).await.unwrap();
     for _ in 0..10_000 {
         if record.state == GrantState::Verified {
             break;
         }
         tokio::task::yield_now().await;
-        record = engine.get(&id).unwrap();
+        record = engine.get(&id).await.unwrap();
     }
     assert_eq!(record.state, GrantState::Verified);
     assert_eq!(record.trigger, Some(Trigger::Expiry));
@@ -191,8 +198,8 @@ async fn expiry_revokes_and_verifies_with_paused_time() {
     // No silent extension: not-after never moved.
     assert_eq!(record.grant.not_after, record.issued_at.unwrap() + ttl);
     // The secret is shredded once removal is proven.
-    assert_eq!(engine.store().sealed_credential(&id).unwrap(), None);
-    let report = engine.report(&id).unwrap();
+    assert_eq!(engine.store().sealed_credential(&id).await.unwrap(), None);
+    let report = engine.report(&id).await.unwrap();
     assert_eq!(
         states(&report),
         vec![
@@ -206,7 +213,7 @@ async fn expiry_revokes_and_verifies_with_paused_time() {
         ]
     );
     assert!(!report.may_have_access);
-    assert!(engine.store().verify_audit().unwrap().is_intact());
+    assert!(engine.store().verify_audit().await.unwrap().is_intact());
 }
 
 #[tokio::test(start_paused = true)]
@@ -228,6 +235,7 @@ async fn task_completion_revokes_at_once() {
     assert_eq!(again.state, GrantState::Verified);
     let kinds: Vec<String> = engine
         .report(&record.grant.id)
+        .await
         .unwrap()
         .events
         .into_iter()
@@ -248,7 +256,7 @@ async fn issue_failure_compensates_by_grant_id() {
     let r = wait_for(&engine, &r.grant.id, GrantState::Verified).await;
     assert_eq!(r.trigger, Some(Trigger::Compensation));
     assert_eq!(r.handle, None, "compensation revokes by grant id alone");
-    let path = states(&engine.report(&r.grant.id).unwrap());
+    let path = states(&engine.report(&r.grant.id).await.unwrap());
     assert!(
         path.windows(2)
             .any(|w| w == [GrantState::IssueFailed, GrantState::Revoking]),
@@ -277,7 +285,7 @@ async fn revoke_outage_retries_escalates_and_recovers() {
         "{r:?}"
     );
     assert!(r.escalated_at.is_some());
-    assert_eq!(engine.escalated().unwrap().len(), 1);
+    assert_eq!(engine.escalated().await.unwrap().len(), 1);
     for _ in 0..200 {
         if !alerts.lock().unwrap().is_empty() {
             break;
@@ -298,7 +306,7 @@ async fn revoke_outage_retries_escalates_and_recovers() {
     let r = wait_for(&engine, &id, GrantState::Verified).await;
     assert_eq!(r.trigger, Some(Trigger::Anomaly));
     assert!(r.escalated_at.is_some(), "the escalation stays on record");
-    assert!(engine.escalated().unwrap().is_empty());
+    assert!(engine.escalated().await.unwrap().is_empty());
 }
 
 #[tokio::test(start_paused = true)]
@@ -312,7 +320,7 @@ async fn residue_is_revoked_again_until_verified() {
         .unwrap();
     let r = wait_for(&engine, &id, GrantState::Escalated).await;
     assert!(r.residue[0].detail.contains("session"), "{r:?}");
-    let events = engine.report(&id).unwrap().events;
+    let events = engine.report(&id).await.unwrap().events;
     let residual_events = events
         .iter()
         .filter(|e| e.to == Some(GrantState::Residual))
@@ -362,6 +370,7 @@ async fn recovery_finishes_grants_left_mid_flight() {
                 r.due_at = Some(now);
             },
         )
+        .await
         .unwrap();
     // Another grant was mid-revocation; its job had claimed a lease.
     let b = issued(&dying, "noop", 60_000).await;
@@ -371,17 +380,18 @@ async fn recovery_finishes_grants_left_mid_flight() {
         .unwrap();
     store
         .claim_due(dying.now(), dying.now() + 60_000, 10)
+        .await
         .unwrap();
     store.sync().await.unwrap();
     drop(dying);
 
     let engine = engine_on(store, &[noop()]).await;
-    engine.start().unwrap();
+    engine.start().await.unwrap();
     let a = wait_for(&engine, &a.grant.id, GrantState::Verified).await;
     assert_eq!(a.trigger, Some(Trigger::Compensation));
     let b = wait_for(&engine, &b.grant.id, GrantState::Verified).await;
     assert_eq!(b.trigger, Some(Trigger::TaskCompleted));
-    assert!(engine.store().verify_audit().unwrap().is_intact());
+    assert!(engine.store().verify_audit().await.unwrap().is_intact());
     engine.shutdown().await.unwrap();
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -442,7 +452,10 @@ async fn bad_requests_are_refused_with_reasons() {
         .await
         .unwrap();
     assert_eq!(denied.state, GrantState::Denied);
-    assert!(matches!(engine.get("missing"), Err(Error::NotFound(_))));
+    assert!(matches!(
+        engine.get("missing").await,
+        Err(Error::NotFound(_))
+    ));
 }
 
 #[tokio::test]
@@ -468,7 +481,7 @@ async fn restart_revokes_past_due_grants_first() {
     }
     // Restart: everything past due is revoked first; the long grant stays active.
     let engine = engine_on(store, &[noop()]).await;
-    engine.start().unwrap();
+    engine.start().await.unwrap();
     let mut started_last = 0;
     for id in &ids {
         let r = wait_for(&engine, id, GrantState::Verified).await;
@@ -481,7 +494,7 @@ async fn restart_revokes_past_due_grants_first() {
         "a grant due after the restart was revoked before the ones already past due"
     );
     assert_eq!(
-        engine.get(&late.grant.id).unwrap().state,
+        engine.get(&late.grant.id).await.unwrap().state,
         GrantState::Active
     );
     engine.shutdown().await.unwrap();
@@ -512,13 +525,13 @@ async fn reverification_catches_access_that_comes_back() {
     assert!(verified.reverify_until.is_some() && verified.due_at.is_some());
     // The closed grant is re-verified while access stays gone.
     for _ in 0..2000 {
-        if count(&engine.report(&id).unwrap(), "Reverify") >= 1 {
+        if count(&engine.report(&id).await.unwrap(), "Reverify") >= 1 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert!(
-        count(&engine.report(&id).unwrap(), "Reverify") >= 1,
+        count(&engine.report(&id).await.unwrap(), "Reverify") >= 1,
         "closed grants are re-verified"
     );
     // Access reappears downstream (say, re-granted through an inherited role).
@@ -539,14 +552,14 @@ async fn reverification_catches_access_that_comes_back() {
     assert!(again.verified_at > verified.verified_at);
     // The window ends: no more re-verification is scheduled.
     for _ in 0..600 {
-        if engine.get(&id).unwrap().due_at.is_none() {
+        if engine.get(&id).await.unwrap().due_at.is_none() {
             return;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!(
         "re-verification never stopped: {:?}",
-        engine.get(&id).unwrap()
+        engine.get(&id).await.unwrap()
     );
 }
 
@@ -571,15 +584,20 @@ async fn a_by_value_connector_gets_the_credential_until_the_reverify_window_clos
     let verified = wait_for(&engine, &id, GrantState::Verified).await;
     assert!(verified.reverify_until.is_some());
     assert!(
-        engine.store().sealed_credential(&id).unwrap().is_some(),
+        engine
+            .store()
+            .sealed_credential(&id)
+            .await
+            .unwrap()
+            .is_some(),
         "kept for re-verification by value"
     );
     for _ in 0..600 {
-        let r = engine.get(&id).unwrap();
+        let r = engine.get(&id).await.unwrap();
         if r.due_at.is_none() {
             assert_eq!(r.state, GrantState::Verified, "{r:?}");
-            assert_eq!(engine.store().sealed_credential(&id).unwrap(), None);
-            let report = engine.report(&id).unwrap();
+            assert_eq!(engine.store().sealed_credential(&id).await.unwrap(), None);
+            let report = engine.report(&id).await.unwrap();
             let reverified = count(&report, "Reverify");
             assert!(reverified >= 2, "re-verified by value {reverified} times");
             assert_eq!(
@@ -591,7 +609,10 @@ async fn a_by_value_connector_gets_the_credential_until_the_reverify_window_clos
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    panic!("the window never closed: {:?}", engine.get(&id).unwrap());
+    panic!(
+        "the window never closed: {:?}",
+        engine.get(&id).await.unwrap()
+    );
 }
 
 /// A real (temporary) store with two test hooks, no fake behaviour of its own:
@@ -627,11 +648,12 @@ impl TestStore {
     }
 }
 
+#[store::async_trait]
 impl Store for TestStore {
-    fn get(&self, id: &str) -> store::Result<Option<GrantRecord>> {
-        self.inner.get(id)
+    async fn get(&self, id: &str) -> store::Result<Option<GrantRecord>> {
+        self.inner.get(id).await
     }
-    fn commit(&self, commit: Commit) -> store::Result<(GrantRecord, AuditEvent)> {
+    async fn commit(&self, commit: Commit) -> store::Result<(GrantRecord, AuditEvent)> {
         if self.failing.lock().unwrap().as_deref() == Some(commit.record.grant.id.as_str()) {
             return Err(store::Error::Io {
                 what: "writing (injected)",
@@ -640,73 +662,71 @@ impl Store for TestStore {
         }
         self.unsynced
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        self.inner.commit(commit)
+        self.inner.commit(commit).await
     }
-    fn append_audit(&self, event: NewEvent) -> store::Result<AuditEvent> {
+    async fn append_audit(&self, event: NewEvent) -> store::Result<AuditEvent> {
         self.unsynced
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        self.inner.append_audit(event)
+        self.inner.append_audit(event).await
     }
-    fn claim_due(&self, now: u64, lease: u64, limit: usize) -> store::Result<Vec<String>> {
-        self.inner.claim_due(now, lease, limit)
+    async fn claim_due(&self, now: u64, lease: u64, limit: usize) -> store::Result<Vec<String>> {
+        self.inner.claim_due(now, lease, limit).await
     }
-    fn reschedule(&self, id: &str, due: Option<u64>) -> store::Result<()> {
-        self.inner.reschedule(id, due)
+    async fn reschedule(&self, id: &str, due: Option<u64>) -> store::Result<()> {
+        self.inner.reschedule(id, due).await
     }
-    fn next_due(&self) -> store::Result<Option<u64>> {
-        self.inner.next_due()
+    async fn next_due(&self) -> store::Result<Option<u64>> {
+        self.inner.next_due().await
     }
-    fn release_leases(&self) -> store::Result<usize> {
-        self.inner.release_leases()
+    async fn release_leases(&self) -> store::Result<usize> {
+        self.inner.release_leases().await
     }
-    fn sealed_credential(&self, id: &str) -> store::Result<Option<Vec<u8>>> {
-        self.inner.sealed_credential(id)
+    async fn sealed_credential(&self, id: &str) -> store::Result<Option<Vec<u8>>> {
+        self.inner.sealed_credential(id).await
     }
-    fn list(&self, filter: &store::ListFilter) -> store::Result<store::Page> {
-        self.inner.list(filter)
+    async fn list(&self, filter: &store::ListFilter) -> store::Result<store::Page> {
+        self.inner.list(filter).await
     }
-    fn audit(&self, query: &AuditQuery) -> store::Result<Vec<AuditEvent>> {
-        self.inner.audit(query)
+    async fn audit(&self, query: &AuditQuery) -> store::Result<Vec<AuditEvent>> {
+        self.inner.audit(query).await
     }
-    fn verify_audit(&self) -> store::Result<ebb_core::audit::ChainReport> {
-        self.inner.verify_audit()
+    async fn verify_audit(&self) -> store::Result<ebb_core::audit::ChainReport> {
+        self.inner.verify_audit().await
     }
-    fn verify_at_start(&self) -> store::Result<ebb_core::audit::ChainReport> {
-        self.inner.verify_at_start()
+    async fn verify_at_start(&self) -> store::Result<ebb_core::audit::ChainReport> {
+        self.inner.verify_at_start().await
     }
-    fn verify_new_events(&self) -> store::Result<ebb_core::audit::ChainReport> {
-        let mut report = self.inner.verify_new_events()?;
+    async fn verify_new_events(&self) -> store::Result<ebb_core::audit::ChainReport> {
+        let mut report = self.inner.verify_new_events().await?;
         if let Some(problem) = self.tampered.lock().unwrap().clone() {
             report.problem = Some(problem);
         }
         Ok(report)
     }
-    fn counts(&self) -> store::Result<std::collections::BTreeMap<GrantState, u64>> {
-        self.inner.counts()
+    async fn counts(&self) -> store::Result<std::collections::BTreeMap<GrantState, u64>> {
+        self.inner.counts().await
     }
-    fn escalations(&self) -> store::Result<std::collections::BTreeMap<String, u64>> {
-        self.inner.escalations()
+    async fn escalations(&self) -> store::Result<std::collections::BTreeMap<String, u64>> {
+        self.inner.escalations().await
     }
-    fn sync(&self) -> store::SyncFuture<'_> {
+    async fn sync(&self) -> store::Result<()> {
         // Everything committed before this call is made durable by it.
         let pending = self.unsynced.swap(0, std::sync::atomic::Ordering::SeqCst);
-        Box::pin(async move {
-            let result = self.inner.sync().await;
-            if result.is_err() {
-                self.unsynced
-                    .fetch_add(pending, std::sync::atomic::Ordering::SeqCst);
-            }
-            result
-        })
+        let result = self.inner.sync().await;
+        if result.is_err() {
+            self.unsynced
+                .fetch_add(pending, std::sync::atomic::Ordering::SeqCst);
+        }
+        result
     }
-    fn health(&self) -> store::Result<()> {
-        self.inner.health()
+    async fn health(&self) -> store::Result<()> {
+        self.inner.health().await
     }
-    fn put_state(&self, key: &str, value: Option<&[u8]>) -> store::Result<()> {
-        self.inner.put_state(key, value)
+    async fn put_state(&self, key: &str, value: Option<&[u8]>) -> store::Result<()> {
+        self.inner.put_state(key, value).await
     }
-    fn states(&self, prefix: &str) -> store::Result<Vec<(String, Vec<u8>)>> {
-        self.inner.states(prefix)
+    async fn states(&self, prefix: &str) -> store::Result<Vec<(String, Vec<u8>)>> {
+        self.inner.states(prefix).await
     }
 }
 
@@ -767,7 +787,7 @@ async fn an_unsealable_credential_is_revoked_by_grant_id_and_audited() {
     let first = engine_on(store.clone(), &[noop()]).await;
     let record = issued(&first, "noop", 3_600_000).await;
     let id = record.grant.id.clone();
-    assert!(store.sealed_credential(&id).unwrap().is_some());
+    assert!(store.sealed_credential(&id).await.unwrap().is_some());
     store.sync().await.unwrap();
     drop(first);
     // The same store under another host key: the sealed credential no longer opens.
@@ -783,7 +803,7 @@ async fn an_unsealable_credential_is_revoked_by_grant_id_and_audited() {
         Clock::system(),
         EngineConfig::default(),
     );
-    engine.start().unwrap();
+    engine.start().await.unwrap();
     engine
         .revoke(&id, Trigger::TaskCompleted, "agent", None)
         .await
@@ -792,6 +812,7 @@ async fn an_unsealable_credential_is_revoked_by_grant_id_and_audited() {
     assert_eq!(r.trigger, Some(Trigger::TaskCompleted));
     let kinds: Vec<String> = engine
         .report(&id)
+        .await
         .unwrap()
         .events
         .into_iter()
@@ -827,7 +848,7 @@ async fn work_the_host_cannot_do_is_audited_alerted_and_finished_later() {
         },
     );
     let alerts = alert_receiver(&engine).await;
-    engine.start().unwrap();
+    engine.start().await.unwrap();
     let record = issued(&engine, "noop", 300).await;
     let id = record.grant.id.clone();
     // The disk fails for this grant before it expires.
@@ -853,6 +874,7 @@ async fn work_the_host_cannot_do_is_audited_alerted_and_finished_later() {
     );
     let failed = engine
         .report(&id)
+        .await
         .unwrap()
         .events
         .iter()
@@ -876,18 +898,21 @@ async fn not_after_never_moves_after_issuance() {
     // Mid-revocation, a failed call's step tries to push `not-after` out.
     let fresh = engine
         .begin_revoke(record.clone(), Trigger::Manual, "ops", None)
+        .await
         .unwrap();
-    let moved = engine.transition_leased(
-        fresh.clone(),
-        Event::CallFailed,
-        "ebb",
-        json!({}),
-        Sealed::Keep,
-        None,
-        |r| r.grant.not_after += 60_000,
-    );
+    let moved = engine
+        .transition_leased(
+            fresh.clone(),
+            Event::CallFailed,
+            "ebb",
+            json!({}),
+            Sealed::Keep,
+            None,
+            |r| r.grant.not_after += 60_000,
+        )
+        .await;
     assert!(matches!(moved, Err(Error::Extension { .. })), "{moved:?}");
-    let after = engine.get(&id).unwrap();
+    let after = engine.get(&id).await.unwrap();
     assert_eq!(after.grant.not_after, record.grant.not_after);
     assert_eq!(after.version, fresh.version, "nothing was written");
 }
@@ -913,7 +938,13 @@ async fn a_by_value_credential_is_durable_before_it_is_handed_out() {
         0,
         "the credential was handed out before its sealed copy was durable"
     );
-    assert!(observer.sealed_credential(&r.grant.id).unwrap().is_some());
+    assert!(
+        observer
+            .sealed_credential(&r.grant.id)
+            .await
+            .unwrap()
+            .is_some()
+    );
 }
 
 /// Issue 13: the audit chain is checked while the host serves, not only at start:
@@ -967,10 +998,12 @@ async fn a_hung_connector_does_not_starve_another_connectors_expiries() {
     let mut verified = 0;
     // The hung calls wait a minute; the healthy grants must not wait for them.
     while started.elapsed() < Duration::from_secs(30) {
-        verified = healthy
-            .iter()
-            .filter(|id| engine.get(id).unwrap().state == GrantState::Verified)
-            .count();
+        verified = 0;
+        for id in &healthy {
+            if engine.get(id).await.unwrap().state == GrantState::Verified {
+                verified += 1;
+            }
+        }
         if verified == healthy.len() {
             break;
         }
@@ -981,10 +1014,12 @@ async fn a_hung_connector_does_not_starve_another_connectors_expiries() {
         healthy.len(),
         "the healthy connector's expiries were starved"
     );
-    let still_hung = hung_ids
-        .iter()
-        .filter(|id| engine.get(id).unwrap().state != GrantState::Verified)
-        .count();
+    let mut still_hung = 0;
+    for id in &hung_ids {
+        if engine.get(id).await.unwrap().state != GrantState::Verified {
+            still_hung += 1;
+        }
+    }
     assert_eq!(
         still_hung,
         hung_ids.len(),
@@ -1036,6 +1071,7 @@ async fn live_grants_are_open_or_still_reverified_and_read_without_a_full_scan()
     let elsewhere = issued(&engine, "other", 60_000).await;
     let live: Vec<String> = engine
         .live_grants("noop")
+        .await
         .unwrap()
         .into_iter()
         .map(|g| g.grant.id)
@@ -1050,6 +1086,7 @@ async fn live_grants_are_open_or_still_reverified_and_read_without_a_full_scan()
             connector: Some("noop".into()),
             ..Default::default()
         })
+        .await
         .unwrap()
         .into_iter()
         .filter(|r| {

@@ -48,7 +48,7 @@ impl Lifecycle {
                 }
                 return;
             };
-            let record = match self.load(&id) {
+            let record = match self.load(&id).await {
                 Ok(r)
                     if matches!(
                         r.state,
@@ -66,7 +66,7 @@ impl Lifecycle {
                     continue;
                 }
             };
-            let credential = self.credential(&id).ok().flatten();
+            let credential = self.credential(&id).await.ok().flatten();
             let answer = slot
                 .call(Pool::Verify)
                 .await

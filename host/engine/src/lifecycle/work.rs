@@ -16,7 +16,7 @@ impl Lifecycle {
         // act on its state as it is then. Skipping instead would leave the claimed
         // grant parked until its lease ran out.
         let _lock = self.inner.locks.lock(id).await;
-        let mut record = self.load(id)?;
+        let mut record = self.load(id).await?;
         // Claimed, but is it still due? Another job may have moved it on while this
         // one waited (e.g. a step committed "due now" and the scheduler claimed it
         // again), or a voided lease woke it early. Put the index entry back at the
@@ -30,17 +30,19 @@ impl Lifecycle {
                     | GrantState::Escalated
             );
         if !waiting_on_downstream && record.due_at.is_none_or(|due| due > self.now()) {
-            self.inner.store.reschedule(id, record.due_at)?;
+            self.inner.store.reschedule(id, record.due_at).await?;
             return Ok(());
         }
         loop {
             record = match record.state {
                 GrantState::Requested => {
-                    self.deny_locked(record, "ebb", "not approved within the approval window")?;
+                    self.deny_locked(record, "ebb", "not approved within the approval window")
+                        .await?;
                     return Ok(());
                 }
                 GrantState::Approved => {
-                    self.deny_locked(record, "ebb", "not issued within the issue window")?;
+                    self.deny_locked(record, "ebb", "not issued within the issue window")
+                        .await?;
                     return Ok(());
                 }
                 GrantState::Issuing => {
@@ -53,15 +55,19 @@ impl Lifecycle {
                         json!({ "error": "the outcome of issue is unknown (host restarted or call lost)" }),
                         Sealed::Keep,
                         |r| r.last_error = Some("issue outcome unknown".into()),
-                    )?
+                    ).await?
                 }
                 GrantState::IssueFailed => {
-                    self.begin_revoke(record, Trigger::Compensation, "ebb", None)?
+                    self.begin_revoke(record, Trigger::Compensation, "ebb", None)
+                        .await?
                 }
-                GrantState::Active => self.begin_revoke(record, Trigger::Expiry, "ebb", None)?,
+                GrantState::Active => {
+                    self.begin_revoke(record, Trigger::Expiry, "ebb", None)
+                        .await?
+                }
                 GrantState::Residual | GrantState::Escalated => {
                     let trigger = record.trigger.unwrap_or(Trigger::Expiry);
-                    self.begin_revoke(record, trigger, "ebb", None)?
+                    self.begin_revoke(record, trigger, "ebb", None).await?
                 }
                 GrantState::Revoking => {
                     let record = self.do_revoke(record).await?;
@@ -94,7 +100,7 @@ impl Lifecycle {
     /// counted, never just logged. A connector that can only act by the
     /// credential's value then fails its call, which retries and escalates.
     pub(super) async fn credential_or_by_id(&self, id: &str) -> Option<Credential> {
-        match self.credential(id) {
+        match self.credential(id).await {
             Ok(credential) => credential,
             Err(e) => {
                 let why = ebb_core::error_chain(&e);
@@ -115,8 +121,8 @@ impl Lifecycle {
     }
 
     /// The grant's credential, unsealed, while the store still holds it.
-    pub(super) fn credential(&self, id: &str) -> Result<Option<Credential>> {
-        let Some(sealed) = self.inner.store.sealed_credential(id)? else {
+    pub(super) async fn credential(&self, id: &str) -> Result<Option<Credential>> {
+        let Some(sealed) = self.inner.store.sealed_credential(id).await? else {
             return Ok(None);
         };
         let plain = self.inner.sealer.open(id, &sealed).map_err(Error::Seal)?;
@@ -129,7 +135,7 @@ impl Lifecycle {
     pub(super) async fn do_revoke(&self, record: GrantRecord) -> Result<GrantRecord> {
         let slot = match self.slot(&record.connector) {
             Ok(slot) => slot,
-            Err(e) => return self.failed(record, &e.to_string(), false, None),
+            Err(e) => return self.failed(record, &e.to_string(), false, None).await,
         };
         let credential = self.credential_or_by_id(&record.grant.id).await;
         let (outcome, version) = {
@@ -162,10 +168,12 @@ impl Lifecycle {
                         r.due_at = Some(now + delay);
                     },
                 )
+                .await
             }
             Err(e) => {
                 self.watch_if_down(&slot, &record.grant.id, &e);
                 self.failed(record, &e.to_string(), e.is_retryable(), Some(&version))
+                    .await
             }
         }
     }
@@ -175,17 +183,19 @@ impl Lifecycle {
     pub(super) async fn do_verify(&self, record: GrantRecord) -> Result<GrantRecord> {
         let slot = match self.slot(&record.connector) {
             Ok(slot) => slot,
-            Err(e) => return self.failed(record, &e.to_string(), false, None),
+            Err(e) => return self.failed(record, &e.to_string(), false, None).await,
         };
         let connector = busy_or(&slot, Pool::Verify, &record.connector).await?;
         let version = connector.digest().to_string();
         if !connector.info().capabilities.can_verify {
-            return self.failed(
-                record,
-                "the connector cannot verify revocation; an operator must confirm it by hand",
-                false,
-                Some(&version),
-            );
+            return self
+                .failed(
+                    record,
+                    "the connector cannot verify revocation; an operator must confirm it by hand",
+                    false,
+                    Some(&version),
+                )
+                .await;
         }
         let credential = self.credential_or_by_id(&record.grant.id).await;
         let outcome = {
@@ -219,6 +229,7 @@ impl Lifecycle {
                         r.due_at = (!last).then_some(next);
                     },
                 )
+                .await
             }
             Ok(Verdict::Revoked) => {
                 let window = policy.reverify_window_ms;
@@ -246,13 +257,15 @@ impl Lifecycle {
                         r.due_at = (window > 0 && every < window).then_some(now + every);
                     },
                 )
+                .await
             }
             Ok(Verdict::Residual(residue)) => {
-                self.found_residue(record, residue, &policy, &version)
+                self.found_residue(record, residue, &policy, &version).await
             }
             Err(e) => {
                 self.watch_if_down(&slot, &record.grant.id, &e);
                 self.failed(record, &e.to_string(), e.is_retryable(), Some(&version))
+                    .await
             }
         }
     }

@@ -14,6 +14,7 @@ impl Loader {
         let store = self.lifecycle.store().clone();
         let drains = store
             .states(DRAINING)
+            .await
             .map_err(crate::lifecycle::Error::from)?;
         let mut resumed = 0;
         for (key, actor) in drains {
@@ -33,6 +34,7 @@ impl Loader {
                 // Gone already: nothing to drain.
                 None => store
                     .put_state(&key, None)
+                    .await
                     .map_err(crate::lifecycle::Error::from)?,
             }
         }
@@ -94,6 +96,7 @@ impl Loader {
                 self.lifecycle
                     .store()
                     .put_state(&format!("{DRAINING}{name}"), Some(actor.as_bytes()))
+                    .await
                     .map_err(crate::lifecycle::Error::from)?;
                 self.audit(NewEvent::new("connector.draining", actor).detail(json!({
                     "connector": name,
@@ -159,14 +162,12 @@ impl Loader {
         }
     }
 
-    /// The grants that still need instance `name`. A scan of the store: it runs off
-    /// the async workers.
+    /// The grants that still need instance `name` (a scan of the store's grants
+    /// with work).
     pub async fn live(&self, name: &str) -> Result<Vec<ebb_core::store::GrantRecord>, LoadError> {
-        let lifecycle = self.lifecycle.clone();
-        let name = name.to_owned();
-        tokio::task::spawn_blocking(move || lifecycle.live_grants(&name))
+        self.lifecycle
+            .live_grants(name)
             .await
-            .map_err(|e| LoadError::Internal(e.to_string()))?
             .map_err(LoadError::from)
     }
 
@@ -229,6 +230,7 @@ impl Loader {
         self.lifecycle
             .store()
             .put_state(&format!("{DRAINING}{name}"), None)
+            .await
             .map_err(crate::lifecycle::Error::from)?;
         let from_dir = matches!(self.origins_read().get(name), Some(Source::Dir { .. }));
         if let (true, Some(dir)) = (from_dir, &self.plugins.dir) {
