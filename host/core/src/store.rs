@@ -298,8 +298,16 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// When the earliest due entry is, if any.
     async fn next_due(&self) -> Result<Option<Timestamp>>;
 
-    /// Voids every lease (at startup: a previous process's in-flight work is due at
-    /// once, not when its lease would have run out). Returns how many.
+    /// Resolves when another host may have moved the earliest due entry (a store
+    /// shared by several hosts); a store of one host never does: the lifecycle
+    /// knows its own commits.
+    async fn due_changed(&self) {
+        std::future::pending::<()>().await;
+    }
+
+    /// Voids this host's leases (at startup: the previous process's in-flight work
+    /// is due at once, not when its lease would have run out); leases other hosts
+    /// of a shared store hold are theirs. Returns how many.
     async fn release_leases(&self) -> Result<usize>;
 
     /// The sealed credential of grant `id`, if still held.

@@ -266,6 +266,17 @@ impl Postgres {
         )
     }
 
+    /// A database of its own for Ebb's shared store (`ebbstore`, owned by the role
+    /// `store_owner`), created on first use; its DSN.
+    pub fn store_dsn(&self) -> anyhow::Result<String> {
+        let exists = self.psql("select 1 from pg_database where datname = 'ebbstore'")?;
+        if exists.trim().is_empty() {
+            self.psql("create role store_owner login password 'store-pw'")?;
+            self.psql("create database ebbstore owner store_owner")?;
+        }
+        Ok(self.dsn_in("ebbstore", "store_owner", "store-pw"))
+    }
+
     /// The DSN an operator would lend the postgres connector.
     pub fn admin_dsn(&self) -> String {
         self.dsn("ebb_admin", ADMIN_PASSWORD)

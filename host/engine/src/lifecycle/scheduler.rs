@@ -63,6 +63,8 @@ impl Lifecycle {
             tokio::select! {
                 () = sleep => {}
                 () = inner.wake.notified() => {}
+                // Another host of a shared store committed or moved due work.
+                () = inner.store.due_changed() => {}
                 () = inner.shutdown.wait() => break,
             }
         }

@@ -1,0 +1,817 @@
+//! The shared store: PostgreSQL, for several hosts serving one organisation.
+//!
+//! Tables (`migrations/`, applied by the host with refinery; a host refuses a
+//! schema newer than it knows):
+//!
+//! | table             | what                                                    |
+//! |-------------------|---------------------------------------------------------|
+//! | `ebb_grants`      | each grant's record (JSON bytes as tagged), its tag, the columns queries need, and its due entry: `due_at`, with `lease_host`/`lease_due` while a host holds it |
+//! | `ebb_credentials` | sealed credentials, deleted when shredded               |
+//! | `ebb_audit`       | the audit chain, by `seq`                               |
+//! | `ebb_head`        | the chain's keyed head (one row), counting the records  |
+//! | `ebb_meta`        | the key check, the last verified head                   |
+//! | `ebb_state`       | host state (anomaly flags, draining instances)          |
+//! | `ebb_hosts`       | the hosts serving this database and their heartbeats    |
+//!
+//! **One chain, several writers.** Every write that appends an event locks the head
+//! row (`SELECT … FOR UPDATE`) in its transaction, so the hosts' transactions
+//! append in one total order and the chain verifies as on the embedded store.
+//! Commits are grouped: one writer task per host takes every commit waiting and
+//! applies them in one transaction (one head lock, one statement per table), so
+//! the lock is held once per group, not once per grant.
+//!
+//! **Due work** is claimed with `FOR UPDATE SKIP LOCKED`: the claimed rows' due
+//! moves to a lease that names the claiming host. A host that dies holds its
+//! leases until they run out; then any host claims the work. At start a host
+//! voids only its own leases. Hosts wake each other with `NOTIFY ebb_due`.
+//!
+//! **Erasure.** A shredded credential's row is deleted. PostgreSQL keeps the dead
+//! row version until VACUUM reclaims it, and its WAL and backups keep it longer:
+//! the sealed bytes are still encrypted under the host key, but the embedded
+//! store's guarantee (the per-credential key zeroed in place) does not hold here.
+//!
+//! Key types: [`PgStore`], [`PgOptions`].
+//!
+//! **Architecture invariant:** like every store, it knows `ebb-core` and its
+//! database, nothing else; it never decides a transition.
+
+use ebb_core::audit::{AuditEvent, Chain, ChainReport, GENESIS, Head, NewEvent, verify_chain_from};
+use ebb_core::contract::Timestamp;
+use ebb_core::state::GrantState;
+use ebb_core::store::{AuditQuery, Commit, Error, GrantRecord, ListFilter, Page, Result, Store};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::sync::{Notify, mpsc, oneshot};
+
+mod connect;
+mod writer;
+
+use writer::{Done, Job, Op};
+
+refinery::embed_migrations!("migrations");
+
+/// How a host reaches the shared store.
+#[derive(Clone)]
+pub struct PgOptions {
+    /// The connection string (key/value or URL; several hosts and
+    /// `target_session_attrs=read-write` find the primary after a failover).
+    /// Holds the password: never logged.
+    pub dsn: String,
+    /// The CA that signed the server's certificate: TLS is then required and the
+    /// server's name verified (`sslmode=verify-full`).
+    pub ca_file: Option<PathBuf>,
+    /// This host's name in leases and `ebb_hosts`: stable across restarts, so
+    /// that a restarted host takes back its own leases at once.
+    pub host_id: String,
+    /// Connections in the pool (reads and the writer).
+    pub pool_size: usize,
+}
+
+impl std::fmt::Debug for PgOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgOptions")
+            .field("dsn", &"<redacted>")
+            .field("ca_file", &self.ca_file)
+            .field("host_id", &self.host_id)
+            .field("pool_size", &self.pool_size)
+            .finish()
+    }
+}
+
+/// The store on PostgreSQL.
+pub struct PgStore {
+    pool: deadpool_postgres::Pool,
+    chain: Chain,
+    host: String,
+    writer: mpsc::Sender<Job>,
+    /// Woken by `NOTIFY ebb_due` from any host (and after the listener
+    /// reconnects: something may have been missed).
+    due_changed: Arc<Notify>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("host", &self.host)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Commits waiting for the writer; a caller past this many waits its turn.
+const QUEUE: usize = 4096;
+
+/// The key-check entry: a MAC under the chain key, the same on every host that
+/// holds the cluster's key.
+const KEY_CHECK: &str = "key-check";
+/// The head the last good check verified.
+const VERIFIED: &str = "verified";
+
+pub(crate) fn db_error(what: &'static str) -> impl Fn(tokio_postgres::Error) -> Error {
+    move |e| match e.as_db_error().map(|d| d.code().clone()) {
+        // Disk full or out of resources on the server: the disk-full promise.
+        Some(code) if code.code().starts_with("53") => Error::Io {
+            what,
+            source: std::io::Error::new(std::io::ErrorKind::StorageFull, e),
+        },
+        _ => Error::Storage {
+            what,
+            source: Box::new(e),
+        },
+    }
+}
+
+pub(crate) fn pool_error(what: &'static str) -> impl Fn(deadpool_postgres::PoolError) -> Error {
+    move |e| Error::Storage {
+        what,
+        source: Box::new(e),
+    }
+}
+
+fn corrupt(key: String) -> impl Fn(serde_json::Error) -> Error {
+    move |e| Error::Corrupt {
+        key: key.clone(),
+        source: Box::new(e),
+    }
+}
+
+fn ts(v: Option<i64>) -> Option<Timestamp> {
+    v.and_then(|v| u64::try_from(v).ok())
+}
+
+fn db_ts(v: Timestamp) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn state_name(s: GrantState) -> String {
+    serde_json::to_value(s)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+impl PgStore {
+    /// Connects, migrates the schema (refusing one newer than this host knows),
+    /// checks that this host's key is the one the database was written with, and
+    /// starts the writer and the `NOTIFY` listener. `chain_key` keys the audit
+    /// chain (derived from the host key, shared by every host).
+    pub async fn open(options: PgOptions, chain_key: [u8; 32]) -> anyhow::Result<Arc<Self>> {
+        use anyhow::Context as _;
+        let (config, tls) = connect::client_config(&options)?;
+        // Migrations on a connection of their own.
+        {
+            let (mut client, connection) = config
+                .connect(tls.clone())
+                .await
+                .context("connecting to the store's PostgreSQL")?;
+            let task = tokio::spawn(connection);
+            migrate(&mut client).await?;
+            drop(client);
+            let _ = task.await;
+        }
+        let pool = connect::pool(config.clone(), tls.clone(), options.pool_size)?;
+        let chain = Chain::new(chain_key);
+        check_key(&pool, &chain).await?;
+        let due_changed = Arc::new(Notify::new());
+        tokio::spawn(connect::listen(config, tls, Arc::downgrade(&due_changed)));
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let store = Arc::new(Self {
+            pool: pool.clone(),
+            chain: chain.clone(),
+            host: options.host_id.clone(),
+            writer: tx,
+            due_changed,
+        });
+        tokio::spawn(writer::Writer::new(pool, chain, options.host_id).run(rx));
+        Ok(store)
+    }
+
+    /// This host's name in leases.
+    pub fn host_id(&self) -> &str {
+        &self.host
+    }
+
+    async fn client(&self, what: &'static str) -> Result<deadpool_postgres::Object> {
+        self.pool.get().await.map_err(pool_error(what))
+    }
+
+    async fn write(&self, op: Op) -> Result<Done> {
+        let (reply, done) = oneshot::channel();
+        self.writer
+            .send(Job { op, reply })
+            .await
+            .map_err(|_| Error::FlusherStopped)?;
+        done.await.map_err(|_| Error::FlusherStopped)?
+    }
+
+    async fn stored_head(&self, client: &impl deadpool_postgres::GenericClient) -> Result<Head> {
+        let row = client
+            .query_opt(
+                "SELECT seq, hash, records, mac FROM ebb_head WHERE id = 1",
+                &[],
+            )
+            .await
+            .map_err(db_error("reading the audit head"))?;
+        Ok(match row {
+            Some(row) => Head {
+                seq: u64::try_from(row.get::<_, i64>(0)).unwrap_or(0),
+                hash: row.get(1),
+                records: Some(u64::try_from(row.get::<_, i64>(2)).unwrap_or(0)),
+                mac: Some(row.get(3)),
+            },
+            None => Head::genesis(&self.chain),
+        })
+    }
+
+    async fn checkpoint(
+        &self,
+        client: &impl deadpool_postgres::GenericClient,
+    ) -> Result<Option<Head>> {
+        let row = client
+            .query_opt("SELECT value FROM ebb_meta WHERE key = $1", &[&VERIFIED])
+            .await
+            .map_err(db_error("reading the verified head"))?;
+        Ok(row
+            .and_then(|r| serde_json::from_slice::<Head>(r.get::<_, &[u8]>(0)).ok())
+            .filter(|h| self.chain.head_is_genuine(h)))
+    }
+
+    async fn events_between(
+        &self,
+        client: &impl deadpool_postgres::GenericClient,
+        after: u64,
+        end: u64,
+    ) -> Result<Vec<Result<AuditEvent>>> {
+        let rows = client
+            .query(
+                "SELECT seq, event FROM ebb_audit WHERE seq > $1 AND seq <= $2 ORDER BY seq",
+                &[&db_ts(after), &db_ts(end)],
+            )
+            .await
+            .map_err(db_error("reading audit events"))?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let seq: i64 = r.get(0);
+                serde_json::from_slice::<AuditEvent>(r.get::<_, &[u8]>(1))
+                    .map_err(corrupt(format!("audit event {seq}")))
+            })
+            .collect())
+    }
+
+    /// The events after the checkpoint (or the whole chain) up to `head`.
+    async fn check_events(
+        &self,
+        client: &impl deadpool_postgres::GenericClient,
+        head: &Head,
+        from_checkpoint: bool,
+    ) -> Result<ChainReport> {
+        let (from_seq, from_hash) = match from_checkpoint {
+            true => match self.checkpoint(client).await? {
+                Some(c) if c.seq <= head.seq && c.seq > 0 => {
+                    let at = client
+                        .query_opt(
+                            "SELECT event FROM ebb_audit WHERE seq = $1",
+                            &[&db_ts(c.seq)],
+                        )
+                        .await
+                        .map_err(db_error("reading an audit event"))?
+                        .and_then(|r| {
+                            serde_json::from_slice::<AuditEvent>(r.get::<_, &[u8]>(0)).ok()
+                        });
+                    if at.is_none_or(|e| e.hash != c.hash || !self.chain.event_is_genuine(&e)) {
+                        return Ok(ChainReport {
+                            events: 0,
+                            records: 0,
+                            problem: Some(format!(
+                                "event seq {} was verified before and has been altered or removed since",
+                                c.seq
+                            )),
+                        });
+                    }
+                    (c.seq, c.hash)
+                }
+                _ => (0, GENESIS.to_owned()),
+            },
+            false => (0, GENESIS.to_owned()),
+        };
+        let events = self.events_between(client, from_seq, head.seq).await?;
+        Ok(verify_chain_from(
+            &self.chain,
+            (from_seq, &from_hash),
+            events
+                .into_iter()
+                .map(|e| e.map_err(|e| ebb_core::error_chain(&e))),
+            Some(head),
+        ))
+    }
+
+    /// Every grant record against its tag and, with `latest_event`, against the
+    /// latest event of its grant; and their number against the head's count.
+    async fn check_records(
+        &self,
+        client: &impl deadpool_postgres::GenericClient,
+        head: &Head,
+        latest_event: bool,
+    ) -> Result<(u64, Option<String>)> {
+        let rows = client
+            .query(
+                "SELECT g.id, g.record, g.tag, \
+                 (SELECT a.event FROM ebb_audit a WHERE a.grant_id = g.id ORDER BY a.seq DESC LIMIT 1) \
+                 FROM ebb_grants g ORDER BY g.id",
+                &[],
+            )
+            .await
+            .map_err(db_error("reading grant records"))?;
+        let mut checked = 0;
+        for row in &rows {
+            let id: &str = row.get(0);
+            let record: &[u8] = row.get(1);
+            let stored: &[u8] = row.get(2);
+            checked += 1;
+            let tag = self.chain.record_tag(id, record);
+            if stored != &tag[..] {
+                return Ok((
+                    checked,
+                    Some(format!(
+                        "grant record {id} was altered outside the host: its tag does not match"
+                    )),
+                ));
+            }
+            if !latest_event {
+                continue;
+            }
+            let Some(event) = row.get::<_, Option<&[u8]>>(3) else {
+                return Ok((
+                    checked,
+                    Some(format!("grant record {id} has no audit event")),
+                ));
+            };
+            let event: AuditEvent =
+                serde_json::from_slice(event).map_err(corrupt(format!("latest event of {id}")))?;
+            if let Some(bound) = &event.record
+                && *bound != hex::encode(tag)
+            {
+                return Ok((
+                    checked,
+                    Some(format!(
+                        "grant record {id} is not the one its latest audit event (seq {}) committed: an older record was put back",
+                        event.seq
+                    )),
+                ));
+            }
+        }
+        let expected = head.records.unwrap_or(0);
+        let problem = (checked != expected).then(|| {
+            format!(
+                "the store holds {checked} grant records but recorded {expected}: records were {}",
+                if checked < expected {
+                    "removed"
+                } else {
+                    "added"
+                }
+            )
+        });
+        Ok((checked, problem))
+    }
+
+    /// Records `head` as verified, only forward.
+    async fn set_checkpoint(&self, head: &Head) -> Result<()> {
+        let client = self.client("recording the verified head").await?;
+        let bytes = serde_json::to_vec(head).map_err(corrupt(VERIFIED.into()))?;
+        client
+            .execute(
+                "INSERT INTO ebb_meta (key, value) VALUES ($1, $2) \
+                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                &[&VERIFIED, &bytes],
+            )
+            .await
+            .map_err(db_error("recording the verified head"))?;
+        Ok(())
+    }
+
+    /// A full or incremental check in one snapshot: head, events and records
+    /// agree with each other even while other hosts commit.
+    async fn check(
+        &self,
+        from_checkpoint: bool,
+        latest_event: bool,
+    ) -> Result<(ChainReport, Head)> {
+        let mut client = self.client("checking the audit chain").await?;
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(db_error("checking the audit chain"))?;
+        let head = self.stored_head(&tx).await?;
+        let mut report = self.check_events(&tx, &head, from_checkpoint).await?;
+        if report.is_intact() {
+            let (records, problem) = self.check_records(&tx, &head, latest_event).await?;
+            report.records = records;
+            report.problem = problem;
+        }
+        tx.commit()
+            .await
+            .map_err(db_error("checking the audit chain"))?;
+        Ok((report, head))
+    }
+
+    /// Records this host's heartbeat (and version) in `ebb_hosts`.
+    pub async fn heartbeat(
+        &self,
+        version: &str,
+        started_at: Timestamp,
+        now: Timestamp,
+    ) -> Result<()> {
+        let client = self.client("recording a heartbeat").await?;
+        client
+            .execute(
+                "INSERT INTO ebb_hosts (id, version, started_at, heartbeat_at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version, \
+                 started_at = EXCLUDED.started_at, heartbeat_at = EXCLUDED.heartbeat_at",
+                &[&self.host, &version, &db_ts(started_at), &db_ts(now)],
+            )
+            .await
+            .map_err(db_error("recording a heartbeat"))?;
+        Ok(())
+    }
+}
+
+/// Applies the migrations this host knows, after refusing a schema it does not.
+async fn migrate(client: &mut tokio_postgres::Client) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let runner = migrations::runner();
+    let known = runner
+        .get_migrations()
+        .iter()
+        .map(|m| m.version())
+        .max()
+        .unwrap_or(0);
+    let exists: bool = client
+        .query_one(
+            "SELECT to_regclass('refinery_schema_history') IS NOT NULL",
+            &[],
+        )
+        .await
+        .context("reading the store's schema version")?
+        .get(0);
+    if exists {
+        let applied: Option<i32> = client
+            .query_one("SELECT max(version) FROM refinery_schema_history", &[])
+            .await
+            .context("reading the store's schema version")?
+            .get(0);
+        if let Some(applied) = applied
+            && i64::from(applied) > i64::from(known)
+        {
+            anyhow::bail!(
+                "the store's schema is at version {applied}, newer than this host knows ({known}): upgrade this host before it serves this database"
+            );
+        }
+    }
+    runner
+        .set_abort_divergent(true)
+        .set_abort_missing(true)
+        .run_async(client)
+        .await
+        .context("migrating the store's schema")?;
+    Ok(())
+}
+
+/// Refuses a host whose key is not the one the database was written with: it
+/// could neither open the credentials the others sealed nor extend their chain.
+async fn check_key(pool: &deadpool_postgres::Pool, chain: &Chain) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let client = pool.get().await.context("connecting to the store")?;
+    let mine = chain.record_tag("ebb/key-check", b"").to_vec();
+    client
+        .execute(
+            "INSERT INTO ebb_meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+            &[&KEY_CHECK, &mine],
+        )
+        .await
+        .context("recording the key check")?;
+    let theirs: Vec<u8> = client
+        .query_one("SELECT value FROM ebb_meta WHERE key = $1", &[&KEY_CHECK])
+        .await
+        .context("reading the key check")?
+        .get(0);
+    anyhow::ensure!(
+        theirs == mine,
+        "this host's key is not the key the store was written with: every host of a cluster must hold the same host key (it seals the credentials and keys the audit chain)"
+    );
+    let genesis = Head::genesis(chain);
+    client
+        .execute(
+            "INSERT INTO ebb_head (id, seq, hash, records, mac) VALUES (1, 0, $1, 0, $2) \
+             ON CONFLICT (id) DO NOTHING",
+            &[&genesis.hash, &genesis.mac.unwrap_or_default()],
+        )
+        .await
+        .context("creating the audit head")?;
+    Ok(())
+}
+
+fn decode_record(id: &str, bytes: &[u8]) -> Result<GrantRecord> {
+    serde_json::from_slice(bytes).map_err(corrupt(format!("grant {id}")))
+}
+
+#[async_trait::async_trait]
+impl Store for PgStore {
+    async fn get(&self, id: &str) -> Result<Option<GrantRecord>> {
+        let client = self.client("reading a grant").await?;
+        let row = client
+            .query_opt("SELECT record FROM ebb_grants WHERE id = $1", &[&id])
+            .await
+            .map_err(db_error("reading a grant"))?;
+        row.map(|r| decode_record(id, r.get(0))).transpose()
+    }
+
+    async fn commit(&self, commit: Commit) -> Result<(GrantRecord, AuditEvent)> {
+        match self.write(Op::Commit(Box::new(commit))).await? {
+            Done::Commit(record, event) => Ok((*record, event)),
+            Done::Append(_) => unreachable!("the writer answers a commit with a commit"),
+        }
+    }
+
+    async fn append_audit(&self, event: NewEvent) -> Result<AuditEvent> {
+        match self.write(Op::Append(event)).await? {
+            Done::Append(event) => Ok(event),
+            Done::Commit(..) => unreachable!("the writer answers an append with an append"),
+        }
+    }
+
+    async fn claim_due(
+        &self,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<String>> {
+        let client = self.client("claiming due grants").await?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = client
+            .query(
+                "UPDATE ebb_grants g SET due_at = $2, lease_host = $3, \
+                 lease_due = COALESCE(g.lease_due, g.due_at) \
+                 FROM (SELECT id FROM ebb_grants WHERE due_at <= $1 \
+                       ORDER BY due_at, id LIMIT $4 FOR UPDATE SKIP LOCKED) due \
+                 WHERE g.id = due.id RETURNING g.id",
+                &[&db_ts(now), &db_ts(lease_until), &self.host, &limit],
+            )
+            .await
+            .map_err(db_error("claiming due grants"))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    async fn reschedule(&self, id: &str, due: Option<Timestamp>) -> Result<()> {
+        let client = self.client("rescheduling a grant").await?;
+        // Other hosts may be asleep until a later due: wake them.
+        client
+            .query(
+                "WITH moved AS (UPDATE ebb_grants SET due_at = $2, lease_host = NULL, \
+                 lease_due = NULL WHERE id = $1 RETURNING due_at) \
+                 SELECT pg_notify('ebb_due', '') FROM moved WHERE due_at IS NOT NULL",
+                &[&id, &due.map(db_ts)],
+            )
+            .await
+            .map_err(db_error("rescheduling a grant"))?;
+        Ok(())
+    }
+
+    async fn next_due(&self) -> Result<Option<Timestamp>> {
+        let client = self.client("reading the due index").await?;
+        let row = client
+            .query_one(
+                "SELECT min(due_at) FROM ebb_grants WHERE due_at IS NOT NULL",
+                &[],
+            )
+            .await
+            .map_err(db_error("reading the due index"))?;
+        Ok(ts(row.get(0)))
+    }
+
+    async fn release_leases(&self) -> Result<usize> {
+        let client = self.client("releasing leases").await?;
+        let n = client
+            .execute(
+                "UPDATE ebb_grants SET due_at = lease_due, lease_host = NULL, lease_due = NULL \
+                 WHERE lease_host = $1",
+                &[&self.host],
+            )
+            .await
+            .map_err(db_error("releasing leases"))?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
+    }
+
+    async fn due_changed(&self) {
+        self.due_changed.notified().await;
+    }
+
+    async fn sealed_credential(&self, id: &str) -> Result<Option<Vec<u8>>> {
+        let client = self.client("reading a credential").await?;
+        let row = client
+            .query_opt(
+                "SELECT sealed FROM ebb_credentials WHERE grant_id = $1",
+                &[&id],
+            )
+            .await
+            .map_err(db_error("reading a credential"))?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    async fn list(&self, filter: &ListFilter) -> Result<Page> {
+        let limit = filter.limit.clamp(1, 1000);
+        let client = self.client("listing grants").await?;
+        let state = filter.state.map(state_name);
+        let rows = client
+            .query(
+                "SELECT id, record FROM ebb_grants \
+                 WHERE ($1::text IS NULL OR id > $1) \
+                 AND ($2::text IS NULL OR state = $2) \
+                 AND ($3::text IS NULL OR connector = $3) \
+                 AND ($4::text IS NULL OR subject = $4) \
+                 AND ($5::text IS NULL OR requested_by = $5) \
+                 ORDER BY id LIMIT $6",
+                &[
+                    &filter.after,
+                    &state,
+                    &filter.connector,
+                    &filter.subject,
+                    &filter.requested_by,
+                    &(i64::try_from(limit).unwrap_or(1000) + 1),
+                ],
+            )
+            .await
+            .map_err(db_error("listing grants"))?;
+        let mut page = Page::default();
+        for row in rows.iter().take(limit) {
+            let id: &str = row.get(0);
+            page.grants.push(decode_record(id, row.get(1))?);
+        }
+        if rows.len() > limit {
+            page.next = page.grants.last().map(|g| g.grant.id.clone());
+        }
+        Ok(page)
+    }
+
+    async fn with_work(&self) -> Result<Vec<String>> {
+        let client = self.client("listing grants with work").await?;
+        let rows = client
+            .query(
+                "SELECT id FROM ebb_grants WHERE due_at IS NOT NULL ORDER BY id",
+                &[],
+            )
+            .await
+            .map_err(db_error("listing grants with work"))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    async fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>> {
+        let limit = i64::try_from(query.limit.clamp(1, 10_000)).unwrap_or(10_000);
+        let client = self.client("reading audit events").await?;
+        let after = db_ts(query.after_seq);
+        let rows = match &query.grant_id {
+            Some(grant) => {
+                client
+                    .query(
+                        "SELECT seq, event FROM ebb_audit WHERE grant_id = $1 AND seq > $2 \
+                         ORDER BY seq LIMIT $3",
+                        &[grant, &after, &limit],
+                    )
+                    .await
+            }
+            None => {
+                client
+                    .query(
+                        "SELECT seq, event FROM ebb_audit WHERE seq > $1 ORDER BY seq LIMIT $2",
+                        &[&after, &limit],
+                    )
+                    .await
+            }
+        }
+        .map_err(db_error("reading audit events"))?;
+        rows.iter()
+            .map(|r| {
+                let seq: i64 = r.get(0);
+                serde_json::from_slice(r.get::<_, &[u8]>(1))
+                    .map_err(corrupt(format!("audit event {seq}")))
+            })
+            .collect()
+    }
+
+    async fn verify_audit(&self) -> Result<ChainReport> {
+        Ok(self.check(false, true).await?.0)
+    }
+
+    async fn verify_at_start(&self) -> Result<ChainReport> {
+        let (report, head) = self.check(true, false).await?;
+        if report.is_intact() {
+            self.set_checkpoint(&head).await?;
+        }
+        Ok(report)
+    }
+
+    async fn verify_new_events(&self) -> Result<ChainReport> {
+        let mut client = self.client("checking new audit events").await?;
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(db_error("checking new audit events"))?;
+        let head = self.stored_head(&tx).await?;
+        let report = self.check_events(&tx, &head, true).await?;
+        let checkpoint = self.checkpoint(&tx).await?;
+        tx.commit()
+            .await
+            .map_err(db_error("checking new audit events"))?;
+        if report.is_intact() && checkpoint.is_none_or(|c| c.seq < head.seq) {
+            self.set_checkpoint(&head).await?;
+        }
+        Ok(report)
+    }
+
+    async fn counts(&self) -> Result<BTreeMap<GrantState, u64>> {
+        let client = self.client("counting grants").await?;
+        let rows = client
+            .query("SELECT state, count(*) FROM ebb_grants GROUP BY state", &[])
+            .await
+            .map_err(db_error("counting grants"))?;
+        let mut counts: BTreeMap<GrantState, u64> =
+            GrantState::ALL.into_iter().map(|s| (s, 0)).collect();
+        for row in &rows {
+            let name: &str = row.get(0);
+            if let Ok(state) = serde_json::from_value(serde_json::Value::String(name.to_owned())) {
+                counts.insert(state, u64::try_from(row.get::<_, i64>(1)).unwrap_or(0));
+            }
+        }
+        Ok(counts)
+    }
+
+    async fn escalations(&self) -> Result<BTreeMap<String, u64>> {
+        let client = self.client("counting escalations").await?;
+        let rows = client
+            .query(
+                "SELECT connector, count(*) FROM ebb_grants WHERE escalated GROUP BY connector",
+                &[],
+            )
+            .await
+            .map_err(db_error("counting escalations"))?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), u64::try_from(r.get::<_, i64>(1)).unwrap_or(0)))
+            .collect())
+    }
+
+    /// A commit is durable when it returns: its transaction has committed (with
+    /// the server's `synchronous_commit`, on a synchronous standby too).
+    async fn sync(&self) -> Result<()> {
+        Ok(())
+    }
+
+    async fn health(&self) -> Result<()> {
+        let client = self.client("checking the store").await?;
+        client
+            .query_one("SELECT 1", &[])
+            .await
+            .map_err(db_error("checking the store"))?;
+        Ok(())
+    }
+
+    async fn put_state(&self, key: &str, value: Option<&[u8]>) -> Result<()> {
+        let client = self.client("writing host state").await?;
+        let written = match value {
+            Some(value) => {
+                client
+                    .execute(
+                        "INSERT INTO ebb_state (key, value) VALUES ($1, $2) \
+                         ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                        &[&key, &value],
+                    )
+                    .await
+            }
+            None => {
+                client
+                    .execute("DELETE FROM ebb_state WHERE key = $1", &[&key])
+                    .await
+            }
+        };
+        written.map_err(db_error("writing host state"))?;
+        Ok(())
+    }
+
+    async fn states(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        let client = self.client("reading host state").await?;
+        let rows = client
+            .query(
+                "SELECT key, value FROM ebb_state WHERE starts_with(key, $1) ORDER BY key",
+                &[&prefix],
+            )
+            .await
+            .map_err(db_error("reading host state"))?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+}

@@ -1,0 +1,283 @@
+//! The PostgreSQL store against a real server (Debian's, started per test): commits
+//! and their refusals, several hosts on one database (claims, leases, one chain,
+//! notifications), tampering, the key and schema checks.
+
+use ebb_core::audit::NewEvent;
+use ebb_core::contract::{Grant, Subject, SubjectKind};
+use ebb_core::state::GrantState;
+use ebb_core::store::{AuditQuery, Commit, Error, GrantRecord, ListFilter, Sealed, Store};
+use ebb_store_postgres::{PgOptions, PgStore};
+use ebb_test_support::postgres::Postgres;
+use ebb_test_support::require;
+use std::sync::Arc;
+use std::time::Duration;
+
+const KEY: [u8; 32] = [7; 32];
+
+async fn open(pg: &Postgres, host: &str, key: [u8; 32]) -> anyhow::Result<Arc<PgStore>> {
+    PgStore::open(
+        PgOptions {
+            dsn: pg.store_dsn()?,
+            ca_file: None,
+            host_id: host.into(),
+            pool_size: 4,
+        },
+        key,
+    )
+    .await
+}
+
+fn record(id: &str, due: Option<u64>) -> GrantRecord {
+    let grant = Grant {
+        id: id.into(),
+        subject: Subject {
+            id: "spiffe://test/job".into(),
+            kind: SubjectKind::Workload,
+            claims: vec![],
+        },
+        permissions: vec![],
+        not_after: 0,
+        task: "test".into(),
+    };
+    let mut r = GrantRecord::requested(grant, "noop".into(), 60_000, 1, "alice".into(), None);
+    r.due_at = due;
+    r
+}
+
+fn commit(record: GrantRecord) -> Commit {
+    Commit {
+        record,
+        sealed: Sealed::Keep,
+        event: NewEvent::new("grant.requested", "alice"),
+        lease_until: None,
+    }
+}
+
+#[tokio::test]
+async fn commits_are_versioned_and_audited_in_one_chain() {
+    require!(Postgres);
+    let pg = Postgres::start().unwrap();
+    let store = open(&pg, "a", KEY).await.unwrap();
+    let (first, event) = store.commit(commit(record("g1", None))).await.unwrap();
+    assert_eq!(first.version, 1);
+    assert_eq!(event.seq, 1);
+    assert!(event.record.is_some(), "the event binds the record");
+    // A stale version and a taken id are refused, and write nothing.
+    let stale = store.commit(commit(record("g1", None))).await;
+    assert!(matches!(stale, Err(Error::Exists(_))), "{stale:?}");
+    let mut moved = first.clone();
+    moved.version = 7;
+    let conflict = store.commit(commit(moved)).await;
+    assert!(matches!(conflict, Err(Error::Conflict(_))), "{conflict:?}");
+    let mut next = first.clone();
+    next.state = GrantState::Approved;
+    let (second, _) = store
+        .commit(Commit {
+            sealed: Sealed::Set(b"sealed bytes".to_vec()),
+            ..commit(next)
+        })
+        .await
+        .unwrap();
+    assert_eq!(second.version, 2);
+    assert_eq!(store.get("g1").await.unwrap(), Some(second.clone()));
+    assert_eq!(
+        store.sealed_credential("g1").await.unwrap().as_deref(),
+        Some(&b"sealed bytes"[..])
+    );
+    let mut shredded = second.clone();
+    shredded.state = GrantState::Denied;
+    store
+        .commit(Commit {
+            sealed: Sealed::Shred,
+            ..commit(shredded)
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.sealed_credential("g1").await.unwrap(), None);
+    let events = store
+        .audit(&AuditQuery {
+            grant_id: Some("g1".into()),
+            limit: 100,
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3]);
+    let counts = store.counts().await.unwrap();
+    assert_eq!(counts[&GrantState::Denied], 1);
+    assert_eq!(counts[&GrantState::Requested], 0);
+    let page = store
+        .list(&ListFilter {
+            state: Some(GrantState::Denied),
+            limit: 10,
+            ..ListFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.grants.len(), 1);
+    let report = store.verify_audit().await.unwrap();
+    assert!(report.is_intact(), "{report:?}");
+    assert_eq!((report.events, report.records), (3, 1));
+}
+
+#[tokio::test]
+async fn two_hosts_write_one_chain_and_claim_each_due_grant_once() {
+    require!(Postgres);
+    let pg = Postgres::start().unwrap();
+    let a = open(&pg, "a", KEY).await.unwrap();
+    let b = open(&pg, "b", KEY).await.unwrap();
+    // Both hosts commit at once: one chain, no gap, no grant lost.
+    let mut tasks = Vec::new();
+    for (host, store) in [("a", a.clone()), ("b", b.clone())] {
+        tasks.push(tokio::spawn(async move {
+            for i in 0..150 {
+                store
+                    .commit(commit(record(&format!("{host}-{i:03}"), Some(1_000))))
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let report = a.verify_audit().await.unwrap();
+    assert!(report.is_intact(), "{report:?}");
+    assert_eq!((report.events, report.records), (300, 300));
+    assert!(b.verify_audit().await.unwrap().is_intact());
+    // Both claim at once: every due grant goes to exactly one of them.
+    let (mine, theirs) = tokio::join!(
+        a.claim_due(2_000, 60_000, 200),
+        b.claim_due(2_000, 60_000, 200)
+    );
+    let (mine, theirs) = (mine.unwrap(), theirs.unwrap());
+    assert_eq!(mine.len() + theirs.len(), 300, "every due grant is claimed");
+    let mut all: Vec<&String> = mine.iter().chain(&theirs).collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 300, "no grant is claimed twice");
+    // Claimed work is leased: not due again until the lease runs out.
+    assert!(a.claim_due(2_000, 60_000, 500).await.unwrap().is_empty());
+    assert_eq!(a.next_due().await.unwrap(), Some(60_000));
+    // A restart of host a voids a's leases only; b's stay b's.
+    assert_eq!(a.release_leases().await.unwrap(), mine.len());
+    let again = b.claim_due(2_000, 70_000, 500).await.unwrap();
+    assert_eq!(
+        again.len(),
+        mine.len(),
+        "a's work is due again, b's is still leased"
+    );
+    // When b dies, its leases run out and a takes the work.
+    let taken = a.claim_due(60_000, 120_000, 500).await.unwrap();
+    assert_eq!(taken.len(), theirs.len());
+}
+
+#[tokio::test]
+async fn a_commit_on_one_host_wakes_the_others() {
+    require!(Postgres);
+    let pg = Postgres::start().unwrap();
+    let a = open(&pg, "a", KEY).await.unwrap();
+    let b = open(&pg, "b", KEY).await.unwrap();
+    // The listener's first wake-up (at connect) out of the way.
+    tokio::time::timeout(Duration::from_secs(5), b.due_changed())
+        .await
+        .unwrap();
+    let woken = tokio::spawn({
+        let b = b.clone();
+        async move { tokio::time::timeout(Duration::from_secs(5), b.due_changed()).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    a.commit(commit(record("due-soon", Some(5)))).await.unwrap();
+    woken
+        .await
+        .unwrap()
+        .expect("host b is woken by host a's commit of due work");
+}
+
+#[tokio::test]
+async fn tampering_in_the_database_is_detected() {
+    require!(Postgres);
+    let pg = Postgres::start().unwrap();
+    let store = open(&pg, "a", KEY).await.unwrap();
+    for i in 0..5 {
+        store
+            .commit(commit(record(&format!("g{i}"), None)))
+            .await
+            .unwrap();
+    }
+    assert!(store.verify_audit().await.unwrap().is_intact());
+    // A record edited in place fails its tag.
+    pg.psql_in(
+        "ebbstore",
+        "update ebb_grants set record = convert_to(replace(convert_from(record, 'UTF8'), 'alice', 'mallory'), 'UTF8') where id = 'g2'",
+    )
+    .unwrap();
+    let report = store.verify_audit().await.unwrap();
+    assert!(
+        report.problem.as_deref().is_some_and(|p| p.contains("g2")),
+        "{report:?}"
+    );
+    pg.psql_in(
+        "ebbstore",
+        "update ebb_grants set record = convert_to(replace(convert_from(record, 'UTF8'), 'mallory', 'alice'), 'UTF8') where id = 'g2'",
+    )
+    .unwrap();
+    assert!(store.verify_audit().await.unwrap().is_intact());
+    // A deleted event breaks the chain.
+    pg.psql_in("ebbstore", "delete from ebb_audit where seq = 3")
+        .unwrap();
+    let report = store.verify_audit().await.unwrap();
+    assert!(!report.is_intact(), "{report:?}");
+    // A deleted grant is missed by the keyed count.
+    let pg2 = Postgres::start().unwrap();
+    let store = open(&pg2, "a", KEY).await.unwrap();
+    for i in 0..3 {
+        store
+            .commit(commit(record(&format!("g{i}"), None)))
+            .await
+            .unwrap();
+    }
+    pg2.psql_in("ebbstore", "delete from ebb_grants where id = 'g1'")
+        .unwrap();
+    let report = store.verify_audit().await.unwrap();
+    assert!(
+        report
+            .problem
+            .as_deref()
+            .is_some_and(|p| p.contains("removed")),
+        "{report:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_host_with_another_key_or_an_older_schema_is_refused() {
+    require!(Postgres);
+    let pg = Postgres::start().unwrap();
+    let store = open(&pg, "a", KEY).await.unwrap();
+    store.commit(commit(record("g1", None))).await.unwrap();
+    let other = open(&pg, "b", [8; 32]).await.unwrap_err();
+    assert!(format!("{other:#}").contains("same host key"), "{other:#}");
+    // A schema newer than this host knows.
+    pg.psql_in(
+        "ebbstore",
+        "insert into refinery_schema_history (version, name, applied_on, checksum) values (999, 'future', 'now', '0')",
+    )
+    .unwrap();
+    let newer = open(&pg, "c", KEY).await.unwrap_err();
+    assert!(
+        format!("{newer:#}").contains("newer than this host knows"),
+        "{newer:#}"
+    );
+}
+
+#[tokio::test]
+async fn the_dsn_never_shows_in_debug_output() {
+    let options = PgOptions {
+        dsn: "host=db user=ebb password=hunter2".into(),
+        ca_file: None,
+        host_id: "a".into(),
+        pool_size: 2,
+    };
+    let shown = format!("{options:?}");
+    assert!(!shown.contains("hunter2"), "{shown}");
+}
