@@ -186,7 +186,9 @@ mod server {
     use ebb::api::{self, AppState, Tokens};
     use ebb_core::seal::{HostKey, Sealer};
     use ebb_engine::approval::{Alerts, ApprovalGate};
-    use ebb_engine::config::{Config, ConnectorConfig, ConnectorSpec, RuntimeConfig, StoreEngine};
+    use ebb_engine::config::{
+        Config, ConnectorConfig, ConnectorSpec, RuntimeConfig, StoreEngine, StoreKind,
+    };
     use ebb_engine::identity::Verifier;
     use ebb_engine::lifecycle::{Clock, EngineConfig, Lifecycle};
     use ebb_engine::loader::Loader;
@@ -372,6 +374,68 @@ mod server {
         Ok(())
     }
 
+    /// The configured store: the embedded one in its folder, or the shared one on
+    /// PostgreSQL (its DSN from the environment).
+    async fn open_store(
+        config: &ebb_engine::config::StoreConfig,
+        key: &HostKey,
+    ) -> anyhow::Result<Arc<dyn ebb_core::store::Store>> {
+        let chain_key = key.derive("audit-chain");
+        match config.kind {
+            StoreKind::Embedded => {
+                std::fs::create_dir_all(&config.path)
+                    .with_context(|| format!("creating {}", config.path.display()))?;
+                let engine = match config.engine {
+                    StoreEngine::Sled => Engine::Sled,
+                    StoreEngine::Fjall => Engine::Fjall,
+                };
+                Ok(KvStore::open_with(engine, &config.path, chain_key)?)
+            }
+            StoreKind::Postgres => {
+                let dsn = std::env::var(&config.dsn_env).with_context(|| {
+                    format!(
+                        "the store's DSN variable {} is not set (a PostgreSQL store takes its DSN from the environment)",
+                        config.dsn_env
+                    )
+                })?;
+                let host_id = match &config.host_id {
+                    Some(id) => id.clone(),
+                    None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                        .map(|h| h.trim().to_owned())
+                        .ok()
+                        .filter(|h| !h.is_empty())
+                        .context("no [store] host-id is set and the host name cannot be read")?,
+                };
+                let store = ebb_store_postgres::PgStore::open(
+                    ebb_store_postgres::PgOptions {
+                        dsn,
+                        ca_file: config.ca_file.clone(),
+                        host_id,
+                        pool_size: config.pool_size,
+                        lease_ms: config.lease_ms,
+                        version: env!("CARGO_PKG_VERSION").into(),
+                    },
+                    chain_key,
+                )
+                .await?;
+                Ok(store)
+            }
+        }
+    }
+
+    /// A shared store's claims are short and renewed while this host lives (a dead
+    /// host's work is taken over within the lease); the embedded store's are long,
+    /// since a restart voids them.
+    fn engine_config(store: &ebb_engine::config::StoreConfig) -> EngineConfig {
+        match store.kind {
+            StoreKind::Embedded => EngineConfig::default(),
+            StoreKind::Postgres => EngineConfig {
+                lease_ms: store.lease_ms,
+                ..EngineConfig::default()
+            },
+        }
+    }
+
     pub(crate) async fn serve(
         config_path: PathBuf,
         accept_unverified_store: bool,
@@ -385,13 +449,7 @@ mod server {
             )?,
             None => HostKey::load_or_create(&config.store.key_file)?,
         };
-        std::fs::create_dir_all(&config.store.path)
-            .with_context(|| format!("creating {}", config.store.path.display()))?;
-        let engine = match config.store.engine {
-            StoreEngine::Sled => Engine::Sled,
-            StoreEngine::Fjall => Engine::Fjall,
-        };
-        let store = KvStore::open_with(engine, &config.store.path, key.derive("audit-chain"))?;
+        let store = open_store(&config.store, &key).await?;
         check_store(store.as_ref(), accept_unverified_store).await?;
         let runtime =
             Runtime::with_cache_key(&config.runtime, CacheKey::new(key.derive("runtime-cache")))?;
@@ -401,7 +459,7 @@ mod server {
             Sealer::new(&key),
             registry,
             Clock::system(),
-            EngineConfig::default(),
+            engine_config(&config.store),
         );
         // Connectors first, then the scheduler: work recovered from the last run needs them.
         let loader = Loader::new(lifecycle.clone(), config.plugins.clone());

@@ -66,6 +66,12 @@ pub struct PgOptions {
     pub host_id: String,
     /// Connections in the pool (reads and the writer).
     pub pool_size: usize,
+    /// How long a lease lasts unless its host renews it. The host renews its
+    /// leases while it lives (every quarter of this), so this is how long a dead
+    /// host's work waits before another host takes it.
+    pub lease_ms: u64,
+    /// The host's version, shown in `ebb_hosts`.
+    pub version: String,
 }
 
 impl std::fmt::Debug for PgOptions {
@@ -75,6 +81,7 @@ impl std::fmt::Debug for PgOptions {
             .field("ca_file", &self.ca_file)
             .field("host_id", &self.host_id)
             .field("pool_size", &self.pool_size)
+            .field("lease_ms", &self.lease_ms)
             .finish()
     }
 }
@@ -104,6 +111,8 @@ const QUEUE: usize = 4096;
 /// The key-check entry: a MAC under the chain key, the same on every host that
 /// holds the cluster's key.
 const KEY_CHECK: &str = "key-check";
+/// The advisory lock under which a host migrates the schema.
+const MIGRATION_LOCK: i64 = 0x6562_625f_6d69_6772;
 /// The head the last good check verified.
 const VERIFIED: &str = "verified";
 
@@ -182,7 +191,13 @@ impl PgStore {
             writer: tx,
             due_changed,
         });
-        tokio::spawn(writer::Writer::new(pool, chain, options.host_id).run(rx));
+        tokio::spawn(writer::Writer::new(pool, chain, options.host_id.clone()).run(rx));
+        tokio::spawn(keep_leases(
+            Arc::downgrade(&store),
+            options.lease_ms,
+            options.version,
+            wall_clock(),
+        ));
         Ok(store)
     }
 
@@ -418,6 +433,21 @@ impl PgStore {
         Ok((report, head))
     }
 
+    /// Moves this host's leases to `until` (rows a commit holds are skipped: the
+    /// commit sets their due itself).
+    async fn renew_leases(&self, until: Timestamp) -> Result<u64> {
+        let client = self.client("renewing leases").await?;
+        client
+            .execute(
+                "UPDATE ebb_grants SET due_at = $2 WHERE id IN \
+                 (SELECT id FROM ebb_grants WHERE lease_host = $1 AND due_at < $2 \
+                  ORDER BY id FOR UPDATE SKIP LOCKED)",
+                &[&self.host, &db_ts(until)],
+            )
+            .await
+            .map_err(db_error("renewing leases"))
+    }
+
     /// Records this host's heartbeat (and version) in `ebb_hosts`.
     pub async fn heartbeat(
         &self,
@@ -439,9 +469,45 @@ impl PgStore {
     }
 }
 
+pub(crate) fn wall_clock() -> Timestamp {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// While the store lives: renews this host's leases (work in flight here is not
+/// handed to another host) and records its heartbeat. Leases held by a host that
+/// stopped renewing run out within `lease_ms`.
+async fn keep_leases(
+    store: std::sync::Weak<PgStore>,
+    lease_ms: u64,
+    version: String,
+    started_at: Timestamp,
+) {
+    let every = std::time::Duration::from_millis((lease_ms / 4).max(50));
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(store) = store.upgrade() else { return };
+        let now = wall_clock();
+        if let Err(e) = store.renew_leases(now + lease_ms).await {
+            tracing::warn!(error = %ebb_core::error_chain(&e), "renewing this host's leases failed");
+        }
+        if let Err(e) = store.heartbeat(&version, started_at, now).await {
+            tracing::warn!(error = %ebb_core::error_chain(&e), "recording this host's heartbeat failed");
+        }
+    }
+}
+
 /// Applies the migrations this host knows, after refusing a schema it does not.
 async fn migrate(client: &mut tokio_postgres::Client) -> anyhow::Result<()> {
     use anyhow::Context as _;
+    // Hosts starting together migrate one at a time (the lock goes with the
+    // connection if this host dies).
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .context("waiting for other hosts' migrations")?;
     let runner = migrations::runner();
     let known = runner
         .get_migrations()
@@ -477,6 +543,10 @@ async fn migrate(client: &mut tokio_postgres::Client) -> anyhow::Result<()> {
         .run_async(client)
         .await
         .context("migrating the store's schema")?;
+    client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+        .await
+        .context("ending the migration")?;
     Ok(())
 }
 
@@ -597,7 +667,7 @@ impl Store for PgStore {
         let n = client
             .execute(
                 "UPDATE ebb_grants SET due_at = lease_due, lease_host = NULL, lease_due = NULL \
-                 WHERE lease_host = $1",
+                 WHERE id IN (SELECT id FROM ebb_grants WHERE lease_host = $1 ORDER BY id FOR UPDATE)",
                 &[&self.host],
             )
             .await

@@ -128,7 +128,7 @@ impl Writer {
         if !ids.is_empty() {
             let rows = tx
                 .query(
-                    "SELECT id, version FROM ebb_grants WHERE id = ANY($1) FOR UPDATE",
+                    "SELECT id, version FROM ebb_grants WHERE id = ANY($1) ORDER BY id FOR UPDATE",
                     &[&ids],
                 )
                 .await
@@ -137,7 +137,7 @@ impl Writer {
                 current.insert(row.get(0), u64::try_from(row.get::<_, i64>(1)).unwrap_or(0));
             }
         }
-        let now = wall_clock();
+        let now = crate::wall_clock();
         let mut rows = Rows::default();
         let mut results = Vec::with_capacity(ops.len());
         for op in ops {
@@ -262,13 +262,6 @@ struct GrantColumns<'a> {
     lease_due: Vec<Option<i64>>,
     record: Vec<&'a [u8]>,
     tag: Vec<&'a [u8]>,
-}
-
-fn wall_clock() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 impl Rows {

@@ -15,12 +15,23 @@ use std::time::Duration;
 const KEY: [u8; 32] = [7; 32];
 
 async fn open(pg: &Postgres, host: &str, key: [u8; 32]) -> anyhow::Result<Arc<PgStore>> {
+    open_leasing(pg, host, key, 60_000).await
+}
+
+async fn open_leasing(
+    pg: &Postgres,
+    host: &str,
+    key: [u8; 32],
+    lease_ms: u64,
+) -> anyhow::Result<Arc<PgStore>> {
     PgStore::open(
         PgOptions {
             dsn: pg.store_dsn()?,
             ca_file: None,
             host_id: host.into(),
             pool_size: 4,
+            lease_ms,
+            version: "test".into(),
         },
         key,
     )
@@ -173,6 +184,42 @@ async fn two_hosts_write_one_chain_and_claim_each_due_grant_once() {
 }
 
 #[tokio::test]
+async fn a_live_host_keeps_its_leases_and_a_dead_one_loses_them() {
+    require!(Postgres);
+    let pg = Postgres::start().unwrap();
+    let a = open_leasing(&pg, "a", KEY, 400).await.unwrap();
+    let b = open_leasing(&pg, "b", KEY, 400).await.unwrap();
+    let now = ebb_test_support::now_ms();
+    a.commit(commit(record("work", Some(now)))).await.unwrap();
+    let claimed = a.claim_due(now, now + 400, 10).await.unwrap();
+    assert_eq!(claimed, ["work"]);
+    // Long past the first lease: a renews it while its work goes on.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let later = ebb_test_support::now_ms();
+    assert!(
+        b.claim_due(later, later + 400, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a live host's lease was taken"
+    );
+    // a dies: nobody renews, and b takes the work once the lease runs out.
+    drop(a);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = ebb_test_support::now_ms();
+        if b.claim_due(now, now + 400, 10).await.unwrap() == ["work"] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dead host's lease never ran out"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
 async fn a_commit_on_one_host_wakes_the_others() {
     require!(Postgres);
     let pg = Postgres::start().unwrap();
@@ -277,6 +324,8 @@ async fn the_dsn_never_shows_in_debug_output() {
         ca_file: None,
         host_id: "a".into(),
         pool_size: 2,
+        lease_ms: 5_000,
+        version: "test".into(),
     };
     let shown = format!("{options:?}");
     assert!(!shown.contains("hunter2"), "{shown}");

@@ -358,6 +358,9 @@ pub struct TokenConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct StoreConfig {
+    /// `embedded` (the default: one host, a folder on its disk) or `postgres` (a
+    /// database several hosts share).
+    pub kind: StoreKind,
     /// The embedded store's folder.
     pub path: PathBuf,
     /// The embedded engine under the store: `sled` (the default) or `fjall`. A
@@ -366,8 +369,36 @@ pub struct StoreConfig {
     /// The host key (64 hex digits) file; created with mode 0600 if missing. It
     /// seals credentials and keys the audit chain: back it up, keep it apart.
     pub key_file: PathBuf,
-    /// Or: the environment variable that holds the host key.
+    /// Or: the environment variable that holds the host key. Every host of a
+    /// shared store must hold the same key.
     pub key_env: Option<String>,
+    /// PostgreSQL: the environment variable holding the DSN (it carries a
+    /// password, so it never sits in this file). Several hosts and
+    /// `target_session_attrs=read-write` find the primary after a failover;
+    /// `sslmode=verify-full` verifies the server against `ca-file`.
+    pub dsn_env: String,
+    /// PostgreSQL: the CA file that signed the server's certificate (TLS is then
+    /// required and verified).
+    pub ca_file: Option<PathBuf>,
+    /// PostgreSQL: this host's name in leases and in `/v1/cluster`; stable across
+    /// restarts (a restarted host takes its own leases back at once) and unique
+    /// among the hosts. Default: the machine's host name.
+    pub host_id: Option<String>,
+    /// PostgreSQL: connections in this host's pool.
+    pub pool_size: usize,
+    /// PostgreSQL: how long a claim on due work lasts unless its host renews it
+    /// (it does, every quarter of this, while it lives): how long a dead host's
+    /// work waits before another host takes it over.
+    pub lease_ms: u64,
+}
+
+/// Where the store lives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StoreKind {
+    #[default]
+    Embedded,
+    Postgres,
 }
 
 /// The embedded engine a store runs on (see `ebb_store_kv::Engine`; the in-memory
@@ -387,6 +418,12 @@ impl Default for StoreConfig {
             engine: StoreEngine::default(),
             key_file: PathBuf::from(".ebb/host.key"),
             key_env: None,
+            kind: StoreKind::default(),
+            dsn_env: "EBB_STORE_DSN".into(),
+            ca_file: None,
+            host_id: None,
+            pool_size: 16,
+            lease_ms: 4_000,
         }
     }
 }
@@ -405,6 +442,11 @@ impl Config {
         }
         if config.store.key_file.is_relative() {
             config.store.key_file = base.join(&config.store.key_file);
+        }
+        if let Some(ca) = &config.store.ca_file
+            && ca.is_relative()
+        {
+            config.store.ca_file = Some(base.join(ca));
         }
         for connector in config.connectors.values_mut() {
             if connector.component.is_relative() {
@@ -509,6 +551,22 @@ mod tests {
         assert_eq!(pg.sql["main"].max_connections, 2);
         assert_eq!(pg.config["allowed-tables"], "public.*");
         assert!(!format!("{config:?}").contains("password=pw"));
+    }
+
+    #[test]
+    fn a_postgres_store_takes_its_dsn_from_the_environment_only() {
+        let default = Config::parse("").unwrap();
+        assert_eq!(default.store.kind, StoreKind::Embedded);
+        let pg =
+            Config::parse("[store]\nkind = \"postgres\"\ndsn-env = \"PG_DSN\"\nhost-id = \"a\"\n")
+                .unwrap();
+        assert_eq!(pg.store.kind, StoreKind::Postgres);
+        assert_eq!(pg.store.dsn_env, "PG_DSN");
+        assert_eq!(pg.store.host_id.as_deref(), Some("a"));
+        // A DSN written into the file is refused, not silently ignored.
+        let err = Config::parse("[store]\nkind = \"postgres\"\ndsn = \"host=db password=x\"\n")
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("unknown field"), "{err:#}");
     }
 
     #[test]

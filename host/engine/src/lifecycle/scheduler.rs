@@ -39,9 +39,15 @@ impl Lifecycle {
                 }
             };
             let full = claimed.len() == capacity;
-            for id in claimed {
+            let mut claimed = claimed.into_iter();
+            for id in claimed.by_ref() {
                 let Ok(permit) = inner.jobs.clone().try_acquire_owned() else {
-                    break;
+                    // No job free after all: hand it back (a shared store's host
+                    // renews its leases, so a claim left lying would never lapse).
+                    if let Err(e) = inner.store.reschedule(&id, Some(now)).await {
+                        tracing::error!(grant = %id, error = %e, "releasing a claim failed; its lease brings it back");
+                    }
+                    continue;
                 };
                 let engine = self.clone();
                 tokio::spawn(async move {

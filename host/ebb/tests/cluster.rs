@@ -1,0 +1,363 @@
+//! Several hosts on one PostgreSQL store: three real `ebb serve` processes with the
+//! postgres connector, under a request/issue load with short TTLs, one of them
+//! killed with SIGKILL at random moments and kept down a while. Every grant the
+//! hosts acknowledged must survive and end verified, none may be issued twice, the
+//! dead host's expiries must be revoked by the others within the lease plus a
+//! second (no allowance for downtime: the survivors do the work), no role may be
+//! left in PostgreSQL, and the one audit chain must verify from every host.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests fail loudly"
+)]
+
+use ebb_test_support::Postgres;
+use rand::Rng;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const REQUESTER: &str = "cluster-test-requester-token";
+const OPERATOR: &str = "cluster-test-operator-token";
+/// The cluster's host key, shared by every host through the environment.
+const HOST_KEY: &str = "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a";
+/// The lease the hosts run with: a dead host's work waits at most this long.
+const LEASE_MS: u64 = 2_000;
+
+fn sha(token: &str) -> String {
+    ebb::api::auth::hash_token(token)
+}
+
+struct Host {
+    id: String,
+    base: String,
+    config: PathBuf,
+    log: PathBuf,
+    process: Option<Child>,
+}
+
+fn write_config(dir: &Path, pg: &Postgres, id: &str, port: u16) -> PathBuf {
+    let config = format!(
+        r#"
+[server]
+listen = "127.0.0.1:{port}"
+
+[store]
+kind = "postgres"
+dsn-env = "EBB_TEST_STORE_DSN"
+host-id = "{id}"
+key-env = "EBB_TEST_HOST_KEY"
+lease-ms = {LEASE_MS}
+pool-size = 8
+
+[[tokens]]
+name = "agent"
+sha256 = "{requester}"
+roles = ["requester"]
+
+[[tokens]]
+name = "ops"
+sha256 = "{operator}"
+roles = ["operator"]
+
+[connectors.pg]
+component = "{component}"
+config = {{ allowed-resources = "public.invoices" }}
+sql.main = {{ dsn = "{dsn}", max-connections = 8 }}
+lifecycle = {{ approval = "auto", retry-base-ms = 100, retry-max-ms = 1000, max-concurrent-calls = 8 }}
+"#,
+        requester = sha(REQUESTER),
+        operator = sha(OPERATOR),
+        component = ebb_test_plugins::POSTGRES,
+        dsn = pg.admin_dsn(),
+    );
+    let path = dir.join(format!("{id}.toml"));
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+impl Host {
+    fn start(&mut self, store_dsn: &str) {
+        let child = ebb_test_support::serve_command(env!("CARGO_BIN_EXE_ebb"), &self.config)
+            .env("EBB_TEST_STORE_DSN", store_dsn)
+            .env("EBB_TEST_HOST_KEY", HOST_KEY)
+            .env("EBB_LOG", "warn")
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.log)
+                    .unwrap(),
+            )
+            .spawn()
+            .unwrap();
+        self.process = Some(child);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.process.take() {
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+        }
+    }
+}
+
+async fn wait_healthy(client: &reqwest::Client, host: &Host) {
+    for _ in 0..1000 {
+        if let Ok(r) = client.get(format!("{}/readyz", host.base)).send().await
+            && r.status().is_success()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let log = std::fs::read_to_string(&host.log).unwrap_or_default();
+    panic!("host {} did not come up: {log}", host.id);
+}
+
+async fn operator_get(client: &reqwest::Client, url: &str) -> Value {
+    client
+        .get(url)
+        .bearer_auth(OPERATOR)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn all_grants(client: &reqwest::Client, base: &str) -> Vec<Value> {
+    let mut grants = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut url = format!("{base}/v1/grants?limit=1000");
+        if let Some(a) = &after {
+            url.push_str(&format!("&after={a}"));
+        }
+        let page = operator_get(client, &url).await;
+        grants.extend(page["grants"].as_array().unwrap().iter().cloned());
+        match page["next"].as_str() {
+            Some(next) => after = Some(next.to_owned()),
+            None => return grants,
+        }
+    }
+}
+
+async fn all_events(client: &reqwest::Client, base: &str) -> Vec<Value> {
+    let mut events = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = operator_get(client, &format!("{base}/v1/audit?after={after}&limit=1000")).await;
+        let page = page.as_array().cloned().unwrap_or_default();
+        let Some(last) = page.last() else {
+            return events;
+        };
+        after = last["seq"].as_u64().unwrap();
+        events.extend(page);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hosts_one_killed_at_random_moments_lose_nothing() {
+    ebb_test_support::require!(Postgres);
+    let pg = Postgres::start().unwrap();
+    let store_dsn = pg.store_dsn().unwrap();
+    let dir = std::env::temp_dir().join(format!("ebb-cluster-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut hosts: Vec<Host> = (0..3)
+        .map(|i| {
+            let id = format!("host-{i}");
+            let port = ebb_test_support::free_port().unwrap();
+            Host {
+                config: write_config(&dir, &pg, &id, port),
+                log: dir.join(format!("{id}.log")),
+                base: format!("http://127.0.0.1:{port}"),
+                id,
+                process: None,
+            }
+        })
+        .collect();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    for host in &mut hosts {
+        host.start(&store_dsn);
+    }
+    for host in &hosts {
+        wait_healthy(&client, host).await;
+    }
+
+    // The bases of the hosts serving now; the load goes round them.
+    let live: Arc<Mutex<Vec<String>>> =
+        Arc::new(Mutex::new(hosts.iter().map(|h| h.base.clone()).collect()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for w in 0..4 {
+        let (client, live, stop) = (client.clone(), live.clone(), stop.clone());
+        workers.push(tokio::spawn(async move {
+            let mut acknowledged: Vec<String> = Vec::new();
+            let mut n = w;
+            while !stop.load(Ordering::Relaxed) {
+                let base = {
+                    let live = live.lock().unwrap();
+                    n += 1;
+                    live[n % live.len()].clone()
+                };
+                let ttl = format!("{}ms", rand::rng().random_range(1000..2500));
+                let body = json!({
+                    "connector": "pg",
+                    "permissions": [{"action": "select", "resource": "public.invoices"}],
+                    "ttl": ttl,
+                    "task": "cluster test",
+                });
+                match client
+                    .post(format!("{base}/v1/grants"))
+                    .bearer_auth(REQUESTER)
+                    .json(&body)
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status().as_u16() == 201 => {
+                        if let Ok(v) = r.json::<Value>().await {
+                            acknowledged
+                                .push(v["grant"]["grant"]["id"].as_str().unwrap().to_owned());
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Ok(r) => panic!(
+                        "unexpected status {}: {}",
+                        r.status(),
+                        r.text().await.unwrap_or_default()
+                    ),
+                    // The host was killed mid-request: another one takes the next.
+                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+            acknowledged
+        }));
+    }
+
+    let mut rng = rand::rng();
+    for _round in 0..3 {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(800..2000))).await;
+        let victim = rng.random_range(0..hosts.len());
+        live.lock().unwrap().retain(|b| *b != hosts[victim].base);
+        hosts[victim].kill();
+        // Down long enough for its grants to expire and be taken over.
+        tokio::time::sleep(Duration::from_millis(rng.random_range(3000..5000))).await;
+        hosts[victim].start(&store_dsn);
+        wait_healthy(&client, &hosts[victim]).await;
+        live.lock().unwrap().push(hosts[victim].base.clone());
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut acknowledged = Vec::new();
+    for w in workers {
+        acknowledged.extend(w.await.unwrap());
+    }
+    assert!(
+        acknowledged.len() >= 30,
+        "the test issued too few grants to mean anything: {}",
+        acknowledged.len()
+    );
+
+    let base = hosts[0].base.clone();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let grants = loop {
+        let grants = all_grants(&client, &base).await;
+        let open: Vec<&Value> = grants
+            .iter()
+            .filter(|g| match g["state"].as_str() {
+                Some("verified" | "denied") => false,
+                Some("requested" | "approved") => g["issued_at"].as_u64().is_some(),
+                _ => true,
+            })
+            .collect();
+        if open.is_empty() {
+            break grants;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "grants still open after 60 s: {open:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let states: HashMap<&str, &str> = grants
+        .iter()
+        .map(|g| {
+            (
+                g["grant"]["id"].as_str().unwrap(),
+                g["state"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    for id in &acknowledged {
+        assert_eq!(
+            states.get(id.as_str()),
+            Some(&"verified"),
+            "acknowledged grant {id} was lost or not verified"
+        );
+    }
+    // Every expiry was revoked within the lease plus a second, down hosts or not:
+    // the survivors took over the dead host's work.
+    let mut late = Vec::new();
+    let mut slowest = 0;
+    for g in &grants {
+        let (Some(not_after), Some(revoked_at)) =
+            (g["grant"]["not_after"].as_u64(), g["revoked_at"].as_u64())
+        else {
+            continue;
+        };
+        if g["trigger"] == "expiry" {
+            slowest = slowest.max(revoked_at.saturating_sub(not_after));
+        }
+        if g["trigger"] == "expiry" && revoked_at > not_after + LEASE_MS + 1_000 {
+            late.push((g["grant"]["id"].clone(), revoked_at - not_after));
+        }
+    }
+    assert!(
+        late.is_empty(),
+        "expiries revoked later than lease + 1 s (id, ms after not-after): {late:?}"
+    );
+    // None was issued twice: one transition into `active` per grant at most.
+    let events = all_events(&client, &base).await;
+    let mut issued: HashMap<&str, usize> = HashMap::new();
+    for e in &events {
+        if e["to"] == "active" {
+            *issued.entry(e["grant_id"].as_str().unwrap()).or_default() += 1;
+        }
+    }
+    let twice: Vec<_> = issued.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "grants issued more than once: {twice:?}");
+    assert_eq!(
+        pg.ebb_roles().unwrap(),
+        Vec::<String>::new(),
+        "a role outlived its grant"
+    );
+    // One chain, checked from every host.
+    for host in &hosts {
+        let verify = operator_get(&client, &format!("{}/v1/audit/verify", host.base)).await;
+        assert_eq!(verify["problem"], Value::Null, "{}: {verify}", host.id);
+        assert!(verify["events"].as_u64().unwrap() >= events.len() as u64);
+    }
+    let taken_over = grants
+        .iter()
+        .filter(|g| g["trigger"] == "compensation")
+        .count();
+    eprintln!(
+        "cluster test: {} grants ({} acknowledged, {taken_over} compensated), {} audit events, slowest expiry revoked {slowest} ms after not-after",
+        grants.len(),
+        acknowledged.len(),
+        events.len()
+    );
+    for host in &mut hosts {
+        host.kill();
+    }
+}
