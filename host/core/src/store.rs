@@ -257,6 +257,31 @@ impl ListFilter {
     }
 }
 
+/// What a host sharing the store last said about itself (`GET /v1/cluster`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct HostStatus {
+    /// The host's name in leases (`[store] host-id`).
+    pub id: String,
+    pub version: String,
+    pub started_at: Timestamp,
+    pub heartbeat_at: Timestamp,
+    /// Connector instance → the sha256 of the version it serves.
+    #[serde(default)]
+    pub connectors: BTreeMap<String, String>,
+    /// The digest of the policies in force (names and contents), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policies: Option<String>,
+}
+
+/// A file the hosts of a shared store keep alike in a folder of their own (the
+/// plugins folder, the policies).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedFile {
+    pub name: String,
+    /// The sha256 of its content (hex); `None` once deleted.
+    pub sha256: Option<String>,
+}
+
 /// Which audit events to read.
 #[derive(Debug, Clone, Default)]
 pub struct AuditQuery {
@@ -381,4 +406,35 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// The host state under `prefix`, by key.
     async fn states(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>>;
+
+    /// Records this host's status for the others (a store of one host keeps none).
+    async fn heartbeat(&self, _status: &HostStatus) -> Result<()> {
+        Ok(())
+    }
+
+    /// The hosts sharing this store, as each last said; empty for a store of one
+    /// host.
+    async fn hosts(&self) -> Result<Vec<HostStatus>> {
+        Ok(Vec::new())
+    }
+
+    /// Whether other hosts share this store (and so its files).
+    fn is_shared(&self) -> bool {
+        false
+    }
+
+    /// The shared files of `area` (deleted ones included), by name.
+    async fn shared_files(&self, _area: &str) -> Result<Vec<SharedFile>> {
+        Ok(Vec::new())
+    }
+
+    /// The content of the shared file whose sha256 is `sha256`.
+    async fn shared_content(&self, _sha256: &str) -> Result<Option<Vec<u8>>> {
+        Ok(None)
+    }
+
+    /// Sets (or, with `None`, deletes) the shared file `name` of `area`.
+    async fn share_file(&self, _area: &str, _name: &str, _content: Option<&[u8]>) -> Result<()> {
+        Ok(())
+    }
 }

@@ -5,6 +5,8 @@
 //!   (request+approve, issue, task completion, revoke, verify), each state change an
 //!   atomic commit to an on-disk store, intents synced (group commit) — on sled and
 //!   on fjall, in the same run.
+//! - postgres: the throughput lifecycles on sled and on PostgreSQL with 1, 2 and
+//!   3 hosts (engines with a store each, one database), side by side.
 //! - million: RSS with N active grants, restart-to-serving with them, and the
 //!   expiry-to-revoke-start lag of grants expiring among them.
 //! - limits (run with throughput): the same lifecycles on the in-memory engine
@@ -99,19 +101,68 @@ async fn throughput(engine: Engine, dir: &Path, total: usize, concurrency: usize
         Engine::Memory => "in-memory".to_owned(),
         durable => format!("durable {durable}"),
     };
-    let rate = lifecycles(store, &label, total, concurrency).await;
+    let rate = lifecycles(vec![store], &label, total, concurrency).await;
     let _ = std::fs::remove_dir_all(dir);
     rate
 }
 
-async fn lifecycles(store: Arc<KvStore>, label: &str, total: usize, concurrency: usize) -> f64 {
-    let engine = engine(store.clone()).await;
-    engine.start().await.unwrap();
+/// The same lifecycles on PostgreSQL (Debian's server, on loopback beside the
+/// bench), spread over `hosts` engines that share the database as separate hosts
+/// do: each its own store (pool, writer, leases), one database.
+async fn throughput_postgres(
+    pg: &ebb_test_support::Postgres,
+    hosts: usize,
+    total: usize,
+    concurrency: usize,
+) -> f64 {
+    // A fresh database per run.
+    pg.psql("drop database if exists ebbstore").unwrap();
+    pg.psql("drop role if exists store_owner").unwrap();
+    let dsn = pg.store_dsn().unwrap();
+    let mut stores: Vec<Arc<dyn Store>> = Vec::new();
+    for i in 0..hosts {
+        stores.push(
+            ebb_store_postgres::PgStore::open(
+                ebb_store_postgres::PgOptions {
+                    dsn: dsn.clone(),
+                    ca_file: None,
+                    host_id: format!("bench-{i}"),
+                    pool_size: 16,
+                    lease_ms: 4_000,
+                },
+                [1; 32],
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    lifecycles(
+        stores,
+        &format!("durable postgres, {hosts} host(s)"),
+        total,
+        concurrency,
+    )
+    .await
+}
+
+async fn lifecycles(
+    stores: Vec<Arc<dyn Store>>,
+    label: &str,
+    total: usize,
+    concurrency: usize,
+) -> f64 {
+    let store = stores[0].clone();
+    let mut engines = Vec::new();
+    for store in stores {
+        let engine = engine(store).await;
+        engine.start().await.unwrap();
+        engines.push(engine);
+    }
     let started = Instant::now();
     let per_task = total / concurrency;
     let mut tasks = Vec::new();
-    for _ in 0..concurrency {
-        let engine = engine.clone();
+    for i in 0..concurrency {
+        let engine = engines[i % engines.len()].clone();
         tasks.push(tokio::spawn(async move {
             let mut ids = Vec::with_capacity(per_task);
             for _ in 0..per_task {
@@ -141,7 +192,7 @@ async fn lifecycles(store: Arc<KvStore>, label: &str, total: usize, concurrency:
     }
     // Wait for the scheduler to revoke and verify every one.
     loop {
-        let verified = store.counts().unwrap()[&GrantState::Verified] as usize;
+        let verified = store.counts().await.unwrap()[&GrantState::Verified] as usize;
         if verified >= ids.len() {
             break;
         }
@@ -155,7 +206,9 @@ async fn lifecycles(store: Arc<KvStore>, label: &str, total: usize, concurrency:
         ids.len(),
         elapsed.as_secs_f64(),
     );
-    engine.shutdown().await.unwrap();
+    for engine in engines {
+        engine.shutdown().await.unwrap();
+    }
     rate
 }
 
@@ -602,6 +655,25 @@ fn main() {
                     l.unsynced / 7.0,
                     l.unsynced / 7.0 / 10_000.0
                 );
+            }
+        }
+        if which.is_empty() || which == "postgres" {
+            // Side by side in one run: sled, then PostgreSQL with 1, 2 and 3 hosts.
+            let (total, conc) = if full { (20_000, 256) } else { (200, 16) };
+            match ebb_test_support::require::Need::Postgres.missing() {
+                Some(why) => println!("postgres: skipped, {why}"),
+                None => {
+                    let pg = ebb_test_support::Postgres::start().unwrap();
+                    let sled = throughput(Engine::Sled, &base.join("pg-side"), total, conc).await;
+                    for hosts in 1..=3 {
+                        let rate = throughput_postgres(&pg, hosts, total, conc).await;
+                        println!(
+                            "ratios: postgres with {hosts} host(s) / sled {:.2} (goal with one host: 5,000/s, {:.2} of it)",
+                            rate / sled,
+                            rate / 5_000.0
+                        );
+                    }
+                }
             }
         }
         if which.is_empty() || which == "million" {

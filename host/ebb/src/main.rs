@@ -379,6 +379,7 @@ mod server {
     async fn open_store(
         config: &ebb_engine::config::StoreConfig,
         key: &HostKey,
+        host_id: &str,
     ) -> anyhow::Result<Arc<dyn ebb_core::store::Store>> {
         let chain_key = key.derive("audit-chain");
         match config.kind {
@@ -398,28 +399,32 @@ mod server {
                         config.dsn_env
                     )
                 })?;
-                let host_id = match &config.host_id {
-                    Some(id) => id.clone(),
-                    None => std::fs::read_to_string("/proc/sys/kernel/hostname")
-                        .map(|h| h.trim().to_owned())
-                        .ok()
-                        .filter(|h| !h.is_empty())
-                        .context("no [store] host-id is set and the host name cannot be read")?,
-                };
                 let store = ebb_store_postgres::PgStore::open(
                     ebb_store_postgres::PgOptions {
                         dsn,
                         ca_file: config.ca_file.clone(),
-                        host_id,
+                        host_id: host_id.to_owned(),
                         pool_size: config.pool_size,
                         lease_ms: config.lease_ms,
-                        version: env!("CARGO_PKG_VERSION").into(),
                     },
                     chain_key,
                 )
                 .await?;
                 Ok(store)
             }
+        }
+    }
+
+    /// This host's name among the hosts of its store: `[store] host-id`, or the
+    /// machine's host name.
+    fn host_id(config: &ebb_engine::config::StoreConfig) -> anyhow::Result<String> {
+        match &config.host_id {
+            Some(id) => Ok(id.clone()),
+            None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .ok()
+                .filter(|h| !h.is_empty())
+                .context("no [store] host-id is set and the host name cannot be read"),
         }
     }
 
@@ -449,7 +454,8 @@ mod server {
             )?,
             None => HostKey::load_or_create(&config.store.key_file)?,
         };
-        let store = open_store(&config.store, &key).await?;
+        let host_id = host_id(&config.store)?;
+        let store = open_store(&config.store, &key, &host_id).await?;
         check_store(store.as_ref(), accept_unverified_store).await?;
         let runtime =
             Runtime::with_cache_key(&config.runtime, CacheKey::new(key.derive("runtime-cache")))?;
@@ -511,6 +517,11 @@ mod server {
             verifier.spawn_refresh();
             Some(verifier)
         };
+        let membership = ebb::api::cluster::Membership {
+            host_id,
+            started_at: lifecycle.clock().now_ms(),
+            shared: config.store.kind == StoreKind::Postgres,
+        };
         let state = AppState {
             lifecycle: lifecycle.clone(),
             loader,
@@ -522,7 +533,22 @@ mod server {
                 ebb::api::guard::WINDOW,
             ),
             metrics: Some(metrics),
+            membership: Arc::new(membership),
         };
+        // The other hosts of a shared store see what this one serves.
+        let _heartbeat = state
+            .membership
+            .shared
+            .then(|| ebb::api::cluster::spawn_heartbeat(state.clone()));
+        // ... and serve the same connectors and policies.
+        let _sync = state.membership.shared.then(|| {
+            let mut policies = Vec::new();
+            if let Some(p) = &config.policy {
+                policies.push(p.path.clone());
+                policies.extend(p.break_glass.as_ref().map(|b| b.path.clone()));
+            }
+            ebb::api::cluster::spawn_sync(state.clone(), config.plugins.dir.clone(), policies)
+        });
         let _policy_watcher = match &config.policy {
             Some(p) if p.watch => {
                 let mut paths = vec![p.path.clone()];

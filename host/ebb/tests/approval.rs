@@ -209,6 +209,7 @@ async fn env() -> Env {
         identity: Some(Arc::new(identity)),
         tokens: Arc::new(tokens),
         metrics: None,
+        membership: std::sync::Arc::new(ebb::api::cluster::Membership::local("test", 0)),
     };
     Env {
         app: api::router(state.clone()),

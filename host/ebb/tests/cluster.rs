@@ -361,3 +361,229 @@ async fn three_hosts_one_killed_at_random_moments_lose_nothing() {
         host.kill();
     }
 }
+
+const POLICY_V1: &str = r#"
+@id("noop-auto")
+@approval("auto")
+permit (principal, action == Ebb::Action::"use", resource == Ebb::Connector::"noop");
+"#;
+
+const POLICY_V2: &str = r#"
+@id("noop-auto")
+@approval("auto")
+permit (principal, action == Ebb::Action::"use", resource == Ebb::Connector::"noop");
+
+@id("noop-second-look")
+@approvers("2")
+permit (principal, action == Ebb::Action::"use", resource == Ebb::Connector::"noop")
+when { context.ttl_seconds > 3600 };
+"#;
+
+/// Two hosts with a plugins folder and a policy folder each, on one store.
+fn write_sync_config(dir: &Path, id: &str, port: u16) -> PathBuf {
+    let plugins = dir.join(id).join("plugins");
+    let policies = dir.join(id).join("policies");
+    std::fs::create_dir_all(&plugins).unwrap();
+    std::fs::create_dir_all(&policies).unwrap();
+    let config = format!(
+        r#"
+[server]
+listen = "127.0.0.1:{port}"
+
+[store]
+kind = "postgres"
+dsn-env = "EBB_TEST_STORE_DSN"
+host-id = "{id}"
+key-env = "EBB_TEST_HOST_KEY"
+
+[[tokens]]
+name = "ops"
+sha256 = "{operator}"
+roles = ["operator"]
+
+[connectors.noop]
+component = "{noop}"
+
+[plugins]
+dir = "{plugins}"
+
+[policy]
+path = "{policies}"
+"#,
+        operator = sha(OPERATOR),
+        noop = ebb_test_plugins::NOOP,
+        plugins = plugins.display(),
+        policies = policies.display(),
+    );
+    let path = dir.join(format!("{id}.toml"));
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+/// Polls `url` as the operator until `check` holds (10 s at most).
+async fn eventually(
+    client: &reqwest::Client,
+    url: &str,
+    what: &str,
+    check: impl Fn(u16, &Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = client.get(url).bearer_auth(OPERATOR).send().await.unwrap();
+        let status = r.status().as_u16();
+        let body: Value = r.json().await.unwrap_or(Value::Null);
+        if check(status, &body) {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "{what}: still {status} {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connectors_and_policies_changed_on_one_host_are_served_by_the_other() {
+    ebb_test_support::require!(Postgres);
+    let pg = Postgres::start().unwrap();
+    let store_dsn = pg.store_dsn().unwrap();
+    let dir = std::env::temp_dir().join(format!("ebb-cluster-sync-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let noop = std::fs::read(ebb_test_plugins::NOOP).unwrap();
+    let v2 = ebb_test_support::another_version(&noop, "2");
+    let mut hosts: Vec<Host> = ["a", "b"]
+        .iter()
+        .map(|id| {
+            let port = ebb_test_support::free_port().unwrap();
+            Host {
+                config: write_sync_config(&dir, id, port),
+                log: dir.join(format!("{id}.log")),
+                base: format!("http://127.0.0.1:{port}"),
+                id: (*id).to_owned(),
+                process: None,
+            }
+        })
+        .collect();
+    let (a_plugins, a_policies) = (dir.join("a/plugins"), dir.join("a/policies"));
+    std::fs::write(a_policies.join("main.cedar"), POLICY_V1).unwrap();
+    std::fs::write(dir.join("b/policies/main.cedar"), POLICY_V1).unwrap();
+    let client = reqwest::Client::new();
+    for host in &mut hosts {
+        host.start(&store_dsn);
+    }
+    for host in &hosts {
+        wait_healthy(&client, host).await;
+    }
+    let (a, b) = (hosts[0].base.clone(), hosts[1].base.clone());
+
+    // A connector loaded through host a's API is served by host b.
+    std::fs::write(a_plugins.join("svc-v1.wasm"), &noop).unwrap();
+    std::fs::write(a_plugins.join("svc-v2.wasm"), &v2).unwrap();
+    // The component files reach b's folder first (the sync's first rounds).
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let r = client
+        .post(format!("{a}/v1/connectors/svc"))
+        .bearer_auth(OPERATOR)
+        .json(&json!({ "component": "svc-v1.wasm", "lifecycle": { "approval": "auto" } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201, "{}", r.text().await.unwrap());
+    let loaded = eventually(
+        &client,
+        &format!("{b}/v1/connectors/svc"),
+        "svc on host b",
+        |s, _| s == 200,
+    )
+    .await;
+    let v1_digest = loaded["sha256"].as_str().unwrap().to_owned();
+
+    // Reloaded on a with another version: b serves that version.
+    let r = client
+        .post(format!("{a}/v1/connectors/svc/reload"))
+        .bearer_auth(OPERATOR)
+        .json(&json!({ "component": "svc-v2.wasm" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+    let reloaded = eventually(
+        &client,
+        &format!("{b}/v1/connectors/svc"),
+        "svc v2 on host b",
+        |s, v| s == 200 && v["sha256"].as_str().is_some_and(|d| d != v1_digest),
+    )
+    .await;
+    // Both hosts now say they serve the same: /v1/cluster agrees.
+    let digest = reloaded["sha256"].as_str().unwrap().to_owned();
+    let cluster = eventually(
+        &client,
+        &format!("{a}/v1/cluster"),
+        "the hosts agree",
+        |_, v| v["agree"] == true && v["hosts"].as_array().is_some_and(|h| h.len() == 2),
+    )
+    .await;
+    for host in cluster["hosts"].as_array().unwrap() {
+        assert_eq!(host["alive"], true, "{cluster}");
+        assert_eq!(host["connectors"]["svc"], digest.as_str(), "{cluster}");
+    }
+    assert_eq!(cluster["store"], "shared");
+
+    // A policy changed on a is in force on b.
+    std::fs::write(a_policies.join("main.cedar"), POLICY_V2).unwrap();
+    eventually(
+        &client,
+        &format!("{a}/v1/policies"),
+        "the new policy on host a",
+        |_, v| {
+            v["ids"]
+                .as_array()
+                .is_some_and(|ids| ids.iter().any(|i| i == "noop-second-look"))
+        },
+    )
+    .await;
+    eventually(
+        &client,
+        &format!("{b}/v1/policies"),
+        "the new policy on host b",
+        |_, v| {
+            v["ids"]
+                .as_array()
+                .is_some_and(|ids| ids.iter().any(|i| i == "noop-second-look"))
+        },
+    )
+    .await;
+    assert_eq!(
+        std::fs::read_to_string(dir.join("b/policies/main.cedar")).unwrap(),
+        POLICY_V2
+    );
+
+    // Unloaded on a: gone from b.
+    let r = client
+        .delete(format!("{a}/v1/connectors/svc"))
+        .bearer_auth(OPERATOR)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    eventually(
+        &client,
+        &format!("{b}/v1/connectors/svc"),
+        "svc gone from host b",
+        |s, _| s == 404,
+    )
+    .await;
+
+    // A host that stops heartbeating is reported, and the others no longer
+    // count it when they compare.
+    hosts[1].kill();
+    tokio::time::sleep(Duration::from_millis(6_000)).await;
+    let cluster = operator_get(&client, &format!("{a}/v1/cluster")).await;
+    let b_status = cluster["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["id"] == "b")
+        .cloned()
+        .unwrap();
+    assert_eq!(b_status["alive"], false, "{cluster}");
+    hosts[0].kill();
+}

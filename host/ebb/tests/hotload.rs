@@ -25,32 +25,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// A component that behaves exactly like `bytes` but has another sha256: a custom
-/// section appended to the component.
-fn another_version(bytes: &[u8], tag: &str) -> Vec<u8> {
-    fn leb(mut n: usize, out: &mut Vec<u8>) {
-        loop {
-            let byte = (n & 0x7f) as u8;
-            n >>= 7;
-            if n == 0 {
-                out.push(byte);
-                return;
-            }
-            out.push(byte | 0x80);
-        }
-    }
-    let name = b"ebb-test-version";
-    let mut payload = Vec::new();
-    leb(name.len(), &mut payload);
-    payload.extend_from_slice(name);
-    payload.extend_from_slice(tag.as_bytes());
-    let mut out = bytes.to_vec();
-    out.push(0);
-    leb(payload.len(), &mut out);
-    out.extend_from_slice(&payload);
-    out
-}
-
 struct Host {
     app: Router,
     store: Arc<dyn Store>,
@@ -72,7 +46,7 @@ async fn start_host(tag: &str, watch: bool, allowed: &[&str]) -> Host {
     let plugins = dir.join("plugins");
     std::fs::create_dir_all(&plugins).unwrap();
     let noop = std::fs::read(ebb_test_plugins::NOOP).unwrap();
-    let v2 = another_version(&noop, "2");
+    let v2 = ebb_test_support::another_version(&noop, "2");
     std::fs::write(plugins.join("noop-v1.wasm"), &noop).unwrap();
     std::fs::write(plugins.join("noop-v2.wasm"), &v2).unwrap();
     let registry = Arc::new(Registry::new(
@@ -132,6 +106,7 @@ async fn start_host(tag: &str, watch: bool, allowed: &[&str]) -> Host {
         identity: None,
         tokens: Arc::new(tokens),
         metrics: None,
+        membership: std::sync::Arc::new(ebb::api::cluster::Membership::local("test", 0)),
     });
     Host {
         app,

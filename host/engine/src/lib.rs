@@ -38,4 +38,5 @@ pub mod loader;
 pub mod orphans;
 pub mod policy;
 pub mod registry;
+pub mod shared;
 pub mod standing;

@@ -92,6 +92,9 @@ struct Loaded {
     normal: PolicySet,
     break_glass: PolicySet,
     ids: Vec<String>,
+    /// sha256 over each file's name (not its folder) and contents, in load order:
+    /// equal on hosts that hold the same policies wherever their folders are.
+    digest: String,
 }
 
 /// Where policies come from.
@@ -133,6 +136,11 @@ impl Policies {
         let ids = loaded.ids.clone();
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(loaded);
         Ok(ids)
+    }
+
+    /// The digest of the policies in force (file names and contents).
+    pub fn digest(&self) -> String {
+        self.current().digest.clone()
     }
 
     /// The ids of the policies in force.
@@ -229,16 +237,21 @@ pub fn schema_text(actions: &BTreeSet<String>) -> String {
 fn load(files: &PolicyFiles, actions: &BTreeSet<String>) -> Result<Loaded, PolicyError> {
     let (schema, _) = Schema::from_cedarschema_str(&schema_text(actions))
         .map_err(|e| PolicyError(format!("the generated schema: {e}")))?;
+    use sha2::Digest as _;
     let mut ids = Vec::new();
-    let normal = load_set(&files.normal, &schema, &mut ids)?;
+    let mut digest = sha2::Sha256::new();
+    digest.update(b"normal\0");
+    let normal = load_set(&files.normal, &schema, &mut ids, &mut digest)?;
+    digest.update(b"break-glass\0");
     let break_glass = match &files.break_glass {
-        Some(path) => load_set(path, &schema, &mut ids)?,
+        Some(path) => load_set(path, &schema, &mut ids, &mut digest)?,
         None => PolicySet::new(),
     };
     Ok(Loaded {
         normal,
         break_glass,
         ids,
+        digest: hex::encode(digest.finalize()),
     })
 }
 
@@ -258,11 +271,23 @@ fn cedar_files(path: &Path) -> Result<Vec<PathBuf>, PolicyError> {
     Ok(files)
 }
 
-fn load_set(path: &Path, schema: &Schema, ids: &mut Vec<String>) -> Result<PolicySet, PolicyError> {
+fn load_set(
+    path: &Path,
+    schema: &Schema,
+    ids: &mut Vec<String>,
+    digest: &mut sha2::Sha256,
+) -> Result<PolicySet, PolicyError> {
+    use sha2::Digest as _;
     let mut set = PolicySet::new();
     for file in cedar_files(path)? {
         let text = std::fs::read_to_string(&file)
             .map_err(|e| PolicyError(format!("reading {}: {e}", file.display())))?;
+        if let Some(name) = file.file_name() {
+            digest.update(name.as_encoded_bytes());
+        }
+        digest.update([0]);
+        digest.update((text.len() as u64).to_be_bytes());
+        digest.update(text.as_bytes());
         let stem = file
             .file_stem()
             .and_then(|s| s.to_str())

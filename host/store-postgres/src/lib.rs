@@ -38,7 +38,9 @@
 use ebb_core::audit::{AuditEvent, Chain, ChainReport, GENESIS, Head, NewEvent, verify_chain_from};
 use ebb_core::contract::Timestamp;
 use ebb_core::state::GrantState;
-use ebb_core::store::{AuditQuery, Commit, Error, GrantRecord, ListFilter, Page, Result, Store};
+use ebb_core::store::{
+    AuditQuery, Commit, Error, GrantRecord, HostStatus, ListFilter, Page, Result, SharedFile, Store,
+};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -70,8 +72,6 @@ pub struct PgOptions {
     /// leases while it lives (every quarter of this), so this is how long a dead
     /// host's work waits before another host takes it.
     pub lease_ms: u64,
-    /// The host's version, shown in `ebb_hosts`.
-    pub version: String,
 }
 
 impl std::fmt::Debug for PgOptions {
@@ -192,12 +192,7 @@ impl PgStore {
             due_changed,
         });
         tokio::spawn(writer::Writer::new(pool, chain, options.host_id.clone()).run(rx));
-        tokio::spawn(keep_leases(
-            Arc::downgrade(&store),
-            options.lease_ms,
-            options.version,
-            wall_clock(),
-        ));
+        tokio::spawn(keep_leases(Arc::downgrade(&store), options.lease_ms));
         Ok(store)
     }
 
@@ -447,26 +442,6 @@ impl PgStore {
             .await
             .map_err(db_error("renewing leases"))
     }
-
-    /// Records this host's heartbeat (and version) in `ebb_hosts`.
-    pub async fn heartbeat(
-        &self,
-        version: &str,
-        started_at: Timestamp,
-        now: Timestamp,
-    ) -> Result<()> {
-        let client = self.client("recording a heartbeat").await?;
-        client
-            .execute(
-                "INSERT INTO ebb_hosts (id, version, started_at, heartbeat_at) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version, \
-                 started_at = EXCLUDED.started_at, heartbeat_at = EXCLUDED.heartbeat_at",
-                &[&self.host, &version, &db_ts(started_at), &db_ts(now)],
-            )
-            .await
-            .map_err(db_error("recording a heartbeat"))?;
-        Ok(())
-    }
 }
 
 pub(crate) fn wall_clock() -> Timestamp {
@@ -477,14 +452,9 @@ pub(crate) fn wall_clock() -> Timestamp {
 }
 
 /// While the store lives: renews this host's leases (work in flight here is not
-/// handed to another host) and records its heartbeat. Leases held by a host that
-/// stopped renewing run out within `lease_ms`.
-async fn keep_leases(
-    store: std::sync::Weak<PgStore>,
-    lease_ms: u64,
-    version: String,
-    started_at: Timestamp,
-) {
+/// handed to another host). Leases held by a host that stopped renewing run out
+/// within `lease_ms`.
+async fn keep_leases(store: std::sync::Weak<PgStore>, lease_ms: u64) {
     let every = std::time::Duration::from_millis((lease_ms / 4).max(50));
     loop {
         tokio::time::sleep(every).await;
@@ -492,9 +462,6 @@ async fn keep_leases(
         let now = wall_clock();
         if let Err(e) = store.renew_leases(now + lease_ms).await {
             tracing::warn!(error = %ebb_core::error_chain(&e), "renewing this host's leases failed");
-        }
-        if let Err(e) = store.heartbeat(&version, started_at, now).await {
-            tracing::warn!(error = %ebb_core::error_chain(&e), "recording this host's heartbeat failed");
         }
     }
 }
@@ -870,6 +837,124 @@ impl Store for PgStore {
             }
         };
         written.map_err(db_error("writing host state"))?;
+        Ok(())
+    }
+
+    async fn heartbeat(&self, status: &HostStatus) -> Result<()> {
+        let client = self.client("recording a heartbeat").await?;
+        let connectors =
+            serde_json::to_value(&status.connectors).map_err(corrupt("host status".into()))?;
+        client
+            .execute(
+                "INSERT INTO ebb_hosts (id, version, started_at, heartbeat_at, connectors, policies) \
+                 VALUES ($1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version, \
+                 started_at = EXCLUDED.started_at, heartbeat_at = EXCLUDED.heartbeat_at, \
+                 connectors = EXCLUDED.connectors, policies = EXCLUDED.policies",
+                &[
+                    &status.id,
+                    &status.version,
+                    &db_ts(status.started_at),
+                    &db_ts(status.heartbeat_at),
+                    &connectors,
+                    &status.policies,
+                ],
+            )
+            .await
+            .map_err(db_error("recording a heartbeat"))?;
+        Ok(())
+    }
+
+    async fn hosts(&self) -> Result<Vec<HostStatus>> {
+        let client = self.client("reading the hosts").await?;
+        let rows = client
+            .query(
+                "SELECT id, version, started_at, heartbeat_at, connectors, policies \
+                 FROM ebb_hosts ORDER BY id",
+                &[],
+            )
+            .await
+            .map_err(db_error("reading the hosts"))?;
+        rows.iter()
+            .map(|r| {
+                let id: String = r.get(0);
+                Ok(HostStatus {
+                    version: r.get(1),
+                    started_at: ts(r.get(2)).unwrap_or(0),
+                    heartbeat_at: ts(r.get(3)).unwrap_or(0),
+                    connectors: serde_json::from_value(r.get(4))
+                        .map_err(corrupt(format!("host {id}")))?,
+                    policies: r.get(5),
+                    id,
+                })
+            })
+            .collect()
+    }
+
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    async fn shared_files(&self, area: &str) -> Result<Vec<SharedFile>> {
+        let client = self.client("reading shared files").await?;
+        let rows = client
+            .query(
+                "SELECT name, sha256 FROM ebb_files WHERE area = $1 ORDER BY name",
+                &[&area],
+            )
+            .await
+            .map_err(db_error("reading shared files"))?;
+        Ok(rows
+            .iter()
+            .map(|r| SharedFile {
+                name: r.get(0),
+                sha256: r.get(1),
+            })
+            .collect())
+    }
+
+    async fn shared_content(&self, sha256: &str) -> Result<Option<Vec<u8>>> {
+        let client = self.client("reading a shared file").await?;
+        let row = client
+            .query_opt(
+                "SELECT content FROM ebb_blobs WHERE sha256 = $1",
+                &[&sha256],
+            )
+            .await
+            .map_err(db_error("reading a shared file"))?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    async fn share_file(&self, area: &str, name: &str, content: Option<&[u8]>) -> Result<()> {
+        use sha2::Digest as _;
+        let mut client = self.client("sharing a file").await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(db_error("sharing a file"))?;
+        let sha = match content {
+            Some(bytes) => {
+                let sha = hex::encode(sha2::Sha256::digest(bytes));
+                tx.execute(
+                    "INSERT INTO ebb_blobs (sha256, content) VALUES ($1, $2) \
+                     ON CONFLICT (sha256) DO NOTHING",
+                    &[&sha, &bytes],
+                )
+                .await
+                .map_err(db_error("sharing a file"))?;
+                Some(sha)
+            }
+            None => None,
+        };
+        tx.execute(
+            "INSERT INTO ebb_files (area, name, sha256, updated_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (area, name) DO UPDATE SET sha256 = EXCLUDED.sha256, \
+             updated_at = EXCLUDED.updated_at",
+            &[&area, &name, &sha, &db_ts(wall_clock())],
+        )
+        .await
+        .map_err(db_error("sharing a file"))?;
+        tx.commit().await.map_err(db_error("sharing a file"))?;
         Ok(())
     }
 

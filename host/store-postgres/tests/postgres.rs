@@ -31,7 +31,6 @@ async fn open_leasing(
             host_id: host.into(),
             pool_size: 4,
             lease_ms,
-            version: "test".into(),
         },
         key,
     )
@@ -325,7 +324,6 @@ async fn the_dsn_never_shows_in_debug_output() {
         host_id: "a".into(),
         pool_size: 2,
         lease_ms: 5_000,
-        version: "test".into(),
     };
     let shown = format!("{options:?}");
     assert!(!shown.contains("hunter2"), "{shown}");

@@ -10,6 +10,7 @@
 //! connector or the store's write path directly.
 
 pub mod auth;
+pub mod cluster;
 pub(crate) mod connectors;
 mod error;
 mod extract;
@@ -43,6 +44,8 @@ pub struct AppState {
     pub guard: Arc<guard::Guard>,
     /// The Prometheus recorder's handle; `/metrics` answers 404 without one.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// Who this host is among the hosts of its store (`/v1/cluster`).
+    pub membership: Arc<cluster::Membership>,
 }
 
 /// The whole API.
@@ -73,6 +76,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/standing/scan", post(standing::scan))
         .route("/v1/orphans", get(standing::orphans))
         .route("/v1/orphans/scan", post(standing::scan_orphans))
+        .route("/v1/cluster", get(cluster::cluster))
         .route("/v1/audit", get(ops::audit))
         .route("/v1/audit/verify", get(ops::verify_audit))
         .route("/v1/openapi.json", get(ops::openapi))
@@ -102,6 +106,7 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
         policy::report_anomaly, policy::policies, policy::reload_policies,
         standing::list, standing::scan, standing::orphans, standing::scan_orphans,
         ops::audit, ops::verify_audit, ops::healthz, ops::readyz, ops::metrics,
+        cluster::cluster,
     ),
     components(schemas(ErrorBody, connectors::LiveGrants)),
     modifiers(&BearerAuth),
@@ -110,7 +115,7 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
         (name = "connectors", description = "Connector instances: describe, load, reload, unload"),
         (name = "approval", description = "Policies and anomaly reports"),
         (name = "audit", description = "The tamper-evident audit log"),
-        (name = "ops", description = "Health and metrics"),
+        (name = "ops", description = "Health, metrics and the hosts of the store"),
     )
 )]
 struct ApiDoc;

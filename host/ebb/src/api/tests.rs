@@ -95,6 +95,7 @@ pub(crate) async fn state() -> AppState {
         identity: None,
         tokens: Arc::new(tokens),
         metrics: Some(recorder()),
+        membership: std::sync::Arc::new(crate::api::cluster::Membership::local("test", 0)),
     }
 }
 
