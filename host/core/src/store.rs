@@ -323,6 +323,21 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// When the earliest due entry is, if any.
     async fn next_due(&self) -> Result<Option<Timestamp>>;
 
+    /// Work on grant `id` is in progress on this host: a shared store renews this
+    /// host's lease on it until [`Store::unhold`] (and only then: the lease of work
+    /// that stopped runs out, and another host takes it up). Counted: holds nest.
+    fn hold(&self, _id: &str) {}
+
+    /// Ends one [`Store::hold`] of grant `id`.
+    fn unhold(&self, _id: &str) {}
+
+    /// Gives up this host's claim on grant `id` once its work is done: the due
+    /// entry goes back to the grant's own due. Only a shared store keeps claims
+    /// past the work's commits (see `is_shared`); others have nothing to release.
+    async fn release_claim(&self, _id: &str) -> Result<()> {
+        Ok(())
+    }
+
     /// Resolves when another host may have moved the earliest due entry (a store
     /// shared by several hosts); a store of one host never does: the lifecycle
     /// knows its own commits.

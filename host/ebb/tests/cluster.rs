@@ -587,3 +587,213 @@ async fn connectors_and_policies_changed_on_one_host_are_served_by_the_other() {
     assert_eq!(b_status["alive"], false, "{cluster}");
     hosts[0].kill();
 }
+
+/// Two hosts with the noop connector on a store whose DSN names a primary and its
+/// synchronous standby (`target_session_attrs=read-write`).
+fn write_failover_config(dir: &Path, id: &str, port: u16) -> PathBuf {
+    let config = format!(
+        r#"
+[server]
+listen = "127.0.0.1:{port}"
+
+[store]
+kind = "postgres"
+dsn-env = "EBB_TEST_STORE_DSN"
+host-id = "{id}"
+key-env = "EBB_TEST_HOST_KEY"
+lease-ms = {LEASE_MS}
+
+[[tokens]]
+name = "agent"
+sha256 = "{requester}"
+roles = ["requester"]
+
+[[tokens]]
+name = "ops"
+sha256 = "{operator}"
+roles = ["operator"]
+
+[connectors.noop]
+component = "{noop}"
+lifecycle = {{ approval = "auto", retry-base-ms = 100, retry-max-ms = 1000 }}
+"#,
+        requester = sha(REQUESTER),
+        operator = sha(OPERATOR),
+        noop = ebb_test_plugins::NOOP,
+    );
+    let path = dir.join(format!("{id}.toml"));
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_fails_over_to_its_standby_under_load_and_nothing_is_lost() {
+    ebb_test_support::require!(Postgres);
+    let primary = Postgres::start().unwrap();
+    primary.store_dsn().unwrap();
+    let standby = primary.standby().unwrap();
+    let store_dsn = format!(
+        "host=127.0.0.1,127.0.0.1 port={},{} dbname=ebbstore user=store_owner password=store-pw target_session_attrs=read-write",
+        primary.port(),
+        standby.port()
+    );
+    let dir = std::env::temp_dir().join(format!("ebb-failover-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut hosts: Vec<Host> = ["a", "b"]
+        .iter()
+        .map(|id| {
+            let port = ebb_test_support::free_port().unwrap();
+            Host {
+                config: write_failover_config(&dir, id, port),
+                log: dir.join(format!("{id}.log")),
+                base: format!("http://127.0.0.1:{port}"),
+                id: (*id).to_owned(),
+                process: None,
+            }
+        })
+        .collect();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    for host in &mut hosts {
+        host.start(&store_dsn);
+    }
+    for host in &hosts {
+        wait_healthy(&client, host).await;
+    }
+    let bases: Vec<String> = hosts.iter().map(|h| h.base.clone()).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for w in 0..4 {
+        let (client, bases, stop) = (client.clone(), bases.clone(), stop.clone());
+        workers.push(tokio::spawn(async move {
+            let (mut acknowledged, mut refused) = (Vec::new(), 0);
+            let mut n = w;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let base = &bases[n % bases.len()];
+                let body = json!({
+                    "connector": "noop",
+                    "permissions": [{"action": "use", "resource": "x"}],
+                    "ttl": format!("{}ms", rand::rng().random_range(1000..2500)),
+                    "task": "failover test",
+                });
+                match client
+                    .post(format!("{base}/v1/grants"))
+                    .bearer_auth(REQUESTER)
+                    .json(&body)
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status().as_u16() == 201 => {
+                        if let Ok(v) = r.json::<Value>().await {
+                            acknowledged
+                                .push(v["grant"]["grant"]["id"].as_str().unwrap().to_owned());
+                        }
+                        tokio::time::sleep(Duration::from_millis(30)).await;
+                    }
+                    // The store is failing over: not acknowledged, tried again.
+                    Ok(r) if r.status().is_server_error() => {
+                        refused += 1;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Ok(r) => panic!(
+                        "unexpected status {}: {}",
+                        r.status(),
+                        r.text().await.unwrap_or_default()
+                    ),
+                    Err(_) => {
+                        refused += 1;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+            (acknowledged, refused)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    // The primary dies; the standby is promoted.
+    let failed_over_at = Instant::now();
+    primary.stop().unwrap();
+    standby.promote().unwrap();
+    // The hosts find the new primary by themselves and take requests again.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    'serving: loop {
+        for base in &bases {
+            let ready = client.get(format!("{base}/readyz")).send().await;
+            if !ready.is_ok_and(|r| r.status().is_success()) {
+                assert!(
+                    Instant::now() < deadline,
+                    "{base} did not find the new primary"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue 'serving;
+            }
+        }
+        break;
+    }
+    let recovered_in = failed_over_at.elapsed();
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut acknowledged, mut refused) = (Vec::new(), 0);
+    for w in workers {
+        let (ok, no) = w.await.unwrap();
+        acknowledged.extend(ok);
+        refused += no;
+    }
+    assert!(
+        acknowledged.len() >= 30,
+        "too few grants to mean anything: {}",
+        acknowledged.len()
+    );
+    // Everything ends on the promoted standby: acknowledged grants verified.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let grants = loop {
+        let grants = all_grants(&client, &bases[0]).await;
+        let open: Vec<&Value> = grants
+            .iter()
+            .filter(|g| match g["state"].as_str() {
+                Some("verified" | "denied") => false,
+                Some("requested" | "approved") => g["issued_at"].as_u64().is_some(),
+                _ => true,
+            })
+            .collect();
+        if open.is_empty() {
+            break grants;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "grants still open after 60 s: {open:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let states: HashMap<&str, &str> = grants
+        .iter()
+        .map(|g| {
+            (
+                g["grant"]["id"].as_str().unwrap(),
+                g["state"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    for id in &acknowledged {
+        assert_eq!(
+            states.get(id.as_str()),
+            Some(&"verified"),
+            "acknowledged grant {id} was lost in the failover or not verified"
+        );
+    }
+    for base in &bases {
+        let verify = operator_get(&client, &format!("{base}/v1/audit/verify")).await;
+        assert_eq!(verify["problem"], Value::Null, "{base}: {verify}");
+    }
+    eprintln!(
+        "failover test: {} acknowledged, {refused} refused during the failover, hosts serving again {:.1} s after the primary died",
+        acknowledged.len(),
+        recovered_in.as_secs_f64()
+    );
+    for host in &mut hosts {
+        host.kill();
+    }
+}

@@ -52,9 +52,10 @@ CREATE TABLE ebb_meta (
     value  bytea NOT NULL
 );
 
--- Host state that is no grant (anomaly flags, instances being drained).
+-- Host state that is no grant (anomaly flags, instances being drained). Keys are
+-- bytes: some hold a NUL between their parts, which text cannot.
 CREATE TABLE ebb_state (
-    key    text  PRIMARY KEY,
+    key    bytea PRIMARY KEY,
     value  bytea NOT NULL
 );
 

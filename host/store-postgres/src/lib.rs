@@ -92,6 +92,9 @@ pub struct PgStore {
     chain: Chain,
     host: String,
     writer: mpsc::Sender<Job>,
+    /// Grants this host works on now (with how many holds): only their leases
+    /// are renewed.
+    held: std::sync::Mutex<std::collections::HashMap<String, usize>>,
     /// Woken by `NOTIFY ebb_due` from any host (and after the listener
     /// reconnects: something may have been missed).
     due_changed: Arc<Notify>,
@@ -190,6 +193,7 @@ impl PgStore {
             host: options.host_id.clone(),
             writer: tx,
             due_changed,
+            held: std::sync::Mutex::default(),
         });
         tokio::spawn(writer::Writer::new(pool, chain, options.host_id.clone()).run(rx));
         tokio::spawn(keep_leases(Arc::downgrade(&store), options.lease_ms));
@@ -428,16 +432,23 @@ impl PgStore {
         Ok((report, head))
     }
 
-    /// Moves this host's leases to `until` (rows a commit holds are skipped: the
-    /// commit sets their due itself).
+    /// Moves this host's leases on the grants it works on to `until` (rows a
+    /// commit holds are skipped: the commit sets their due itself).
     async fn renew_leases(&self, until: Timestamp) -> Result<u64> {
+        let held: Vec<String> = {
+            let held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+            held.keys().cloned().collect()
+        };
+        if held.is_empty() {
+            return Ok(0);
+        }
         let client = self.client("renewing leases").await?;
         client
             .execute(
                 "UPDATE ebb_grants SET due_at = $2 WHERE id IN \
-                 (SELECT id FROM ebb_grants WHERE lease_host = $1 AND due_at < $2 \
-                  ORDER BY id FOR UPDATE SKIP LOCKED)",
-                &[&self.host, &db_ts(until)],
+                 (SELECT id FROM ebb_grants WHERE id = ANY($3) AND lease_host = $1 \
+                  AND due_at < $2 ORDER BY id FOR UPDATE SKIP LOCKED)",
+                &[&self.host, &db_ts(until), &held],
             )
             .await
             .map_err(db_error("renewing leases"))
@@ -451,9 +462,9 @@ pub(crate) fn wall_clock() -> Timestamp {
         .unwrap_or(0)
 }
 
-/// While the store lives: renews this host's leases (work in flight here is not
-/// handed to another host). Leases held by a host that stopped renewing run out
-/// within `lease_ms`.
+/// While the store lives: renews this host's leases on the grants it works on
+/// (see `Store::hold`), so that work in flight here is not handed to another host.
+/// Leases of a host that died, or of work that stopped, run out within `lease_ms`.
 async fn keep_leases(store: std::sync::Weak<PgStore>, lease_ms: u64) {
     let every = std::time::Duration::from_millis((lease_ms / 4).max(50));
     loop {
@@ -614,6 +625,35 @@ impl Store for PgStore {
             )
             .await
             .map_err(db_error("rescheduling a grant"))?;
+        Ok(())
+    }
+
+    fn hold(&self, id: &str) {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        *held.entry(id.to_owned()).or_default() += 1;
+    }
+
+    fn unhold(&self, id: &str) {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = held.get_mut(id) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(id);
+            }
+        }
+    }
+
+    async fn release_claim(&self, id: &str) -> Result<()> {
+        let client = self.client("releasing a claim").await?;
+        client
+            .query(
+                "WITH released AS (UPDATE ebb_grants SET due_at = lease_due, lease_host = NULL, \
+                 lease_due = NULL WHERE id = $1 AND lease_host = $2 RETURNING due_at) \
+                 SELECT pg_notify('ebb_due', '') FROM released WHERE due_at IS NOT NULL",
+                &[&id, &self.host],
+            )
+            .await
+            .map_err(db_error("releasing a claim"))?;
         Ok(())
     }
 
@@ -826,13 +866,13 @@ impl Store for PgStore {
                     .execute(
                         "INSERT INTO ebb_state (key, value) VALUES ($1, $2) \
                          ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
-                        &[&key, &value],
+                        &[&key.as_bytes(), &value],
                     )
                     .await
             }
             None => {
                 client
-                    .execute("DELETE FROM ebb_state WHERE key = $1", &[&key])
+                    .execute("DELETE FROM ebb_state WHERE key = $1", &[&key.as_bytes()])
                     .await
             }
         };
@@ -962,11 +1002,18 @@ impl Store for PgStore {
         let client = self.client("reading host state").await?;
         let rows = client
             .query(
-                "SELECT key, value FROM ebb_state WHERE starts_with(key, $1) ORDER BY key",
-                &[&prefix],
+                "SELECT key, value FROM ebb_state \
+                 WHERE substring(key FROM 1 FOR length($1::bytea)) = $1::bytea ORDER BY key",
+                &[&prefix.as_bytes()],
             )
             .await
             .map_err(db_error("reading host state"))?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let key: &[u8] = r.get(0);
+                (String::from_utf8_lossy(key).into_owned(), r.get(1))
+            })
+            .collect())
     }
 }

@@ -2,6 +2,13 @@
 //! and their refusals, several hosts on one database (claims, leases, one chain,
 //! notifications), tampering, the key and schema checks.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests fail loudly"
+)]
+
 use ebb_core::audit::NewEvent;
 use ebb_core::contract::{Grant, Subject, SubjectKind};
 use ebb_core::state::GrantState;
@@ -128,6 +135,24 @@ async fn commits_are_versioned_and_audited_in_one_chain() {
     let report = store.verify_audit().await.unwrap();
     assert!(report.is_intact(), "{report:?}");
     assert_eq!((report.events, report.records), (3, 1));
+    // Host state, by prefix.
+    store.put_state("flags/alice", Some(b"1")).await.unwrap();
+    // Keys may hold a NUL between their parts (the standing-access findings do).
+    store
+        .put_state("found/pg\0alice", Some(b"4"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.states("found/").await.unwrap(),
+        [("found/pg\0alice".to_owned(), b"4".to_vec())]
+    );
+    store.put_state("flags/bob", Some(b"2")).await.unwrap();
+    store.put_state("other", Some(b"3")).await.unwrap();
+    store.put_state("flags/bob", None).await.unwrap();
+    assert_eq!(
+        store.states("flags/").await.unwrap(),
+        [("flags/alice".to_owned(), b"1".to_vec())]
+    );
 }
 
 #[tokio::test]
@@ -192,6 +217,7 @@ async fn a_live_host_keeps_its_leases_and_a_dead_one_loses_them() {
     a.commit(commit(record("work", Some(now)))).await.unwrap();
     let claimed = a.claim_due(now, now + 400, 10).await.unwrap();
     assert_eq!(claimed, ["work"]);
+    a.hold("work");
     // Long past the first lease: a renews it while its work goes on.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     let later = ebb_test_support::now_ms();
@@ -202,20 +228,30 @@ async fn a_live_host_keeps_its_leases_and_a_dead_one_loses_them() {
             .is_empty(),
         "a live host's lease was taken"
     );
-    // a dies: nobody renews, and b takes the work once the lease runs out.
-    drop(a);
+    // Work that stopped (no hold) is not renewed, even on a live host: b takes it.
+    a.unhold("work");
+    let taken = eventually_claimed(&b, "work").await;
+    assert!(taken, "a lease nobody holds never ran out");
+    // b dies while holding it: nobody renews, and a takes the work.
+    b.hold("work");
+    drop(b);
+    assert!(
+        eventually_claimed(&a, "work").await,
+        "a dead host's lease never ran out"
+    );
+}
+
+/// Whether `store` claims grant `id` within five seconds.
+async fn eventually_claimed(store: &PgStore, id: &str) -> bool {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
+    while std::time::Instant::now() < deadline {
         let now = ebb_test_support::now_ms();
-        if b.claim_due(now, now + 400, 10).await.unwrap() == ["work"] {
-            break;
+        if store.claim_due(now, now + 400, 10).await.unwrap() == [id] {
+            return true;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the dead host's lease never ran out"
-        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    false
 }
 
 #[tokio::test]

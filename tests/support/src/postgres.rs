@@ -196,6 +196,65 @@ impl Postgres {
         Ok(ca_file)
     }
 
+    /// A streaming-replication standby of this server, on a port of its own, that
+    /// this server waits for on every commit (`synchronous_standby_names = '*'`):
+    /// what the primary acknowledged, the standby has. Blocks until it streams.
+    pub fn standby(&self) -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!(
+            "ebb-pg-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        if self.as_postgres {
+            run(Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&dir))?;
+        }
+        let standby = Self {
+            bin: self.bin.clone(),
+            port: crate::free_port()?,
+            dir,
+            as_postgres: self.as_postgres,
+        };
+        standby.run_pg(
+            "pg_basebackup",
+            &[
+                "-d",
+                &format!(
+                    "host=127.0.0.1 port={} user=postgres password={SUPERUSER_PASSWORD}",
+                    self.port
+                ),
+                "-D",
+                &standby.data().to_string_lossy(),
+                "-R",
+                "-X",
+                "stream",
+                "--no-sync",
+            ],
+        )?;
+        standby.start_server()?;
+        self.psql("alter system set synchronous_standby_names = '*'")?;
+        self.psql("select pg_reload_conf()")?;
+        for _ in 0..300 {
+            let state = self.psql("select sync_state from pg_stat_replication")?;
+            if state.trim() == "sync" {
+                return Ok(standby);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        bail!("the standby did not become synchronous")
+    }
+
+    /// Promotes this standby to primary (`pg_ctl promote`), waiting until it is.
+    pub fn promote(&self) -> anyhow::Result<()> {
+        self.run_pg(
+            "pg_ctl",
+            &["-D", &self.data().to_string_lossy(), "-w", "promote"],
+        )
+    }
+
     /// Stops the server at once (for outage tests); the data stays.
     pub fn stop(&self) -> anyhow::Result<()> {
         self.run_pg(

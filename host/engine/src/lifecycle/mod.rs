@@ -45,6 +45,37 @@ use serde::Serialize;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Keeps this host's leases on a grant renewed while it lives (a shared store
+/// renews only held leases): work in progress here is not taken over.
+pub(crate) struct Held {
+    store: Arc<dyn Store>,
+    id: String,
+}
+
+impl Held {
+    pub(crate) fn new(store: &Arc<dyn Store>, id: &str) -> Self {
+        store.hold(id);
+        Self {
+            store: store.clone(),
+            id: id.to_owned(),
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.store.unhold(&self.id);
+    }
+}
+
+tokio::task_local! {
+    /// Set while the scheduler's job works on a grant it claimed. On a shared
+    /// store every commit of that work keeps the claim (a lease naming this host),
+    /// so no other host takes the grant up between two steps; the job releases it
+    /// when it ends.
+    static CLAIMED: ();
+}
 use tokio::sync::{Notify, Semaphore};
 
 /// A lifecycle failure.
@@ -395,6 +426,13 @@ impl Lifecycle {
             .await
     }
 
+    /// The lease a commit keeps while this task works on a claimed grant of a
+    /// shared store ([`CLAIMED`]); `None` otherwise.
+    fn claim_held(&self) -> Option<Timestamp> {
+        (self.inner.store.is_shared() && CLAIMED.try_with(|()| ()).is_ok())
+            .then(|| self.now() + self.inner.config.lease_ms)
+    }
+
     /// [`Lifecycle::transition`] for an intent: the due entry is held until
     /// `lease_until` while the work runs, and a restart makes it due at once.
     #[expect(
@@ -425,6 +463,7 @@ impl Lifecycle {
                 event: format!("{event:?}"),
             });
         }
+        let lease_until = lease_until.or_else(|| self.claim_held());
         let mut audit = NewEvent::new("grant.transition", actor).grant(&record.grant.id);
         audit.from = Some(from);
         audit.to = Some(to);

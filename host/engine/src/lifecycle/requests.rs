@@ -240,6 +240,11 @@ impl Lifecycle {
     /// ever returned.
     pub async fn issue(&self, id: &str, actor: &str) -> Result<(GrantRecord, Credential)> {
         let _lock = self.inner.locks.lock(id).await;
+        // While this call runs, a shared store renews the intent's lease: no other
+        // host compensates an issue still in progress. If this host dies, or the
+        // outcome cannot be recorded, the lease runs out and the scheduler of
+        // some host compensates.
+        let _held = Held::new(&self.inner.store, id);
         let record = self.load(id).await?;
         if record.state != GrantState::Approved {
             return Err(IllegalTransition {

@@ -51,8 +51,10 @@ impl Lifecycle {
                 };
                 let engine = self.clone();
                 tokio::spawn(async move {
-                    let outcome = engine.work(&id).await;
+                    let held = super::Held::new(&engine.inner.store, &id);
+                    let outcome = super::CLAIMED.scope((), engine.work(&id)).await;
                     engine.work_done(&id, outcome).await;
+                    drop(held);
                     drop(permit);
                 });
             }
@@ -81,6 +83,9 @@ impl Lifecycle {
 /// to three times that in jitter).
 const BUSY_RETRY_MS: u64 = 25;
 
+/// On a shared store, how soon work that failed in the host is tried again.
+const SHARED_RETRY_MS: u64 = 1_000;
+
 /// A grant whose work failed this many times in a row (the host's own failure: the
 /// store, not the connector — those go through retry and escalation) is announced
 /// to the alert webhooks.
@@ -101,6 +106,20 @@ impl Lifecycle {
                 tracing::error!(grant = %id, error = %e, "rescheduling a grant failed; its lease brings it back");
             }
             return;
+        }
+        if self.inner.store.is_shared() {
+            // This host renews its leases while it lives: the claim is given up
+            // here, not left to run out. Work that failed comes back in a second.
+            let released = match &outcome {
+                Ok(()) => self.inner.store.release_claim(id).await,
+                Err(_) => {
+                    let later = self.now() + SHARED_RETRY_MS;
+                    self.inner.store.reschedule(id, Some(later)).await
+                }
+            };
+            if let Err(e) = released {
+                tracing::error!(grant = %id, error = %e, "releasing a claim failed; it is released when this host stops");
+            }
         }
         let failures = {
             let mut stuck = self.inner.stuck.lock().unwrap_or_else(|p| p.into_inner());
