@@ -10,7 +10,7 @@ depends on the root, and so is always a cycle. Comments are ignored.
 """
 import os, re, sys, glob
 
-CRATES = os.environ.get("EBB_CHECK_CRATES", "").split() or ["host/core/src", "host/store-kv/src", "host/runtime/src", "host/engine/src", "host/ebb/src"]
+CRATES = os.environ.get("EBB_CHECK_CRATES", "").split() or ["host/core/src", "host/store-kv/src", "host/store-postgres/src", "host/runtime/src", "host/engine/src", "host/ebb/src"]
 
 
 def modules(root):

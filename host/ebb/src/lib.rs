@@ -14,6 +14,7 @@
 //!
 //! The crates below it, from the bottom up: `ebb-core` (vocabulary, audit chain,
 //! sealing, the `Store` trait), `ebb-store-kv` (the embedded store),
+//! `ebb-store-postgres` (the store several hosts share),
 //! `ebb-runtime` (wasmtime, lent capabilities, the conformance kit) and
 //! `ebb-engine` (lifecycle, registry, loader, approval, identity, configuration).
 //!

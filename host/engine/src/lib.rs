@@ -20,6 +20,8 @@
 //! - [`audit_log`]: [`AuditLog`](audit_log::AuditLog), the one way anything but a
 //!   transition appends an audit event.
 //! - [`alerts`]: webhooks for loud events.
+//! - [`shared`]: the plugins folder and the policies kept alike on every host of a
+//!   shared store ([`FolderSync`](shared::FolderSync)).
 //! - [`config`]: the operator's configuration file; the loader turns each instance's
 //!   entry into the runtime's own typed inputs (`ebb_runtime::ConnectorSpec`).
 //!

@@ -1,15 +1,48 @@
 //! Connections: the driver's configuration and TLS from the options, the pool,
 //! and the `LISTEN ebb_due` connection that wakes this host's scheduler.
 
-use crate::PgOptions;
 use anyhow::Context as _;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject as _;
+use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_postgres::config::SslMode;
 use tokio_postgres_rustls::MakeRustlsConnect;
+
+/// How a host reaches the shared store.
+#[derive(Clone)]
+pub struct PgOptions {
+    /// The connection string (key/value or URL; several hosts and
+    /// `target_session_attrs=read-write` find the primary after a failover).
+    /// Holds the password: never logged.
+    pub dsn: String,
+    /// The CA that signed the server's certificate: TLS is then required and the
+    /// server's name verified (`sslmode=verify-full`).
+    pub ca_file: Option<PathBuf>,
+    /// This host's name in leases and `ebb_hosts`: stable across restarts, so
+    /// that a restarted host takes back its own leases at once.
+    pub host_id: String,
+    /// Connections in the pool (reads and the writer).
+    pub pool_size: usize,
+    /// How long a lease lasts unless its host renews it. The host renews its
+    /// leases while it lives (every quarter of this), so this is how long a dead
+    /// host's work waits before another host takes it.
+    pub lease_ms: u64,
+}
+
+impl std::fmt::Debug for PgOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgOptions")
+            .field("dsn", &"<redacted>")
+            .field("ca_file", &self.ca_file)
+            .field("host_id", &self.host_id)
+            .field("pool_size", &self.pool_size)
+            .field("lease_ms", &self.lease_ms)
+            .finish()
+    }
+}
 
 /// The driver's configuration and TLS connector. `sslmode=verify-full` (or
 /// `verify-ca`, or a `ca_file`) requires TLS and verifies the server's

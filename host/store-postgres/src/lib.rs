@@ -42,49 +42,19 @@ use ebb_core::store::{
     AuditQuery, Commit, Error, GrantRecord, HostStatus, ListFilter, Page, Result, SharedFile, Store,
 };
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 mod connect;
+mod sql;
 mod writer;
+
+pub use connect::PgOptions;
+use sql::{corrupt, db_error, db_ts, pool_error, state_name, ts, wall_clock};
 
 use writer::{Done, Job, Op};
 
 refinery::embed_migrations!("migrations");
-
-/// How a host reaches the shared store.
-#[derive(Clone)]
-pub struct PgOptions {
-    /// The connection string (key/value or URL; several hosts and
-    /// `target_session_attrs=read-write` find the primary after a failover).
-    /// Holds the password: never logged.
-    pub dsn: String,
-    /// The CA that signed the server's certificate: TLS is then required and the
-    /// server's name verified (`sslmode=verify-full`).
-    pub ca_file: Option<PathBuf>,
-    /// This host's name in leases and `ebb_hosts`: stable across restarts, so
-    /// that a restarted host takes back its own leases at once.
-    pub host_id: String,
-    /// Connections in the pool (reads and the writer).
-    pub pool_size: usize,
-    /// How long a lease lasts unless its host renews it. The host renews its
-    /// leases while it lives (every quarter of this), so this is how long a dead
-    /// host's work waits before another host takes it.
-    pub lease_ms: u64,
-}
-
-impl std::fmt::Debug for PgOptions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PgOptions")
-            .field("dsn", &"<redacted>")
-            .field("ca_file", &self.ca_file)
-            .field("host_id", &self.host_id)
-            .field("pool_size", &self.pool_size)
-            .field("lease_ms", &self.lease_ms)
-            .finish()
-    }
-}
 
 /// The store on PostgreSQL.
 pub struct PgStore {
@@ -118,49 +88,6 @@ const KEY_CHECK: &str = "key-check";
 const MIGRATION_LOCK: i64 = 0x6562_625f_6d69_6772;
 /// The head the last good check verified.
 const VERIFIED: &str = "verified";
-
-pub(crate) fn db_error(what: &'static str) -> impl Fn(tokio_postgres::Error) -> Error {
-    move |e| match e.as_db_error().map(|d| d.code().clone()) {
-        // Disk full or out of resources on the server: the disk-full promise.
-        Some(code) if code.code().starts_with("53") => Error::Io {
-            what,
-            source: std::io::Error::new(std::io::ErrorKind::StorageFull, e),
-        },
-        _ => Error::Storage {
-            what,
-            source: Box::new(e),
-        },
-    }
-}
-
-pub(crate) fn pool_error(what: &'static str) -> impl Fn(deadpool_postgres::PoolError) -> Error {
-    move |e| Error::Storage {
-        what,
-        source: Box::new(e),
-    }
-}
-
-fn corrupt(key: String) -> impl Fn(serde_json::Error) -> Error {
-    move |e| Error::Corrupt {
-        key: key.clone(),
-        source: Box::new(e),
-    }
-}
-
-fn ts(v: Option<i64>) -> Option<Timestamp> {
-    v.and_then(|v| u64::try_from(v).ok())
-}
-
-fn db_ts(v: Timestamp) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-fn state_name(s: GrantState) -> String {
-    serde_json::to_value(s)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
-}
 
 impl PgStore {
     /// Connects, migrates the schema (refusing one newer than this host knows),
@@ -453,13 +380,6 @@ impl PgStore {
             .await
             .map_err(db_error("renewing leases"))
     }
-}
-
-pub(crate) fn wall_clock() -> Timestamp {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 /// While the store lives: renews this host's leases on the grants it works on

@@ -7,7 +7,7 @@
 //! again in a transaction of its own, so one bad commit cannot fail the others;
 //! a commit is acknowledged only after its transaction committed.
 
-use crate::{corrupt, db_error, db_ts, pool_error, state_name};
+use crate::sql::{corrupt, db_error, db_ts, pool_error, state_name, wall_clock};
 use ebb_core::audit::{AuditEvent, Chain, NewEvent};
 use ebb_core::store::{Commit, Error, GrantRecord, Result, Sealed};
 use std::collections::HashMap;
@@ -137,7 +137,7 @@ impl Writer {
                 current.insert(row.get(0), u64::try_from(row.get::<_, i64>(1)).unwrap_or(0));
             }
         }
-        let now = crate::wall_clock();
+        let now = wall_clock();
         let mut rows = Rows::default();
         let mut results = Vec::with_capacity(ops.len());
         for op in ops {
