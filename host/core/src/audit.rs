@@ -45,6 +45,10 @@ pub struct AuditEvent {
     /// Why, and the evidence: trigger, reason, residue found, errors, policy ids.
     #[serde(default)]
     pub detail: serde_json::Value,
+    /// The host that wrote it, on a store several hosts share (`[store] host-id`);
+    /// absent on a host's own store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     /// The tag of the grant record this event committed (hex), binding the record
     /// to the chain; absent on events that wrote no record, and on events written
     /// before records were bound.
@@ -65,6 +69,8 @@ pub struct NewEvent {
     pub from: Option<GrantState>,
     pub to: Option<GrantState>,
     pub detail: serde_json::Value,
+    /// Set by a shared store: the host that writes it.
+    pub host: Option<String>,
     /// Set by the store, from the record it commits with the event.
     pub record: Option<String>,
 }
@@ -149,6 +155,7 @@ impl Chain {
             from: event.from,
             to: event.to,
             detail: event.detail,
+            host: event.host,
             record: event.record,
             prev: prev_hash.to_owned(),
             hash: String::new(),

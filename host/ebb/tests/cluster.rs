@@ -246,15 +246,19 @@ async fn three_hosts_one_killed_at_random_moments_lose_nothing() {
     }
 
     let mut rng = rand::rng();
+    // (victim, killed at, serving again at), wall-clock ms.
+    let mut kills: Vec<(String, u64, u64)> = Vec::new();
     for _round in 0..3 {
         tokio::time::sleep(Duration::from_millis(rng.random_range(800..2000))).await;
         let victim = rng.random_range(0..hosts.len());
         live.lock().unwrap().retain(|b| *b != hosts[victim].base);
         hosts[victim].kill();
+        let killed = ebb_test_support::now_ms();
         // Down long enough for its grants to expire and be taken over.
         tokio::time::sleep(Duration::from_millis(rng.random_range(3000..5000))).await;
         hosts[victim].start(&store_dsn);
         wait_healthy(&client, &hosts[victim]).await;
+        kills.push((hosts[victim].id.clone(), killed, ebb_test_support::now_ms()));
         live.lock().unwrap().push(hosts[victim].base.clone());
     }
     stop.store(true, Ordering::Relaxed);
@@ -336,6 +340,43 @@ async fn three_hosts_one_killed_at_random_moments_lose_nothing() {
     }
     let twice: Vec<_> = issued.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "grants issued more than once: {twice:?}");
+    // Takeovers: a grant issued by a host that was down when it expired, revoked
+    // by another. How long after the later of the kill and not-after?
+    let host_of = |grant: &str, to: &str| {
+        events
+            .iter()
+            .find(|e| e["grant_id"] == grant && e["to"] == to)
+            .map(|e| {
+                (
+                    e["host"].as_str().unwrap_or("").to_owned(),
+                    e["at"].as_u64().unwrap_or(0),
+                )
+            })
+    };
+    let mut takeovers = Vec::new();
+    for g in grants.iter().filter(|g| g["trigger"] == "expiry") {
+        let id = g["grant"]["id"].as_str().unwrap();
+        let not_after = g["grant"]["not_after"].as_u64().unwrap();
+        let (Some((issuer, _)), Some((revoker, revoking_at))) =
+            (host_of(id, "active"), host_of(id, "revoking"))
+        else {
+            continue;
+        };
+        assert!(
+            !issuer.is_empty(),
+            "events on a shared store name their host"
+        );
+        for (victim, killed, back) in &kills {
+            if issuer == *victim && revoker != *victim && not_after < *back && revoking_at > *killed
+            {
+                takeovers.push(revoking_at - not_after.max(*killed));
+            }
+        }
+    }
+    assert!(
+        !takeovers.is_empty(),
+        "no expiry of a dead host was taken over"
+    );
     assert_eq!(
         pg.ebb_roles().unwrap(),
         Vec::<String>::new(),
@@ -352,10 +393,12 @@ async fn three_hosts_one_killed_at_random_moments_lose_nothing() {
         .filter(|g| g["trigger"] == "compensation")
         .count();
     eprintln!(
-        "cluster test: {} grants ({} acknowledged, {taken_over} compensated), {} audit events, slowest expiry revoked {slowest} ms after not-after",
+        "cluster test: {} grants ({} acknowledged, {taken_over} compensated), {} audit events, slowest expiry revoked {slowest} ms after not-after; {} expiries of a dead host taken over, the slowest {} ms after the later of the kill and not-after",
         grants.len(),
         acknowledged.len(),
-        events.len()
+        events.len(),
+        takeovers.len(),
+        takeovers.iter().max().unwrap_or(&0),
     );
     for host in &mut hosts {
         host.kill();

@@ -143,7 +143,9 @@ impl Writer {
         for op in ops {
             match op {
                 Op::Append(event) => {
-                    let event = self.chain.seal(event.clone(), now, seq, &hash);
+                    let mut event = event.clone();
+                    event.host = Some(self.host.clone());
+                    let event = self.chain.seal(event, now, seq, &hash);
                     seq = event.seq;
                     hash.clone_from(&event.hash);
                     rows.push_event(&event)?;
@@ -181,6 +183,7 @@ impl Writer {
                     let mut event = event;
                     event.grant_id.get_or_insert_with(|| id.clone());
                     event.record = Some(hex::encode(tag));
+                    event.host = Some(self.host.clone());
                     let event = self.chain.seal(event, now, seq, &hash);
                     seq = event.seq;
                     hash.clone_from(&event.hash);

@@ -79,6 +79,7 @@ async fn commits_are_versioned_and_audited_in_one_chain() {
     assert_eq!(first.version, 1);
     assert_eq!(event.seq, 1);
     assert!(event.record.is_some(), "the event binds the record");
+    assert_eq!(event.host.as_deref(), Some("a"), "the event names its host");
     // A stale version and a taken id are refused, and write nothing.
     let stale = store.commit(commit(record("g1", None))).await;
     assert!(matches!(stale, Err(Error::Exists(_))), "{stale:?}");
@@ -350,6 +351,42 @@ async fn a_host_with_another_key_or_an_older_schema_is_refused() {
         format!("{newer:#}").contains("newer than this host knows"),
         "{newer:#}"
     );
+}
+
+#[tokio::test]
+async fn tls_verify_full_against_the_ca_file_and_nothing_less() {
+    require!(Postgres);
+    let pg = Postgres::start().unwrap();
+    let dsn = pg.store_dsn().unwrap();
+    let ca = pg.require_tls().unwrap();
+    let options = |dsn: String, ca_file: Option<std::path::PathBuf>| PgOptions {
+        dsn,
+        ca_file,
+        host_id: "tls".into(),
+        pool_size: 2,
+        lease_ms: 4_000,
+    };
+    // verify-full with the CA that signed the server's certificate: served.
+    let store = PgStore::open(
+        options(format!("{dsn} sslmode=verify-full"), Some(ca.clone())),
+        KEY,
+    )
+    .await
+    .unwrap();
+    store.commit(commit(record("g1", None))).await.unwrap();
+    assert!(store.health().await.is_ok());
+    // Without the CA the certificate does not verify (the web PKI does not know
+    // it): refused, not connected unverified.
+    let err = PgStore::open(options(format!("{dsn} sslmode=verify-full"), None), KEY)
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{err:#}").to_lowercase().contains("certificate"),
+        "{err:#}"
+    );
+    // Plain TCP is refused by a server that takes TLS only.
+    let err = PgStore::open(options(dsn, None), KEY).await.unwrap_err();
+    assert!(!format!("{err:#}").is_empty());
 }
 
 #[tokio::test]
