@@ -663,7 +663,8 @@ fn main() {
             match ebb_test_support::require::Need::Postgres.missing() {
                 Some(why) => println!("postgres: skipped, {why}"),
                 None => {
-                    let pg = ebb_test_support::Postgres::start().unwrap();
+                    // fsync on: a commit is on disk when it returns, as sled's are.
+                    let pg = ebb_test_support::Postgres::start_durable().unwrap();
                     let sled = throughput(Engine::Sled, &base.join("pg-side"), total, conc).await;
                     for hosts in 1..=3 {
                         let rate = throughput_postgres(&pg, hosts, total, conc).await;

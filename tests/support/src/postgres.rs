@@ -41,6 +41,9 @@ pub struct Postgres {
     dir: PathBuf,
     port: u16,
     as_postgres: bool,
+    /// `fsync` on (benchmarks of durable commits); off for tests, where a
+    /// machine crash is not what is tested.
+    durable: bool,
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -75,6 +78,16 @@ fn is_root() -> bool {
 impl Postgres {
     /// Creates, starts and seeds a new cluster. Blocks for about a second.
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_with(false)
+    }
+
+    /// [`Postgres::start`] with `fsync` on: commits are on disk when they return,
+    /// as on a production server (for benchmarks).
+    pub fn start_durable() -> anyhow::Result<Self> {
+        Self::start_with(true)
+    }
+
+    fn start_with(durable: bool) -> anyhow::Result<Self> {
         let bin = find_bin()?;
         let dir = std::env::temp_dir().join(format!(
             "ebb-pg-{}-{}",
@@ -96,6 +109,7 @@ impl Postgres {
             port: crate::free_port()?,
             dir,
             as_postgres,
+            durable,
         };
         pg.run_pg(
             "initdb",
@@ -135,9 +149,10 @@ impl Postgres {
     /// Starts the server (again, after [`Postgres::stop`]).
     pub fn start_server(&self) -> anyhow::Result<()> {
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync={} -c max_connections=200",
             self.port,
-            self.dir.display()
+            self.dir.display(),
+            if self.durable { "on" } else { "off" },
         );
         self.run_pg(
             "pg_ctl",
@@ -217,6 +232,7 @@ impl Postgres {
             port: crate::free_port()?,
             dir,
             as_postgres: self.as_postgres,
+            durable: self.durable,
         };
         standby.run_pg(
             "pg_basebackup",
