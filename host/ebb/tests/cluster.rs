@@ -13,7 +13,7 @@
     reason = "tests fail loudly"
 )]
 
-use ebb_test_support::Postgres;
+use ebb_test_support::{Postgres, served};
 use rand::Rng;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -122,32 +122,7 @@ async fn wait_healthy(client: &reqwest::Client, host: &Host) {
 }
 
 async fn operator_get(client: &reqwest::Client, url: &str) -> Value {
-    client
-        .get(url)
-        .bearer_auth(OPERATOR)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
-async fn all_grants(client: &reqwest::Client, base: &str) -> Vec<Value> {
-    let mut grants = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let mut url = format!("{base}/v1/grants?limit=1000");
-        if let Some(a) = &after {
-            url.push_str(&format!("&after={a}"));
-        }
-        let page = operator_get(client, &url).await;
-        grants.extend(page["grants"].as_array().unwrap().iter().cloned());
-        match page["next"].as_str() {
-            Some(next) => after = Some(next.to_owned()),
-            None => return grants,
-        }
-    }
+    served::get_json(client, url, OPERATOR).await
 }
 
 async fn all_events(client: &reqwest::Client, base: &str) -> Vec<Value> {
@@ -273,42 +248,8 @@ async fn three_hosts_one_killed_at_random_moments_lose_nothing() {
     );
 
     let base = hosts[0].base.clone();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let grants = loop {
-        let grants = all_grants(&client, &base).await;
-        let open: Vec<&Value> = grants
-            .iter()
-            .filter(|g| match g["state"].as_str() {
-                Some("verified" | "denied") => false,
-                Some("requested" | "approved") => g["issued_at"].as_u64().is_some(),
-                _ => true,
-            })
-            .collect();
-        if open.is_empty() {
-            break grants;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "grants still open after 60 s: {open:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    let states: HashMap<&str, &str> = grants
-        .iter()
-        .map(|g| {
-            (
-                g["grant"]["id"].as_str().unwrap(),
-                g["state"].as_str().unwrap(),
-            )
-        })
-        .collect();
-    for id in &acknowledged {
-        assert_eq!(
-            states.get(id.as_str()),
-            Some(&"verified"),
-            "acknowledged grant {id} was lost or not verified"
-        );
-    }
+    let grants = served::settled_grants(&client, &base, OPERATOR).await;
+    served::assert_all_verified(&grants, &acknowledged);
     // Every expiry was revoked within the lease plus a second, down hosts or not:
     // the survivors took over the dead host's work.
     let mut late = Vec::new();
@@ -791,42 +732,8 @@ async fn the_database_fails_over_to_its_standby_under_load_and_nothing_is_lost()
         acknowledged.len()
     );
     // Everything ends on the promoted standby: acknowledged grants verified.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let grants = loop {
-        let grants = all_grants(&client, &bases[0]).await;
-        let open: Vec<&Value> = grants
-            .iter()
-            .filter(|g| match g["state"].as_str() {
-                Some("verified" | "denied") => false,
-                Some("requested" | "approved") => g["issued_at"].as_u64().is_some(),
-                _ => true,
-            })
-            .collect();
-        if open.is_empty() {
-            break grants;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "grants still open after 60 s: {open:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    let states: HashMap<&str, &str> = grants
-        .iter()
-        .map(|g| {
-            (
-                g["grant"]["id"].as_str().unwrap(),
-                g["state"].as_str().unwrap(),
-            )
-        })
-        .collect();
-    for id in &acknowledged {
-        assert_eq!(
-            states.get(id.as_str()),
-            Some(&"verified"),
-            "acknowledged grant {id} was lost in the failover or not verified"
-        );
-    }
+    let grants = served::settled_grants(&client, &bases[0], OPERATOR).await;
+    served::assert_all_verified(&grants, &acknowledged);
     for base in &bases {
         let verify = operator_get(&client, &format!("{base}/v1/audit/verify")).await;
         assert_eq!(verify["problem"], Value::Null, "{base}: {verify}");

@@ -12,7 +12,7 @@
     reason = "tests fail loudly"
 )]
 
-use ebb_test_support::Postgres;
+use ebb_test_support::{Postgres, served};
 use rand::Rng;
 use serde_json::{Value, json};
 use std::path::Path;
@@ -97,32 +97,7 @@ async fn wait_healthy(client: &reqwest::Client, base: &str) {
 
 /// `GET url` as the operator, as JSON.
 async fn operator_get(client: &reqwest::Client, url: &str) -> Value {
-    client
-        .get(url)
-        .bearer_auth(OPERATOR)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
-async fn all_grants(client: &reqwest::Client, base: &str) -> Vec<Value> {
-    let mut grants = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let mut url = format!("{base}/v1/grants?limit=1000");
-        if let Some(a) = &after {
-            url.push_str(&format!("&after={a}"));
-        }
-        let page = operator_get(client, &url).await;
-        grants.extend(page["grants"].as_array().unwrap().iter().cloned());
-        match page["next"].as_str() {
-            Some(next) => after = Some(next.to_owned()),
-            None => return grants,
-        }
-    }
+    served::get_json(client, url, OPERATOR).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -224,50 +199,14 @@ async fn kill_9_at_random_moments(engine: &str) {
     if let Some(last) = downtimes.last_mut() {
         last.1 = ebb_test_support::now_ms();
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let grants = loop {
-        let grants = all_grants(&client, &base).await;
-        // Closed, or requested/approved but never issued (the host died before
-        // issuance: nothing was created downstream, and the request lapses by itself).
-        let open: Vec<&Value> = grants
-            .iter()
-            .filter(|g| match g["state"].as_str() {
-                Some("verified" | "denied") => false,
-                Some("requested" | "approved") => g["issued_at"].as_u64().is_some(),
-                _ => true,
-            })
-            .collect();
-        if open.is_empty() {
-            break grants;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "grants still open after 60 s: {open:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let grants = served::settled_grants(&client, &base, OPERATOR).await;
     assert!(
         acknowledged.len() >= 20,
         "the test issued too few grants to mean anything: {}",
         acknowledged.len()
     );
     // Every acknowledged grant survived, by id, and ended verified.
-    let states: std::collections::HashMap<&str, &str> = grants
-        .iter()
-        .map(|g| {
-            (
-                g["grant"]["id"].as_str().unwrap(),
-                g["state"].as_str().unwrap(),
-            )
-        })
-        .collect();
-    for id in &acknowledged {
-        assert_eq!(
-            states.get(id.as_str()),
-            Some(&"verified"),
-            "acknowledged grant {id} was lost or not verified"
-        );
-    }
+    served::assert_all_verified(&grants, &acknowledged);
 
     // Nothing is left downstream.
     assert_eq!(
@@ -462,7 +401,7 @@ lifecycle = {{ approval = "auto", retry-base-ms = 100, retry-max-ms = 1000 }}
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let grants = all_grants(&client, &base).await;
+        let grants = served::all_grants(&client, &base, OPERATOR).await;
         let open: Vec<&Value> = grants
             .iter()
             .filter(|g| {

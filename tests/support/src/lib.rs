@@ -12,6 +12,7 @@ pub mod postgres;
 pub mod rabbitmq;
 pub mod redis;
 pub mod require;
+pub mod served;
 pub mod tls;
 
 pub use browser::Browser;
