@@ -7,6 +7,8 @@
 //!   on fjall, in the same run.
 //! - postgres: the throughput lifecycles on sled and on PostgreSQL with 1, 2 and
 //!   3 hosts (engines with a store each, one database), side by side.
+//! - million-postgres: restart to serving (a cold `ebb serve`) with 1M active
+//!   grants in PostgreSQL.
 //! - million: RSS with N active grants, restart-to-serving with them, and the
 //!   expiry-to-revoke-start lag of grants expiring among them.
 //! - limits (run with throughput): the same lifecycles on the in-memory engine
@@ -388,16 +390,27 @@ fn bench_audit_key() -> [u8; 32] {
 /// store, timed from spawn to `GET /readyz` answering 200, then to a grant read
 /// (`GET /v1/grants/{id}`) answering 200.
 async fn cold_start(dir: &Path, id: &str) -> (Duration, Duration) {
+    cold_start_on(dir, &format!("path = \"{}\"", dir.display()), &[], id).await
+}
+
+/// A cold `ebb serve` on the store `store` (the `[store]` table's lines besides
+/// the key), with `env` added: how long until `/readyz` answers 200, and until
+/// grant `id` is read.
+async fn cold_start_on(
+    dir: &Path,
+    store: &str,
+    env: &[(&str, &str)],
+    id: &str,
+) -> (Duration, Duration) {
     const TOKEN: &str = "bench-operator-token";
     let port = ebb_test_support::free_port().unwrap();
     let config = dir.with_extension("toml");
     std::fs::write(
         &config,
         format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\n\n[store]\npath = \"{}\"\nkey-env = \"EBB_BENCH_HOST_KEY\"\n\n\
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n\n[store]\n{store}\nkey-env = \"EBB_BENCH_HOST_KEY\"\n\n\
              [[tokens]]\nname = \"ops\"\nsha256 = \"{}\"\nroles = [\"operator\"]\n\n\
              [connectors.noop]\ncomponent = \"{}\"\n",
-            dir.display(),
             ebb::api::auth::hash_token(TOKEN),
             ebb_test_plugins::NOOP,
         ),
@@ -408,6 +421,7 @@ async fn cold_start(dir: &Path, id: &str) -> (Duration, Duration) {
     let started = Instant::now();
     let mut child = ebb_test_support::serve_command(env!("CARGO_BIN_EXE_ebb"), &config)
         .env("EBB_BENCH_HOST_KEY", bench_key_hex())
+        .envs(env.iter().copied())
         .spawn()
         .unwrap();
     let deadline = started + Duration::from_secs(120);
@@ -613,6 +627,84 @@ async fn million(dir: &Path, total: usize, expiring: usize) {
     engine.shutdown().await.unwrap();
 }
 
+/// Restart to serving with `total` active grants in PostgreSQL: loaded through
+/// the store by 64 concurrent writers, then a cold `ebb serve` on them, twice (the
+/// first start checks the whole chain, the second only what came since).
+async fn million_postgres(dir: &Path, total: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    let pg = ebb_test_support::Postgres::start_durable().unwrap();
+    let dsn = pg.store_dsn().unwrap();
+    let store = ebb_store_postgres::PgStore::open(
+        ebb_store_postgres::PgOptions {
+            dsn: dsn.clone(),
+            ca_file: None,
+            host_id: "load".into(),
+            pool_size: 16,
+            lease_ms: 4_000,
+        },
+        bench_audit_key(),
+    )
+    .await
+    .unwrap();
+    let now = Clock::system().now_ms();
+    let load = Instant::now();
+    let writers = 64;
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let sealer = Sealer::new(&HostKey::from_hex(&bench_key_hex()).unwrap());
+            let mut last = String::new();
+            for i in (w..total).step_by(writers) {
+                let id = ulid::Ulid::new().to_string();
+                let not_after = now + 86_400_000 + (i as u64 % 3_600_000);
+                let record = active_record(id.clone(), not_after, now);
+                let sealed = sealer
+                    .seal(&id, b"{\"fields\":[[\"token\",\"noop\"]]}")
+                    .unwrap();
+                let mut event = NewEvent::new("grant.transition", "bench").grant(&id);
+                event.to = Some(GrantState::Active);
+                store
+                    .commit(Commit {
+                        record,
+                        sealed: Sealed::Set(sealed),
+                        event,
+                        lease_until: None,
+                    })
+                    .await
+                    .unwrap();
+                last = id;
+            }
+            last
+        }));
+    }
+    let mut some_id = String::new();
+    for t in tasks {
+        some_id = t.await.unwrap();
+    }
+    let loaded = load.elapsed().as_secs_f64();
+    println!(
+        "million-postgres: loaded {total} active grants in {loaded:.1} s ({:.0} commits/s, 64 writers)",
+        total as f64 / loaded
+    );
+    drop(store);
+    let store_lines = "kind = \"postgres\"\ndsn-env = \"EBB_BENCH_STORE_DSN\"\nhost-id = \"bench\"";
+    for which in ["first", "second"] {
+        let (ready, read) = cold_start_on(
+            dir,
+            store_lines,
+            &[("EBB_BENCH_STORE_DSN", dsn.as_str())],
+            &some_id,
+        )
+        .await;
+        println!(
+            "million-postgres: {which} cold `ebb serve` with {total} active grants in PostgreSQL: /readyz 200 after {} ms, a grant read 200 after {} ms",
+            ready.as_millis(),
+            read.as_millis()
+        );
+    }
+}
+
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let which = std::env::args()
@@ -674,6 +766,15 @@ fn main() {
                             rate / 5_000.0
                         );
                     }
+                }
+            }
+        }
+        if which.is_empty() || which == "million-postgres" {
+            match ebb_test_support::require::Need::Postgres.missing() {
+                Some(why) => println!("million-postgres: skipped, {why}"),
+                None => {
+                    let total = if full { 1_000_000 } else { 2_000 };
+                    million_postgres(&base.join("million-postgres"), total).await;
                 }
             }
         }
