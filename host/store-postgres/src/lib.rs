@@ -44,6 +44,8 @@ use ebb_core::store::{
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio::sync::{Notify, mpsc, oneshot};
+use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
 
 mod connect;
 mod sql;
@@ -134,6 +136,67 @@ impl PgStore {
 
     async fn client(&self, what: &'static str) -> Result<deadpool_postgres::Object> {
         self.pool.get().await.map_err(pool_error(what))
+    }
+
+    /// Runs `sql` on a pooled connection, prepared once per connection (the
+    /// server parses and plans it once, and each run is one round trip).
+    async fn rows(
+        &self,
+        what: &'static str,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>> {
+        let client = self.client(what).await?;
+        let statement = client.prepare_cached(sql).await.map_err(db_error(what))?;
+        client
+            .query(&statement, params)
+            .await
+            .map_err(db_error(what))
+    }
+
+    /// [`PgStore::rows`] for at most one row.
+    async fn row(
+        &self,
+        what: &'static str,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>> {
+        let client = self.client(what).await?;
+        let statement = client.prepare_cached(sql).await.map_err(db_error(what))?;
+        client
+            .query_opt(&statement, params)
+            .await
+            .map_err(db_error(what))
+    }
+
+    /// [`PgStore::rows`] for exactly one row.
+    async fn one(
+        &self,
+        what: &'static str,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Row> {
+        let client = self.client(what).await?;
+        let statement = client.prepare_cached(sql).await.map_err(db_error(what))?;
+        client
+            .query_one(&statement, params)
+            .await
+            .map_err(db_error(what))
+    }
+
+    /// [`PgStore::rows`] for a statement without rows: how many it changed.
+    async fn exec(
+        &self,
+        what: &'static str,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64> {
+        let client = self.client(what).await?;
+        let statement = client.prepare_cached(sql).await.map_err(db_error(what))?;
+        client
+            .execute(&statement, params)
+            .await
+            .map_err(db_error(what))
     }
 
     async fn write(&self, op: Op) -> Result<Done> {
@@ -318,16 +381,14 @@ impl PgStore {
 
     /// Records `head` as verified, only forward.
     async fn set_checkpoint(&self, head: &Head) -> Result<()> {
-        let client = self.client("recording the verified head").await?;
         let bytes = serde_json::to_vec(head).map_err(corrupt(VERIFIED.into()))?;
-        client
-            .execute(
-                "INSERT INTO ebb_meta (key, value) VALUES ($1, $2) \
+        self.exec(
+            "recording the verified head",
+            "INSERT INTO ebb_meta (key, value) VALUES ($1, $2) \
                  ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
-                &[&VERIFIED, &bytes],
-            )
-            .await
-            .map_err(db_error("recording the verified head"))?;
+            &[&VERIFIED, &bytes],
+        )
+        .await?;
         Ok(())
     }
 
@@ -369,16 +430,14 @@ impl PgStore {
         if held.is_empty() {
             return Ok(0);
         }
-        let client = self.client("renewing leases").await?;
-        client
-            .execute(
-                "UPDATE ebb_grants SET due_at = $2 WHERE id IN \
-                 (SELECT id FROM ebb_grants WHERE id = ANY($3) AND lease_host = $1 \
-                  AND due_at < $2 ORDER BY id FOR UPDATE SKIP LOCKED)",
-                &[&self.host, &db_ts(until), &held],
-            )
-            .await
-            .map_err(db_error("renewing leases"))
+        self.exec(
+            "renewing leases",
+            "UPDATE ebb_grants SET due_at = $2 WHERE id IN \
+             (SELECT id FROM ebb_grants WHERE id = ANY($3) AND lease_host = $1 \
+              AND due_at < $2 ORDER BY id FOR UPDATE SKIP LOCKED)",
+            &[&self.host, &db_ts(until), &held],
+        )
+        .await
     }
 }
 
@@ -489,11 +548,13 @@ fn decode_record(id: &str, bytes: &[u8]) -> Result<GrantRecord> {
 #[async_trait::async_trait]
 impl Store for PgStore {
     async fn get(&self, id: &str) -> Result<Option<GrantRecord>> {
-        let client = self.client("reading a grant").await?;
-        let row = client
-            .query_opt("SELECT record FROM ebb_grants WHERE id = $1", &[&id])
-            .await
-            .map_err(db_error("reading a grant"))?;
+        let row = self
+            .row(
+                "reading a grant",
+                "SELECT record FROM ebb_grants WHERE id = $1",
+                &[&id],
+            )
+            .await?;
         row.map(|r| decode_record(id, r.get(0))).transpose()
     }
 
@@ -517,10 +578,10 @@ impl Store for PgStore {
         lease_until: Timestamp,
         limit: usize,
     ) -> Result<Vec<String>> {
-        let client = self.client("claiming due grants").await?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = client
-            .query(
+        let rows = self
+            .rows(
+                "claiming due grants",
                 "UPDATE ebb_grants g SET due_at = $2, lease_host = $3, \
                  lease_due = COALESCE(g.lease_due, g.due_at) \
                  FROM (SELECT id FROM ebb_grants WHERE due_at <= $1 \
@@ -528,23 +589,20 @@ impl Store for PgStore {
                  WHERE g.id = due.id RETURNING g.id",
                 &[&db_ts(now), &db_ts(lease_until), &self.host, &limit],
             )
-            .await
-            .map_err(db_error("claiming due grants"))?;
+            .await?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
     async fn reschedule(&self, id: &str, due: Option<Timestamp>) -> Result<()> {
-        let client = self.client("rescheduling a grant").await?;
         // Other hosts may be asleep until a later due: wake them.
-        client
-            .query(
-                "WITH moved AS (UPDATE ebb_grants SET due_at = $2, lease_host = NULL, \
+        self.rows(
+            "rescheduling a grant",
+            "WITH moved AS (UPDATE ebb_grants SET due_at = $2, lease_host = NULL, \
                  lease_due = NULL WHERE id = $1 RETURNING due_at) \
                  SELECT pg_notify('ebb_due', '') FROM moved WHERE due_at IS NOT NULL",
-                &[&id, &due.map(db_ts)],
-            )
-            .await
-            .map_err(db_error("rescheduling a grant"))?;
+            &[&id, &due.map(db_ts)],
+        )
+        .await?;
         Ok(())
     }
 
@@ -564,41 +622,32 @@ impl Store for PgStore {
     }
 
     async fn release_claim(&self, id: &str) -> Result<()> {
-        let client = self.client("releasing a claim").await?;
-        client
-            .query(
-                "WITH released AS (UPDATE ebb_grants SET due_at = lease_due, lease_host = NULL, \
+        self.rows(
+            "releasing a claim",
+            "WITH released AS (UPDATE ebb_grants SET due_at = lease_due, lease_host = NULL, \
                  lease_due = NULL WHERE id = $1 AND lease_host = $2 RETURNING due_at) \
                  SELECT pg_notify('ebb_due', '') FROM released WHERE due_at IS NOT NULL",
-                &[&id, &self.host],
-            )
-            .await
-            .map_err(db_error("releasing a claim"))?;
+            &[&id, &self.host],
+        )
+        .await?;
         Ok(())
     }
 
     async fn next_due(&self) -> Result<Option<Timestamp>> {
-        let client = self.client("reading the due index").await?;
-        let row = client
-            .query_one(
+        let row = self
+            .one(
+                "reading the due index",
                 "SELECT min(due_at) FROM ebb_grants WHERE due_at IS NOT NULL",
                 &[],
             )
-            .await
-            .map_err(db_error("reading the due index"))?;
+            .await?;
         Ok(ts(row.get(0)))
     }
 
     async fn release_leases(&self) -> Result<usize> {
-        let client = self.client("releasing leases").await?;
-        let n = client
-            .execute(
-                "UPDATE ebb_grants SET due_at = lease_due, lease_host = NULL, lease_due = NULL \
+        let n = self.exec("releasing leases", "UPDATE ebb_grants SET due_at = lease_due, lease_host = NULL, lease_due = NULL \
                  WHERE id IN (SELECT id FROM ebb_grants WHERE lease_host = $1 ORDER BY id FOR UPDATE)",
-                &[&self.host],
-            )
-            .await
-            .map_err(db_error("releasing leases"))?;
+                &[&self.host]).await?;
         Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
 
@@ -607,23 +656,22 @@ impl Store for PgStore {
     }
 
     async fn sealed_credential(&self, id: &str) -> Result<Option<Vec<u8>>> {
-        let client = self.client("reading a credential").await?;
-        let row = client
-            .query_opt(
+        let row = self
+            .row(
+                "reading a credential",
                 "SELECT sealed FROM ebb_credentials WHERE grant_id = $1",
                 &[&id],
             )
-            .await
-            .map_err(db_error("reading a credential"))?;
+            .await?;
         Ok(row.map(|r| r.get(0)))
     }
 
     async fn list(&self, filter: &ListFilter) -> Result<Page> {
         let limit = filter.limit.clamp(1, 1000);
-        let client = self.client("listing grants").await?;
         let state = filter.state.map(state_name);
-        let rows = client
-            .query(
+        let rows = self
+            .rows(
+                "listing grants",
                 "SELECT id, record FROM ebb_grants \
                  WHERE ($1::text IS NULL OR id > $1) \
                  AND ($2::text IS NULL OR state = $2) \
@@ -640,8 +688,7 @@ impl Store for PgStore {
                     &(i64::try_from(limit).unwrap_or(1000) + 1),
                 ],
             )
-            .await
-            .map_err(db_error("listing grants"))?;
+            .await?;
         let mut page = Page::default();
         for row in rows.iter().take(limit) {
             let id: &str = row.get(0);
@@ -654,41 +701,39 @@ impl Store for PgStore {
     }
 
     async fn with_work(&self) -> Result<Vec<String>> {
-        let client = self.client("listing grants with work").await?;
-        let rows = client
-            .query(
+        let rows = self
+            .rows(
+                "listing grants with work",
                 "SELECT id FROM ebb_grants WHERE due_at IS NOT NULL ORDER BY id",
                 &[],
             )
-            .await
-            .map_err(db_error("listing grants with work"))?;
+            .await?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
     async fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>> {
         let limit = i64::try_from(query.limit.clamp(1, 10_000)).unwrap_or(10_000);
-        let client = self.client("reading audit events").await?;
         let after = db_ts(query.after_seq);
+        let what = "reading audit events";
         let rows = match &query.grant_id {
             Some(grant) => {
-                client
-                    .query(
-                        "SELECT seq, event FROM ebb_audit WHERE grant_id = $1 AND seq > $2 \
-                         ORDER BY seq LIMIT $3",
-                        &[grant, &after, &limit],
-                    )
-                    .await
+                self.rows(
+                    what,
+                    "SELECT seq, event FROM ebb_audit WHERE grant_id = $1 AND seq > $2 \
+                     ORDER BY seq LIMIT $3",
+                    &[grant, &after, &limit],
+                )
+                .await?
             }
             None => {
-                client
-                    .query(
-                        "SELECT seq, event FROM ebb_audit WHERE seq > $1 ORDER BY seq LIMIT $2",
-                        &[&after, &limit],
-                    )
-                    .await
+                self.rows(
+                    what,
+                    "SELECT seq, event FROM ebb_audit WHERE seq > $1 ORDER BY seq LIMIT $2",
+                    &[&after, &limit],
+                )
+                .await?
             }
-        }
-        .map_err(db_error("reading audit events"))?;
+        };
         rows.iter()
             .map(|r| {
                 let seq: i64 = r.get(0);
@@ -732,11 +777,13 @@ impl Store for PgStore {
     }
 
     async fn counts(&self) -> Result<BTreeMap<GrantState, u64>> {
-        let client = self.client("counting grants").await?;
-        let rows = client
-            .query("SELECT state, count(*) FROM ebb_grants GROUP BY state", &[])
-            .await
-            .map_err(db_error("counting grants"))?;
+        let rows = self
+            .rows(
+                "counting grants",
+                "SELECT state, count(*) FROM ebb_grants GROUP BY state",
+                &[],
+            )
+            .await?;
         let mut counts: BTreeMap<GrantState, u64> =
             GrantState::ALL.into_iter().map(|s| (s, 0)).collect();
         for row in &rows {
@@ -749,14 +796,13 @@ impl Store for PgStore {
     }
 
     async fn escalations(&self) -> Result<BTreeMap<String, u64>> {
-        let client = self.client("counting escalations").await?;
-        let rows = client
-            .query(
+        let rows = self
+            .rows(
+                "counting escalations",
                 "SELECT connector, count(*) FROM ebb_grants WHERE escalated GROUP BY connector",
                 &[],
             )
-            .await
-            .map_err(db_error("counting escalations"))?;
+            .await?;
         Ok(rows
             .iter()
             .map(|r| (r.get(0), u64::try_from(r.get::<_, i64>(1)).unwrap_or(0)))
@@ -770,71 +816,66 @@ impl Store for PgStore {
     }
 
     async fn health(&self) -> Result<()> {
-        let client = self.client("checking the store").await?;
-        client
-            .query_one("SELECT 1", &[])
-            .await
-            .map_err(db_error("checking the store"))?;
+        self.one("checking the store", "SELECT 1", &[]).await?;
         Ok(())
     }
 
     async fn put_state(&self, key: &str, value: Option<&[u8]>) -> Result<()> {
-        let client = self.client("writing host state").await?;
-        let written = match value {
+        let what = "writing host state";
+        match value {
             Some(value) => {
-                client
-                    .execute(
-                        "INSERT INTO ebb_state (key, value) VALUES ($1, $2) \
-                         ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
-                        &[&key.as_bytes(), &value],
-                    )
-                    .await
+                self.exec(
+                    what,
+                    "INSERT INTO ebb_state (key, value) VALUES ($1, $2) \
+                     ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                    &[&key.as_bytes(), &value],
+                )
+                .await?
             }
             None => {
-                client
-                    .execute("DELETE FROM ebb_state WHERE key = $1", &[&key.as_bytes()])
-                    .await
+                self.exec(
+                    what,
+                    "DELETE FROM ebb_state WHERE key = $1",
+                    &[&key.as_bytes()],
+                )
+                .await?
             }
         };
-        written.map_err(db_error("writing host state"))?;
         Ok(())
     }
 
     async fn heartbeat(&self, status: &HostStatus) -> Result<()> {
-        let client = self.client("recording a heartbeat").await?;
         let connectors =
             serde_json::to_value(&status.connectors).map_err(corrupt("host status".into()))?;
-        client
-            .execute(
-                "INSERT INTO ebb_hosts (id, version, started_at, heartbeat_at, connectors, policies) \
+        self.exec(
+            "recording a heartbeat",
+            "INSERT INTO ebb_hosts (id, version, started_at, heartbeat_at, connectors, policies) \
                  VALUES ($1, $2, $3, $4, $5, $6) \
                  ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version, \
                  started_at = EXCLUDED.started_at, heartbeat_at = EXCLUDED.heartbeat_at, \
                  connectors = EXCLUDED.connectors, policies = EXCLUDED.policies",
-                &[
-                    &status.id,
-                    &status.version,
-                    &db_ts(status.started_at),
-                    &db_ts(status.heartbeat_at),
-                    &connectors,
-                    &status.policies,
-                ],
-            )
-            .await
-            .map_err(db_error("recording a heartbeat"))?;
+            &[
+                &status.id,
+                &status.version,
+                &db_ts(status.started_at),
+                &db_ts(status.heartbeat_at),
+                &connectors,
+                &status.policies,
+            ],
+        )
+        .await?;
         Ok(())
     }
 
     async fn hosts(&self) -> Result<Vec<HostStatus>> {
-        let client = self.client("reading the hosts").await?;
-        let rows = client
-            .query(
+        let rows = self
+            .rows(
+                "reading the hosts",
                 "SELECT id, version, started_at, heartbeat_at, connectors, policies \
                  FROM ebb_hosts ORDER BY id",
                 &[],
             )
-            .await
-            .map_err(db_error("reading the hosts"))?;
+            .await?;
         rows.iter()
             .map(|r| {
                 let id: String = r.get(0);
@@ -856,14 +897,13 @@ impl Store for PgStore {
     }
 
     async fn shared_files(&self, area: &str) -> Result<Vec<SharedFile>> {
-        let client = self.client("reading shared files").await?;
-        let rows = client
-            .query(
+        let rows = self
+            .rows(
+                "reading shared files",
                 "SELECT name, sha256 FROM ebb_files WHERE area = $1 ORDER BY name",
                 &[&area],
             )
-            .await
-            .map_err(db_error("reading shared files"))?;
+            .await?;
         Ok(rows
             .iter()
             .map(|r| SharedFile {
@@ -874,14 +914,13 @@ impl Store for PgStore {
     }
 
     async fn shared_content(&self, sha256: &str) -> Result<Option<Vec<u8>>> {
-        let client = self.client("reading a shared file").await?;
-        let row = client
-            .query_opt(
+        let row = self
+            .row(
+                "reading a shared file",
                 "SELECT content FROM ebb_blobs WHERE sha256 = $1",
                 &[&sha256],
             )
-            .await
-            .map_err(db_error("reading a shared file"))?;
+            .await?;
         Ok(row.map(|r| r.get(0)))
     }
 
@@ -919,15 +958,14 @@ impl Store for PgStore {
     }
 
     async fn states(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
-        let client = self.client("reading host state").await?;
-        let rows = client
-            .query(
+        let rows = self
+            .rows(
+                "reading host state",
                 "SELECT key, value FROM ebb_state \
                  WHERE substring(key FROM 1 FOR length($1::bytea)) = $1::bytea ORDER BY key",
                 &[&prefix.as_bytes()],
             )
-            .await
-            .map_err(db_error("reading host state"))?;
+            .await?;
         Ok(rows
             .iter()
             .map(|r| {

@@ -108,7 +108,11 @@ impl Writer {
             .map_err(db_error("starting a commit"))?;
         let head = tx
             .query_one(
-                "SELECT seq, hash, records FROM ebb_head WHERE id = 1 FOR UPDATE",
+                &tx.prepare_cached(
+                    "SELECT seq, hash, records FROM ebb_head WHERE id = 1 FOR UPDATE",
+                )
+                .await
+                .map_err(db_error("preparing a statement"))?,
                 &[],
             )
             .await
@@ -128,7 +132,7 @@ impl Writer {
         if !ids.is_empty() {
             let rows = tx
                 .query(
-                    "SELECT id, version FROM ebb_grants WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+                    &tx.prepare_cached("SELECT id, version FROM ebb_grants WHERE id = ANY($1) ORDER BY id FOR UPDATE").await.map_err(db_error("preparing a statement"))?,
                     &[&ids],
                 )
                 .await
@@ -230,7 +234,11 @@ impl Writer {
         rows.write(&tx).await?;
         let head = self.chain.head(seq, &hash, records);
         tx.execute(
-            "UPDATE ebb_head SET seq = $1, hash = $2, records = $3, mac = $4 WHERE id = 1",
+            &tx.prepare_cached(
+                "UPDATE ebb_head SET seq = $1, hash = $2, records = $3, mac = $4 WHERE id = 1",
+            )
+            .await
+            .map_err(db_error("preparing a statement"))?,
             &[
                 &db_ts(seq),
                 &head.hash,
@@ -241,9 +249,14 @@ impl Writer {
         .await
         .map_err(db_error("writing the audit head"))?;
         if rows.notify {
-            tx.execute("SELECT pg_notify('ebb_due', '')", &[])
-                .await
-                .map_err(db_error("waking the other hosts"))?;
+            tx.execute(
+                &tx.prepare_cached("SELECT pg_notify('ebb_due', '')")
+                    .await
+                    .map_err(db_error("preparing a statement"))?,
+                &[],
+            )
+            .await
+            .map_err(db_error("waking the other hosts"))?;
         }
         tx.commit().await.map_err(db_error("committing"))?;
         Ok(results)
@@ -295,7 +308,7 @@ impl Rows {
                 cols.tag.push(&g.tag);
             }
             tx.execute(
-                "INSERT INTO ebb_grants (id, version, state, connector, subject, requested_by, \
+                &tx.prepare_cached("INSERT INTO ebb_grants (id, version, state, connector, subject, requested_by, \
                  escalated, due_at, lease_host, lease_due, record, tag) \
                  SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], \
                  $6::text[], $7::bool[], $8::int8[], $9::text[], $10::int8[], $11::bytea[], $12::bytea[]) \
@@ -303,7 +316,7 @@ impl Rows {
                  connector = EXCLUDED.connector, subject = EXCLUDED.subject, \
                  requested_by = EXCLUDED.requested_by, escalated = EXCLUDED.escalated, \
                  due_at = EXCLUDED.due_at, lease_host = EXCLUDED.lease_host, \
-                 lease_due = EXCLUDED.lease_due, record = EXCLUDED.record, tag = EXCLUDED.tag",
+                 lease_due = EXCLUDED.lease_due, record = EXCLUDED.record, tag = EXCLUDED.tag").await.map_err(db_error("preparing a statement"))?,
                 &[
                     &cols.id,
                     &cols.version,
@@ -328,9 +341,13 @@ impl Rows {
             let ids: Vec<&str> = set.iter().map(|(id, _)| id.as_str()).collect();
             let sealed: Vec<&[u8]> = set.iter().filter_map(|(_, v)| v.as_deref()).collect();
             tx.execute(
-                "INSERT INTO ebb_credentials (grant_id, sealed) \
+                &tx.prepare_cached(
+                    "INSERT INTO ebb_credentials (grant_id, sealed) \
                  SELECT * FROM UNNEST($1::text[], $2::bytea[]) \
                  ON CONFLICT (grant_id) DO UPDATE SET sealed = EXCLUDED.sealed",
+                )
+                .await
+                .map_err(db_error("preparing a statement"))?,
                 &[&ids, &sealed],
             )
             .await
@@ -339,7 +356,9 @@ impl Rows {
         if !shred.is_empty() {
             let ids: Vec<&str> = shred.iter().map(|(id, _)| id.as_str()).collect();
             tx.execute(
-                "DELETE FROM ebb_credentials WHERE grant_id = ANY($1)",
+                &tx.prepare_cached("DELETE FROM ebb_credentials WHERE grant_id = ANY($1)")
+                    .await
+                    .map_err(db_error("preparing a statement"))?,
                 &[&ids],
             )
             .await
@@ -350,8 +369,12 @@ impl Rows {
             let grants: Vec<Option<&str>> = self.events.iter().map(|e| e.1.as_deref()).collect();
             let bodies: Vec<&[u8]> = self.events.iter().map(|e| e.2.as_slice()).collect();
             tx.execute(
-                "INSERT INTO ebb_audit (seq, grant_id, event) \
+                &tx.prepare_cached(
+                    "INSERT INTO ebb_audit (seq, grant_id, event) \
                  SELECT * FROM UNNEST($1::int8[], $2::text[], $3::bytea[])",
+                )
+                .await
+                .map_err(db_error("preparing a statement"))?,
                 &[&seqs, &grants, &bodies],
             )
             .await
