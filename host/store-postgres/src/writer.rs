@@ -8,10 +8,11 @@
 //! a commit is acknowledged only after its transaction committed.
 
 use crate::sql::{corrupt, db_error, db_ts, pool_error, state_name, wall_clock};
-use ebb_core::audit::{AuditEvent, Chain, NewEvent};
+use ebb_core::audit::{AuditEvent, Chain, Head, NewEvent};
 use ebb_core::store::{Commit, Error, GrantRecord, Result, Sealed};
 use std::collections::HashMap;
 use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::types::ToSql;
 
 /// The most commits in one transaction.
 const GROUP: usize = 512;
@@ -231,33 +232,8 @@ impl Writer {
                 }
             }
         }
-        rows.write(&tx).await?;
         let head = self.chain.head(seq, &hash, records);
-        tx.execute(
-            &tx.prepare_cached(
-                "UPDATE ebb_head SET seq = $1, hash = $2, records = $3, mac = $4 WHERE id = 1",
-            )
-            .await
-            .map_err(db_error("preparing a statement"))?,
-            &[
-                &db_ts(seq),
-                &head.hash,
-                &db_ts(records),
-                &head.mac.unwrap_or_default(),
-            ],
-        )
-        .await
-        .map_err(db_error("writing the audit head"))?;
-        if rows.notify {
-            tx.execute(
-                &tx.prepare_cached("SELECT pg_notify('ebb_due', '')")
-                    .await
-                    .map_err(db_error("preparing a statement"))?,
-                &[],
-            )
-            .await
-            .map_err(db_error("waking the other hosts"))?;
-        }
+        rows.write(&tx, &head).await?;
         tx.commit().await.map_err(db_error("committing"))?;
         Ok(results)
     }
@@ -289,35 +265,58 @@ impl Rows {
         Ok(())
     }
 
-    /// One statement per table for the whole group.
-    async fn write(&self, tx: &deadpool_postgres::Transaction<'_>) -> Result<()> {
+    /// One statement per table for the whole group, then the head (and the
+    /// notification), all sent at once: the server runs them in order, and the
+    /// group waits for one round trip, not one per statement.
+    async fn write(&self, tx: &deadpool_postgres::Transaction<'_>, head: &Head) -> Result<()> {
+        type Params<'a> = Vec<&'a (dyn ToSql + Sync)>;
+        let prepare = |sql: &'static str| async move {
+            tx.prepare_cached(sql)
+                .await
+                .map_err(db_error("preparing a statement"))
+        };
+        let mut cols = GrantColumns::default();
+        for (id, g) in &self.grants {
+            cols.id.push(id);
+            cols.version.push(g.version);
+            cols.state.push(&g.state);
+            cols.connector.push(&g.connector);
+            cols.subject.push(&g.subject);
+            cols.requested_by.push(&g.requested_by);
+            cols.escalated.push(g.escalated);
+            cols.due_at.push(g.due_at);
+            cols.lease_host.push(g.lease_host.as_deref());
+            cols.lease_due.push(g.lease_due);
+            cols.record.push(&g.record);
+            cols.tag.push(&g.tag);
+        }
+        let (set, shred): (Vec<_>, Vec<_>) =
+            self.credentials.iter().partition(|(_, v)| v.is_some());
+        let set_ids: Vec<&str> = set.iter().map(|(id, _)| id.as_str()).collect();
+        let set_sealed: Vec<&[u8]> = set.iter().filter_map(|(_, v)| v.as_deref()).collect();
+        let shred_ids: Vec<&str> = shred.iter().map(|(id, _)| id.as_str()).collect();
+        let seqs: Vec<i64> = self.events.iter().map(|e| e.0).collect();
+        let event_grants: Vec<Option<&str>> = self.events.iter().map(|e| e.1.as_deref()).collect();
+        let bodies: Vec<&[u8]> = self.events.iter().map(|e| e.2.as_slice()).collect();
+        let (head_seq, head_records) = (db_ts(head.seq), db_ts(head.records.unwrap_or(0)));
+        let head_mac = head.mac.clone().unwrap_or_default();
+
+        let mut statements: Vec<(tokio_postgres::Statement, Params<'_>)> = Vec::new();
         if !self.grants.is_empty() {
-            let mut cols = GrantColumns::default();
-            for (id, g) in &self.grants {
-                cols.id.push(id);
-                cols.version.push(g.version);
-                cols.state.push(&g.state);
-                cols.connector.push(&g.connector);
-                cols.subject.push(&g.subject);
-                cols.requested_by.push(&g.requested_by);
-                cols.escalated.push(g.escalated);
-                cols.due_at.push(g.due_at);
-                cols.lease_host.push(g.lease_host.as_deref());
-                cols.lease_due.push(g.lease_due);
-                cols.record.push(&g.record);
-                cols.tag.push(&g.tag);
-            }
-            tx.execute(
-                &tx.prepare_cached("INSERT INTO ebb_grants (id, version, state, connector, subject, requested_by, \
-                 escalated, due_at, lease_host, lease_due, record, tag) \
-                 SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], \
-                 $6::text[], $7::bool[], $8::int8[], $9::text[], $10::int8[], $11::bytea[], $12::bytea[]) \
-                 ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version, state = EXCLUDED.state, \
-                 connector = EXCLUDED.connector, subject = EXCLUDED.subject, \
-                 requested_by = EXCLUDED.requested_by, escalated = EXCLUDED.escalated, \
-                 due_at = EXCLUDED.due_at, lease_host = EXCLUDED.lease_host, \
-                 lease_due = EXCLUDED.lease_due, record = EXCLUDED.record, tag = EXCLUDED.tag").await.map_err(db_error("preparing a statement"))?,
-                &[
+            statements.push((
+                prepare(
+                    "INSERT INTO ebb_grants (id, version, state, connector, subject, requested_by, \
+                     escalated, due_at, lease_host, lease_due, record, tag) \
+                     SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], \
+                     $6::text[], $7::bool[], $8::int8[], $9::text[], $10::int8[], $11::bytea[], $12::bytea[]) \
+                     ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version, state = EXCLUDED.state, \
+                     connector = EXCLUDED.connector, subject = EXCLUDED.subject, \
+                     requested_by = EXCLUDED.requested_by, escalated = EXCLUDED.escalated, \
+                     due_at = EXCLUDED.due_at, lease_host = EXCLUDED.lease_host, \
+                     lease_due = EXCLUDED.lease_due, record = EXCLUDED.record, tag = EXCLUDED.tag",
+                )
+                .await?,
+                vec![
                     &cols.id,
                     &cols.version,
                     &cols.state,
@@ -331,55 +330,51 @@ impl Rows {
                     &cols.record,
                     &cols.tag,
                 ],
-            )
-            .await
-            .map_err(db_error("writing grants"))?;
+            ));
         }
-        let (set, shred): (Vec<_>, Vec<_>) =
-            self.credentials.iter().partition(|(_, v)| v.is_some());
-        if !set.is_empty() {
-            let ids: Vec<&str> = set.iter().map(|(id, _)| id.as_str()).collect();
-            let sealed: Vec<&[u8]> = set.iter().filter_map(|(_, v)| v.as_deref()).collect();
-            tx.execute(
-                &tx.prepare_cached(
+        if !set_ids.is_empty() {
+            statements.push((
+                prepare(
                     "INSERT INTO ebb_credentials (grant_id, sealed) \
-                 SELECT * FROM UNNEST($1::text[], $2::bytea[]) \
-                 ON CONFLICT (grant_id) DO UPDATE SET sealed = EXCLUDED.sealed",
+                     SELECT * FROM UNNEST($1::text[], $2::bytea[]) \
+                     ON CONFLICT (grant_id) DO UPDATE SET sealed = EXCLUDED.sealed",
                 )
-                .await
-                .map_err(db_error("preparing a statement"))?,
-                &[&ids, &sealed],
-            )
-            .await
-            .map_err(db_error("writing credentials"))?;
+                .await?,
+                vec![&set_ids, &set_sealed],
+            ));
         }
-        if !shred.is_empty() {
-            let ids: Vec<&str> = shred.iter().map(|(id, _)| id.as_str()).collect();
-            tx.execute(
-                &tx.prepare_cached("DELETE FROM ebb_credentials WHERE grant_id = ANY($1)")
-                    .await
-                    .map_err(db_error("preparing a statement"))?,
-                &[&ids],
-            )
-            .await
-            .map_err(db_error("shredding credentials"))?;
+        if !shred_ids.is_empty() {
+            statements.push((
+                prepare("DELETE FROM ebb_credentials WHERE grant_id = ANY($1)").await?,
+                vec![&shred_ids],
+            ));
         }
-        if !self.events.is_empty() {
-            let seqs: Vec<i64> = self.events.iter().map(|e| e.0).collect();
-            let grants: Vec<Option<&str>> = self.events.iter().map(|e| e.1.as_deref()).collect();
-            let bodies: Vec<&[u8]> = self.events.iter().map(|e| e.2.as_slice()).collect();
-            tx.execute(
-                &tx.prepare_cached(
+        if !seqs.is_empty() {
+            statements.push((
+                prepare(
                     "INSERT INTO ebb_audit (seq, grant_id, event) \
-                 SELECT * FROM UNNEST($1::int8[], $2::text[], $3::bytea[])",
+                     SELECT * FROM UNNEST($1::int8[], $2::text[], $3::bytea[])",
                 )
-                .await
-                .map_err(db_error("preparing a statement"))?,
-                &[&seqs, &grants, &bodies],
-            )
-            .await
-            .map_err(db_error("appending audit events"))?;
+                .await?,
+                vec![&seqs, &event_grants, &bodies],
+            ));
         }
+        statements.push((
+            prepare("UPDATE ebb_head SET seq = $1, hash = $2, records = $3, mac = $4 WHERE id = 1")
+                .await?,
+            vec![&head_seq, &head.hash, &head_records, &head_mac],
+        ));
+        if self.notify {
+            // Other hosts' schedulers wake at commit.
+            statements.push((prepare("SELECT pg_notify('ebb_due', '')").await?, vec![]));
+        }
+        futures_util::future::try_join_all(
+            statements
+                .iter()
+                .map(|(statement, params)| tx.execute(statement, params)),
+        )
+        .await
+        .map_err(db_error("writing a group of commits"))?;
         Ok(())
     }
 }
