@@ -88,6 +88,8 @@ const QUEUE: usize = 4096;
 const KEY_CHECK: &str = "key-check";
 /// The advisory lock under which a host migrates the schema.
 const MIGRATION_LOCK: i64 = 0x6562_625f_6d69_6772;
+/// Events or records read at once by the checks.
+const PAGE: u64 = 10_000;
 /// The head the last good check verified.
 const VERIFIED: &str = "verified";
 
@@ -299,15 +301,38 @@ impl PgStore {
             },
             false => (0, GENESIS.to_owned()),
         };
-        let events = self.events_between(client, from_seq, head.seq).await?;
-        Ok(verify_chain_from(
-            &self.chain,
-            (from_seq, &from_hash),
-            events
-                .into_iter()
-                .map(|e| e.map_err(|e| ebb_core::error_chain(&e))),
-            Some(head),
-        ))
+        // Page by page: a large chain is never held in memory at once. Each page
+        // is checked up to its last event; the last page against the head.
+        let (mut from_seq, mut from_hash) = (from_seq, from_hash);
+        let mut checked = 0;
+        loop {
+            let end = from_seq.saturating_add(PAGE).min(head.seq);
+            let events = self.events_between(client, from_seq, end).await?;
+            let last = match events.last() {
+                Some(Ok(e)) if end < head.seq => Some((e.seq, e.hash.clone())),
+                _ => None,
+            };
+            let page_head = match &last {
+                Some((seq, hash)) => self.chain.head(*seq, hash, 0),
+                None => head.clone(),
+            };
+            let mut report = verify_chain_from(
+                &self.chain,
+                (from_seq, &from_hash),
+                events
+                    .into_iter()
+                    .map(|e| e.map_err(|e| ebb_core::error_chain(&e))),
+                Some(&page_head),
+            );
+            checked += report.events;
+            match last {
+                Some((seq, hash)) if report.is_intact() => (from_seq, from_hash) = (seq, hash),
+                _ => {
+                    report.events = checked;
+                    return Ok(report);
+                }
+            }
+        }
     }
 
     /// Every grant record against its tag and, with `latest_event`, against the
@@ -318,51 +343,62 @@ impl PgStore {
         head: &Head,
         latest_event: bool,
     ) -> Result<(u64, Option<String>)> {
-        let rows = client
-            .query(
-                "SELECT g.id, g.record, g.tag, \
-                 (SELECT a.event FROM ebb_audit a WHERE a.grant_id = g.id ORDER BY a.seq DESC LIMIT 1) \
-                 FROM ebb_grants g ORDER BY g.id",
-                &[],
-            )
-            .await
-            .map_err(db_error("reading grant records"))?;
+        // Page by page, in one snapshot (the caller's transaction).
+        let sql = if latest_event {
+            "SELECT g.id, g.record, g.tag, \
+             (SELECT a.event FROM ebb_audit a WHERE a.grant_id = g.id ORDER BY a.seq DESC LIMIT 1) \
+             FROM ebb_grants g WHERE g.id > $1 ORDER BY g.id LIMIT $2"
+        } else {
+            "SELECT g.id, g.record, g.tag, NULL::bytea \
+             FROM ebb_grants g WHERE g.id > $1 ORDER BY g.id LIMIT $2"
+        };
         let mut checked = 0;
-        for row in &rows {
-            let id: &str = row.get(0);
-            let record: &[u8] = row.get(1);
-            let stored: &[u8] = row.get(2);
-            checked += 1;
-            let tag = self.chain.record_tag(id, record);
-            if stored != &tag[..] {
-                return Ok((
-                    checked,
-                    Some(format!(
-                        "grant record {id} was altered outside the host: its tag does not match"
-                    )),
-                ));
+        let mut after = String::new();
+        loop {
+            let rows = client
+                .query(sql, &[&after, &db_ts(PAGE)])
+                .await
+                .map_err(db_error("reading grant records"))?;
+            for row in &rows {
+                let id: &str = row.get(0);
+                let record: &[u8] = row.get(1);
+                let stored: &[u8] = row.get(2);
+                checked += 1;
+                let tag = self.chain.record_tag(id, record);
+                if stored != &tag[..] {
+                    return Ok((
+                        checked,
+                        Some(format!(
+                            "grant record {id} was altered outside the host: its tag does not match"
+                        )),
+                    ));
+                }
+                if !latest_event {
+                    continue;
+                }
+                let Some(event) = row.get::<_, Option<&[u8]>>(3) else {
+                    return Ok((
+                        checked,
+                        Some(format!("grant record {id} has no audit event")),
+                    ));
+                };
+                let event: AuditEvent = serde_json::from_slice(event)
+                    .map_err(corrupt(format!("latest event of {id}")))?;
+                if let Some(bound) = &event.record
+                    && *bound != hex::encode(tag)
+                {
+                    return Ok((
+                        checked,
+                        Some(format!(
+                            "grant record {id} is not the one its latest audit event (seq {}) committed: an older record was put back",
+                            event.seq
+                        )),
+                    ));
+                }
             }
-            if !latest_event {
-                continue;
-            }
-            let Some(event) = row.get::<_, Option<&[u8]>>(3) else {
-                return Ok((
-                    checked,
-                    Some(format!("grant record {id} has no audit event")),
-                ));
-            };
-            let event: AuditEvent =
-                serde_json::from_slice(event).map_err(corrupt(format!("latest event of {id}")))?;
-            if let Some(bound) = &event.record
-                && *bound != hex::encode(tag)
-            {
-                return Ok((
-                    checked,
-                    Some(format!(
-                        "grant record {id} is not the one its latest audit event (seq {}) committed: an older record was put back",
-                        event.seq
-                    )),
-                ));
+            match rows.last() {
+                Some(row) if rows.len() as u64 == PAGE => after = row.get::<_, String>(0),
+                _ => break,
             }
         }
         let expected = head.records.unwrap_or(0);

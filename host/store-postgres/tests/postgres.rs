@@ -332,6 +332,67 @@ async fn tampering_in_the_database_is_detected() {
     );
 }
 
+/// The checks read the chain and the records a page (10,000) at a time: across
+/// page boundaries a store verifies, and tampering past the first page is seen.
+#[tokio::test]
+async fn the_checks_page_through_a_large_store() {
+    require!(Postgres);
+    let pg = Postgres::start().unwrap();
+    let store = open(&pg, "a", KEY).await.unwrap();
+    let mut tasks = Vec::new();
+    for w in 0..32 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in (w..10_050).step_by(32) {
+                store
+                    .commit(commit(record(&format!("g{i:05}"), None)))
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let report = store.verify_audit().await.unwrap();
+    assert!(report.is_intact(), "{report:?}");
+    assert_eq!((report.events, report.records), (10_050, 10_050));
+    let report = store.verify_at_start().await.unwrap();
+    assert!(report.is_intact(), "{report:?}");
+    // An event on the second page altered, then a record there.
+    pg.psql_in(
+        "ebbstore",
+        "update ebb_audit set event = convert_to(replace(convert_from(event, 'UTF8'), 'alice', 'mallory'), 'UTF8') where seq = 10040",
+    )
+    .unwrap();
+    let report = store.verify_audit().await.unwrap();
+    assert!(
+        report
+            .problem
+            .as_deref()
+            .is_some_and(|p| p.contains("10040")),
+        "{report:?}"
+    );
+    pg.psql_in(
+        "ebbstore",
+        "update ebb_audit set event = convert_to(replace(convert_from(event, 'UTF8'), 'mallory', 'alice'), 'UTF8') where seq = 10040",
+    )
+    .unwrap();
+    pg.psql_in(
+        "ebbstore",
+        "update ebb_grants set record = convert_to(replace(convert_from(record, 'UTF8'), 'alice', 'mallory'), 'UTF8') where id = 'g10049'",
+    )
+    .unwrap();
+    let report = store.verify_audit().await.unwrap();
+    assert!(
+        report
+            .problem
+            .as_deref()
+            .is_some_and(|p| p.contains("g10049")),
+        "{report:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_host_with_another_key_or_an_older_schema_is_refused() {
     require!(Postgres);
