@@ -374,6 +374,22 @@ fn active_record(id: String, not_after: u64, now: u64) -> GrantRecord {
     r
 }
 
+/// The commit that stores an active grant `id`, its credential sealed, as
+/// issuance would.
+fn active_commit(sealer: &Sealer, id: String, not_after: u64, now: u64) -> Commit {
+    let sealed = sealer
+        .seal(&id, b"{\"fields\":[[\"token\",\"noop\"]]}")
+        .unwrap();
+    let mut event = NewEvent::new("grant.transition", "bench").grant(&id);
+    event.to = Some(GrantState::Active);
+    Commit {
+        record: active_record(id, not_after, now),
+        sealed: Sealed::Set(sealed),
+        event,
+        lease_until: None,
+    }
+}
+
 /// The host key of the million-grant store, as hex: `ebb serve` reads it from
 /// `EBB_BENCH_HOST_KEY` to open the same store.
 fn bench_key_hex() -> String {
@@ -467,19 +483,8 @@ async fn million(dir: &Path, total: usize, expiring: usize) {
             if i == total / 2 {
                 some_id.clone_from(&id);
             }
-            let record = active_record(id.clone(), not_after, now);
-            let sealed = sealer
-                .seal(&id, b"{\"fields\":[[\"token\",\"noop\"]]}")
-                .unwrap();
-            let mut event = NewEvent::new("grant.transition", "bench").grant(&id);
-            event.to = Some(GrantState::Active);
             store
-                .commit(Commit {
-                    record,
-                    sealed: Sealed::Set(sealed),
-                    event,
-                    lease_until: None,
-                })
+                .commit(active_commit(&sealer, id.clone(), not_after, now))
                 .unwrap();
         }
         store.sync().await.unwrap();
@@ -658,19 +663,8 @@ async fn million_postgres(dir: &Path, total: usize) {
             for i in (w..total).step_by(writers) {
                 let id = ulid::Ulid::new().to_string();
                 let not_after = now + 86_400_000 + (i as u64 % 3_600_000);
-                let record = active_record(id.clone(), not_after, now);
-                let sealed = sealer
-                    .seal(&id, b"{\"fields\":[[\"token\",\"noop\"]]}")
-                    .unwrap();
-                let mut event = NewEvent::new("grant.transition", "bench").grant(&id);
-                event.to = Some(GrantState::Active);
                 store
-                    .commit(Commit {
-                        record,
-                        sealed: Sealed::Set(sealed),
-                        event,
-                        lease_until: None,
-                    })
+                    .commit(active_commit(&sealer, id.clone(), not_after, now))
                     .await
                     .unwrap();
                 last = id;

@@ -182,51 +182,8 @@ async fn three_hosts_one_killed_at_random_moments_lose_nothing() {
     let live: Arc<Mutex<Vec<String>>> =
         Arc::new(Mutex::new(hosts.iter().map(|h| h.base.clone()).collect()));
     let stop = Arc::new(AtomicBool::new(false));
-    let mut workers = Vec::new();
-    for w in 0..4 {
-        let (client, live, stop) = (client.clone(), live.clone(), stop.clone());
-        workers.push(tokio::spawn(async move {
-            let mut acknowledged: Vec<String> = Vec::new();
-            let mut n = w;
-            while !stop.load(Ordering::Relaxed) {
-                let base = {
-                    let live = live.lock().unwrap();
-                    n += 1;
-                    live[n % live.len()].clone()
-                };
-                let ttl = format!("{}ms", rand::rng().random_range(1000..2500));
-                let body = json!({
-                    "connector": "pg",
-                    "permissions": [{"action": "select", "resource": "public.invoices"}],
-                    "ttl": ttl,
-                    "task": "cluster test",
-                });
-                match client
-                    .post(format!("{base}/v1/grants"))
-                    .bearer_auth(REQUESTER)
-                    .json(&body)
-                    .send()
-                    .await
-                {
-                    Ok(r) if r.status().as_u16() == 201 => {
-                        if let Ok(v) = r.json::<Value>().await {
-                            acknowledged
-                                .push(v["grant"]["grant"]["id"].as_str().unwrap().to_owned());
-                        }
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                    Ok(r) => panic!(
-                        "unexpected status {}: {}",
-                        r.status(),
-                        r.text().await.unwrap_or_default()
-                    ),
-                    // The host was killed mid-request: another one takes the next.
-                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-                }
-            }
-            acknowledged
-        }));
-    }
+    let permission = json!({"action": "select", "resource": "public.invoices"});
+    let workers = spawn_load(&client, &live, &stop, "pg", permission, Refusals::Forbidden);
 
     let mut rng = rand::rng();
     // (victim, killed at, serving again at), wall-clock ms.
@@ -247,7 +204,7 @@ async fn three_hosts_one_killed_at_random_moments_lose_nothing() {
     stop.store(true, Ordering::Relaxed);
     let mut acknowledged = Vec::new();
     for w in workers {
-        acknowledged.extend(w.await.unwrap());
+        acknowledged.extend(w.await.unwrap().0);
     }
     assert!(
         acknowledged.len() >= 30,
@@ -370,6 +327,82 @@ permit (principal, action == Ebb::Action::"use", resource == Ebb::Connector::"no
 permit (principal, action == Ebb::Action::"use", resource == Ebb::Connector::"noop")
 when { context.ttl_seconds > 3600 };
 "#;
+
+/// What a load worker makes of a 5xx.
+#[derive(Clone, Copy, PartialEq)]
+enum Refusals {
+    /// A host answers or dies; it never refuses.
+    Forbidden,
+    /// The store is failing over: refused requests are counted and tried again.
+    Counted,
+}
+
+/// Four clients requesting grants of `connector` (TTL 1–2.5 s) round the hosts in
+/// `live` until `stop`; each returns the grants acknowledged (201) and how many
+/// requests were refused or cut off.
+fn spawn_load(
+    client: &reqwest::Client,
+    live: &Arc<Mutex<Vec<String>>>,
+    stop: &Arc<AtomicBool>,
+    connector: &str,
+    permission: Value,
+    refusals: Refusals,
+) -> Vec<tokio::task::JoinHandle<(Vec<String>, usize)>> {
+    (0..4)
+        .map(|w| {
+            let (client, live, stop) = (client.clone(), live.clone(), stop.clone());
+            let (connector, permission) = (connector.to_owned(), permission.clone());
+            tokio::spawn(async move {
+                let (mut acknowledged, mut refused) = (Vec::new(), 0);
+                let mut n = w;
+                while !stop.load(Ordering::Relaxed) {
+                    let base = {
+                        let live = live.lock().unwrap();
+                        n += 1;
+                        live[n % live.len()].clone()
+                    };
+                    let body = json!({
+                        "connector": connector,
+                        "permissions": [permission],
+                        "ttl": format!("{}ms", rand::rng().random_range(1000..2500)),
+                        "task": "cluster test",
+                    });
+                    match client
+                        .post(format!("{base}/v1/grants"))
+                        .bearer_auth(REQUESTER)
+                        .json(&body)
+                        .send()
+                        .await
+                    {
+                        Ok(r) if r.status().as_u16() == 201 => {
+                            if let Ok(v) = r.json::<Value>().await {
+                                acknowledged
+                                    .push(v["grant"]["grant"]["id"].as_str().unwrap().to_owned());
+                            }
+                            tokio::time::sleep(Duration::from_millis(40)).await;
+                        }
+                        Ok(r) if refusals == Refusals::Counted && r.status().is_server_error() => {
+                            refused += 1;
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        Ok(r) => panic!(
+                            "unexpected status {}: {}",
+                            r.status(),
+                            r.text().await.unwrap_or_default()
+                        ),
+                        // The host was killed mid-request, or the store is failing
+                        // over: another request follows.
+                        Err(_) => {
+                            refused += 1;
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                }
+                (acknowledged, refused)
+            })
+        })
+        .collect()
+}
 
 /// Two hosts with a plugins folder and a policy folder each, on one store.
 fn write_sync_config(dir: &Path, id: &str, port: u16) -> PathBuf {
@@ -655,55 +688,10 @@ async fn the_database_fails_over_to_its_standby_under_load_and_nothing_is_lost()
         wait_healthy(&client, host).await;
     }
     let bases: Vec<String> = hosts.iter().map(|h| h.base.clone()).collect();
+    let live = Arc::new(Mutex::new(bases.clone()));
     let stop = Arc::new(AtomicBool::new(false));
-    let mut workers = Vec::new();
-    for w in 0..4 {
-        let (client, bases, stop) = (client.clone(), bases.clone(), stop.clone());
-        workers.push(tokio::spawn(async move {
-            let (mut acknowledged, mut refused) = (Vec::new(), 0);
-            let mut n = w;
-            while !stop.load(Ordering::Relaxed) {
-                n += 1;
-                let base = &bases[n % bases.len()];
-                let body = json!({
-                    "connector": "noop",
-                    "permissions": [{"action": "use", "resource": "x"}],
-                    "ttl": format!("{}ms", rand::rng().random_range(1000..2500)),
-                    "task": "failover test",
-                });
-                match client
-                    .post(format!("{base}/v1/grants"))
-                    .bearer_auth(REQUESTER)
-                    .json(&body)
-                    .send()
-                    .await
-                {
-                    Ok(r) if r.status().as_u16() == 201 => {
-                        if let Ok(v) = r.json::<Value>().await {
-                            acknowledged
-                                .push(v["grant"]["grant"]["id"].as_str().unwrap().to_owned());
-                        }
-                        tokio::time::sleep(Duration::from_millis(30)).await;
-                    }
-                    // The store is failing over: not acknowledged, tried again.
-                    Ok(r) if r.status().is_server_error() => {
-                        refused += 1;
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                    Ok(r) => panic!(
-                        "unexpected status {}: {}",
-                        r.status(),
-                        r.text().await.unwrap_or_default()
-                    ),
-                    Err(_) => {
-                        refused += 1;
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
-            }
-            (acknowledged, refused)
-        }));
-    }
+    let permission = json!({"action": "use", "resource": "x"});
+    let workers = spawn_load(&client, &live, &stop, "noop", permission, Refusals::Counted);
     tokio::time::sleep(Duration::from_millis(2_500)).await;
     // The primary dies; the standby is promoted.
     let failed_over_at = Instant::now();

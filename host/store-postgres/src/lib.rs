@@ -52,7 +52,7 @@ mod sql;
 mod writer;
 
 pub use connect::PgOptions;
-use sql::{corrupt, db_error, db_ts, pool_error, state_name, ts, wall_clock};
+use sql::{corrupt, db_error, db_ts, pool_error, ts, wall_clock};
 
 use writer::{Done, Job, Op};
 
@@ -704,7 +704,7 @@ impl Store for PgStore {
 
     async fn list(&self, filter: &ListFilter) -> Result<Page> {
         let limit = filter.limit.clamp(1, 1000);
-        let state = filter.state.map(state_name);
+        let state = filter.state.map(GrantState::as_str);
         let rows = self
             .rows(
                 "listing grants",
@@ -824,7 +824,7 @@ impl Store for PgStore {
             GrantState::ALL.into_iter().map(|s| (s, 0)).collect();
         for row in &rows {
             let name: &str = row.get(0);
-            if let Ok(state) = serde_json::from_value(serde_json::Value::String(name.to_owned())) {
+            if let Some(state) = GrantState::ALL.into_iter().find(|s| s.as_str() == name) {
                 counts.insert(state, u64::try_from(row.get::<_, i64>(1)).unwrap_or(0));
             }
         }

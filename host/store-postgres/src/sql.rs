@@ -1,7 +1,6 @@
 //! Conversions between the store's values and PostgreSQL's, and its errors.
 
 use ebb_core::contract::Timestamp;
-use ebb_core::state::GrantState;
 use ebb_core::store::Error;
 
 pub(crate) fn db_error(what: &'static str) -> impl Fn(tokio_postgres::Error) -> Error {
@@ -38,13 +37,6 @@ pub(crate) fn ts(v: Option<i64>) -> Option<Timestamp> {
 
 pub(crate) fn db_ts(v: Timestamp) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-pub(crate) fn state_name(s: GrantState) -> String {
-    serde_json::to_value(s)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
 }
 
 pub(crate) fn wall_clock() -> Timestamp {

@@ -7,7 +7,7 @@
 //! again in a transaction of its own, so one bad commit cannot fail the others;
 //! a commit is acknowledged only after its transaction committed.
 
-use crate::sql::{corrupt, db_error, db_ts, pool_error, state_name, wall_clock};
+use crate::sql::{corrupt, db_error, db_ts, pool_error, wall_clock};
 use ebb_core::audit::{AuditEvent, Chain, Head, NewEvent};
 use ebb_core::store::{Commit, Error, GrantRecord, Result, Sealed};
 use std::collections::HashMap;
@@ -49,7 +49,7 @@ struct Rows {
 
 struct GrantRow {
     version: i64,
-    state: String,
+    state: &'static str,
     connector: String,
     subject: String,
     requested_by: String,
@@ -207,7 +207,7 @@ impl Writer {
                         id.clone(),
                         GrantRow {
                             version: i64::try_from(record.version).unwrap_or(i64::MAX),
-                            state: state_name(record.state),
+                            state: record.state.as_str(),
                             connector: record.connector.clone(),
                             subject: record.grant.subject.id.clone(),
                             requested_by: record.requested_by.clone(),
@@ -279,7 +279,7 @@ impl Rows {
         for (id, g) in &self.grants {
             cols.id.push(id);
             cols.version.push(g.version);
-            cols.state.push(&g.state);
+            cols.state.push(g.state);
             cols.connector.push(&g.connector);
             cols.subject.push(&g.subject);
             cols.requested_by.push(&g.requested_by);

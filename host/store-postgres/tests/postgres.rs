@@ -44,6 +44,19 @@ async fn open_leasing(
     .await
 }
 
+/// Edits stored JSON behind the host's back, as an attacker with database access
+/// would: `from` becomes `to` in `column` of the `table` rows matching `filter`.
+fn edit(pg: &Postgres, table: &str, column: &str, filter: &str, (from, to): (&str, &str)) {
+    pg.psql_in(
+        "ebbstore",
+        &format!(
+            "update {table} set {column} = convert_to(replace(convert_from({column}, 'UTF8'), \
+             '{from}', '{to}'), 'UTF8') where {filter}"
+        ),
+    )
+    .unwrap();
+}
+
 fn record(id: &str, due: Option<u64>) -> GrantRecord {
     let grant = Grant {
         id: id.into(),
@@ -290,21 +303,25 @@ async fn tampering_in_the_database_is_detected() {
     }
     assert!(store.verify_audit().await.unwrap().is_intact());
     // A record edited in place fails its tag.
-    pg.psql_in(
-        "ebbstore",
-        "update ebb_grants set record = convert_to(replace(convert_from(record, 'UTF8'), 'alice', 'mallory'), 'UTF8') where id = 'g2'",
-    )
-    .unwrap();
+    edit(
+        &pg,
+        "ebb_grants",
+        "record",
+        "id = 'g2'",
+        ("alice", "mallory"),
+    );
     let report = store.verify_audit().await.unwrap();
     assert!(
         report.problem.as_deref().is_some_and(|p| p.contains("g2")),
         "{report:?}"
     );
-    pg.psql_in(
-        "ebbstore",
-        "update ebb_grants set record = convert_to(replace(convert_from(record, 'UTF8'), 'mallory', 'alice'), 'UTF8') where id = 'g2'",
-    )
-    .unwrap();
+    edit(
+        &pg,
+        "ebb_grants",
+        "record",
+        "id = 'g2'",
+        ("mallory", "alice"),
+    );
     assert!(store.verify_audit().await.unwrap().is_intact());
     // A deleted event breaks the chain.
     pg.psql_in("ebbstore", "delete from ebb_audit where seq = 3")
@@ -360,11 +377,13 @@ async fn the_checks_page_through_a_large_store() {
     let report = store.verify_at_start().await.unwrap();
     assert!(report.is_intact(), "{report:?}");
     // An event on the second page altered, then a record there.
-    pg.psql_in(
-        "ebbstore",
-        "update ebb_audit set event = convert_to(replace(convert_from(event, 'UTF8'), 'alice', 'mallory'), 'UTF8') where seq = 10040",
-    )
-    .unwrap();
+    edit(
+        &pg,
+        "ebb_audit",
+        "event",
+        "seq = 10040",
+        ("alice", "mallory"),
+    );
     let report = store.verify_audit().await.unwrap();
     assert!(
         report
@@ -373,16 +392,20 @@ async fn the_checks_page_through_a_large_store() {
             .is_some_and(|p| p.contains("10040")),
         "{report:?}"
     );
-    pg.psql_in(
-        "ebbstore",
-        "update ebb_audit set event = convert_to(replace(convert_from(event, 'UTF8'), 'mallory', 'alice'), 'UTF8') where seq = 10040",
-    )
-    .unwrap();
-    pg.psql_in(
-        "ebbstore",
-        "update ebb_grants set record = convert_to(replace(convert_from(record, 'UTF8'), 'alice', 'mallory'), 'UTF8') where id = 'g10049'",
-    )
-    .unwrap();
+    edit(
+        &pg,
+        "ebb_audit",
+        "event",
+        "seq = 10040",
+        ("mallory", "alice"),
+    );
+    edit(
+        &pg,
+        "ebb_grants",
+        "record",
+        "id = 'g10049'",
+        ("alice", "mallory"),
+    );
     let report = store.verify_audit().await.unwrap();
     assert!(
         report
