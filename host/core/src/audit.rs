@@ -146,6 +146,19 @@ impl Chain {
 
     /// Places `event` after `(prev_seq, prev_hash)`.
     pub fn seal(&self, event: NewEvent, at: u64, prev_seq: u64, prev_hash: &str) -> AuditEvent {
+        self.seal_encoded(event, at, prev_seq, prev_hash).0
+    }
+
+    /// [`Chain::seal`], also returning the sealed event's JSON encoding (what a
+    /// store keeps), made from the one encoding the hash is computed over: the
+    /// event is serialized once, not once for the hash and again for storage.
+    pub fn seal_encoded(
+        &self,
+        event: NewEvent,
+        at: u64,
+        prev_seq: u64,
+        prev_hash: &str,
+    ) -> (AuditEvent, Vec<u8>) {
         let mut sealed = AuditEvent {
             seq: prev_seq + 1,
             at,
@@ -160,8 +173,27 @@ impl Chain {
             prev: prev_hash.to_owned(),
             hash: String::new(),
         };
-        sealed.hash = self.hash(&sealed);
-        sealed
+        let body = serde_json::to_vec(&sealed).unwrap_or_default();
+        sealed.hash = self.hash_body(&sealed.prev, &body);
+        // `hash` is the last field, so the stored encoding is the hashed one with
+        // the empty hash filled in; anything else is encoded afresh.
+        let stored = match body.strip_suffix(br#""hash":""}"#) {
+            Some(start) => {
+                let mut stored = Vec::with_capacity(body.len() + sealed.hash.len());
+                stored.extend_from_slice(start);
+                stored.extend_from_slice(br#""hash":""#);
+                stored.extend_from_slice(sealed.hash.as_bytes());
+                stored.extend_from_slice(br#""}"#);
+                stored
+            }
+            None => serde_json::to_vec(&sealed).unwrap_or_default(),
+        };
+        debug_assert_eq!(
+            Some(&stored),
+            serde_json::to_vec(&sealed).ok().as_ref(),
+            "the spliced encoding is the event's encoding"
+        );
+        (sealed, stored)
     }
 
     /// The keyed head for a chain ending at `(seq, hash)` beside `records` grant
@@ -233,9 +265,14 @@ impl Chain {
         // Struct fields serialize in declaration order and `detail` maps are sorted
         // (serde_json's default `Map` is a BTreeMap), so this encoding is canonical.
         let body = serde_json::to_vec(&unhashed).unwrap_or_default();
+        self.hash_body(&event.prev, &body)
+    }
+
+    /// The hash of an event whose encoding with an empty `hash` is `body`.
+    fn hash_body(&self, prev: &str, body: &[u8]) -> String {
         let mut mac = self.mac();
-        mac.update(event.prev.as_bytes());
-        mac.update(&body);
+        mac.update(prev.as_bytes());
+        mac.update(body);
         hex::encode(mac.finalize().into_bytes())
     }
 }

@@ -11,6 +11,8 @@
 //!   grants in PostgreSQL.
 //! - million: RSS with N active grants, restart-to-serving with them, and the
 //!   expiry-to-revoke-start lag of grants expiring among them.
+//! - memory: the throughput lifecycles on the in-memory engine alone (for
+//!   profiling what the engine above the store costs).
 //! - limits (run with throughput): the same lifecycles on the in-memory engine
 //!   (the ceiling without durability), and what the layers below the engine can do
 //!   alone: sled batches of one commit's size with a flush after each, the same
@@ -38,6 +40,10 @@ use ebb_store_kv::{Engine, KvStore};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// The server's allocator, as in `ebb serve`.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
@@ -742,6 +748,12 @@ fn main() {
                     l.unsynced / 7.0 / 10_000.0
                 );
             }
+        }
+        if which == "memory" {
+            // The in-memory engine alone: what everything above the store costs
+            // (for profiling; `throughput` runs it beside the durable engines).
+            let (total, conc) = if full { (40_000, 256) } else { (200, 16) };
+            throughput(Engine::Memory, &base.join("memory"), total, conc).await;
         }
         if which.is_empty() || which == "postgres" {
             // Side by side in one run: sled, then PostgreSQL with 1, 2 and 3 hosts.

@@ -6,6 +6,12 @@ use ebb::cli;
 #[cfg(feature = "server")]
 use server::{ConnectorCommand, serve};
 
+/// The server's allocator (see BENCHMARKS.md, issue 16): under load glibc's
+/// malloc made the async workers wait on its arena locks.
+#[cfg(feature = "server")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "ebb",

@@ -55,7 +55,7 @@ mod kv;
 
 use keys::*;
 pub use kv::Engine;
-use kv::{Batch, Kv};
+use kv::{Batch, Bytes, Kv};
 
 /// The store's tests, run on each durable engine.
 #[cfg(test)]
@@ -400,28 +400,26 @@ impl KvStore {
     }
 
     /// Adds the audit event to `batch`, with the keyed head of a store holding
-    /// `records` records, and returns it; the caller advances `shared.head` once
-    /// the batch is applied.
+    /// `records` records, and returns both; the caller advances `shared.head` to
+    /// that head once the batch is applied.
     fn seal_event(
         &self,
         shared: &Shared,
         event: NewEvent,
         records: u64,
         batch: &mut Batch,
-    ) -> Result<AuditEvent> {
+    ) -> Result<(AuditEvent, Head)> {
         let at = (shared.clock)();
-        let sealed = self
-            .chain
-            .seal(event, at, shared.head.seq, &shared.head.hash);
-        batch.insert(audit_key(sealed.seq), encode(&sealed)?);
+        let (sealed, stored) =
+            self.chain
+                .seal_encoded(event, at, shared.head.seq, &shared.head.hash);
+        batch.insert(audit_key(sealed.seq), stored);
         if let Some(grant) = &sealed.grant_id {
             batch.insert(audit_index_key(grant, sealed.seq), &[][..]);
         }
-        batch.insert(
-            &b"m/head"[..],
-            encode(&self.chain.head(sealed.seq, &sealed.hash, records))?,
-        );
-        Ok(sealed)
+        let head = self.chain.head(sealed.seq, &sealed.hash, records);
+        batch.insert(&b"m/head"[..], encode(&head)?);
+        Ok((sealed, head))
     }
 
     /// Counts a write for group commit; returns its ticket (what `sync` waits for).
@@ -788,8 +786,17 @@ impl KvStore {
             lease_until,
         } = commit;
         let id = record.grant.id.clone();
-        let mut shared = self.lock();
-        let old = self.get(&id)?;
+        // Everything that depends only on this grant's stored record is done
+        // before the commit lock: decoding the old record, encoding and tagging
+        // the new one, sealing a new credential. Under the lock the record's
+        // bytes are read again and must be the same, or the commit is refused as
+        // a conflict, as if it had come second.
+        let g_key = key("g/", &id);
+        let old_bytes = self.db.get(&g_key)?;
+        let old: Option<GrantRecord> = match &old_bytes {
+            Some(bytes) => Some(decode(&g_key, bytes)?),
+            None => None,
+        };
         match (&old, record.version) {
             (None, 0) => {}
             (None, _) => return Err(Error::Conflict(id)),
@@ -798,84 +805,136 @@ impl KvStore {
             _ => {}
         }
         record.version += 1;
-        let mut batch = Batch::default();
         let bytes = encode(&record)?;
         let tag = self.chain.record_tag(&id, &bytes);
-        batch.insert(key("g/", &id), bytes);
-        batch.insert(key("b/", &id), &tag[..]);
-        // The event names its grant, so it is the grant's latest in the index.
-        let mut event = event;
-        event.grant_id.get_or_insert_with(|| id.clone());
-        event.record = Some(hex::encode(tag));
-        let records = shared.records + u64::from(old.is_none());
-        if old.is_none() {
-            batch.insert(requester_key(&record.requested_by, &id), &[][..]);
-        }
-        // Move the due entry from wherever it is now (its logical due or a lease).
-        let mut dues = DueChanges::default();
-        if let Some(current) = self.current_due(&id)? {
-            dues.remove(&mut batch, current, &id);
-        }
-        match (record.due_at, lease_until) {
-            (Some(due), Some(lease)) => {
-                dues.insert(&mut batch, lease, &id);
-                batch.insert(key("d/", &id), &lease.to_be_bytes()[..]);
-                batch.insert(key("l/", &id), &due.to_be_bytes()[..]);
-            }
-            (Some(due), None) => {
-                dues.insert(&mut batch, due, &id);
-                batch.insert(key("d/", &id), &due.to_be_bytes()[..]);
-                batch.remove(key("l/", &id));
-            }
-            (None, _) => {
-                batch.remove(key("d/", &id));
-                batch.remove(key("l/", &id));
-            }
-        }
         // A replaced or shredded credential's key is erased once the batch that
-        // drops it is applied; a new one's key is erased if the batch fails.
+        // drops it is applied; a new one's key is erased if the commit fails.
         let replaced = match &sealed {
             Sealed::Keep => None,
             Sealed::Set(_) | Sealed::Shred => self.db.get(key("c/", &id))?,
         };
-        let credentials = match (&sealed, &replaced) {
-            (Sealed::Set(_), None) => Some(shared.credentials + 1),
-            (Sealed::Shred, Some(_)) => Some(shared.credentials.saturating_sub(1)),
+        let added = match &sealed {
+            Sealed::Set(plain) => {
+                Some(self.keyring.seal(&id, plain).map_err(|source| Error::Io {
+                    what: "writing the keyring",
+                    source,
+                })?)
+            }
+            Sealed::Keep | Sealed::Shred => None,
+        };
+        let result = self.commit_locked(
+            &id,
+            record,
+            (old_bytes, old),
+            (bytes, tag),
+            (&sealed, added.as_deref(), replaced.is_some()),
+            event,
+            lease_until,
+        );
+        match result {
+            Ok(done) => {
+                let ticket = self.written();
+                if let Some(value) = replaced {
+                    if self.durable {
+                        self.keyring.erase_after(ticket, value.to_vec());
+                    } else {
+                        self.erase_key(&value);
+                    }
+                }
+                Ok(done)
+            }
+            Err(e) => {
+                if let Some(value) = &added {
+                    self.erase_key(value);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The ordered part of [`KvStore::commit`], under the commit lock: checks the
+    /// record is still the one the commit was prepared against, moves the due
+    /// entry, counts, links the audit event into the chain and applies the batch.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one caller, the parts it prepared"
+    )]
+    fn commit_locked(
+        &self,
+        id: &str,
+        record: GrantRecord,
+        (old_bytes, old): (Option<Bytes>, Option<GrantRecord>),
+        (bytes, tag): (Vec<u8>, [u8; 32]),
+        (sealed, added, had_credential): (&Sealed, Option<&[u8]>, bool),
+        mut event: NewEvent,
+        lease_until: Option<Timestamp>,
+    ) -> Result<(GrantRecord, AuditEvent)> {
+        let mut shared = self.lock();
+        let now = self.db.get(key("g/", id))?;
+        if now.as_deref() != old_bytes.as_deref() {
+            return Err(if old.is_none() {
+                Error::Exists(id.to_owned())
+            } else {
+                Error::Conflict(id.to_owned())
+            });
+        }
+        let mut batch = Batch::default();
+        batch.insert(key("g/", id), bytes);
+        batch.insert(key("b/", id), &tag[..]);
+        // The event names its grant, so it is the grant's latest in the index.
+        event.grant_id.get_or_insert_with(|| id.to_owned());
+        event.record = Some(hex::encode(tag));
+        let records = shared.records + u64::from(old.is_none());
+        if old.is_none() {
+            batch.insert(requester_key(&record.requested_by, id), &[][..]);
+        }
+        // Move the due entry from wherever it is now (its logical due or a lease).
+        let mut dues = DueChanges::default();
+        if let Some(current) = self.current_due(id)? {
+            dues.remove(&mut batch, current, id);
+        }
+        match (record.due_at, lease_until) {
+            (Some(due), Some(lease)) => {
+                dues.insert(&mut batch, lease, id);
+                batch.insert(key("d/", id), &lease.to_be_bytes()[..]);
+                batch.insert(key("l/", id), &due.to_be_bytes()[..]);
+            }
+            (Some(due), None) => {
+                dues.insert(&mut batch, due, id);
+                batch.insert(key("d/", id), &due.to_be_bytes()[..]);
+                batch.remove(key("l/", id));
+            }
+            (None, _) => {
+                batch.remove(key("d/", id));
+                batch.remove(key("l/", id));
+            }
+        }
+        let credentials = match (sealed, had_credential) {
+            (Sealed::Set(_), false) => Some(shared.credentials + 1),
+            (Sealed::Shred, true) => Some(shared.credentials.saturating_sub(1)),
             _ => None,
         };
         if let Some(n) = credentials {
             batch.insert(CREDENTIALS, &n.to_be_bytes()[..]);
         }
-        let added = match &sealed {
-            Sealed::Keep => None,
-            Sealed::Set(bytes) => {
-                let value = self.keyring.seal(&id, bytes).map_err(|source| Error::Io {
-                    what: "writing the keyring",
-                    source,
-                })?;
-                batch.insert(key("c/", &id), value.as_slice());
-                Some(value)
-            }
-            Sealed::Shred => {
-                batch.remove(key("c/", &id));
-                None
-            }
-        };
+        match (sealed, added) {
+            (Sealed::Set(_), Some(value)) => batch.insert(key("c/", id), value),
+            (Sealed::Shred, _) => batch.remove(key("c/", id)),
+            _ => {}
+        }
         let old_state = old.as_ref().map(|o| o.state);
-        let mut counts = shared.counts.clone();
-        if old_state != Some(record.state) {
+        let moved = old_state != Some(record.state);
+        if moved {
+            let count = |s: GrantState| shared.counts.get(&s).copied().unwrap_or(0);
             if let Some(s) = old_state {
-                batch.remove(by_state_key(s, &id));
+                batch.remove(by_state_key(s, id));
+                batch.insert(count_key(s), &count(s).saturating_sub(1).to_be_bytes()[..]);
             }
-            batch.insert(by_state_key(record.state, &id), &[][..]);
-            if let Some(s) = old_state {
-                let n = counts.entry(s).or_default();
-                *n = n.saturating_sub(1);
-                batch.insert(count_key(s), &n.to_be_bytes()[..]);
-            }
-            let n = counts.entry(record.state).or_default();
-            *n += 1;
-            batch.insert(count_key(record.state), &n.to_be_bytes()[..]);
+            batch.insert(by_state_key(record.state, id), &[][..]);
+            batch.insert(
+                count_key(record.state),
+                &(count(record.state) + 1).to_be_bytes()[..],
+            );
         }
         let escalated =
             old.as_ref().is_none_or(|o| o.escalated_at.is_none()) && record.escalated_at.is_some();
@@ -889,38 +948,23 @@ impl KvStore {
             batch.insert(escalated_key(&record.connector), &n.to_be_bytes()[..]);
             n
         });
-        let event = self.seal_event(&shared, event, records, &mut batch);
-        let applied = event.and_then(|event| {
-            self.db.apply(batch)?;
-            Ok(event)
-        });
-        let event = match applied {
-            Ok(event) => event,
-            Err(e) => {
-                if let Some(value) = &added {
-                    self.erase_key(value);
-                }
-                return Err(e);
-            }
-        };
-        shared.head = self.chain.head(event.seq, &event.hash, records);
+        let (event, head) = self.seal_event(&shared, event, records, &mut batch)?;
+        self.db.apply(batch)?;
+        shared.head = head;
         dues.apply(&mut shared.due);
         shared.records = records;
         if let Some(n) = credentials {
             shared.credentials = n;
         }
-        shared.counts = counts;
+        if moved {
+            if let Some(s) = old_state {
+                let n = shared.counts.entry(s).or_default();
+                *n = n.saturating_sub(1);
+            }
+            *shared.counts.entry(record.state).or_default() += 1;
+        }
         if let Some(n) = escalations {
             shared.escalations.insert(record.connector.clone(), n);
-        }
-        drop(shared);
-        let ticket = self.written();
-        if let Some(value) = replaced {
-            if self.durable {
-                self.keyring.erase_after(ticket, value.to_vec());
-            } else {
-                self.erase_key(&value);
-            }
         }
         Ok((record, event))
     }
@@ -928,9 +972,9 @@ impl KvStore {
     pub fn append_audit(&self, event: NewEvent) -> Result<AuditEvent> {
         let mut shared = self.lock();
         let mut batch = Batch::default();
-        let event = self.seal_event(&shared, event, shared.records, &mut batch)?;
+        let (event, head) = self.seal_event(&shared, event, shared.records, &mut batch)?;
         self.db.apply(batch)?;
-        shared.head = self.chain.head(event.seq, &event.hash, shared.records);
+        shared.head = head;
         drop(shared);
         self.written();
         Ok(event)

@@ -45,6 +45,83 @@ fn event(id: &str) -> NewEvent {
     NewEvent::new("grant.transition", "test").grant(id)
 }
 
+/// Commits are prepared outside the commit lock and checked again under it:
+/// of many racing commits made from the same version of a record, exactly one
+/// lands, the others are conflicts, and the chain holds one event per landed
+/// commit. A new grant raced the same way exists once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_commits_from_one_version_land_once() {
+    let (store, dir) = temp_store();
+    let first = |n: usize| {
+        std::thread::scope(|scope| {
+            let tries: Vec<_> = (0..n)
+                .map(|_| {
+                    scope.spawn(|| {
+                        store.commit(Commit {
+                            record: record("race", GrantState::Requested, Some(500)),
+                            sealed: Sealed::Set(b"secret".to_vec()),
+                            event: event("race"),
+                            lease_until: None,
+                        })
+                    })
+                })
+                .collect();
+            tries
+                .into_iter()
+                .map(|t| t.join().unwrap())
+                .collect::<Vec<_>>()
+        })
+    };
+    let created = first(8);
+    assert_eq!(created.iter().filter(|r| r.is_ok()).count(), 1);
+    assert!(
+        created
+            .iter()
+            .filter_map(|r| r.as_ref().err())
+            .all(|e| matches!(e, Error::Exists(_)))
+    );
+    for round in 0..20 {
+        let current = store.get("race").unwrap().unwrap();
+        let results: Vec<_> = std::thread::scope(|scope| {
+            let tries: Vec<_> = (0..4)
+                .map(|_| {
+                    let mut next = current.clone();
+                    next.due_at = Some(1_000 + round);
+                    scope.spawn(|| {
+                        store.commit(Commit {
+                            record: next,
+                            sealed: Sealed::Keep,
+                            event: event("race"),
+                            lease_until: None,
+                        })
+                    })
+                })
+                .collect();
+            tries.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "round {round}");
+        assert!(
+            results
+                .iter()
+                .filter_map(|r| r.as_ref().err())
+                .all(|e| matches!(e, Error::Conflict(_)))
+        );
+        assert_eq!(store.get("race").unwrap().unwrap().version, current.version + 1);
+    }
+    let events = store
+        .audit(&AuditQuery {
+            grant_id: Some("race".into()),
+            after_seq: 0,
+            limit: 1_000,
+        })
+        .unwrap();
+    assert_eq!(events.len(), 21);
+    assert!(store.verify_audit().unwrap().is_intact());
+    assert_eq!(store.sealed_credential("race").unwrap().unwrap(), b"secret");
+    assert_eq!(store.next_due().unwrap(), Some(1_019));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[tokio::test]
 async fn commits_are_versioned_and_indexed() {
     let (store, dir) = temp_store();
