@@ -11,8 +11,8 @@
 //!   grants in PostgreSQL.
 //! - million: RSS with N active grants, restart-to-serving with them, and the
 //!   expiry-to-revoke-start lag of grants expiring among them.
-//! - memory: the throughput lifecycles on the in-memory engine alone (for
-//!   profiling what the engine above the store costs).
+//! - sled, fjall, memory: the throughput lifecycles on that engine alone (for
+//!   profiling; `memory` is what the engine above the store costs).
 //! - limits (run with throughput): the same lifecycles on the in-memory engine
 //!   (the ceiling without durability), and what the layers below the engine can do
 //!   alone: sled batches of one commit's size with a flush after each, the same
@@ -749,11 +749,10 @@ fn main() {
                 );
             }
         }
-        if which == "memory" {
-            // The in-memory engine alone: what everything above the store costs
-            // (for profiling; `throughput` runs it beside the durable engines).
+        if let Ok(engine) = which.parse::<Engine>() {
+            // One engine alone, for profiling (`throughput` runs them side by side).
             let (total, conc) = if full { (40_000, 256) } else { (200, 16) };
-            throughput(Engine::Memory, &base.join("memory"), total, conc).await;
+            throughput(engine, &base.join("one-engine"), total, conc).await;
         }
         if which.is_empty() || which == "postgres" {
             // Side by side in one run: sled, then PostgreSQL with 1, 2 and 3 hosts.
