@@ -25,6 +25,10 @@ use ebb_test_support::Postgres;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+/// The server's allocator, as in `ebb serve`.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn grant(id: String) -> Grant {
     Grant {
         id,
