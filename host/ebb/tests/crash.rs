@@ -100,6 +100,10 @@ async fn operator_get(client: &reqwest::Client, url: &str) -> Value {
     served::get_json(client, url, OPERATOR).await
 }
 
+/// The kill tests measure how late revocations come, with a host, a database and
+/// a load on two cores: they run one at a time, not beside each other.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_at_random_moments_loses_nothing() {
     ebb_test_support::require!(Postgres);
@@ -115,6 +119,7 @@ async fn kill_9_at_random_moments_loses_nothing_on_fjall() {
 }
 
 async fn kill_9_at_random_moments(engine: &str) {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let pg = Postgres::start().unwrap();
     let dir = std::env::temp_dir().join(format!("ebb-crash-{}", rand::random::<u64>()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -221,6 +226,7 @@ async fn kill_9_at_random_moments(engine: &str) {
 
     // No grant outlived its TTL by more than the downtime it fell into plus 1 s.
     let mut late = Vec::new();
+    let mut worst = 0;
     for g in &grants {
         let (Some(not_after), Some(revoked_at)) =
             (g["grant"]["not_after"].as_u64(), g["revoked_at"].as_u64())
@@ -239,6 +245,7 @@ async fn kill_9_at_random_moments(engine: &str) {
                 to.saturating_sub(from)
             })
             .sum();
+        worst = worst.max((revoked_at - not_after).saturating_sub(down));
         if revoked_at - not_after > down + 1000 {
             let started = g["revoke_started_at"].as_u64().unwrap_or(0);
             late.push((
@@ -249,6 +256,9 @@ async fn kill_9_at_random_moments(engine: &str) {
             ));
         }
     }
+    println!(
+        "slowest revocation, downtime not counted: {worst} ms after not-after (limit 1000 ms)"
+    );
     assert!(
         late.is_empty(),
         "grants revoked too late (id, revoked ms after not-after, started ms after not-after, downtime while overdue ms): {late:?}"
@@ -279,6 +289,7 @@ async fn kill_9_at_random_moments(engine: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_never_leaves_a_handed_out_token_unrevocable() {
     ebb_test_support::require!(Oidc);
+    let _alone = ONE_AT_A_TIME.lock().await;
     let server = ebb_test_support::Oidc::start(600).unwrap();
     let dir = std::env::temp_dir().join(format!("ebb-crash-oauth-{}", rand::random::<u64>()));
     std::fs::create_dir_all(&dir).unwrap();
