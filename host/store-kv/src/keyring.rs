@@ -8,11 +8,13 @@
 //! zeros; once that is synced the credential's bytes, wherever the engine left them, can
 //! no longer be decrypted by anyone, the host key's holder included.
 //!
-//! Durability: a slot is written before the batch that refers to it, and the
-//! group-commit flusher syncs this file before it flushes the engine, so a durable
-//! reference never points at a key that is not. A crash can leave slots no record
-//! refers to (written for a batch that was lost, or not yet zeroed after a shred);
-//! [`Keyring::open`] zeroes every slot that `used` does not name.
+//! Durability: a slot is written, and synced, before the batch that refers to it is
+//! applied to the engine (each key has a ticket; the commit waits until
+//! [`Keyring::synced`] reaches it). Whatever the engine makes durable, and whenever,
+//! a durable reference never points at a key that is not — after a power loss too.
+//! A crash can leave slots no record refers to (written for a batch that was lost,
+//! or not yet zeroed after a shred); [`Keyring::open`] zeroes every slot that `used`
+//! does not name.
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
@@ -21,6 +23,7 @@ use std::fs::File;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::Mutex;
+use tokio::sync::watch;
 use zeroize::Zeroizing;
 
 const SLOT: usize = 32;
@@ -40,10 +43,18 @@ struct State {
     /// Zeroed slots below `len`, to reuse.
     free: Vec<u32>,
     len: u32,
+    /// Keys written so far: the ticket of the last one.
+    written: u64,
 }
 
 pub(crate) struct Keyring {
     state: Mutex<State>,
+    /// The ticket of the last key known to be on disk.
+    synced: watch::Sender<u64>,
+    /// Fault injection for tests: while set, [`Keyring::sync`] waits, as on a
+    /// disk that is slow to flush.
+    #[cfg(test)]
+    pub(crate) stall_sync: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Keyring {
@@ -83,14 +94,13 @@ impl Keyring {
         }
         drop(Zeroizing::new(bytes));
         free.reverse();
-        Ok(Self {
-            state: Mutex::new(State {
-                slots: Slots::File(file),
-                pending: Vec::new(),
-                free,
-                len,
-            }),
-        })
+        Ok(Self::new(State {
+            slots: Slots::File(file),
+            pending: Vec::new(),
+            free,
+            len,
+            written: 0,
+        }))
     }
 
     /// How many slots hold a key.
@@ -100,14 +110,27 @@ impl Keyring {
     }
 
     pub(crate) fn memory() -> Self {
+        Self::new(State {
+            slots: Slots::Memory(Vec::new()),
+            pending: Vec::new(),
+            free: Vec::new(),
+            len: 0,
+            written: 0,
+        })
+    }
+
+    fn new(state: State) -> Self {
         Self {
-            state: Mutex::new(State {
-                slots: Slots::Memory(Vec::new()),
-                pending: Vec::new(),
-                free: Vec::new(),
-                len: 0,
-            }),
+            state: Mutex::new(state),
+            synced: watch::channel(0).0,
+            #[cfg(test)]
+            stall_sync: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// The ticket of the last key on disk, as [`Keyring::sync`] advances it.
+    pub(crate) fn synced(&self) -> watch::Receiver<u64> {
+        self.synced.subscribe()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -115,8 +138,9 @@ impl Keyring {
     }
 
     /// Encrypts `plain` for grant `id` under a new key in a new slot; returns the
-    /// value to store: slot (u32 BE) ‖ nonce ‖ ciphertext.
-    pub(crate) fn seal(&self, id: &str, plain: &[u8]) -> std::io::Result<Vec<u8>> {
+    /// value to store: slot (u32 BE) ‖ nonce ‖ ciphertext, and the key's ticket: the
+    /// value may be written to the engine once [`Keyring::synced`] reaches it.
+    pub(crate) fn seal(&self, id: &str, plain: &[u8]) -> std::io::Result<(Vec<u8>, u64)> {
         let mut key = Zeroizing::new([0u8; SLOT]);
         while *key == ZERO {
             rand::fill(key.as_mut_slice());
@@ -132,12 +156,12 @@ impl Keyring {
                 },
             )
             .map_err(|_| std::io::Error::other("encrypting a credential"))?;
-        let slot = self.put(&key)?;
+        let (slot, ticket) = self.put(&key)?;
         let mut value = Vec::with_capacity(4 + NONCE + ciphertext.len());
         value.extend_from_slice(&slot.to_be_bytes());
         value.extend_from_slice(&nonce);
         value.extend_from_slice(&ciphertext);
-        Ok(value)
+        Ok((value, ticket))
     }
 
     /// Decrypts a value [`Keyring::seal`] made; `None` if its key was erased.
@@ -210,17 +234,35 @@ impl Keyring {
         Ok(())
     }
 
-    /// Makes every slot written so far durable.
+    /// Makes every slot written so far durable, and says so through
+    /// [`Keyring::synced`].
     pub(crate) fn sync(&self) -> std::io::Result<()> {
+        #[cfg(test)]
+        while self.stall_sync.load(std::sync::atomic::Ordering::Acquire) {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         // A clone of the descriptor, so the sync does not hold the lock.
-        let file = match &self.lock().slots {
-            Slots::File(file) => file.try_clone()?,
-            Slots::Memory(_) => return Ok(()),
+        let (file, written) = {
+            let state = self.lock();
+            let file = match &state.slots {
+                Slots::File(file) => Some(file.try_clone()?),
+                Slots::Memory(_) => None,
+            };
+            (file, state.written)
         };
-        file.sync_data()
+        if let Some(file) = file {
+            file.sync_data()?;
+        }
+        self.synced.send_if_modified(|synced| {
+            let advanced = written > *synced;
+            *synced = (*synced).max(written);
+            advanced
+        });
+        Ok(())
     }
 
-    fn put(&self, key: &[u8; SLOT]) -> std::io::Result<u32> {
+    /// Writes `key` into a free slot; returns the slot and the key's ticket.
+    fn put(&self, key: &[u8; SLOT]) -> std::io::Result<(u32, u64)> {
         let mut state = self.lock();
         let slot = match state.free.pop() {
             Some(slot) => slot,
@@ -247,7 +289,8 @@ impl Keyring {
                 slots[slot as usize] = *key;
             }
         }
-        Ok(slot)
+        state.written += 1;
+        Ok((slot, state.written))
     }
 
     fn get(&self, slot: u32) -> std::io::Result<Zeroizing<[u8; SLOT]>> {

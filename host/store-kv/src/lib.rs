@@ -111,6 +111,31 @@ struct Shared {
 
 /// Group commit: writers bump `written`; one flusher makes everything written so far
 /// durable and publishes how far it got.
+/// A commit prepared outside the commit lock ([`KvStore::prepare`]).
+struct Prepared {
+    id: String,
+    record: GrantRecord,
+    old: (Option<Bytes>, Option<GrantRecord>),
+    encoded: (Vec<u8>, [u8; 32]),
+    sealed: Sealed,
+    /// A new credential's stored value and its key's ticket in the keyring.
+    added: Option<(Vec<u8>, u64)>,
+    replaced: Option<Bytes>,
+    event: NewEvent,
+    lease_until: Option<Timestamp>,
+}
+
+impl Prepared {
+    /// The new credential whose key must reach the disk before the commit is
+    /// applied: on a durable store, the engine may flush the commit at any moment
+    /// after (another caller's sync), and a durable record whose key is not would
+    /// read as erased after a power loss.
+    fn key_pending(&self, durable: bool) -> Option<(&[u8], u64)> {
+        let (value, ticket) = self.added.as_ref().filter(|_| durable)?;
+        Some((value, *ticket))
+    }
+}
+
 struct GroupCommit {
     written: AtomicU64,
     flushed: watch::Receiver<u64>,
@@ -208,11 +233,13 @@ impl Flusher {
 
     /// Makes everything counted up to `target` durable.
     fn flush(db: &Kv, keyring: &keyring::Keyring, target: u64) -> Result<u64> {
-        // Keys before the records that use them: every slot written by a commit
-        // counted in `target` was written before it was counted. Keys of
-        // credentials whose removal is now durable are erased after the engine's
-        // flush (their zeros synced with the next round's keyring sync): erased
-        // before, a crash could bring back a record whose credential is gone.
+        // Keys before the records that use them: a commit with a new key is applied
+        // only once a keyring sync covered that key (it waits for this one), so the
+        // engine's flush — which takes whatever was applied until it runs — never
+        // makes a record durable without its key. Keys of credentials whose removal
+        // is now durable are erased after the engine's flush (their zeros synced
+        // with the next round's keyring sync): erased before, a crash could bring
+        // back a record whose credential is gone.
         keyring.sync().map_err(|source| Error::Io {
             what: "syncing the keyring",
             source,
@@ -709,7 +736,7 @@ fn open_keyring(db: &Kv, path: Option<&Path>) -> Result<(keyring::Keyring, u64)>
     for entry in db.prefix(b"c/") {
         let (k, v) = entry?;
         let id = String::from_utf8_lossy(&k[2..]);
-        batch.insert(k.to_vec(), keyring.seal(&id, &v).map_err(io)?);
+        batch.insert(k.to_vec(), keyring.seal(&id, &v).map_err(io)?.0);
         n += 1;
     }
     batch.insert(CREDENTIALS, &n.to_be_bytes()[..]);
@@ -778,7 +805,42 @@ impl KvStore {
         }
     }
 
+    /// Commits from a thread that may block: a new credential's key is synced
+    /// here, by this thread, before the commit is applied. (The [`Store`] trait's
+    /// `commit` waits for the next group commit's sync instead.)
     pub fn commit(&self, commit: Commit) -> Result<(GrantRecord, AuditEvent)> {
+        let prepared = self.prepare(commit)?;
+        if let Some((value, _)) = prepared.key_pending(self.durable)
+            && let Err(source) = self.keyring.sync()
+        {
+            self.erase_key(value);
+            return Err(Error::Io {
+                what: "syncing the keyring",
+                source,
+            });
+        }
+        self.apply_prepared(prepared)
+    }
+
+    /// [`KvStore::commit`] for async callers: a new credential's key reaches the
+    /// disk with the group commit's next keyring sync, which this waits for.
+    pub async fn commit_async(&self, commit: Commit) -> Result<(GrantRecord, AuditEvent)> {
+        let prepared = self.prepare(commit)?;
+        if let Some((value, ticket)) = prepared.key_pending(self.durable)
+            && let Err(e) = self.wait_durable(self.keyring.synced(), ticket).await
+        {
+            self.erase_key(value);
+            return Err(e);
+        }
+        self.apply_prepared(prepared)
+    }
+
+    /// Everything of a commit that depends only on this grant's stored record,
+    /// done before the commit lock: decoding the old record, encoding and tagging
+    /// the new one, sealing a new credential. Under the lock the record's bytes are
+    /// read again and must be the same, or the commit is refused as a conflict, as
+    /// if it had come second.
+    fn prepare(&self, commit: Commit) -> Result<Prepared> {
         let Commit {
             mut record,
             sealed,
@@ -786,11 +848,6 @@ impl KvStore {
             lease_until,
         } = commit;
         let id = record.grant.id.clone();
-        // Everything that depends only on this grant's stored record is done
-        // before the commit lock: decoding the old record, encoding and tagging
-        // the new one, sealing a new credential. Under the lock the record's
-        // bytes are read again and must be the same, or the commit is refused as
-        // a conflict, as if it had come second.
         let g_key = key("g/", &id);
         let old_bytes = self.db.get(&g_key)?;
         let old: Option<GrantRecord> = match &old_bytes {
@@ -822,19 +879,35 @@ impl KvStore {
             }
             Sealed::Keep | Sealed::Shred => None,
         };
-        let result = self.commit_locked(
-            &id,
+        Ok(Prepared {
+            id,
             record,
-            (old_bytes, old),
-            (bytes, tag),
-            (&sealed, added.as_deref(), replaced.is_some()),
+            old: (old_bytes, old),
+            encoded: (bytes, tag),
+            sealed,
+            added,
+            replaced,
             event,
             lease_until,
+        })
+    }
+
+    /// Applies a prepared commit (its new key, if any, already on disk).
+    fn apply_prepared(&self, p: Prepared) -> Result<(GrantRecord, AuditEvent)> {
+        let added = p.added.map(|(value, _)| value);
+        let result = self.commit_locked(
+            &p.id,
+            p.record,
+            p.old,
+            p.encoded,
+            (&p.sealed, added.as_deref(), p.replaced.is_some()),
+            p.event,
+            p.lease_until,
         );
         match result {
             Ok(done) => {
                 let ticket = self.written();
-                if let Some(value) = replaced {
+                if let Some(value) = p.replaced {
                     if self.durable {
                         self.keyring.erase_after(ticket, value.to_vec());
                     } else {
@@ -1238,15 +1311,20 @@ impl KvStore {
             return Ok(());
         }
         let target = self.group.written.load(Ordering::Acquire);
-        let mut flushed = self.group.flushed.clone();
-        if *flushed.borrow() >= target {
+        self.wait_durable(self.group.flushed.clone(), target).await
+    }
+
+    /// Waits until `progress` (what the flusher has made durable: writes, or keys)
+    /// reaches `target`, kicking it first.
+    async fn wait_durable(&self, mut progress: watch::Receiver<u64>, target: u64) -> Result<()> {
+        if *progress.borrow() >= target {
             return Ok(());
         }
         self.group.kick.kick();
         loop {
             let waited = tokio::time::timeout(
                 std::time::Duration::from_millis(100),
-                flushed.wait_for(|done| *done >= target),
+                progress.wait_for(|done| *done >= target),
             )
             .await;
             match waited {
@@ -1294,7 +1372,7 @@ impl Store for KvStore {
         KvStore::get(self, id)
     }
     async fn commit(&self, commit: Commit) -> Result<(GrantRecord, AuditEvent)> {
-        KvStore::commit(self, commit)
+        KvStore::commit_async(self, commit).await
     }
     async fn append_audit(&self, event: NewEvent) -> Result<AuditEvent> {
         KvStore::append_audit(self, event)
