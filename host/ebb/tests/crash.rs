@@ -12,11 +12,10 @@
     reason = "tests fail loudly"
 )]
 
-use ebb_test_support::{Postgres, served};
+use ebb_test_support::{KillOnDrop, Postgres, served};
 use rand::Rng;
 use serde_json::{Value, json};
 use std::path::Path;
-use std::process::Child;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -65,13 +64,13 @@ lifecycle = {{ approval = "auto", retry-base-ms = 100, retry-max-ms = 1000, max-
     path
 }
 
-fn start(config: &Path, log: &Path) -> Child {
+fn start(config: &Path, log: &Path) -> KillOnDrop {
     start_with(config, log, &[])
 }
 
 /// `ebb serve` with `env` added, its stderr appended to `log`.
-fn start_with(config: &Path, log: &Path, env: &[(&str, &str)]) -> Child {
-    ebb_test_support::serve_command(env!("CARGO_BIN_EXE_ebb"), config)
+fn start_with(config: &Path, log: &Path, env: &[(&str, &str)]) -> KillOnDrop {
+    let child = ebb_test_support::serve_command(env!("CARGO_BIN_EXE_ebb"), config)
         .envs(env.iter().copied())
         .env("EBB_LOG", "warn")
         .stderr(
@@ -82,7 +81,8 @@ fn start_with(config: &Path, log: &Path, env: &[(&str, &str)]) -> Child {
                 .unwrap(),
         )
         .spawn()
-        .unwrap()
+        .unwrap();
+    KillOnDrop(child)
 }
 
 async fn wait_healthy(client: &reqwest::Client, base: &str) {
@@ -527,11 +527,12 @@ async fn a_store_edited_while_stopped_is_refused_at_start() {
         "{stderr}"
     );
 
-    let mut host =
+    let mut host = KillOnDrop(
         ebb_test_support::serve_command(env!("CARGO_BIN_EXE_ebb"), &dir.join("ebb.toml"))
             .arg("--accept-unverified-store")
             .spawn()
-            .unwrap();
+            .unwrap(),
+    );
     assert!(ebb_test_support::wait_for_port(
         port,
         Duration::from_secs(10)

@@ -154,6 +154,32 @@ impl Drop for Host {
     }
 }
 
+/// A child process (an `ebb serve` a test starts and kills itself) that is killed
+/// and reaped when dropped, so a test that fails half-way leaves no host running.
+#[derive(Debug)]
+pub struct KillOnDrop(pub std::process::Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = std::process::Child;
+
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A folder under the system's temporary folder that is deleted when dropped, so
 /// test runs do not leave their stores and configuration behind.
 #[derive(Debug)]
