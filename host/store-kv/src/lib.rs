@@ -43,12 +43,13 @@ use ebb_core::state::GrantState;
 use ebb_core::store::{
     AuditQuery, Commit, Error, GrantRecord, ListFilter, Page, Result, Sealed, Store,
 };
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::watch;
 
+mod due;
 mod keyring;
 mod keys;
 mod kv;
@@ -94,11 +95,10 @@ impl std::fmt::Debug for KvStore {
 
 struct Shared {
     head: Head,
-    /// The due index (`t/`), also in memory: the scheduler's claims and "when is
-    /// the next one" read this instead of scanning the engine, where an LSM engine
-    /// would walk past every due entry ever removed and not yet compacted away.
-    /// Changed only under this lock, after the engine took the batch.
-    due: BTreeSet<(Timestamp, String)>,
+    /// The due index's earliest entries (`due.rs`), read by the scheduler's claims
+    /// and "when is the next one". Changed only under this lock, after the engine
+    /// took the batch.
+    due: due::DueWindow,
     /// Grant records held: counted in the keyed head.
     records: u64,
     /// Stored credentials (`c/` entries), persisted beside them.
@@ -283,12 +283,12 @@ impl DueChanges {
         self.0.push((due, id.to_owned(), false));
     }
 
-    fn apply(self, index: &mut BTreeSet<(Timestamp, String)>) {
+    fn apply(self, index: &mut due::DueWindow) {
         for (due, id, added) in self.0 {
             if added {
-                index.insert((due, id));
+                index.insert(due, id);
             } else {
-                index.remove(&(due, id));
+                index.remove(due, id);
             }
         }
     }
@@ -352,11 +352,7 @@ impl KvStore {
             let connector = String::from_utf8_lossy(&k[ESCALATED.len()..]).into_owned();
             escalations.insert(connector, be(&v).unwrap_or(0));
         }
-        let mut due = BTreeSet::new();
-        for entry in db.prefix(b"t/") {
-            let (k, _) = entry?;
-            due.insert(parse_due_key(&k)?);
-        }
+        let due = due::DueWindow::open(&db)?;
         let db = Arc::new(db);
         let (flushed_tx, flushed) = watch::channel(0);
         let group = Arc::new(GroupCommit {
@@ -1060,12 +1056,7 @@ impl KvStore {
         limit: usize,
     ) -> Result<Vec<String>> {
         let mut shared = self.lock();
-        let due: Vec<(Timestamp, String)> = shared
-            .due
-            .range(..(now.saturating_add(1), String::new()))
-            .take(limit)
-            .cloned()
-            .collect();
+        let due = shared.due.due_by(&self.db, now, limit)?;
         let mut claimed = Vec::with_capacity(due.len());
         let mut batch = Batch::default();
         let mut dues = DueChanges::default();
@@ -1107,7 +1098,7 @@ impl KvStore {
     }
 
     pub fn next_due(&self) -> Result<Option<Timestamp>> {
-        Ok(self.lock().due.first().map(|(at, _)| *at))
+        self.lock().due.first(&self.db)
     }
 
     pub fn release_leases(&self) -> Result<usize> {

@@ -38,7 +38,25 @@ fn temp_store() -> (Arc<KvStore>, std::path::PathBuf) {
 async fn reopen(store: Arc<KvStore>, dir: &std::path::Path) -> Arc<KvStore> {
     store.sync().await.unwrap();
     drop(store);
-    open(dir, [1; 32]).unwrap()
+    open_again(dir).await
+}
+
+/// Opens the store in `dir` that was just dropped. A flush round that started
+/// before the drop (a kick left over, or a flush that was failing) may still hold
+/// the engine, and sled's file lock, for a moment on the blocking pool: wait for
+/// it, 5 s at most.
+async fn open_again(dir: &std::path::Path) -> Arc<KvStore> {
+    let by = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match open(dir, [1; 32]) {
+            Ok(store) => return store,
+            Err(e) if std::time::Instant::now() < by => {
+                eprintln!("reopening: {e}; trying again");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("the store does not reopen: {e:?}"),
+        }
+    }
 }
 
 fn event(id: &str) -> NewEvent {
@@ -675,19 +693,7 @@ async fn a_full_disk_is_an_error_within_a_bounded_time_not_a_hang() {
     // acknowledged before the disk filled is lost: reopened with space, it is there.
     drop(store);
     std::fs::remove_file(&filler).unwrap();
-    // A flush that was failing when the store was dropped may still hold the
-    // engine (and its file lock) for a moment on the blocking pool.
-    let reopen_by = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    let store = loop {
-        match open(&mount.join("store"), [1; 32]) {
-            Ok(store) => break store,
-            Err(e) if std::time::Instant::now() < reopen_by => {
-                eprintln!("reopening: {e}; trying again");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-            Err(e) => panic!("the store does not reopen: {e:?}"),
-        }
-    };
+    let store = open_again(&mount.join("store")).await;
     assert!(store.get("before").unwrap().is_some());
     assert!(store.verify_audit().unwrap().is_intact());
     store.health().unwrap();
@@ -1081,6 +1087,91 @@ async fn a_new_credential_is_applied_only_after_its_key_is_on_disk() {
     let store = reopen(store, &dir).await;
     assert_eq!(store.sealed_credential("k3").unwrap().unwrap(), b"three");
     assert_eq!(store.sealed_credential("k4").unwrap().unwrap(), b"four");
+    drop(store);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The due index in memory is a window over the earliest entries (4 in tests):
+/// claims and the next due time are the same as over the whole index, through
+/// random commits, claims and reschedules before and beyond the window's horizon,
+/// and after a reopen, which reads only the window.
+#[tokio::test]
+async fn the_due_window_answers_as_the_whole_index_would() {
+    use rand::Rng;
+    let (store, dir) = temp_store();
+    let mut rng = rand::rng();
+    // The model: each grant's due time, and its version.
+    let mut model: BTreeMap<String, (Option<Timestamp>, u64)> = BTreeMap::new();
+    for i in 0..60 {
+        let id = format!("g{i:02}");
+        let due = rng.random_range(0..1_000);
+        let (r, _) = store
+            .commit(Commit {
+                record: record(&id, GrantState::Active, Some(due)),
+                sealed: Sealed::Keep,
+                event: event(&id),
+                lease_until: None,
+            })
+            .unwrap();
+        model.insert(id, (Some(due), r.version));
+    }
+    let expected = |model: &BTreeMap<String, (Option<Timestamp>, u64)>, now, limit| {
+        let mut due: Vec<(Timestamp, String)> = model
+            .iter()
+            .filter_map(|(id, (due, _))| due.filter(|d| *d <= now).map(|d| (d, id.clone())))
+            .collect();
+        due.sort();
+        due.into_iter()
+            .take(limit)
+            .map(|(_, id)| id)
+            .collect::<Vec<_>>()
+    };
+    let next = |model: &BTreeMap<String, (Option<Timestamp>, u64)>| {
+        model.values().filter_map(|(due, _)| *due).min()
+    };
+    let mut store = store;
+    for round in 0..200 {
+        let id = format!("g{:02}", rng.random_range(0..60));
+        match rng.random_range(0..4) {
+            0 => {
+                let due = rng.random_range(0..2_000);
+                store.reschedule(&id, Some(due)).unwrap();
+                model.get_mut(&id).unwrap().0 = Some(due);
+            }
+            1 => {
+                let mut r = store.get(&id).unwrap().unwrap();
+                let due = (rng.random_range(0..3) > 0).then(|| rng.random_range(0..2_000));
+                r.due_at = due;
+                let (r, _) = store
+                    .commit(Commit {
+                        record: r,
+                        sealed: Sealed::Keep,
+                        event: event(&id),
+                        lease_until: None,
+                    })
+                    .unwrap();
+                model.insert(id, (due, r.version));
+            }
+            2 => {
+                let now = rng.random_range(0..2_000);
+                let limit = rng.random_range(1..12);
+                let want = expected(&model, now, limit);
+                let lease = 5_000 + round;
+                assert_eq!(store.claim_due(now, lease, limit).unwrap(), want, "round {round}");
+                for id in want {
+                    model.get_mut(&id).unwrap().0 = Some(lease);
+                }
+            }
+            _ => store = reopen(store, &dir).await,
+        }
+        assert_eq!(store.next_due().unwrap(), next(&model), "round {round}");
+        assert!(store.lock().due.in_memory() <= 2 * 4, "the window grew");
+    }
+    let everything = expected(&model, u64::MAX - 1, usize::MAX);
+    assert_eq!(
+        store.claim_due(u64::MAX - 1, u64::MAX, usize::MAX).unwrap(),
+        everything
+    );
     drop(store);
     let _ = std::fs::remove_dir_all(dir);
 }
