@@ -472,35 +472,13 @@ async fn cold_start_on(
 }
 
 async fn million(dir: &Path, total: usize, expiring: usize) {
-    let now = Clock::system().now_ms();
-    let sealer = Sealer::new(&HostKey::from_hex(&bench_key_hex()).unwrap());
     let rss_before = rss_mib();
-    let mut some_id = String::new();
-    {
+    let some_id = {
         let store = KvStore::open(dir, bench_audit_key()).unwrap();
-        let load = Instant::now();
-        // Far-future grants, plus `expiring` ones due 5–15 s after loading ends.
-        for i in 0..total {
-            let id = ulid::Ulid::new().to_string();
-            let not_after = if i < expiring {
-                u64::MAX / 2 // placed below
-            } else {
-                now + 86_400_000 + (i as u64 % 3_600_000)
-            };
-            if i == total / 2 {
-                some_id.clone_from(&id);
-            }
-            store
-                .commit(active_commit(&sealer, id.clone(), not_after, now))
-                .unwrap();
-        }
+        let some_id = load(store.clone(), total, expiring, "million").await;
         store.sync().await.unwrap();
-        println!(
-            "million: loaded {total} active grants in {:.1} s",
-            load.elapsed().as_secs_f64()
-        );
-        drop(store);
-    }
+        some_id
+    };
     // The first start checks the whole audit chain; later ones only what was
     // appended since the last good check (plus every record, each time).
     for which in ["first", "second"] {
@@ -640,6 +618,47 @@ async fn million(dir: &Path, total: usize, expiring: usize) {
     engine.shutdown().await.unwrap();
 }
 
+/// Loads `total` active grants into `store` through 64 concurrent writers, as
+/// clients of the API would commit them: far-future grants, plus `expiring` ones
+/// whose expiry is placed later (`not_after` marks them). Returns one grant's id.
+async fn load(store: Arc<dyn Store>, total: usize, expiring: usize, label: &str) -> String {
+    let now = Clock::system().now_ms();
+    let started = Instant::now();
+    let writers = 64;
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let sealer = Sealer::new(&HostKey::from_hex(&bench_key_hex()).unwrap());
+            let mut last = String::new();
+            for i in (w..total).step_by(writers) {
+                let id = ulid::Ulid::new().to_string();
+                let not_after = if i < expiring {
+                    u64::MAX / 2
+                } else {
+                    now + 86_400_000 + (i as u64 % 3_600_000)
+                };
+                store
+                    .commit(active_commit(&sealer, id.clone(), not_after, now))
+                    .await
+                    .unwrap();
+                last = id;
+            }
+            last
+        }));
+    }
+    let mut some_id = String::new();
+    for t in tasks {
+        some_id = t.await.unwrap();
+    }
+    let loaded = started.elapsed().as_secs_f64();
+    println!(
+        "{label}: loaded {total} active grants in {loaded:.1} s ({:.0} commits/s, {writers} writers)",
+        total as f64 / loaded
+    );
+    some_id
+}
+
 /// Restart to serving with `total` active grants in PostgreSQL: loaded through
 /// the store by 64 concurrent writers, then a cold `ebb serve` on them, twice (the
 /// first start checks the whole chain, the second only what came since).
@@ -659,36 +678,7 @@ async fn million_postgres(dir: &Path, total: usize) {
     )
     .await
     .unwrap();
-    let now = Clock::system().now_ms();
-    let load = Instant::now();
-    let writers = 64;
-    let mut tasks = Vec::new();
-    for w in 0..writers {
-        let store = store.clone();
-        tasks.push(tokio::spawn(async move {
-            let sealer = Sealer::new(&HostKey::from_hex(&bench_key_hex()).unwrap());
-            let mut last = String::new();
-            for i in (w..total).step_by(writers) {
-                let id = ulid::Ulid::new().to_string();
-                let not_after = now + 86_400_000 + (i as u64 % 3_600_000);
-                store
-                    .commit(active_commit(&sealer, id.clone(), not_after, now))
-                    .await
-                    .unwrap();
-                last = id;
-            }
-            last
-        }));
-    }
-    let mut some_id = String::new();
-    for t in tasks {
-        some_id = t.await.unwrap();
-    }
-    let loaded = load.elapsed().as_secs_f64();
-    println!(
-        "million-postgres: loaded {total} active grants in {loaded:.1} s ({:.0} commits/s, 64 writers)",
-        total as f64 / loaded
-    );
+    let some_id = load(store.clone(), total, 0, "million-postgres").await;
     drop(store);
     let store_lines = "kind = \"postgres\"\ndsn-env = \"EBB_BENCH_STORE_DSN\"\nhost-id = \"bench\"";
     for which in ["first", "second"] {

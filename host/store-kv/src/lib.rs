@@ -140,6 +140,8 @@ struct GroupCommit {
     written: AtomicU64,
     flushed: watch::Receiver<u64>,
     kick: Arc<Kick>,
+    /// Wakes the key syncer ([`KeySyncer`]).
+    kick_keys: Arc<Kick>,
     /// Since when flushes have been failing, and the last error, while they are.
     failing: Mutex<Option<(std::time::Instant, std::io::ErrorKind, String)>>,
 }
@@ -253,6 +255,50 @@ impl Flusher {
     }
 }
 
+/// Syncs the keyring when a commit with a new credential waits for its key to be
+/// on disk ([`Prepared::key_pending`]): one small `fsync`, not a whole flush
+/// round (the engine's flush can take far longer, and the commit would wait for
+/// the round after the one in progress).
+struct KeySyncer {
+    kick: Arc<Kick>,
+    group: std::sync::Weak<GroupCommit>,
+    keyring: std::sync::Weak<keyring::Keyring>,
+}
+
+impl KeySyncer {
+    async fn run(self) {
+        while self.kick.wait().await {
+            let Some(keyring) = self.keyring.upgrade() else {
+                break;
+            };
+            let synced = tokio::task::spawn_blocking(move || keyring.sync())
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            let Some(group) = self.group.upgrade() else {
+                break;
+            };
+            if let Err(e) = synced {
+                metrics::counter!("ebb_store_flush_errors_total").increment(1);
+                tracing::error!(error = %e, "syncing the keyring failed; retrying");
+                group
+                    .failing
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_or_insert_with(|| {
+                        (
+                            std::time::Instant::now(),
+                            e.kind(),
+                            format!("syncing the keyring: {e}"),
+                        )
+                    });
+                drop(group);
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                self.kick.kick();
+            }
+        }
+    }
+}
+
 /// Adds `record` to `page` if `filter` matches it; false once the page is full
 /// (its `next` then names the last grant on it).
 fn add_to_page(page: &mut Page, filter: &ListFilter, limit: usize, record: GrantRecord) -> bool {
@@ -359,6 +405,7 @@ impl KvStore {
             written: AtomicU64::new(0),
             flushed,
             kick: Arc::new(Kick::default()),
+            kick_keys: Arc::new(Kick::default()),
             failing: Mutex::new(None),
         });
         if durable {
@@ -370,6 +417,12 @@ impl KvStore {
                 flushed: flushed_tx,
             };
             tokio::spawn(flusher.run());
+            let keys = KeySyncer {
+                kick: group.kick_keys.clone(),
+                group: Arc::downgrade(&group),
+                keyring: Arc::downgrade(&keyring),
+            };
+            tokio::spawn(keys.run());
         }
         Ok(Arc::new_cyclic(|me| Self {
             me: me.clone(),
@@ -785,8 +838,10 @@ impl Drop for KvStore {
     fn drop(&mut self) {
         // Drop runs before the fields are dropped: mark the store closed first, so a
         // woken flusher ends instead of upgrading its handle and holding the db open.
-        self.group.kick.closed.store(true, Ordering::Release);
-        self.group.kick.kick();
+        for kick in [&self.group.kick, &self.group.kick_keys] {
+            kick.closed.store(true, Ordering::Release);
+            kick.kick();
+        }
     }
 }
 
@@ -823,7 +878,9 @@ impl KvStore {
     pub async fn commit_async(&self, commit: Commit) -> Result<(GrantRecord, AuditEvent)> {
         let prepared = self.prepare(commit)?;
         if let Some((value, ticket)) = prepared.key_pending(self.durable)
-            && let Err(e) = self.wait_durable(self.keyring.synced(), ticket).await
+            && let Err(e) = self
+                .wait_durable(self.keyring.synced(), ticket, &self.group.kick_keys)
+                .await
         {
             self.erase_key(value);
             return Err(e);
@@ -1302,16 +1359,22 @@ impl KvStore {
             return Ok(());
         }
         let target = self.group.written.load(Ordering::Acquire);
-        self.wait_durable(self.group.flushed.clone(), target).await
+        self.wait_durable(self.group.flushed.clone(), target, &self.group.kick)
+            .await
     }
 
-    /// Waits until `progress` (what the flusher has made durable: writes, or keys)
-    /// reaches `target`, kicking it first.
-    async fn wait_durable(&self, mut progress: watch::Receiver<u64>, target: u64) -> Result<()> {
+    /// Waits until `progress` (what is durable: writes, or keys) reaches `target`,
+    /// first kicking the task that advances it.
+    async fn wait_durable(
+        &self,
+        mut progress: watch::Receiver<u64>,
+        target: u64,
+        kick: &Kick,
+    ) -> Result<()> {
         if *progress.borrow() >= target {
             return Ok(());
         }
-        self.group.kick.kick();
+        kick.kick();
         loop {
             let waited = tokio::time::timeout(
                 std::time::Duration::from_millis(100),
