@@ -468,9 +468,9 @@ impl PgStore {
         }
         self.exec(
             "renewing leases",
-            "UPDATE ebb_grants SET due_at = $2 WHERE id IN \
-             (SELECT id FROM ebb_grants WHERE id = ANY($3) AND lease_host = $1 \
-              AND due_at < $2 ORDER BY id FOR UPDATE SKIP LOCKED)",
+            "UPDATE ebb_grants SET due_at = $2 WHERE id = ANY(ARRAY( \
+             SELECT id FROM ebb_grants WHERE id = ANY($3) AND lease_host = $1 \
+              AND due_at < $2 ORDER BY id FOR UPDATE SKIP LOCKED))",
             &[&self.host, &db_ts(until), &held],
         )
         .await
@@ -618,11 +618,14 @@ impl Store for PgStore {
         let rows = self
             .rows(
                 "claiming due grants",
-                "UPDATE ebb_grants g SET due_at = $2, lease_host = $3, \
-                 lease_due = COALESCE(g.lease_due, g.due_at) \
-                 FROM (SELECT id FROM ebb_grants WHERE due_at <= $1 \
-                       ORDER BY due_at, id LIMIT $4 FOR UPDATE SKIP LOCKED) due \
-                 WHERE g.id = due.id RETURNING g.id",
+                // The locked ids as an array (an InitPlan), so the update finds
+                // its rows through the primary key: a join to the subquery let the
+                // planner scan the whole table for each claim.
+                "UPDATE ebb_grants SET due_at = $2, lease_host = $3, \
+                 lease_due = COALESCE(lease_due, due_at) \
+                 WHERE id = ANY(ARRAY(SELECT id FROM ebb_grants WHERE due_at <= $1 \
+                       ORDER BY due_at, id LIMIT $4 FOR UPDATE SKIP LOCKED)) \
+                 RETURNING id",
                 &[&db_ts(now), &db_ts(lease_until), &self.host, &limit],
             )
             .await?;
@@ -682,7 +685,7 @@ impl Store for PgStore {
 
     async fn release_leases(&self) -> Result<usize> {
         let n = self.exec("releasing leases", "UPDATE ebb_grants SET due_at = lease_due, lease_host = NULL, lease_due = NULL \
-                 WHERE id IN (SELECT id FROM ebb_grants WHERE lease_host = $1 ORDER BY id FOR UPDATE)",
+                 WHERE id = ANY(ARRAY(SELECT id FROM ebb_grants WHERE lease_host = $1 ORDER BY id FOR UPDATE))",
                 &[&self.host]).await?;
         Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
