@@ -5,6 +5,8 @@
 use super::{Error, Lifecycle};
 use ebb_core::audit::NewEvent;
 use serde_json::json;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Due grants claimed per round.
 const BATCH: usize = 256;
@@ -52,8 +54,11 @@ impl Lifecycle {
                 let engine = self.clone();
                 tokio::spawn(async move {
                     let held = super::Held::new(&engine.inner.store, &id);
-                    let outcome = super::CLAIMED.scope((), engine.work(&id)).await;
-                    engine.work_done(&id, outcome).await;
+                    let leased = Arc::new(AtomicBool::new(true));
+                    let outcome = super::CLAIMED.scope(leased.clone(), engine.work(&id)).await;
+                    engine
+                        .work_done(&id, outcome, leased.load(Ordering::Relaxed))
+                        .await;
                     drop(held);
                     drop(permit);
                 });
@@ -97,7 +102,9 @@ impl Lifecycle {
     /// (`ebb_scheduler_errors_total`), audited when the store still takes it, and
     /// after [`STUCK_AFTER`] failures in a row alerted; the grant's lease brings
     /// the work back by itself.
-    pub(super) async fn work_done(&self, id: &str, outcome: Result<(), Error>) {
+    /// `leased`: whether the work left a lease of this host on the grant (a
+    /// shared store's claim, see [`super::CLAIMED`]).
+    pub(super) async fn work_done(&self, id: &str, outcome: Result<(), Error>, leased: bool) {
         if let Err(Error::ConnectorBusy(_)) = &outcome {
             // Not a failure: the connector's calls are all taken. Back shortly, with
             // jitter so a crowd of waiting grants does not come back at once.
@@ -111,6 +118,7 @@ impl Lifecycle {
             // This host renews its leases while it lives: the claim is given up
             // here, not left to run out. Work that failed comes back in a second.
             let released = match &outcome {
+                Ok(()) if !leased => Ok(()),
                 Ok(()) => self.inner.store.release_claim(id).await,
                 Err(_) => {
                     let later = self.now() + SHARED_RETRY_MS;

@@ -626,6 +626,8 @@ struct TestStore {
     failing: std::sync::Mutex<Option<String>>,
     /// A problem every chain check reports (tampering, injected).
     tampered: std::sync::Mutex<Option<String>>,
+    /// Says it is shared by several hosts, and records each `release_claim`.
+    shared: Option<std::sync::Mutex<Vec<String>>>,
 }
 
 impl TestStore {
@@ -635,7 +637,26 @@ impl TestStore {
             unsynced: std::sync::atomic::AtomicU64::new(0),
             failing: std::sync::Mutex::new(None),
             tampered: std::sync::Mutex::new(None),
+            shared: None,
         })
+    }
+
+    /// A store that says other hosts share it: commits keep the claim of a job,
+    /// and jobs release it (here: the due entry goes back to the record's due).
+    fn shared(key: u8) -> Arc<Self> {
+        Arc::new(Self {
+            inner: KvStore::temporary([key; 32]).unwrap(),
+            unsynced: std::sync::atomic::AtomicU64::new(0),
+            failing: std::sync::Mutex::new(None),
+            tampered: std::sync::Mutex::new(None),
+            shared: Some(std::sync::Mutex::new(Vec::new())),
+        })
+    }
+
+    /// How many times a claim on grant `id` was released.
+    fn releases(&self, id: &str) -> usize {
+        let released = self.shared.as_ref().unwrap().lock().unwrap();
+        released.iter().filter(|r| *r == id).count()
     }
 
     fn unsynced(&self) -> u64 {
@@ -728,6 +749,53 @@ impl Store for TestStore {
     async fn states(&self, prefix: &str) -> store::Result<Vec<(String, Vec<u8>)>> {
         self.inner.states(prefix).await
     }
+    fn is_shared(&self) -> bool {
+        self.shared.is_some()
+    }
+    async fn release_claim(&self, id: &str) -> store::Result<()> {
+        if let Some(released) = &self.shared {
+            released.lock().unwrap().push(id.to_owned());
+            let due = self.inner.get(id).await?.and_then(|r| r.due_at);
+            self.inner.reschedule(id, due).await?;
+        }
+        Ok(())
+    }
+}
+
+/// On a store shared by several hosts a job releases its claim only if its last
+/// write left one: a revocation that ends verified (no due time left) makes no
+/// release round trip, one that leaves the grant due again (residue found, to be
+/// revoked again) releases it, so the next attempt is not held back by the lease.
+#[tokio::test(start_paused = true)]
+async fn a_job_releases_its_claim_only_when_it_left_one() {
+    let store = TestStore::shared(9);
+    let engine = engine_on(
+        store.clone(),
+        &[noop(), ("sticky", misbehave(&[("verify", "residual")]))],
+    )
+    .await;
+    engine.start().await.unwrap();
+    let clean = issued(&engine, "noop", 60_000).await.grant.id;
+    let sticky = issued(&engine, "sticky", 60_000).await.grant.id;
+    for id in [&clean, &sticky] {
+        engine
+            .revoke(id, Trigger::TaskCompleted, "agent", None)
+            .await
+            .unwrap();
+    }
+    let verified = wait_for(&engine, &clean, GrantState::Verified).await;
+    assert_eq!(verified.due_at, None);
+    wait_for(&engine, &sticky, GrantState::Escalated).await;
+    assert_eq!(
+        store.releases(&clean),
+        0,
+        "released a claim that was not there"
+    );
+    assert!(
+        store.releases(&sticky) >= 1,
+        "a job that left the grant due kept its lease"
+    );
+    engine.shutdown().await.unwrap();
 }
 
 /// Issue 12: request, approve and deny answer only once their commits are durable

@@ -88,7 +88,8 @@ impl Lifecycle {
                 let engine = self.clone();
                 tokio::spawn(async move {
                     let outcome = engine.work_step(&id, true).await;
-                    engine.work_done(&id, outcome).await;
+                    // Not a claimed job: whatever lease is there is released.
+                    engine.work_done(&id, outcome, true).await;
                 });
             }
             return;

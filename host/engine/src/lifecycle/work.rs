@@ -31,6 +31,7 @@ impl Lifecycle {
             );
         if !waiting_on_downstream && record.due_at.is_none_or(|due| due > self.now()) {
             self.inner.store.reschedule(id, record.due_at).await?;
+            lease_left(false);
             return Ok(());
         }
         loop {
