@@ -644,13 +644,9 @@ impl TestStore {
     /// A store that says other hosts share it: commits keep the claim of a job,
     /// and jobs release it (here: the due entry goes back to the record's due).
     fn shared(key: u8) -> Arc<Self> {
-        Arc::new(Self {
-            inner: KvStore::temporary([key; 32]).unwrap(),
-            unsynced: std::sync::atomic::AtomicU64::new(0),
-            failing: std::sync::Mutex::new(None),
-            tampered: std::sync::Mutex::new(None),
-            shared: Some(std::sync::Mutex::new(Vec::new())),
-        })
+        let mut store = Arc::into_inner(Self::new(key)).unwrap();
+        store.shared = Some(std::sync::Mutex::new(Vec::new()));
+        Arc::new(store)
     }
 
     /// How many times a claim on grant `id` was released.
