@@ -55,6 +55,10 @@ pub(crate) struct Keyring {
     /// disk that is slow to flush.
     #[cfg(test)]
     pub(crate) stall_sync: std::sync::atomic::AtomicBool,
+    /// Fault injection for tests: while set, [`Keyring::sync`] fails, as on a disk
+    /// that refuses writes.
+    #[cfg(test)]
+    pub(crate) fail_sync: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Keyring {
@@ -125,6 +129,8 @@ impl Keyring {
             synced: watch::channel(0).0,
             #[cfg(test)]
             stall_sync: std::sync::atomic::AtomicBool::new(false),
+            #[cfg(test)]
+            fail_sync: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -240,6 +246,10 @@ impl Keyring {
         #[cfg(test)]
         while self.stall_sync.load(std::sync::atomic::Ordering::Acquire) {
             std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        #[cfg(test)]
+        if self.fail_sync.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(std::io::ErrorKind::StorageFull.into());
         }
         // A clone of the descriptor, so the sync does not hold the lock.
         let (file, written) = {

@@ -142,8 +142,68 @@ struct GroupCommit {
     kick: Arc<Kick>,
     /// Wakes the key syncer ([`KeySyncer`]).
     kick_keys: Arc<Kick>,
-    /// Since when flushes have been failing, and the last error, while they are.
-    failing: Mutex<Option<(std::time::Instant, std::io::ErrorKind, String)>>,
+    /// The flusher's failures, while they last.
+    failing: Failing,
+    /// The key syncer's failures, while they last.
+    keys_failing: Failing,
+}
+
+/// A background task's writes failing: since when, the latest failure's time and
+/// kind, and the first one's message, while they are; each task clears its own
+/// once it succeeds again.
+#[derive(Default)]
+struct Failing(Mutex<Option<FailingSince>>);
+
+struct FailingSince {
+    since: std::time::Instant,
+    latest: std::time::Instant,
+    kind: std::io::ErrorKind,
+    message: String,
+}
+
+impl Failing {
+    fn lock(&self) -> MutexGuard<'_, Option<FailingSince>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn clear(&self) {
+        *self.lock() = None;
+    }
+
+    fn note(&self, kind: std::io::ErrorKind, message: String) {
+        let now = std::time::Instant::now();
+        let mut failing = self.lock();
+        let f = failing.get_or_insert_with(|| FailingSince {
+            since: now,
+            latest: now,
+            kind,
+            message,
+        });
+        f.latest = now;
+        f.kind = kind;
+    }
+
+    /// The error, if writes have been failing for at least `for_at_least` and
+    /// failed again after `waiting_since` (a waiter that came after the task's
+    /// last failure waits for its next attempt, which may succeed).
+    fn for_at_least(
+        &self,
+        for_at_least: std::time::Duration,
+        waiting_since: Option<std::time::Instant>,
+    ) -> Result<()> {
+        match &*self.lock() {
+            Some(f)
+                if f.since.elapsed() >= for_at_least
+                    && waiting_since.is_none_or(|w| f.latest >= w) =>
+            {
+                Err(Error::Io {
+                    what: "flushing the store to disk",
+                    source: std::io::Error::new(f.kind, f.message.clone()),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// How long flushes may keep failing before `sync` gives up and says why, rather
@@ -211,20 +271,16 @@ impl Flusher {
             };
             match flushed {
                 Ok(target) => {
-                    *group.failing.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                    group.failing.clear();
                     self.flushed.send_replace(target);
                 }
                 Err(e) => {
                     metrics::counter!("ebb_store_flush_errors_total").increment(1);
                     let why = ebb_core::error_chain(&e);
                     tracing::error!(error = %why, "store flush failed; retrying");
-                    let kind = e.io_kind().unwrap_or(std::io::ErrorKind::Other);
                     group
                         .failing
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .get_or_insert_with(|| (std::time::Instant::now(), kind, why))
-                        .1 = kind;
+                        .note(e.io_kind().unwrap_or(std::io::ErrorKind::Other), why);
                     drop(group);
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                     self.kick.kick();
@@ -277,24 +333,18 @@ impl KeySyncer {
             let Some(group) = self.group.upgrade() else {
                 break;
             };
-            if let Err(e) = synced {
-                metrics::counter!("ebb_store_flush_errors_total").increment(1);
-                tracing::error!(error = %e, "syncing the keyring failed; retrying");
-                group
-                    .failing
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get_or_insert_with(|| {
-                        (
-                            std::time::Instant::now(),
-                            e.kind(),
-                            format!("syncing the keyring: {e}"),
-                        )
-                    });
-                drop(group);
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                self.kick.kick();
-            }
+            let Err(e) = synced else {
+                group.keys_failing.clear();
+                continue;
+            };
+            metrics::counter!("ebb_store_flush_errors_total").increment(1);
+            tracing::error!(error = %e, "syncing the keyring failed; retrying");
+            group
+                .keys_failing
+                .note(e.kind(), format!("syncing the keyring: {e}"));
+            drop(group);
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            self.kick.kick();
         }
     }
 }
@@ -406,7 +456,8 @@ impl KvStore {
             flushed,
             kick: Arc::new(Kick::default()),
             kick_keys: Arc::new(Kick::default()),
-            failing: Mutex::new(None),
+            failing: Failing::default(),
+            keys_failing: Failing::default(),
         });
         if durable {
             let flusher = Flusher {
@@ -455,18 +506,6 @@ impl KvStore {
                 what: "checking the store",
                 source: e.into(),
             })?
-    }
-
-    /// The flusher's error if flushes have been failing for at least `for_at_least`.
-    fn flush_failure(&self, for_at_least: std::time::Duration) -> Result<()> {
-        let failing = self.group.failing.lock().unwrap_or_else(|p| p.into_inner());
-        match &*failing {
-            Some((since, kind, message)) if since.elapsed() >= for_at_least => Err(Error::Io {
-                what: "flushing the store to disk",
-                source: std::io::Error::new(*kind, message.clone()),
-            }),
-            _ => Ok(()),
-        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Shared> {
@@ -879,7 +918,11 @@ impl KvStore {
         let prepared = self.prepare(commit)?;
         if let Some((value, ticket)) = prepared.key_pending(self.durable)
             && let Err(e) = self
-                .wait_durable(self.keyring.synced(), ticket, &self.group.kick_keys)
+                .wait_durable(
+                    self.keyring.synced(),
+                    ticket,
+                    (&self.group.kick_keys, &self.group.keys_failing),
+                )
                 .await
         {
             self.erase_key(value);
@@ -1359,21 +1402,27 @@ impl KvStore {
             return Ok(());
         }
         let target = self.group.written.load(Ordering::Acquire);
-        self.wait_durable(self.group.flushed.clone(), target, &self.group.kick)
-            .await
+        self.wait_durable(
+            self.group.flushed.clone(),
+            target,
+            (&self.group.kick, &self.group.failing),
+        )
+        .await
     }
 
     /// Waits until `progress` (what is durable: writes, or keys) reaches `target`,
-    /// first kicking the task that advances it.
+    /// first kicking the task that advances it; an error once that task has been
+    /// failing for [`FLUSH_GIVE_UP`].
     async fn wait_durable(
         &self,
         mut progress: watch::Receiver<u64>,
         target: u64,
-        kick: &Kick,
+        (kick, failing): (&Kick, &Failing),
     ) -> Result<()> {
         if *progress.borrow() >= target {
             return Ok(());
         }
+        let waiting_since = std::time::Instant::now();
         kick.kick();
         loop {
             let waited = tokio::time::timeout(
@@ -1386,7 +1435,7 @@ impl KvStore {
                 Ok(Err(_)) => return Err(Error::FlusherStopped),
                 // Still waiting: fine while the disk takes writes; an error once
                 // flushes have failed for FLUSH_GIVE_UP.
-                Err(_) => self.flush_failure(FLUSH_GIVE_UP)?,
+                Err(_) => failing.for_at_least(FLUSH_GIVE_UP, Some(waiting_since))?,
             }
         }
     }
@@ -1413,7 +1462,9 @@ impl KvStore {
         // A real read, and the flusher's state: a store that answers reads but
         // cannot make anything durable is not ready.
         self.db.get(b"m/head")?;
-        self.flush_failure(std::time::Duration::ZERO)
+        let now = std::time::Duration::ZERO;
+        self.group.failing.for_at_least(now, None)?;
+        self.group.keys_failing.for_at_least(now, None)
     }
 }
 

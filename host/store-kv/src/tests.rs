@@ -1175,3 +1175,37 @@ async fn the_due_window_answers_as_the_whole_index_would() {
     drop(store);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A keyring that cannot be synced fails a commit carrying a new credential with a
+/// clear error within the give-up time, instead of leaving it waiting; nothing of
+/// it is stored, the store reports itself unhealthy, and once the keyring syncs
+/// again commits go through and the store is healthy. Fault injection: the
+/// keyring's sync fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyring_that_cannot_sync_fails_credential_commits_clearly() {
+    let (store, dir) = temp_store();
+    let commit = |id: &str| Commit {
+        record: record(id, GrantState::Active, None),
+        sealed: Sealed::Set(b"secret".to_vec()),
+        event: event(id),
+        lease_until: None,
+    };
+    store.keyring.fail_sync.store(true, Ordering::Release);
+    let started = std::time::Instant::now();
+    let err = Store::commit(&*store, commit("k6")).await.unwrap_err();
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    assert_eq!(err.io_kind(), Some(std::io::ErrorKind::StorageFull), "{err}");
+    assert!(store.get("k6").unwrap().is_none());
+    assert!(store.health().is_err());
+    // The key syncer keeps trying; once an attempt succeeds the store is healthy.
+    store.keyring.fail_sync.store(false, Ordering::Release);
+    let by = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while store.health().is_err() {
+        assert!(std::time::Instant::now() < by, "the keyring did not recover");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    Store::commit(&*store, commit("k7")).await.unwrap();
+    assert_eq!(store.sealed_credential("k7").unwrap().unwrap(), b"secret");
+    drop(store);
+    let _ = std::fs::remove_dir_all(dir);
+}
