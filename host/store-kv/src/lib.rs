@@ -109,8 +109,6 @@ struct Shared {
     clock: fn() -> Timestamp,
 }
 
-/// Group commit: writers bump `written`; one flusher makes everything written so far
-/// durable and publishes how far it got.
 /// A commit prepared outside the commit lock ([`KvStore::prepare`]).
 struct Prepared {
     id: String,
@@ -136,6 +134,8 @@ impl Prepared {
     }
 }
 
+/// Group commit: writers bump `written`; one flusher makes everything written so far
+/// durable and publishes how far it got.
 struct GroupCommit {
     written: AtomicU64,
     flushed: watch::Receiver<u64>,
@@ -292,7 +292,7 @@ impl Flusher {
     /// Makes everything counted up to `target` durable.
     fn flush(db: &Kv, keyring: &keyring::Keyring, target: u64) -> Result<u64> {
         // Keys before the records that use them: a commit with a new key is applied
-        // only once a keyring sync covered that key (it waits for this one), so the
+        // only once a keyring sync covered that key (the key syncer's), so the
         // engine's flush — which takes whatever was applied until it runs — never
         // makes a record durable without its key. Keys of credentials whose removal
         // is now durable are erased after the engine's flush (their zeros synced
@@ -897,7 +897,7 @@ impl KvStore {
 
     /// Commits from a thread that may block: a new credential's key is synced
     /// here, by this thread, before the commit is applied. (The [`Store`] trait's
-    /// `commit` waits for the next group commit's sync instead.)
+    /// `commit`, [`KvStore::commit_async`], waits for the key syncer instead.)
     pub fn commit(&self, commit: Commit) -> Result<(GrantRecord, AuditEvent)> {
         let prepared = self.prepare(commit)?;
         if let Some((value, _)) = prepared.key_pending(self.durable)
@@ -913,7 +913,7 @@ impl KvStore {
     }
 
     /// [`KvStore::commit`] for async callers: a new credential's key reaches the
-    /// disk with the group commit's next keyring sync, which this waits for.
+    /// disk with the key syncer's next keyring sync, which this waits for.
     pub async fn commit_async(&self, commit: Commit) -> Result<(GrantRecord, AuditEvent)> {
         let prepared = self.prepare(commit)?;
         if let Some((value, ticket)) = prepared.key_pending(self.durable)
