@@ -7,8 +7,11 @@ cd "$(dirname "$0")/.."
 ./scripts/build-py-connector.sh >/dev/null
 ./scripts/build-js-connector.sh >/dev/null
 runs=${1:-3}
+# The wasm/native pairs of each run (the bench prints them on stderr), shown last.
+paired=$(mktemp)
+trap 'rm -f "$paired"' EXIT
 for i in $(seq "$runs"); do
-  cargo bench --locked -p ebb --bench runtime -- --noplot >/dev/null
+  cargo bench --locked -p ebb --bench runtime -- --noplot 2>&1 >/dev/null | grep '^paired:' >>"$paired" || true
   find target/criterion -path '*/new/estimates.json' | while read -r f; do
     name=${f#target/criterion/}; name=${name%/new/estimates.json}
     python3 -c 'import json,sys; print(sys.argv[1], json.load(open(sys.argv[2]))["median"]["point_estimate"])' "$name" "$f"
@@ -24,3 +27,4 @@ for name, xs in sorted(d.items()):
     runs = ", ".join("%.3f" % (x / div) for x in xs)
     print("%-45s median %10.3f %s  (runs: %s)" % (name, m / div, unit, runs))
 '
+cat "$paired"

@@ -2,9 +2,12 @@
 //!
 //! - `call/noop_fresh_instance`: one `revoke` on the noop connector: a fresh
 //!   `wasmtime::Store`, instantiation and the call, as every production call does.
-//! - `postgres_lifecycle/{wasm,native}`: issue → revoke → verify-revoked of one grant
+//! - `postgres_lifecycle/paired`: issue → revoke → verify-revoked of one grant
 //!   against a real PostgreSQL, through the postgres connector and through the same
-//!   statements issued natively from Rust over the same kind of pool.
+//!   statements issued natively from Rust over the same kind of pool (the same
+//!   SCRAM verifier, computed natively). Each measured round runs one of each, in
+//!   alternating order, so noise hits both alike; criterion reports the wasm side
+//!   and the bench prints both medians and their ratio (a `paired:` line on stderr).
 //! - `connector_lifecycle/{mariadb,rabbitmq,ldap}`: one whole lifecycle of a grant
 //!   through each connector against its real server: issue → verify-issued →
 //!   revoke → verify-revoked with the credential.
@@ -106,10 +109,12 @@ mod native {
         let role = format!("ebb_{}", id.to_ascii_lowercase());
         // issue
         assert!(oid(pool, &role).await.is_none());
-        let password = "Abcdefghijkmnopqrstuvwxyz23456789ABCDEFG";
+        // The connector's work: a random password, sent as its SCRAM verifier.
+        let password = ebb_connector_sdk::random::password(40).unwrap();
+        let verifier = ebb_connector_sdk::scram::verifier(&password).unwrap();
         let ddl = format!(
             "select pg_advisory_xact_lock(111550735239500);\ncreate role \"{role}\" login noinherit nosuperuser nocreatedb nocreaterole noreplication nobypassrls \
-             connection limit 4 password '{password}' valid until '2100-01-01 00:00:00.000+00';\n\
+             connection limit 4 password '{verifier}' valid until '2100-01-01 00:00:00.000+00';\n\
              grant usage on schema \"public\" to \"{role}\";\n\
              grant select on table \"public\".\"invoices\" to \"{role}\";\n\
              comment on role \"{role}\" is 'ebb grant {id} for task: bench';"
@@ -181,32 +186,74 @@ fn postgres_lifecycle(c: &mut Criterion) {
     .build()
     .unwrap();
     let counter = AtomicU64::new(0);
+    let wasm = || async {
+        let g = grant(format!("w{}", counter.fetch_add(1, Ordering::Relaxed)));
+        let issued = connector.issue(&g).await.unwrap();
+        connector
+            .revoke(&g, Some(&issued.handle), None)
+            .await
+            .unwrap();
+        let verdict = connector
+            .verify_revoked(&g, Some(&issued.handle), None)
+            .await
+            .unwrap();
+        assert_eq!(verdict, Verdict::Revoked);
+    };
+    let native = || async {
+        let id = format!("n{}", counter.fetch_add(1, Ordering::Relaxed));
+        native::lifecycle(&pool, &id).await;
+    };
+    // Every round runs both, in alternating order; criterion times the wasm side and
+    // the pairs give the ratio.
+    let pairs = std::sync::Mutex::new(Vec::<(Duration, Duration)>::new());
     let mut group = c.benchmark_group("postgres_lifecycle");
     group
         .sample_size(30)
-        .measurement_time(Duration::from_secs(10));
-    group.bench_function("wasm", |b| {
-        b.to_async(&rt).iter(|| async {
-            let g = grant(format!("w{}", counter.fetch_add(1, Ordering::Relaxed)));
-            let issued = connector.issue(&g).await.unwrap();
-            connector
-                .revoke(&g, Some(&issued.handle), None)
-                .await
-                .unwrap();
-            let verdict = connector
-                .verify_revoked(&g, Some(&issued.handle), None)
-                .await
-                .unwrap();
-            assert_eq!(verdict, Verdict::Revoked);
-        })
-    });
-    group.bench_function("native", |b| {
-        b.to_async(&rt).iter(|| async {
-            let id = format!("n{}", counter.fetch_add(1, Ordering::Relaxed));
-            native::lifecycle(&pool, &id).await;
+        .measurement_time(Duration::from_secs(20));
+    group.bench_function("paired", |b| {
+        b.to_async(&rt).iter_custom(|iters| {
+            let (wasm, native, pairs) = (&wasm, &native, &pairs);
+            async move {
+                let mut total = Duration::ZERO;
+                for i in 0..iters {
+                    let (w, n) = if i % 2 == 0 {
+                        let t = std::time::Instant::now();
+                        wasm().await;
+                        let w = t.elapsed();
+                        let t = std::time::Instant::now();
+                        native().await;
+                        (w, t.elapsed())
+                    } else {
+                        let t = std::time::Instant::now();
+                        native().await;
+                        let n = t.elapsed();
+                        let t = std::time::Instant::now();
+                        wasm().await;
+                        (t.elapsed(), n)
+                    };
+                    total += w;
+                    pairs.lock().unwrap().push((w, n));
+                }
+                total
+            }
         })
     });
     group.finish();
+    let pairs = pairs.into_inner().unwrap();
+    let median = |mut xs: Vec<f64>| {
+        xs.sort_by(f64::total_cmp);
+        xs[xs.len() / 2]
+    };
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let w = median(pairs.iter().map(|p| ms(p.0)).collect());
+    let n = median(pairs.iter().map(|p| ms(p.1)).collect());
+    let r = median(pairs.iter().map(|p| ms(p.0) / ms(p.1)).collect());
+    eprintln!(
+        "paired: postgres_lifecycle over {} rounds: wasm {w:.3} ms, native {n:.3} ms (medians), \
+         ratio of medians {:.3}, median of per-round ratios {r:.3}",
+        pairs.len(),
+        w / n
+    );
 }
 
 /// Per-call overhead by language: the same Redis connector in Rust, Python and

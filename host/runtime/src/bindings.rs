@@ -51,7 +51,7 @@ mod generated_v1 {
 }
 
 pub(crate) use generated::ebb::connector0_1_0::{config, log, redis, secrets, sql};
-pub(crate) use generated::ebb::connector0_2_0::{ldap, mysql, types};
+pub(crate) use generated::ebb::connector0_2_0::{crypto, ldap, mysql, types};
 pub(crate) use generated::{Plugin, PluginPre};
 
 /// The 0.1.0 contract: its types and its world, adapted by `call.rs`.

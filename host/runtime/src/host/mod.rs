@@ -7,6 +7,7 @@
 //! for an origin; `secrets` lends named secrets explicitly.
 
 pub(crate) mod config;
+mod crypto;
 mod egress;
 pub(crate) mod http;
 pub(crate) mod ldap;
@@ -149,5 +150,6 @@ pub(crate) fn add_to_linker(linker: &mut Linker<CallState>) -> anyhow::Result<()
     bindings::mysql::add_to_linker::<_, HasSelf<CallState>>(linker, |s| s)?;
     bindings::ldap::add_to_linker::<_, HasSelf<CallState>>(linker, |s| s)?;
     bindings::secrets::add_to_linker::<_, HasSelf<CallState>>(linker, |s| s)?;
+    bindings::crypto::add_to_linker::<_, HasSelf<CallState>>(linker, |s| s)?;
     Ok(())
 }
