@@ -448,7 +448,7 @@ async fn cold_start_on(
         .envs(env.iter().copied())
         .spawn()
         .unwrap();
-    let deadline = started + Duration::from_secs(120);
+    let deadline = started + Duration::from_secs(900);
     let ready = loop {
         let answered = http.get(format!("{base}/readyz")).send().await;
         if answered.is_ok_and(|r| r.status().is_success()) {
