@@ -472,10 +472,26 @@ async fn cold_start_on(
     (ready, read)
 }
 
+/// Opens the million-grant store again. A store just dropped may still hold its
+/// file lock while its last flush runs (seconds with ten million grants), so a
+/// lock refusal is retried for up to a minute.
+fn reopen(dir: &Path) -> std::sync::Arc<KvStore> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match KvStore::open(dir, bench_audit_key()) {
+            Ok(store) => return store,
+            Err(e) if Instant::now() < deadline && format!("{e:?}").contains("WouldBlock") => {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("opening the store again: {e:?}"),
+        }
+    }
+}
+
 async fn million(dir: &Path, total: usize, expiring: usize) {
     let rss_before = rss_mib();
     let some_id = {
-        let store = KvStore::open(dir, bench_audit_key()).unwrap();
+        let store = reopen(dir);
         let some_id = load(store.clone(), total, expiring, "million").await;
         store.sync().await.unwrap();
         some_id
@@ -492,7 +508,7 @@ async fn million(dir: &Path, total: usize, expiring: usize) {
     }
     {
         let opened = Instant::now();
-        let store = KvStore::open(dir, bench_audit_key()).unwrap();
+        let store = reopen(dir);
         let open_ms = opened.elapsed().as_millis();
         let checked = Instant::now();
         let report = store.verify_at_start().unwrap();
@@ -507,7 +523,7 @@ async fn million(dir: &Path, total: usize, expiring: usize) {
     // Schedule the expiring ones now that loading is done.
     let start_at = Clock::system().now_ms() + 5_000;
     {
-        let store = KvStore::open(dir, bench_audit_key()).unwrap();
+        let store = reopen(dir);
         let mut page = store
             .list(&ebb_core::store::ListFilter {
                 limit: 1000,
@@ -554,7 +570,7 @@ async fn million(dir: &Path, total: usize, expiring: usize) {
     // Restart in process (the store and engine the lag is measured on): open the
     // store, load the connector, start the scheduler, count the grants.
     let restart = Instant::now();
-    let store = KvStore::open(dir, bench_audit_key()).unwrap();
+    let store = reopen(dir);
     let engine = engine(store.clone()).await;
     engine.start().await.unwrap();
     let counts = store.counts().unwrap();
