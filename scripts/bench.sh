@@ -8,10 +8,11 @@ cd "$(dirname "$0")/.."
 ./scripts/build-js-connector.sh >/dev/null
 runs=${1:-3}
 # The wasm/native pairs of each run (the bench prints them on stderr), shown last.
-paired=$(mktemp)
-trap 'rm -f "$paired"' EXIT
+paired=$(mktemp) err=$(mktemp)
+trap 'rm -f "$paired" "$err"' EXIT
 for i in $(seq "$runs"); do
-  cargo bench --locked -p ebb --bench runtime -- --noplot 2>&1 >/dev/null | grep '^paired:' >>"$paired" || true
+  cargo bench --locked -p ebb --bench runtime -- --noplot >/dev/null 2>"$err" || { cat "$err" >&2; exit 1; }
+  grep '^paired:' "$err" >>"$paired" || true
   find target/criterion -path '*/new/estimates.json' | while read -r f; do
     name=${f#target/criterion/}; name=${name%/new/estimates.json}
     python3 -c 'import json,sys; print(sys.argv[1], json.load(open(sys.argv[2]))["median"]["point_estimate"])' "$name" "$f"

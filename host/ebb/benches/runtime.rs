@@ -157,6 +157,13 @@ mod native {
     }
 }
 
+/// How long `f` takes.
+async fn timed(f: impl Future<Output = ()>) -> Duration {
+    let started = std::time::Instant::now();
+    f.await;
+    started.elapsed()
+}
+
 fn postgres_lifecycle(c: &mut Criterion) {
     ebb_test_support::require!(Postgres);
     let rt = rt();
@@ -217,19 +224,11 @@ fn postgres_lifecycle(c: &mut Criterion) {
                 let mut total = Duration::ZERO;
                 for i in 0..iters {
                     let (w, n) = if i % 2 == 0 {
-                        let t = std::time::Instant::now();
-                        wasm().await;
-                        let w = t.elapsed();
-                        let t = std::time::Instant::now();
-                        native().await;
-                        (w, t.elapsed())
+                        let w = timed(wasm()).await;
+                        (w, timed(native()).await)
                     } else {
-                        let t = std::time::Instant::now();
-                        native().await;
-                        let n = t.elapsed();
-                        let t = std::time::Instant::now();
-                        wasm().await;
-                        (t.elapsed(), n)
+                        let n = timed(native()).await;
+                        (timed(wasm()).await, n)
                     };
                     total += w;
                     pairs.lock().unwrap().push((w, n));

@@ -1462,9 +1462,9 @@ impl KvStore {
         // A real read, and the flusher's state: a store that answers reads but
         // cannot make anything durable is not ready.
         self.db.get(b"m/head")?;
-        let now = std::time::Duration::ZERO;
-        self.group.failing.for_at_least(now, None)?;
-        self.group.keys_failing.for_at_least(now, None)
+        let at_all = std::time::Duration::ZERO;
+        self.group.failing.for_at_least(at_all, None)?;
+        self.group.keys_failing.for_at_least(at_all, None)
     }
 }
 
