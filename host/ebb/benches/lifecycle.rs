@@ -413,19 +413,40 @@ fn bench_audit_key() -> [u8; 32] {
 /// Restart to serving as an operator sees it: a cold `ebb serve` process on the
 /// store, timed from spawn to `GET /readyz` answering 200, then to a grant read
 /// (`GET /v1/grants/{id}`) answering 200.
-async fn cold_start(dir: &Path, id: &str) -> (Duration, Duration) {
-    cold_start_on(dir, &format!("path = \"{}\"", dir.display()), &[], id).await
+/// A cold `ebb serve` on the embedded store in `dir`, its records checked at
+/// `records` (`while-serving` or `before-serving`): [`cold_start_on`]'s times,
+/// and with `while-serving` how long until every record has passed its check (the
+/// host's `ebb_store_records_checked` gauge is 1).
+async fn cold_start(
+    kind: Engine,
+    dir: &Path,
+    id: &str,
+    records: &str,
+) -> (Duration, Duration, Option<Duration>) {
+    let engine = if kind == Engine::Fjall {
+        "fjall"
+    } else {
+        "sled"
+    };
+    let store = format!(
+        "path = \"{}\"\nengine = \"{engine}\"\ncheck-records = \"{records}\"",
+        dir.display()
+    );
+    let checked = records == "while-serving";
+    cold_start_on(dir, &store, &[], id, checked).await
 }
 
 /// A cold `ebb serve` on the store `store` (the `[store]` table's lines besides
 /// the key), with `env` added: how long until `/readyz` answers 200, and until
-/// grant `id` is read.
+/// grant `id` is read; with `checked`, how long until the check of every record
+/// that runs while serving has passed.
 async fn cold_start_on(
     dir: &Path,
     store: &str,
     env: &[(&str, &str)],
     id: &str,
-) -> (Duration, Duration) {
+    checked: bool,
+) -> (Duration, Duration, Option<Duration>) {
     const TOKEN: &str = "bench-operator-token";
     let port = ebb_test_support::free_port().unwrap();
     let config = dir.with_extension("toml");
@@ -466,19 +487,40 @@ async fn cold_start_on(
         .unwrap();
     assert!(read.status().is_success(), "grant read: {}", read.status());
     let read = started.elapsed();
+    let records = if checked {
+        loop {
+            let metrics = http
+                .get(format!("{base}/metrics"))
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            if metrics.contains("ebb_store_records_checked 1") {
+                break Some(started.elapsed());
+            }
+            assert!(Instant::now() < deadline, "the records' check never passed");
+            assert!(child.try_wait().unwrap().is_none(), "ebb serve exited");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    } else {
+        None
+    };
     child.kill().unwrap();
     child.wait().unwrap();
     let _ = std::fs::remove_file(&config);
-    (ready, read)
+    (ready, read, records)
 }
 
 /// Opens the million-grant store again. A store just dropped may still hold its
 /// file lock while its last flush runs (seconds with ten million grants), so a
 /// lock refusal is retried for up to a minute.
-fn reopen(dir: &Path) -> std::sync::Arc<KvStore> {
+fn reopen(engine: Engine, dir: &Path) -> std::sync::Arc<KvStore> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        match KvStore::open(dir, bench_audit_key()) {
+        match KvStore::open_with(engine, dir, bench_audit_key()) {
             Ok(store) => return store,
             Err(e) if Instant::now() < deadline && format!("{e:?}").contains("WouldBlock") => {
                 std::thread::sleep(Duration::from_millis(200));
@@ -488,42 +530,56 @@ fn reopen(dir: &Path) -> std::sync::Arc<KvStore> {
     }
 }
 
-async fn million(dir: &Path, total: usize, expiring: usize) {
+async fn million(kind: Engine, dir: &Path, total: usize, expiring: usize) {
+    println!("million: on {kind:?}");
     let rss_before = rss_mib();
     let some_id = {
-        let store = reopen(dir);
+        let store = reopen(kind, dir);
         let some_id = load(store.clone(), total, expiring, "million").await;
         store.sync().await.unwrap();
         some_id
     };
     // The first start checks the whole audit chain; later ones only what was
-    // appended since the last good check (plus every record, each time).
-    for which in ["first", "second"] {
-        let (ready, read) = cold_start(dir, &some_id).await;
+    // appended since the last good check. Every record is checked each time: by
+    // default while the host serves, or before it serves.
+    for (which, records) in [
+        ("first", "while-serving"),
+        ("second", "while-serving"),
+        ("third", "before-serving"),
+    ] {
+        let (ready, read, checked) = cold_start(kind, dir, &some_id, records).await;
         println!(
-            "million: {which} cold `ebb serve` with {total} active grants: /readyz 200 after {} ms, a grant read 200 after {} ms",
+            "million: {which} cold `ebb serve` with {total} active grants, records checked {records}: /readyz 200 after {} ms, a grant read 200 after {} ms{}",
             ready.as_millis(),
-            read.as_millis()
+            read.as_millis(),
+            checked.map_or(String::new(), |c| format!(
+                ", every record checked after {} ms",
+                c.as_millis()
+            )),
         );
     }
     {
         let opened = Instant::now();
-        let store = reopen(dir);
+        let store = reopen(kind, dir);
         let open_ms = opened.elapsed().as_millis();
         let checked = Instant::now();
-        let report = store.verify_at_start().unwrap();
-        assert!(report.is_intact(), "{report:?}");
+        let events = store.verify_events_at_start().unwrap();
+        assert!(events.is_intact(), "{events:?}");
+        let events_ms = checked.elapsed().as_millis();
+        let checked = Instant::now();
+        let records = store.verify_records().unwrap();
+        assert!(records.is_intact(), "{records:?}");
         println!(
-            "million: of which opening the store {open_ms} ms, the check at start {} ms ({} events, {} records)",
+            "million: of which opening the store {open_ms} ms, the events since the last good check {events_ms} ms ({} events); every record's check {} ms ({} records)",
+            events.events,
             checked.elapsed().as_millis(),
-            report.events,
-            report.records
+            records.records
         );
     }
     // Schedule the expiring ones now that loading is done.
     let start_at = Clock::system().now_ms() + 5_000;
     {
-        let store = reopen(dir);
+        let store = reopen(kind, dir);
         let mut page = store
             .list(&ebb_core::store::ListFilter {
                 limit: 1000,
@@ -570,11 +626,22 @@ async fn million(dir: &Path, total: usize, expiring: usize) {
     // Restart in process (the store and engine the lag is measured on): open the
     // store, load the connector, start the scheduler, count the grants.
     let restart = Instant::now();
-    let store = reopen(dir);
+    let store = reopen(kind, dir);
+    assert!(store.verify_events_at_start().unwrap().is_intact());
     let engine = engine(store.clone()).await;
     engine.start().await.unwrap();
     let counts = store.counts().unwrap();
     let serving = restart.elapsed();
+    // As `ebb serve` does, every record is checked while the expiries run.
+    let records = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let report = store.verify_records().unwrap();
+            assert!(report.is_intact(), "{report:?}");
+            started.elapsed()
+        })
+    };
     println!(
         "million: in-process restart with {} active grants: {} ms",
         counts[&GrantState::Active],
@@ -632,6 +699,10 @@ async fn million(dir: &Path, total: usize, expiring: usize) {
         lags.last().copied().unwrap_or(0)
     );
     println!("million: RSS after expiries: {:.0} MiB", rss_mib());
+    println!(
+        "million: every record checked in the background in {} ms",
+        records.await.unwrap().as_millis()
+    );
     engine.shutdown().await.unwrap();
 }
 
@@ -699,11 +770,12 @@ async fn million_postgres(dir: &Path, total: usize) {
     drop(store);
     let store_lines = "kind = \"postgres\"\ndsn-env = \"EBB_BENCH_STORE_DSN\"\nhost-id = \"bench\"";
     for which in ["first", "second"] {
-        let (ready, read) = cold_start_on(
+        let (ready, read, _) = cold_start_on(
             dir,
             store_lines,
             &[("EBB_BENCH_STORE_DSN", dsn.as_str())],
             &some_id,
+            false,
         )
         .await;
         println!(
@@ -793,12 +865,14 @@ fn main() {
             }
         }
         // `million` runs with the others; `million-100k` (ten times as many
-        // expiring in the same 10 s) and `ten-million` (ten times as many active)
-        // only when named.
-        for (name, active, expiring, tiny) in [
-            ("million", 1_000_000, 10_000, 100),
-            ("million-100k", 1_000_000, 100_000, 1_000),
-            ("ten-million", 10_000_000, 10_000, 100),
+        // expiring in the same 10 s), `ten-million` (ten times as many active) and
+        // the same on fjall only when named.
+        for (name, kind, active, expiring, tiny) in [
+            ("million", Engine::Sled, 1_000_000, 10_000, 100),
+            ("million-100k", Engine::Sled, 1_000_000, 100_000, 1_000),
+            ("ten-million", Engine::Sled, 10_000_000, 10_000, 100),
+            ("million-fjall", Engine::Fjall, 1_000_000, 10_000, 100),
+            ("ten-million-fjall", Engine::Fjall, 10_000_000, 10_000, 100),
         ] {
             if which == name || (which.is_empty() && name == "million") {
                 let dir = base.join(name);
@@ -807,7 +881,7 @@ fn main() {
                 } else {
                     (2_000, tiny)
                 };
-                million(&dir, total, expiring).await;
+                million(kind, &dir, total, expiring).await;
                 let _ = std::fs::remove_dir_all(&dir);
             }
         }

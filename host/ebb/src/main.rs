@@ -193,7 +193,7 @@ mod server {
     use ebb_core::seal::{HostKey, Sealer};
     use ebb_engine::approval::{Alerts, ApprovalGate};
     use ebb_engine::config::{
-        Config, ConnectorConfig, ConnectorSpec, RuntimeConfig, StoreEngine, StoreKind,
+        Config, ConnectorConfig, ConnectorSpec, RecordCheck, RuntimeConfig, StoreEngine, StoreKind,
     };
     use ebb_engine::identity::Verifier;
     use ebb_engine::lifecycle::{Clock, EngineConfig, Lifecycle};
@@ -343,12 +343,19 @@ mod server {
     /// The store's check at start: a store edited while the host was stopped (an
     /// event, a grant record, the head) is refused unless the operator overrides,
     /// and the override is itself audited.
-    async fn check_store(store: &dyn ebb_core::store::Store, accept: bool) -> anyhow::Result<()> {
+    /// With `records` at `while-serving`, the grant records are left to
+    /// [`Lifecycle::check_records`], run once the host serves.
+    async fn check_store(
+        store: &dyn ebb_core::store::Store,
+        accept: bool,
+        records: RecordCheck,
+    ) -> anyhow::Result<()> {
         let started = std::time::Instant::now();
-        let report = store
-            .verify_at_start()
-            .await
-            .context("checking the store")?;
+        let report = match records {
+            RecordCheck::BeforeServing => store.verify_at_start().await,
+            RecordCheck::WhileServing => store.verify_events_at_start().await,
+        }
+        .context("checking the store")?;
         let Some(problem) = &report.problem else {
             tracing::info!(
                 events = report.events,
@@ -370,6 +377,7 @@ mod server {
             problem,
             "serving a store that failed its check at start (--accept-unverified-store)"
         );
+        store.trust_records();
         store
             .append_audit(
                 ebb_core::audit::NewEvent::new("store.check-overridden", "operator")
@@ -462,7 +470,12 @@ mod server {
         };
         let host_id = host_id(&config.store)?;
         let store = open_store(&config.store, &key, &host_id).await?;
-        check_store(store.as_ref(), accept_unverified_store).await?;
+        check_store(
+            store.as_ref(),
+            accept_unverified_store,
+            config.store.check_records,
+        )
+        .await?;
         let runtime =
             Runtime::with_cache_key(&config.runtime, CacheKey::new(key.derive("runtime-cache")))?;
         let registry = Arc::new(Registry::new(runtime));
@@ -503,6 +516,9 @@ mod server {
         let _orphans = ebb_engine::orphans::spawn(lifecycle.clone());
         // The audit chain is checked while serving, not only at start.
         let _chain = lifecycle.watch_audit_chain(std::time::Duration::from_secs(600));
+        // The grant records, if they were not checked before serving.
+        let _records = (config.store.check_records == RecordCheck::WhileServing)
+            .then(|| lifecycle.check_records(accept_unverified_store));
         let approval = Arc::new(
             ApprovalGate::new(config.policy.as_ref(), lifecycle.registry(), alerts)
                 .map_err(|e| anyhow::anyhow!("policies: {e}"))?,

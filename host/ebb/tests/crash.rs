@@ -448,10 +448,6 @@ lifecycle = {{ approval = "auto", retry-base-ms = 100, retry-max-ms = 1000 }}
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Issue 13: a store edited while the host was stopped — here a grant moved from
-/// `active` to `verified`, which would end its revocation unnoticed — is refused at
-/// start with a clear message; `--accept-unverified-store` serves it anyway and the
-/// audit log records the override and what failed.
 /// Runs `ebb serve --config config`, which must refuse to start; what it said.
 fn refused_to_start(config: &Path) -> String {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_ebb"))
@@ -464,6 +460,13 @@ fn refused_to_start(config: &Path) -> String {
     stderr
 }
 
+/// Issue 13: a store edited while the host was stopped — here a grant moved from
+/// `active` to `verified`, which would end its revocation unnoticed — is caught.
+/// With `check-records = "before-serving"` the host refuses to start, with a clear
+/// message. By default (issue 16: records checked while serving) it serves, refuses
+/// to read or act on that record, and the check of every record, run in the
+/// background, records `store.check-failed`. `--accept-unverified-store` serves it
+/// anyway and the audit log records the override and what failed.
 #[tokio::test]
 async fn a_store_edited_while_stopped_is_refused_at_start() {
     use ebb_core::store::{Commit, GrantRecord, Sealed};
@@ -508,17 +511,20 @@ async fn a_store_edited_while_stopped_is_refused_at_start() {
         db.flush().unwrap();
     }
     let port = ebb_test_support::free_port().unwrap();
-    std::fs::write(
-        dir.join("ebb.toml"),
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\n[store]\npath = \"{}\"\nkey-file = \"{}\"\n\
-             [[tokens]]\nname = \"ops\"\nsha256 = \"{}\"\nroles = [\"operator\", \"auditor\"]\n",
-            dir.join("data").display(),
-            dir.join("host.key").display(),
-            ebb::api::auth::hash_token(OPERATOR),
-        ),
-    )
-    .unwrap();
+    let config = |records: &str| {
+        std::fs::write(
+            dir.join("ebb.toml"),
+            format!(
+                "[server]\nlisten = \"127.0.0.1:{port}\"\n[store]\npath = \"{}\"\nkey-file = \"{}\"\n{records}\n\
+                 [[tokens]]\nname = \"ops\"\nsha256 = \"{}\"\nroles = [\"operator\", \"auditor\"]\n",
+                dir.join("data").display(),
+                dir.join("host.key").display(),
+                ebb::api::auth::hash_token(OPERATOR),
+            ),
+        )
+        .unwrap();
+    };
+    config("check-records = \"before-serving\"");
     let stderr = refused_to_start(&dir.join("ebb.toml"));
     assert!(
         stderr.contains("failed its check at start")
@@ -526,6 +532,78 @@ async fn a_store_edited_while_stopped_is_refused_at_start() {
             && stderr.contains("--accept-unverified-store"),
         "{stderr}"
     );
+
+    // Records checked while serving (the default): it serves, but not that record.
+    config("");
+    // No pooled connection outlives the host it went to: two hosts in turn here.
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let events_of = |kind: &'static str| {
+        let client = client.clone();
+        let url = format!("{base}/v1/audit");
+        async move {
+            let events = operator_get(&client, &url).await;
+            events
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["kind"] == kind)
+                .cloned()
+        }
+    };
+    {
+        let mut host = KillOnDrop(
+            ebb_test_support::serve_command(env!("CARGO_BIN_EXE_ebb"), &dir.join("ebb.toml"))
+                .spawn()
+                .unwrap(),
+        );
+        assert!(ebb_test_support::wait_for_port(
+            port,
+            Duration::from_secs(10)
+        ));
+        let read = client
+            .get(format!("{base}/v1/grants/01JTAMPERED"))
+            .bearer_auth(OPERATOR)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(read.status(), reqwest::StatusCode::INTERNAL_SERVER_ERROR);
+        let body: Value = read.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "internal", "{body}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let failed = loop {
+            if let Some(e) = events_of("store.check-failed").await {
+                break e;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no store.check-failed event"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(
+            failed["detail"]["problem"]
+                .as_str()
+                .unwrap()
+                .contains("grant record 01JTAMPERED was altered"),
+            "{failed}"
+        );
+        let metrics = client
+            .get(format!("{base}/metrics"))
+            .bearer_auth(OPERATOR)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(metrics.contains("ebb_store_records_checked 0"), "{metrics}");
+        host.kill().unwrap();
+        host.wait().unwrap();
+    }
 
     let mut host = KillOnDrop(
         ebb_test_support::serve_command(env!("CARGO_BIN_EXE_ebb"), &dir.join("ebb.toml"))
@@ -537,17 +615,17 @@ async fn a_store_edited_while_stopped_is_refused_at_start() {
         port,
         Duration::from_secs(10)
     ));
-    let events = operator_get(
-        &reqwest::Client::new(),
-        &format!("http://127.0.0.1:{port}/v1/audit"),
-    )
-    .await;
-    let overridden = events
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["kind"] == "store.check-overridden")
-        .unwrap_or_else(|| panic!("no override event in {events}"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let overridden = loop {
+        if let Some(e) = events_of("store.check-overridden").await {
+            break e;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no store.check-overridden event"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert!(
         overridden["detail"]["problem"]
             .as_str()
@@ -555,6 +633,8 @@ async fn a_store_edited_while_stopped_is_refused_at_start() {
             .contains("01JTAMPERED"),
         "{overridden}"
     );
+    let read = operator_get(&client, &format!("{base}/v1/grants/01JTAMPERED")).await;
+    assert_eq!(read["state"], "verified", "taken as it is: {read}");
     host.kill().unwrap();
     host.wait().unwrap();
     let _ = std::fs::remove_dir_all(dir);

@@ -43,9 +43,9 @@ use ebb_core::state::GrantState;
 use ebb_core::store::{
     AuditQuery, Commit, Error, GrantRecord, ListFilter, Page, Result, Sealed, Store,
 };
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::watch;
 
@@ -85,6 +85,13 @@ pub struct KvStore {
     keyring: Arc<keyring::Keyring>,
     /// The store itself, for work handed to the blocking pool.
     me: std::sync::Weak<KvStore>,
+    /// Whether every grant record passed a check since the store opened (or the
+    /// operator accepted the store as it is): until then each record is checked
+    /// against its tag as it is read, and an altered one is refused, not acted on.
+    records_checked: AtomicBool,
+    /// While [`KvStore::verify_records`] runs: the records created since it began,
+    /// which it must not count among those the head counted.
+    created: Mutex<Option<HashSet<String>>>,
 }
 
 impl std::fmt::Debug for KvStore {
@@ -449,6 +456,8 @@ impl KvStore {
             escalations.insert(connector, be(&v).unwrap_or(0));
         }
         let due = due::DueWindow::open(&db)?;
+        // A store without records has none to check: every record is this host's.
+        let no_records = db.prefix(b"g/").next().is_none();
         let db = Arc::new(db);
         let (flushed_tx, flushed) = watch::channel(0);
         let group = Arc::new(GroupCommit {
@@ -491,6 +500,8 @@ impl KvStore {
             group,
             durable,
             keyring,
+            records_checked: AtomicBool::new(no_records),
+            created: Mutex::new(None),
         }))
     }
 
@@ -890,9 +901,53 @@ impl KvStore {
     pub fn get(&self, id: &str) -> Result<Option<GrantRecord>> {
         let k = key("g/", id);
         match self.db.get(&k)? {
-            Some(bytes) => decode(&k, &bytes).map(Some),
+            Some(bytes) => {
+                let bytes = self.trusted(id, bytes)?;
+                decode(&k, &bytes).map(Some)
+            }
             None => Ok(None),
         }
+    }
+
+    /// The record `bytes` of grant `id` as read, once they may be acted on: until
+    /// every record has passed a check, only if they match the record's tag. A
+    /// record altered outside the host is an error.
+    fn trusted(&self, id: &str, bytes: Bytes) -> Result<Bytes> {
+        if self.records_checked.load(Ordering::Acquire) {
+            return Ok(bytes);
+        }
+        self.tagged(id, bytes)?.map_err(|problem| Error::Corrupt {
+            key: format!("g/{id}"),
+            source: format!(
+                "{problem}; it is not acted on (the store's check of every record reports it)"
+            )
+            .into(),
+        })
+    }
+
+    /// Checks the record `bytes` of grant `id` against its tag. A mismatch is
+    /// read again under the commit lock (a commit may have come between the
+    /// record's read and its tag's): the bytes returned are then those read there.
+    /// `Err` is the problem: the record was altered or removed outside the host.
+    fn tagged(&self, id: &str, bytes: Bytes) -> Result<std::result::Result<Bytes, String>> {
+        let tag = self.db.get(key("b/", id))?;
+        if self
+            .record_problem(id, &bytes, tag.as_deref(), false)?
+            .is_none()
+        {
+            return Ok(Ok(bytes));
+        }
+        let _shared = self.lock();
+        let tag = self.db.get(key("b/", id))?;
+        let Some(now) = self.db.get(key("g/", id))? else {
+            return Ok(Err(format!("grant record {id} was removed")));
+        };
+        Ok(
+            match self.record_problem(id, &now, tag.as_deref(), false)? {
+                None => Ok(now),
+                Some(problem) => Err(problem),
+            },
+        )
     }
 
     /// Commits from a thread that may block: a new credential's key is synced
@@ -945,7 +1000,10 @@ impl KvStore {
         } = commit;
         let id = record.grant.id.clone();
         let g_key = key("g/", &id);
-        let old_bytes = self.db.get(&g_key)?;
+        let old_bytes = match self.db.get(&g_key)? {
+            Some(bytes) => Some(self.trusted(&id, bytes)?),
+            None => None,
+        };
         let old: Option<GrantRecord> = match &old_bytes {
             Some(bytes) => Some(decode(&g_key, bytes)?),
             None => None,
@@ -1056,6 +1114,16 @@ impl KvStore {
         let records = shared.records + u64::from(old.is_none());
         if old.is_none() {
             batch.insert(requester_key(&record.requested_by, id), &[][..]);
+            // Before the batch, so a check of every record that sees the record
+            // knows it as new.
+            if let Some(created) = self
+                .created
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_mut()
+            {
+                created.insert(id.to_owned());
+            }
         }
         // Move the due entry from wherever it is now (its logical due or a lease).
         let mut dues = DueChanges::default();
@@ -1267,6 +1335,7 @@ impl KvStore {
         let mut page = Page::default();
         for entry in self.db.range(&start, Some(b"g0")) {
             let (k, v) = entry?;
+            let v = self.trusted(&String::from_utf8_lossy(&k[2..]), v)?;
             let record: GrantRecord = decode(&k, &v)?;
             if !add_to_page(&mut page, filter, limit, record) {
                 break;
@@ -1363,11 +1432,122 @@ impl KvStore {
         let (records, problem) = self.check_records(Some(expected), true, false)?;
         report.records = records;
         report.problem = problem;
+        if report.is_intact() {
+            self.records_checked.store(true, Ordering::Release);
+        }
         if let (true, Some(h)) = (report.is_intact(), &head) {
             self.db.put(b"m/verified", Some(&encode(h)?))?;
             self.written();
         }
         Ok(report)
+    }
+
+    /// The check at start without the grant records: the events appended since
+    /// the last good check (the whole chain the first time). The records are left
+    /// to [`KvStore::verify_records`], run while the host serves; until it passes,
+    /// each record is checked against its tag as it is read.
+    pub fn verify_events_at_start(&self) -> Result<ChainReport> {
+        let _shared = self.lock();
+        let head = self.stored_head()?;
+        let report = self.check_new_events(head.as_ref())?;
+        if let (true, Some(h)) = (report.is_intact(), &head) {
+            if h.records.is_none() {
+                return Ok(ChainReport {
+                    problem: Some("the recorded head does not count the grant records".into()),
+                    ..report
+                });
+            }
+            self.db.put(b"m/verified", Some(&encode(h)?))?;
+            self.written();
+        }
+        Ok(report)
+    }
+
+    /// Checks every grant record against its tag, and that every record the head
+    /// counted when the check began is still there (and none was added beside the
+    /// commits), while commits go on. Once it passes, records are read without
+    /// checking their tags again: from then on only this host writes them.
+    pub fn verify_records(&self) -> Result<ChainReport> {
+        let counted = {
+            let shared = self.lock();
+            *self.created.lock().unwrap_or_else(|p| p.into_inner()) = Some(HashSet::new());
+            shared.records
+        };
+        let scanned = self.scan_records(counted);
+        *self.created.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        let (records, problem) = scanned?;
+        if problem.is_none() {
+            self.records_checked.store(true, Ordering::Release);
+        }
+        Ok(ChainReport {
+            events: 0,
+            records,
+            problem,
+        })
+    }
+
+    /// Takes the records as they are, without a passed check (the operator
+    /// accepted a store that failed it).
+    pub fn trust_records(&self) {
+        self.records_checked.store(true, Ordering::Release);
+    }
+
+    /// Whether every record has passed a check since the store opened.
+    pub fn records_checked(&self) -> bool {
+        self.records_checked.load(Ordering::Acquire)
+    }
+
+    /// [`KvStore::verify_records`]'s scan: every record against its tag (a
+    /// mismatch read again under the commit lock before it counts), and exactly
+    /// `counted` records that were not created since the scan began.
+    fn scan_records(&self, counted: u64) -> Result<(u64, Option<String>)> {
+        let mut checked = 0;
+        let mut older = 0;
+        let mut tags = self.db.prefix(b"b/");
+        let mut next_tag = tags.next().transpose()?;
+        for entry in self.db.prefix(b"g/") {
+            let (k, v) = entry?;
+            let id = String::from_utf8_lossy(&k[2..]).into_owned();
+            while next_tag
+                .as_ref()
+                .is_some_and(|(tk, _)| &tk[2..] < id.as_bytes())
+            {
+                next_tag = tags.next().transpose()?;
+            }
+            let tag = match &next_tag {
+                Some((tk, _)) if &tk[2..] == id.as_bytes() => {
+                    let tag = next_tag.take().map(|(_, tv)| tv);
+                    next_tag = tags.next().transpose()?;
+                    tag
+                }
+                _ => None,
+            };
+            checked += 1;
+            if self
+                .record_problem(&id, &v, tag.as_deref(), false)?
+                .is_some()
+                && let Err(problem) = self.tagged(&id, v)?
+            {
+                return Ok((checked, Some(problem)));
+            }
+            let new = self
+                .created
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .is_some_and(|c| c.contains(&id));
+            older += u64::from(!new);
+        }
+        let problem = match older.cmp(&counted) {
+            std::cmp::Ordering::Less => Some(format!(
+                "the store holds {older} grant records but recorded {counted}: records were removed"
+            )),
+            std::cmp::Ordering::Greater => Some(format!(
+                "the store holds {older} grant records but recorded {counted}: records were added"
+            )),
+            std::cmp::Ordering::Equal => None,
+        };
+        Ok((checked, problem))
     }
 
     pub fn verify_new_events(&self) -> Result<ChainReport> {
@@ -1519,6 +1699,15 @@ impl Store for KvStore {
     }
     async fn verify_new_events(&self) -> Result<ChainReport> {
         self.blocking(KvStore::verify_new_events).await
+    }
+    async fn verify_events_at_start(&self) -> Result<ChainReport> {
+        self.blocking(KvStore::verify_events_at_start).await
+    }
+    async fn verify_records(&self) -> Result<ChainReport> {
+        self.blocking(KvStore::verify_records).await
+    }
+    fn trust_records(&self) {
+        KvStore::trust_records(self)
     }
     async fn counts(&self) -> Result<BTreeMap<GrantState, u64>> {
         KvStore::counts(self)

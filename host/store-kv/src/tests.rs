@@ -837,6 +837,134 @@ async fn grant_records_edited_outside_the_host_are_detected() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// Issue 16: with the grant records checked while the host serves, the host
+/// serves once the events since the last good check pass. A record altered while
+/// it was stopped is refused when read (by `get`, a listing, a commit built on it)
+/// until the check of every record has passed; that check reports it, and a removed
+/// record; an intact store passes it and its records are then read as they are.
+#[tokio::test]
+async fn records_checked_while_serving_are_refused_until_they_pass() {
+    let (store, dir) = temp_store();
+    for id in ["w1", "w2", "w3"] {
+        commit_state(&store, record(id, GrantState::Active, Some(10)));
+    }
+    let store = reopen(store, &dir).await;
+    assert!(!store.records_checked());
+    let report = store.verify_events_at_start().unwrap();
+    assert!(report.is_intact(), "{report:?}");
+    assert_eq!((report.events, report.records), (3, 0));
+    assert!(store.get("w1").unwrap().is_some(), "an intact record is read");
+    let report = store.verify_records().unwrap();
+    assert!(report.is_intact(), "{report:?}");
+    assert_eq!(report.records, 3);
+    assert!(store.records_checked());
+
+    // Edited while stopped: active → verified, which would end its revocation.
+    let store = reopen(store, &dir).await;
+    let original = store.db.get(b"g/w1").unwrap().unwrap();
+    let mut edited: GrantRecord = serde_json::from_slice(&original).unwrap();
+    edited.state = GrantState::Verified;
+    edited.due_at = None;
+    store
+        .db
+        .insert(b"g/w1", serde_json::to_vec(&edited).unwrap())
+        .unwrap();
+    assert!(store.verify_events_at_start().unwrap().is_intact());
+    let refused = |e: Error| {
+        let text = format!("{e:?}");
+        assert!(
+            text.contains("grant record w1 was altered") && text.contains("not acted on"),
+            "{text}"
+        );
+    };
+    refused(store.get("w1").unwrap_err());
+    refused(store.list(&ListFilter::default()).unwrap_err());
+    refused(
+        store
+            .commit(Commit {
+                record: edited.clone(),
+                sealed: Sealed::Keep,
+                event: event("w1"),
+                lease_until: None,
+            })
+            .unwrap_err(),
+    );
+    assert!(store.get("w2").unwrap().is_some(), "the others are read");
+    let report = store.verify_records().unwrap();
+    assert!(
+        report
+            .problem
+            .as_deref()
+            .is_some_and(|p| p.contains("grant record w1 was altered")),
+        "{report:?}"
+    );
+    assert!(!store.records_checked());
+    refused(store.get("w1").unwrap_err());
+    // The operator's override takes the records as they are.
+    store.trust_records();
+    assert_eq!(
+        store.get("w1").unwrap().unwrap().state,
+        GrantState::Verified
+    );
+    store.db.insert(b"g/w1", original).unwrap();
+
+    // Removed, tag and all.
+    let store = reopen(store, &dir).await;
+    store.db.remove(b"g/w3").unwrap();
+    store.db.remove(b"b/w3").unwrap();
+    assert!(store.verify_events_at_start().unwrap().is_intact());
+    let report = store.verify_records().unwrap();
+    assert!(
+        report
+            .problem
+            .as_deref()
+            .is_some_and(|p| p.contains("holds 2 grant records but recorded 3")),
+        "{report:?}"
+    );
+    drop(store);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Issue 16: the check of every record runs while commits go on. Records created
+/// and records changed meanwhile are neither reported as altered nor counted as
+/// added or missing.
+#[tokio::test]
+async fn the_records_check_passes_under_concurrent_commits() {
+    let (store, dir) = temp_store();
+    let ids: Vec<String> = (0..2_000).map(|i| format!("c{i:05}")).collect();
+    for id in &ids {
+        commit_state(&store, record(id, GrantState::Active, Some(10)));
+    }
+    let store = reopen(store, &dir).await;
+    assert!(store.verify_events_at_start().unwrap().is_intact());
+    let report = std::thread::scope(|s| {
+        let writer = s.spawn(|| {
+            for (i, id) in ids.iter().enumerate().step_by(7) {
+                // A change to an old record, and a new record on either side of it.
+                let mut r = store.get(id).unwrap().unwrap();
+                r.state = GrantState::Revoking;
+                commit_state(&store, r);
+                for new in [format!("b{i:05}"), format!("d{i:05}")] {
+                    commit_state(&store, record(&new, GrantState::Active, Some(10)));
+                }
+            }
+        });
+        let report = store.verify_records().unwrap();
+        writer.join().unwrap();
+        report
+    });
+    assert!(report.is_intact(), "{report:?}");
+    assert!(report.records >= 2_000, "{report:?}");
+    assert!(store.records_checked());
+    // And the store as it is now passes the strict check.
+    let store = reopen(store, &dir).await;
+    let strict = store.verify_at_start().unwrap();
+    assert!(strict.is_intact(), "{strict:?}");
+    assert_eq!(strict.records, 2_000 + 2 * 2_000usize.div_ceil(7) as u64);
+    drop(store);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// Issue 13: a store written before records were bound gets its tags, and a
 /// counted head, once at open; one whose head lost its key after that is not keyed
 /// again, and fails the check.

@@ -383,6 +383,67 @@ impl Lifecycle {
         })
     }
 
+    /// Checks every grant record against its tag while the host serves (the
+    /// store checks each record it reads until this passes). A failure is reported
+    /// as tampering is (error log, `ebb_audit_check_failures_total`, an
+    /// `audit-tampering` alert) and recorded in the audit log
+    /// (`store.check-failed`); the store then goes on refusing the records that do
+    /// not match. With `accept` (the operator's `--accept-unverified-store`) the
+    /// records are taken as they are and the override is recorded
+    /// (`store.check-overridden`). `ebb_store_records_checked` is 1 once it passed.
+    pub fn check_records(&self, accept: bool) -> tokio::task::JoinHandle<()> {
+        let lifecycle = self.clone();
+        metrics::gauge!("ebb_store_records_checked").set(0.0);
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let report = loop {
+                match lifecycle.store().verify_records().await {
+                    Ok(report) => break report,
+                    // The store could not be read: records stay checked as they
+                    // are read, and the check is tried again.
+                    Err(e) => {
+                        tracing::error!(error = %e, "checking the grant records failed; trying again in a minute");
+                        tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+                    }
+                }
+            };
+            let Some(problem) = report.problem else {
+                metrics::gauge!("ebb_store_records_checked").set(1.0);
+                tracing::info!(
+                    records = report.records,
+                    ms = started.elapsed().as_millis() as u64,
+                    "every grant record passed its check"
+                );
+                return;
+            };
+            metrics::counter!("ebb_audit_check_failures_total").increment(1);
+            let kind = if accept {
+                tracing::error!(
+                    problem,
+                    "serving grant records that failed their check (--accept-unverified-store)"
+                );
+                lifecycle.store().trust_records();
+                "store.check-overridden"
+            } else {
+                tracing::error!(
+                    problem,
+                    "a grant record failed its check: it was changed outside this host (or by a \
+                     host with another key); records that do not match are refused"
+                );
+                lifecycle.alert(serde_json::json!({
+                    "kind": "audit-tampering",
+                    "problem": problem,
+                }));
+                "store.check-failed"
+            };
+            // A failure to record it is logged and counted by the audit log.
+            let _ = lifecycle
+                .audit_log()
+                .record(NewEvent::new(kind, "host").detail(json!({ "problem": problem })))
+                .await;
+        })
+    }
+
     /// Sends `alert` to the webhooks, if alerts are set.
     pub fn alert(&self, alert: serde_json::Value) {
         if let Some(alerts) = self.inner.alerts.get() {
