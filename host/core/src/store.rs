@@ -395,27 +395,20 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// On success the checked head becomes the next check's starting point.
     async fn verify_at_start(&self) -> Result<ChainReport>;
 
-    /// The check before serving when the grant records are checked while the
-    /// host serves: the events appended since the last good check (the whole
-    /// chain the first time). Until [`Store::verify_records`] passes, the store
-    /// checks each record against its tag as it reads it and refuses an altered
-    /// one. A store that cannot check records as it reads them checks them all
-    /// here: the default is [`Store::verify_at_start`].
-    async fn verify_events_at_start(&self) -> Result<ChainReport> {
-        self.verify_at_start().await
+    /// Whether the store checks each grant record against its tag as it reads
+    /// it until [`Store::verify_records`] has passed: then a host may serve before
+    /// the store is checked, and check it while serving. A store that does not
+    /// (the default) is checked before serving ([`Store::verify_at_start`]).
+    fn checks_records_as_read(&self) -> bool {
+        false
     }
 
     /// Checks every grant record against its tag, and that every record counted
     /// when the check began is still there and none was added beside the commits,
     /// while commits go on; once it passes, records are read without checking their
-    /// tags. The default checks nothing: a store that keeps the default of
-    /// [`Store::verify_events_at_start`] checked every record there.
+    /// tags. The default runs the full check, [`Store::verify_audit`].
     async fn verify_records(&self) -> Result<ChainReport> {
-        Ok(ChainReport {
-            events: 0,
-            records: 0,
-            problem: None,
-        })
+        self.verify_audit().await
     }
 
     /// Takes the grant records as they are although their check failed (the

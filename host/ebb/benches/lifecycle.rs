@@ -429,7 +429,7 @@ async fn cold_start(
         "sled"
     };
     let store = format!(
-        "path = \"{}\"\nengine = \"{engine}\"\ncheck-records = \"{records}\"",
+        "path = \"{}\"\nengine = \"{engine}\"\ncheck-at-start = \"{records}\"",
         dir.display()
     );
     let checked = records == "while-serving";
@@ -563,7 +563,7 @@ async fn million(kind: Engine, dir: &Path, total: usize, expiring: usize) {
         let store = reopen(kind, dir);
         let open_ms = opened.elapsed().as_millis();
         let checked = Instant::now();
-        let events = store.verify_events_at_start().unwrap();
+        let events = store.verify_new_events().unwrap();
         assert!(events.is_intact(), "{events:?}");
         let events_ms = checked.elapsed().as_millis();
         let checked = Instant::now();
@@ -627,7 +627,7 @@ async fn million(kind: Engine, dir: &Path, total: usize, expiring: usize) {
     // store, load the connector, start the scheduler, count the grants.
     let restart = Instant::now();
     let store = reopen(kind, dir);
-    assert!(store.verify_events_at_start().unwrap().is_intact());
+    assert!(store.verify_new_events().unwrap().is_intact());
     let engine = engine(store.clone()).await;
     engine.start().await.unwrap();
     let counts = store.counts().unwrap();

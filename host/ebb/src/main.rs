@@ -193,7 +193,7 @@ mod server {
     use ebb_core::seal::{HostKey, Sealer};
     use ebb_engine::approval::{Alerts, ApprovalGate};
     use ebb_engine::config::{
-        Config, ConnectorConfig, ConnectorSpec, RecordCheck, RuntimeConfig, StoreEngine, StoreKind,
+        Config, ConnectorConfig, ConnectorSpec, RuntimeConfig, StartCheck, StoreEngine, StoreKind,
     };
     use ebb_engine::identity::Verifier;
     use ebb_engine::lifecycle::{Clock, EngineConfig, Lifecycle};
@@ -342,20 +342,25 @@ mod server {
 
     /// The store's check at start: a store edited while the host was stopped (an
     /// event, a grant record, the head) is refused unless the operator overrides,
-    /// and the override is itself audited.
-    /// With `records` at `while-serving`, the grant records are left to
-    /// [`Lifecycle::check_records`], run once the host serves.
+    /// and the override is itself audited. With `check` at `while-serving`, a store
+    /// that checks the records it reads is checked while the host serves instead
+    /// ([`Lifecycle::check_store_while_serving`]); returns whether it is.
     async fn check_store(
         store: &dyn ebb_core::store::Store,
         accept: bool,
-        records: RecordCheck,
-    ) -> anyhow::Result<()> {
-        let started = std::time::Instant::now();
-        let report = match records {
-            RecordCheck::BeforeServing => store.verify_at_start().await,
-            RecordCheck::WhileServing => store.verify_events_at_start().await,
+        check: StartCheck,
+    ) -> anyhow::Result<bool> {
+        if check == StartCheck::WhileServing && store.checks_records_as_read() {
+            tracing::info!(
+                "the store is checked while the host serves; until its records pass, each is checked as it is read"
+            );
+            return Ok(true);
         }
-        .context("checking the store")?;
+        let started = std::time::Instant::now();
+        let report = store
+            .verify_at_start()
+            .await
+            .context("checking the store")?;
         let Some(problem) = &report.problem else {
             tracing::info!(
                 events = report.events,
@@ -363,7 +368,7 @@ mod server {
                 ms = started.elapsed().as_millis() as u64,
                 "the store passed its check at start"
             );
-            return Ok(());
+            return Ok(false);
         };
         if !accept {
             anyhow::bail!(
@@ -385,7 +390,7 @@ mod server {
             )
             .await
             .context("recording the override in the audit log")?;
-        Ok(())
+        Ok(false)
     }
 
     /// The configured store: the embedded one in its folder, or the shared one on
@@ -470,10 +475,10 @@ mod server {
         };
         let host_id = host_id(&config.store)?;
         let store = open_store(&config.store, &key, &host_id).await?;
-        check_store(
+        let check_while_serving = check_store(
             store.as_ref(),
             accept_unverified_store,
-            config.store.check_records,
+            config.store.check_at_start,
         )
         .await?;
         let runtime =
@@ -516,9 +521,9 @@ mod server {
         let _orphans = ebb_engine::orphans::spawn(lifecycle.clone());
         // The audit chain is checked while serving, not only at start.
         let _chain = lifecycle.watch_audit_chain(std::time::Duration::from_secs(600));
-        // The grant records, if they were not checked before serving.
-        let _records = (config.store.check_records == RecordCheck::WhileServing)
-            .then(|| lifecycle.check_records(accept_unverified_store));
+        // The store, if it was not checked before serving.
+        let _check = check_while_serving
+            .then(|| lifecycle.check_store_while_serving(accept_unverified_store));
         let approval = Arc::new(
             ApprovalGate::new(config.policy.as_ref(), lifecycle.registry(), alerts)
                 .map_err(|e| anyhow::anyhow!("policies: {e}"))?,

@@ -462,7 +462,7 @@ fn refused_to_start(config: &Path) -> String {
 
 /// Issue 13: a store edited while the host was stopped — here a grant moved from
 /// `active` to `verified`, which would end its revocation unnoticed — is caught.
-/// With `check-records = "before-serving"` the host refuses to start, with a clear
+/// With `check-at-start = "before-serving"` the host refuses to start, with a clear
 /// message. By default (issue 16: records checked while serving) it serves, refuses
 /// to read or act on that record, and the check of every record, run in the
 /// background, records `store.check-failed`. `--accept-unverified-store` serves it
@@ -524,7 +524,7 @@ async fn a_store_edited_while_stopped_is_refused_at_start() {
         )
         .unwrap();
     };
-    config("check-records = \"before-serving\"");
+    config("check-at-start = \"before-serving\"");
     let stderr = refused_to_start(&dir.join("ebb.toml"));
     assert!(
         stderr.contains("failed its check at start")

@@ -1442,27 +1442,6 @@ impl KvStore {
         Ok(report)
     }
 
-    /// The check at start without the grant records: the events appended since
-    /// the last good check (the whole chain the first time). The records are left
-    /// to [`KvStore::verify_records`], run while the host serves; until it passes,
-    /// each record is checked against its tag as it is read.
-    pub fn verify_events_at_start(&self) -> Result<ChainReport> {
-        let _shared = self.lock();
-        let head = self.stored_head()?;
-        let report = self.check_new_events(head.as_ref())?;
-        if let (true, Some(h)) = (report.is_intact(), &head) {
-            if h.records.is_none() {
-                return Ok(ChainReport {
-                    problem: Some("the recorded head does not count the grant records".into()),
-                    ..report
-                });
-            }
-            self.db.put(b"m/verified", Some(&encode(h)?))?;
-            self.written();
-        }
-        Ok(report)
-    }
-
     /// Checks every grant record against its tag, and that every record the head
     /// counted when the check began is still there (and none was added beside the
     /// commits), while commits go on. Once it passes, records are read without
@@ -1700,8 +1679,8 @@ impl Store for KvStore {
     async fn verify_new_events(&self) -> Result<ChainReport> {
         self.blocking(KvStore::verify_new_events).await
     }
-    async fn verify_events_at_start(&self) -> Result<ChainReport> {
-        self.blocking(KvStore::verify_events_at_start).await
+    fn checks_records_as_read(&self) -> bool {
+        true
     }
     async fn verify_records(&self) -> Result<ChainReport> {
         self.blocking(KvStore::verify_records).await

@@ -390,19 +390,20 @@ pub struct StoreConfig {
     /// (it does, every quarter of this, while it lives): how long a dead host's
     /// work waits before another host takes it over.
     pub lease_ms: u64,
-    /// When the embedded store's grant records are checked against their tags
-    /// at start: `while-serving` (the default: the host serves once the audit
-    /// events since the last good check pass, checks each record as it reads it
-    /// until a check of all of them passes in the background) or `before-serving`
-    /// (all of them before the host serves: a restart takes ~2–10 µs a record).
-    /// A PostgreSQL store checks them before serving either way.
-    pub check_records: RecordCheck,
+    /// When the store is checked at start (the audit events since the last good
+    /// check, every grant record against its tag, the count): `while-serving` (the
+    /// default: the host serves at once, and until the records have passed, the
+    /// embedded store checks each record as it reads it and refuses an altered
+    /// one) or `before-serving` (the host serves once the check passed: a restart
+    /// takes ~2–10 µs a record more). A PostgreSQL store is checked before serving
+    /// either way.
+    pub check_at_start: StartCheck,
 }
 
-/// When a store's grant records are checked at start ([`StoreConfig::check_records`]).
+/// When the store is checked at start ([`StoreConfig::check_at_start`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum RecordCheck {
+pub enum StartCheck {
     #[default]
     WhileServing,
     BeforeServing,
@@ -440,7 +441,7 @@ impl Default for StoreConfig {
             host_id: None,
             pool_size: 16,
             lease_ms: 4_000,
-            check_records: RecordCheck::default(),
+            check_at_start: StartCheck::default(),
         }
     }
 }

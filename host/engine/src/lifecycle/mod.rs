@@ -383,36 +383,33 @@ impl Lifecycle {
         })
     }
 
-    /// Checks every grant record against its tag while the host serves (the
-    /// store checks each record it reads until this passes). A failure is reported
-    /// as tampering is (error log, `ebb_audit_check_failures_total`, an
-    /// `audit-tampering` alert) and recorded in the audit log
-    /// (`store.check-failed`); the store then goes on refusing the records that do
-    /// not match. With `accept` (the operator's `--accept-unverified-store`) the
-    /// records are taken as they are and the override is recorded
-    /// (`store.check-overridden`). `ebb_store_records_checked` is 1 once it passed.
-    pub fn check_records(&self, accept: bool) -> tokio::task::JoinHandle<()> {
+    /// The check at start, run while the host serves (a store that checks each
+    /// record it reads until [`Store::verify_records`] passes): every grant record
+    /// against its tag and the count, then the audit events appended since the
+    /// last good check. A failure is reported as tampering is (error log,
+    /// `ebb_audit_check_failures_total`, an `audit-tampering` alert) and recorded in
+    /// the audit log (`store.check-failed`); the store goes on refusing the records
+    /// that do not match. With `accept` (the operator's `--accept-unverified-store`)
+    /// the records are taken as they are and the override is recorded
+    /// (`store.check-overridden`). `ebb_store_records_checked` is 1 once the
+    /// records passed.
+    pub fn check_store_while_serving(&self, accept: bool) -> tokio::task::JoinHandle<()> {
         let lifecycle = self.clone();
         metrics::gauge!("ebb_store_records_checked").set(0.0);
         tokio::spawn(async move {
             let started = std::time::Instant::now();
-            let report = loop {
-                match lifecycle.store().verify_records().await {
-                    Ok(report) => break report,
-                    // The store could not be read: records stay checked as they
-                    // are read, and the check is tried again.
-                    Err(e) => {
-                        tracing::error!(error = %e, "checking the grant records failed; trying again in a minute");
-                        tokio::time::sleep(std::time::Duration::from_secs(60)).await;
-                    }
-                }
-            };
-            let Some(problem) = report.problem else {
+            let store = lifecycle.store();
+            let records = retried(|| store.verify_records()).await;
+            if records.is_intact() {
                 metrics::gauge!("ebb_store_records_checked").set(1.0);
+            }
+            let events = retried(|| store.verify_new_events()).await;
+            let Some(problem) = records.problem.or(events.problem) else {
                 tracing::info!(
-                    records = report.records,
+                    records = records.records,
+                    events = events.events,
                     ms = started.elapsed().as_millis() as u64,
-                    "every grant record passed its check"
+                    "the store passed its check at start, run while serving"
                 );
                 return;
             };
@@ -420,17 +417,18 @@ impl Lifecycle {
             let kind = if accept {
                 tracing::error!(
                     problem,
-                    "serving grant records that failed their check (--accept-unverified-store)"
+                    "serving a store that failed its check at start (--accept-unverified-store)"
                 );
-                lifecycle.store().trust_records();
+                store.trust_records();
                 "store.check-overridden"
             } else {
                 tracing::error!(
                     problem,
-                    "a grant record failed its check: it was changed outside this host (or by a \
-                     host with another key); records that do not match are refused"
+                    "the store failed its check at start, run while serving: it was changed \
+                     outside this host (or by a host with another key); records that do not \
+                     match are refused"
                 );
-                lifecycle.alert(serde_json::json!({
+                lifecycle.alert(json!({
                     "kind": "audit-tampering",
                     "problem": problem,
                 }));
@@ -591,6 +589,24 @@ impl Lifecycle {
         let _all = self.inner.jobs.acquire_many(max).await;
         self.inner.store.sync().await?;
         Ok(())
+    }
+}
+
+/// Runs a check of the store until the store answers it: a store that cannot be
+/// read now is tried again a minute later (and says so).
+async fn retried<F, Fut>(check: F) -> ebb_core::audit::ChainReport
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<ebb_core::audit::ChainReport, store::Error>>,
+{
+    loop {
+        match check().await {
+            Ok(report) => return report,
+            Err(e) => {
+                tracing::error!(error = %e, "checking the store failed; trying again in a minute");
+                tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+            }
+        }
     }
 }
 
