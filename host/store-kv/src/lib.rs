@@ -519,6 +519,35 @@ impl KvStore {
             })?
     }
 
+    /// Runs `check` on a thread of its own at the lowest CPU priority (nice 19,
+    /// for that thread alone): a check of the whole store run while the host
+    /// serves takes only the CPU that expiries and requests leave.
+    async fn in_background<T: Send + 'static>(
+        &self,
+        check: fn(&KvStore) -> Result<T>,
+    ) -> Result<T> {
+        let Some(me) = self.me.upgrade() else {
+            return check(self);
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("ebb-store-check".into())
+            .spawn(move || {
+                if let Err(e) = rustix::process::setpriority_process(None, 19) {
+                    tracing::warn!(error = %e, "could not lower the store check's CPU priority");
+                }
+                let _ = tx.send(check(&me));
+            })
+            .map_err(|source| Error::Io {
+                what: "starting the store's check",
+                source,
+            })?;
+        rx.await.map_err(|_| Error::Storage {
+            what: "checking the store",
+            source: "the check's thread ended without an answer".into(),
+        })?
+    }
+
     fn lock(&self) -> MutexGuard<'_, Shared> {
         self.state
             .lock()
@@ -1677,13 +1706,13 @@ impl Store for KvStore {
         self.blocking(KvStore::verify_at_start).await
     }
     async fn verify_new_events(&self) -> Result<ChainReport> {
-        self.blocking(KvStore::verify_new_events).await
+        self.in_background(KvStore::verify_new_events).await
     }
     fn checks_records_as_read(&self) -> bool {
         true
     }
     async fn verify_records(&self) -> Result<ChainReport> {
-        self.blocking(KvStore::verify_records).await
+        self.in_background(KvStore::verify_records).await
     }
     fn trust_records(&self) {
         KvStore::trust_records(self)
