@@ -640,6 +640,103 @@ async fn a_store_edited_while_stopped_is_refused_at_start() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// Issue 16: an intact store with grants serves at once and passes its check
+/// while serving: its grants are read meanwhile, `ebb_store_records_checked`
+/// becomes 1, and nothing is reported.
+#[tokio::test]
+async fn an_intact_store_passes_its_check_while_serving() {
+    use ebb_core::store::{Commit, GrantRecord, Sealed};
+    let dir = std::env::temp_dir().join(format!("ebb-intact-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = ebb_core::seal::HostKey::load_or_create(&dir.join("host.key")).unwrap();
+    {
+        let store =
+            ebb_store_kv::KvStore::open(&dir.join("data"), key.derive("audit-chain")).unwrap();
+        for i in 0..500 {
+            let grant = ebb_core::contract::Grant {
+                id: format!("01JINTACT{i:05}"),
+                subject: ebb_core::contract::Subject {
+                    id: "spiffe://test/agent".into(),
+                    kind: ebb_core::contract::SubjectKind::Workload,
+                    claims: vec![],
+                },
+                permissions: vec![],
+                not_after: ebb_test_support::now_ms() + 3_600_000,
+                task: "t".into(),
+            };
+            let record = GrantRecord::requested(grant, "gone".into(), 1, 1, "agent".into(), None);
+            store
+                .commit(Commit {
+                    record,
+                    sealed: Sealed::Keep,
+                    event: ebb_core::audit::NewEvent::new("grant.requested", "test")
+                        .grant(&format!("01JINTACT{i:05}")),
+                    lease_until: None,
+                })
+                .unwrap();
+        }
+        store.sync().await.unwrap();
+    }
+    let port = ebb_test_support::free_port().unwrap();
+    std::fs::write(
+        dir.join("ebb.toml"),
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[store]\npath = \"{}\"\nkey-file = \"{}\"\n\
+             [[tokens]]\nname = \"ops\"\nsha256 = \"{}\"\nroles = [\"operator\", \"auditor\"]\n",
+            dir.join("data").display(),
+            dir.join("host.key").display(),
+            ebb::api::auth::hash_token(OPERATOR),
+        ),
+    )
+    .unwrap();
+    let mut host = KillOnDrop(
+        ebb_test_support::serve_command(env!("CARGO_BIN_EXE_ebb"), &dir.join("ebb.toml"))
+            .spawn()
+            .unwrap(),
+    );
+    assert!(ebb_test_support::wait_for_port(
+        port,
+        Duration::from_secs(10)
+    ));
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let read = operator_get(&client, &format!("{base}/v1/grants/01JINTACT00042")).await;
+    assert_eq!(read["state"], "requested", "{read}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = client
+            .get(format!("{base}/metrics"))
+            .bearer_auth(OPERATOR)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics.contains("ebb_store_records_checked 1") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the check never passed: {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The 500 grants' events are 1–500: what the host wrote follows them.
+    let events = operator_get(&client, &format!("{base}/v1/audit?after=500&limit=1000")).await;
+    assert!(
+        !events
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "store.check-failed"),
+        "an intact store is not reported"
+    );
+    host.kill().unwrap();
+    host.wait().unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// A store folder written on one engine, started with the other named in the
 /// configuration: `ebb serve` refuses to start and says which engine holds it —
 /// it never opens an empty store beside the real one.

@@ -92,6 +92,9 @@ pub struct KvStore {
     /// While [`KvStore::verify_records`] runs: the records created since it began,
     /// which it must not count among those the head counted.
     created: Mutex<Option<HashSet<String>>>,
+    /// Held by [`KvStore::verify_records`]: one runs at a time (each starts
+    /// `created` afresh).
+    checking: Mutex<()>,
 }
 
 impl std::fmt::Debug for KvStore {
@@ -502,6 +505,7 @@ impl KvStore {
             keyring,
             records_checked: AtomicBool::new(no_records),
             created: Mutex::new(None),
+            checking: Mutex::new(()),
         }))
     }
 
@@ -1476,6 +1480,7 @@ impl KvStore {
     /// commits), while commits go on. Once it passes, records are read without
     /// checking their tags again: from then on only this host writes them.
     pub fn verify_records(&self) -> Result<ChainReport> {
+        let _one = self.checking.lock().unwrap_or_else(|p| p.into_inner());
         let counted = {
             let shared = self.lock();
             *self.created.lock().unwrap_or_else(|p| p.into_inner()) = Some(HashSet::new());
