@@ -48,10 +48,15 @@ use std::time::{Duration, Instant};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    memory_mib("self", "VmRSS:")
+}
+
+/// A field of `/proc/{pid}/status` in MiB: `VmRSS:` now, `VmHWM:` its peak.
+fn memory_mib(pid: &str, field: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let kb: f64 = status
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))
+        .find(|l| l.starts_with(field))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap();
@@ -508,6 +513,17 @@ async fn cold_start_on(
     } else {
         None
     };
+    let pid = child.id().to_string();
+    println!(
+        "cold start: `ebb serve` RSS {:.0} MiB (peak {:.0} MiB) once it served{}",
+        memory_mib(&pid, "VmRSS:"),
+        memory_mib(&pid, "VmHWM:"),
+        if checked {
+            " and every record passed"
+        } else {
+            ""
+        }
+    );
     child.kill().unwrap();
     child.wait().unwrap();
     let _ = std::fs::remove_file(&config);
