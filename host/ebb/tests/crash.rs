@@ -467,6 +467,57 @@ fn refused_to_start(config: &Path) -> String {
 /// to read or act on that record, and the check of every record, run in the
 /// background, records `store.check-failed`. `--accept-unverified-store` serves it
 /// anyway and the audit log records the override and what failed.
+/// Waits up to 10 s for the host at `base` to write an audit event of `kind`
+/// (after event `after`), and returns it.
+async fn audit_event(client: &reqwest::Client, base: &str, after: u64, kind: &str) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let url = format!("{base}/v1/audit?after={after}&limit=1000");
+        let events = operator_get(client, &url).await;
+        if let Some(e) = events
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["kind"] == kind)
+        {
+            return e.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {kind} event in {events}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The host's Prometheus exposition.
+async fn metrics_text(client: &reqwest::Client, base: &str) -> String {
+    client
+        .get(format!("{base}/metrics"))
+        .bearer_auth(OPERATOR)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// `ebb serve --config config` with `args`, listening on `port` within 10 s.
+fn serving(config: &Path, port: u16, args: &[&str]) -> KillOnDrop {
+    let host = KillOnDrop(
+        ebb_test_support::serve_command(env!("CARGO_BIN_EXE_ebb"), config)
+            .args(args)
+            .spawn()
+            .unwrap(),
+    );
+    assert!(ebb_test_support::wait_for_port(
+        port,
+        Duration::from_secs(10)
+    ));
+    host
+}
+
 #[tokio::test]
 async fn a_store_edited_while_stopped_is_refused_at_start() {
     use ebb_core::store::{Commit, GrantRecord, Sealed};
@@ -541,29 +592,8 @@ async fn a_store_edited_while_stopped_is_refused_at_start() {
         .build()
         .unwrap();
     let base = format!("http://127.0.0.1:{port}");
-    let events_of = |kind: &'static str| {
-        let client = client.clone();
-        let url = format!("{base}/v1/audit");
-        async move {
-            let events = operator_get(&client, &url).await;
-            events
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|e| e["kind"] == kind)
-                .cloned()
-        }
-    };
     {
-        let mut host = KillOnDrop(
-            ebb_test_support::serve_command(env!("CARGO_BIN_EXE_ebb"), &dir.join("ebb.toml"))
-                .spawn()
-                .unwrap(),
-        );
-        assert!(ebb_test_support::wait_for_port(
-            port,
-            Duration::from_secs(10)
-        ));
+        let mut host = serving(&dir.join("ebb.toml"), port, &[]);
         let read = client
             .get(format!("{base}/v1/grants/01JTAMPERED"))
             .bearer_auth(OPERATOR)
@@ -573,17 +603,7 @@ async fn a_store_edited_while_stopped_is_refused_at_start() {
         assert_eq!(read.status(), reqwest::StatusCode::INTERNAL_SERVER_ERROR);
         let body: Value = read.json().await.unwrap();
         assert_eq!(body["error"]["code"], "internal", "{body}");
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        let failed = loop {
-            if let Some(e) = events_of("store.check-failed").await {
-                break e;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no store.check-failed event"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
+        let failed = audit_event(&client, &base, 0, "store.check-failed").await;
         assert!(
             failed["detail"]["problem"]
                 .as_str()
@@ -591,41 +611,14 @@ async fn a_store_edited_while_stopped_is_refused_at_start() {
                 .contains("grant record 01JTAMPERED was altered"),
             "{failed}"
         );
-        let metrics = client
-            .get(format!("{base}/metrics"))
-            .bearer_auth(OPERATOR)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = metrics_text(&client, &base).await;
         assert!(metrics.contains("ebb_store_records_checked 0"), "{metrics}");
         host.kill().unwrap();
         host.wait().unwrap();
     }
 
-    let mut host = KillOnDrop(
-        ebb_test_support::serve_command(env!("CARGO_BIN_EXE_ebb"), &dir.join("ebb.toml"))
-            .arg("--accept-unverified-store")
-            .spawn()
-            .unwrap(),
-    );
-    assert!(ebb_test_support::wait_for_port(
-        port,
-        Duration::from_secs(10)
-    ));
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let overridden = loop {
-        if let Some(e) = events_of("store.check-overridden").await {
-            break e;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no store.check-overridden event"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let mut host = serving(&dir.join("ebb.toml"), port, &["--accept-unverified-store"]);
+    let overridden = audit_event(&client, &base, 0, "store.check-overridden").await;
     assert!(
         overridden["detail"]["problem"]
             .as_str()
@@ -689,30 +682,14 @@ async fn an_intact_store_passes_its_check_while_serving() {
         ),
     )
     .unwrap();
-    let mut host = KillOnDrop(
-        ebb_test_support::serve_command(env!("CARGO_BIN_EXE_ebb"), &dir.join("ebb.toml"))
-            .spawn()
-            .unwrap(),
-    );
-    assert!(ebb_test_support::wait_for_port(
-        port,
-        Duration::from_secs(10)
-    ));
+    let mut host = serving(&dir.join("ebb.toml"), port, &[]);
     let client = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
     let read = operator_get(&client, &format!("{base}/v1/grants/01JINTACT00042")).await;
     assert_eq!(read["state"], "requested", "{read}");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let metrics = client
-            .get(format!("{base}/metrics"))
-            .bearer_auth(OPERATOR)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = metrics_text(&client, &base).await;
         if metrics.contains("ebb_store_records_checked 1") {
             break;
         }
