@@ -467,6 +467,55 @@ fn refused_to_start(config: &Path) -> String {
 /// to read or act on that record, and the check of every record, run in the
 /// background, records `store.check-failed`. `--accept-unverified-store` serves it
 /// anyway and the audit log records the override and what failed.
+/// A stopped host's folder `dir`: its key (`host.key`) and its store (`data`)
+/// holding one grant, in `state`, for each of `ids`.
+async fn store_with_grants(dir: &Path, ids: &[String], state: ebb_core::state::GrantState) {
+    use ebb_core::store::{Commit, GrantRecord, Sealed};
+    std::fs::create_dir_all(dir).unwrap();
+    let key = ebb_core::seal::HostKey::load_or_create(&dir.join("host.key")).unwrap();
+    let store = ebb_store_kv::KvStore::open(&dir.join("data"), key.derive("audit-chain")).unwrap();
+    for id in ids {
+        let grant = ebb_core::contract::Grant {
+            id: id.clone(),
+            subject: ebb_core::contract::Subject {
+                id: "spiffe://test/agent".into(),
+                kind: ebb_core::contract::SubjectKind::Workload,
+                claims: vec![],
+            },
+            permissions: vec![],
+            not_after: ebb_test_support::now_ms() + 3_600_000,
+            task: "t".into(),
+        };
+        let mut record = GrantRecord::requested(grant, "gone".into(), 1, 1, "agent".into(), None);
+        record.state = state;
+        store
+            .commit(Commit {
+                record,
+                sealed: Sealed::Keep,
+                event: ebb_core::audit::NewEvent::new("grant.transition", "test").grant(id),
+                lease_until: None,
+            })
+            .unwrap();
+    }
+    store.sync().await.unwrap();
+}
+
+/// Writes `dir/ebb.toml` for the host folder of [`store_with_grants`]: listening
+/// on `port`, `store_lines` added to `[store]`, the operator's token.
+fn host_config(dir: &Path, port: u16, store_lines: &str) {
+    std::fs::write(
+        dir.join("ebb.toml"),
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[store]\npath = \"{}\"\nkey-file = \"{}\"\n{store_lines}\n\
+             [[tokens]]\nname = \"ops\"\nsha256 = \"{}\"\nroles = [\"operator\", \"auditor\"]\n",
+            dir.join("data").display(),
+            dir.join("host.key").display(),
+            ebb::api::auth::hash_token(OPERATOR),
+        ),
+    )
+    .unwrap();
+}
+
 /// Waits up to 10 s for the host at `base` to write an audit event of `kind`
 /// (after event `after`), and returns it.
 async fn audit_event(client: &reqwest::Client, base: &str, after: u64, kind: &str) -> Value {
@@ -520,37 +569,13 @@ fn serving(config: &Path, port: u16, args: &[&str]) -> KillOnDrop {
 
 #[tokio::test]
 async fn a_store_edited_while_stopped_is_refused_at_start() {
-    use ebb_core::store::{Commit, GrantRecord, Sealed};
     let dir = std::env::temp_dir().join(format!("ebb-tampered-{}", rand::random::<u64>()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let key = ebb_core::seal::HostKey::load_or_create(&dir.join("host.key")).unwrap();
-    {
-        let store =
-            ebb_store_kv::KvStore::open(&dir.join("data"), key.derive("audit-chain")).unwrap();
-        let grant = ebb_core::contract::Grant {
-            id: "01JTAMPERED".into(),
-            subject: ebb_core::contract::Subject {
-                id: "spiffe://test/agent".into(),
-                kind: ebb_core::contract::SubjectKind::Workload,
-                claims: vec![],
-            },
-            permissions: vec![],
-            not_after: ebb_test_support::now_ms() + 3_600_000,
-            task: "t".into(),
-        };
-        let mut record = GrantRecord::requested(grant, "gone".into(), 1, 1, "agent".into(), None);
-        record.state = ebb_core::state::GrantState::Active;
-        store
-            .commit(Commit {
-                record,
-                sealed: Sealed::Keep,
-                event: ebb_core::audit::NewEvent::new("grant.transition", "test")
-                    .grant("01JTAMPERED"),
-                lease_until: None,
-            })
-            .unwrap();
-        store.sync().await.unwrap();
-    }
+    store_with_grants(
+        &dir,
+        &["01JTAMPERED".to_owned()],
+        ebb_core::state::GrantState::Active,
+    )
+    .await;
     // Stopped: edit the record directly in sled.
     {
         let db = sled::open(dir.join("data")).unwrap();
@@ -562,20 +587,7 @@ async fn a_store_edited_while_stopped_is_refused_at_start() {
         db.flush().unwrap();
     }
     let port = ebb_test_support::free_port().unwrap();
-    let config = |records: &str| {
-        std::fs::write(
-            dir.join("ebb.toml"),
-            format!(
-                "[server]\nlisten = \"127.0.0.1:{port}\"\n[store]\npath = \"{}\"\nkey-file = \"{}\"\n{records}\n\
-                 [[tokens]]\nname = \"ops\"\nsha256 = \"{}\"\nroles = [\"operator\", \"auditor\"]\n",
-                dir.join("data").display(),
-                dir.join("host.key").display(),
-                ebb::api::auth::hash_token(OPERATOR),
-            ),
-        )
-        .unwrap();
-    };
-    config("check-at-start = \"before-serving\"");
+    host_config(&dir, port, "check-at-start = \"before-serving\"");
     let stderr = refused_to_start(&dir.join("ebb.toml"));
     assert!(
         stderr.contains("failed its check at start")
@@ -585,7 +597,7 @@ async fn a_store_edited_while_stopped_is_refused_at_start() {
     );
 
     // Records checked while serving (the default): it serves, but not that record.
-    config("");
+    host_config(&dir, port, "");
     // No pooled connection outlives the host it went to: two hosts in turn here.
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
@@ -638,50 +650,11 @@ async fn a_store_edited_while_stopped_is_refused_at_start() {
 /// becomes 1, and nothing is reported.
 #[tokio::test]
 async fn an_intact_store_passes_its_check_while_serving() {
-    use ebb_core::store::{Commit, GrantRecord, Sealed};
     let dir = std::env::temp_dir().join(format!("ebb-intact-{}", rand::random::<u64>()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let key = ebb_core::seal::HostKey::load_or_create(&dir.join("host.key")).unwrap();
-    {
-        let store =
-            ebb_store_kv::KvStore::open(&dir.join("data"), key.derive("audit-chain")).unwrap();
-        for i in 0..500 {
-            let grant = ebb_core::contract::Grant {
-                id: format!("01JINTACT{i:05}"),
-                subject: ebb_core::contract::Subject {
-                    id: "spiffe://test/agent".into(),
-                    kind: ebb_core::contract::SubjectKind::Workload,
-                    claims: vec![],
-                },
-                permissions: vec![],
-                not_after: ebb_test_support::now_ms() + 3_600_000,
-                task: "t".into(),
-            };
-            let record = GrantRecord::requested(grant, "gone".into(), 1, 1, "agent".into(), None);
-            store
-                .commit(Commit {
-                    record,
-                    sealed: Sealed::Keep,
-                    event: ebb_core::audit::NewEvent::new("grant.requested", "test")
-                        .grant(&format!("01JINTACT{i:05}")),
-                    lease_until: None,
-                })
-                .unwrap();
-        }
-        store.sync().await.unwrap();
-    }
+    let ids: Vec<String> = (0..500).map(|i| format!("01JINTACT{i:05}")).collect();
+    store_with_grants(&dir, &ids, ebb_core::state::GrantState::Requested).await;
     let port = ebb_test_support::free_port().unwrap();
-    std::fs::write(
-        dir.join("ebb.toml"),
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\n[store]\npath = \"{}\"\nkey-file = \"{}\"\n\
-             [[tokens]]\nname = \"ops\"\nsha256 = \"{}\"\nroles = [\"operator\", \"auditor\"]\n",
-            dir.join("data").display(),
-            dir.join("host.key").display(),
-            ebb::api::auth::hash_token(OPERATOR),
-        ),
-    )
-    .unwrap();
+    host_config(&dir, port, "");
     let mut host = serving(&dir.join("ebb.toml"), port, &[]);
     let client = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
