@@ -416,25 +416,18 @@ fn bench_audit_key() -> [u8; 32] {
 }
 
 /// Restart to serving as an operator sees it: a cold `ebb serve` process on the
-/// store, timed from spawn to `GET /readyz` answering 200, then to a grant read
-/// (`GET /v1/grants/{id}`) answering 200.
-/// A cold `ebb serve` on the embedded store in `dir`, its records checked at
-/// `records` (`while-serving` or `before-serving`): [`cold_start_on`]'s times,
-/// and with `while-serving` how long until every record has passed its check (the
-/// host's `ebb_store_records_checked` gauge is 1).
+/// embedded store in `dir` on `kind`, the check at start run at `records`
+/// (`while-serving` or `before-serving`): [`cold_start_on`]'s times, and with
+/// `while-serving` how long until every record has passed its check (the host's
+/// `ebb_store_records_checked` gauge is 1).
 async fn cold_start(
     kind: Engine,
     dir: &Path,
     id: &str,
     records: &str,
 ) -> (Duration, Duration, Option<Duration>) {
-    let engine = if kind == Engine::Fjall {
-        "fjall"
-    } else {
-        "sled"
-    };
     let store = format!(
-        "path = \"{}\"\nengine = \"{engine}\"\ncheck-at-start = \"{records}\"",
+        "path = \"{}\"\nengine = \"{kind}\"\ncheck-at-start = \"{records}\"",
         dir.display()
     );
     let checked = records == "while-serving";
@@ -547,7 +540,7 @@ fn reopen(engine: Engine, dir: &Path) -> std::sync::Arc<KvStore> {
 }
 
 async fn million(kind: Engine, dir: &Path, total: usize, expiring: usize) {
-    println!("million: on {kind:?}");
+    println!("million: on {kind}");
     let rss_before = rss_mib();
     let some_id = {
         let store = reopen(kind, dir);

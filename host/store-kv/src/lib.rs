@@ -119,6 +119,19 @@ struct Shared {
     clock: fn() -> Timestamp,
 }
 
+/// How [`KvStore::check_records`] holds the records it found against the count
+/// the keyed head recorded.
+enum Count {
+    /// Nothing is being written (the check at start): exactly this many.
+    Exactly(u64),
+    /// Commits go on (the full check): at least this many; those written
+    /// meanwhile may be found too.
+    AtLeast(u64),
+    /// Commits go on ([`KvStore::verify_records`]): exactly this many besides
+    /// those created since the check began, which `KvStore::created` names.
+    Before(u64),
+}
+
 /// A commit prepared outside the commit lock ([`KvStore::prepare`]).
 struct Prepared {
     id: String,
@@ -691,18 +704,14 @@ impl KvStore {
     }
 
     /// Checks every grant record against its tag and, with `latest_event`, against
-    /// its grant's latest event (an older record put back no longer matches it).
-    /// `records` is how many the keyed head counts: exactly that many with `exact`
-    /// (nothing is being written), at least that many otherwise. Returns how many
-    /// records were checked and the first problem. Run while commits go on, a
-    /// mismatch is read again under the commit lock before it counts.
-    fn check_records(
-        &self,
-        records: Option<u64>,
-        exact: bool,
-        latest_event: bool,
-    ) -> Result<(u64, Option<String>)> {
+    /// its grant's latest event (an older record put back no longer matches it),
+    /// and counts them as `count` says. Returns how many records were checked and
+    /// the first problem. Run while commits go on (any `count` but
+    /// [`Count::Exactly`]), a mismatch is read again under the commit lock before it
+    /// counts.
+    fn check_records(&self, count: Count, latest_event: bool) -> Result<(u64, Option<String>)> {
         let mut checked = 0;
+        let mut older = 0;
         // Tags are read beside the records (both in id order), not looked up one by one.
         let mut tags = self.db.prefix(b"b/");
         let mut next_tag = tags.next().transpose()?;
@@ -724,30 +733,34 @@ impl KvStore {
             let id = String::from_utf8_lossy(id).into_owned();
             checked += 1;
             let problem = match self.record_problem(&id, &v, tag.as_deref(), latest_event)? {
-                Some(_) if !exact => {
-                    let _shared = self.lock();
-                    let tag = self.db.get(key("b/", &id))?;
-                    match self.db.get(&k)? {
-                        Some(now) => {
-                            self.record_problem(&id, &now, tag.as_deref(), latest_event)?
-                        }
-                        None => Some(format!("grant record {id} was removed")),
-                    }
+                Some(_) if !matches!(count, Count::Exactly(_)) => {
+                    self.tagged(&id, v, latest_event)?.err()
                 }
                 found => found,
             };
             if let Some(problem) = problem {
                 return Ok((checked, Some(problem)));
             }
+            if let Count::Before(_) = count {
+                let created = self.created.lock().unwrap_or_else(|p| p.into_inner());
+                older += u64::from(!created.as_ref().is_some_and(|c| c.contains(&id)));
+            }
         }
-        let problem = match records {
-            Some(n) if checked < n => Some(format!(
-                "the store holds {checked} grant records but recorded {n}: records were removed"
-            )),
-            Some(n) if exact && checked > n => Some(format!(
-                "the store holds {checked} grant records but recorded {n}: records were added"
-            )),
-            _ => None,
+        let (found, n, exact) = match count {
+            Count::Exactly(n) => (checked, n, true),
+            Count::AtLeast(n) => (checked, n, false),
+            Count::Before(n) => (older, n, true),
+        };
+        let problem = if found < n {
+            Some(format!(
+                "the store holds {found} grant records but recorded {n}: records were removed"
+            ))
+        } else if exact && found > n {
+            Some(format!(
+                "the store holds {found} grant records but recorded {n}: records were added"
+            ))
+        } else {
+            None
         };
         Ok((checked, problem))
     }
@@ -949,23 +962,30 @@ impl KvStore {
         if self.records_checked.load(Ordering::Acquire) {
             return Ok(bytes);
         }
-        self.tagged(id, bytes)?.map_err(|problem| Error::Corrupt {
-            key: format!("g/{id}"),
-            source: format!(
-                "{problem}; it is not acted on (the store's check of every record reports it)"
-            )
-            .into(),
-        })
+        self.tagged(id, bytes, false)?
+            .map_err(|problem| Error::Corrupt {
+                key: format!("g/{id}"),
+                source: format!(
+                    "{problem}; it is not acted on (the store's check of every record reports it)"
+                )
+                .into(),
+            })
     }
 
-    /// Checks the record `bytes` of grant `id` against its tag. A mismatch is
-    /// read again under the commit lock (a commit may have come between the
-    /// record's read and its tag's): the bytes returned are then those read there.
-    /// `Err` is the problem: the record was altered or removed outside the host.
-    fn tagged(&self, id: &str, bytes: Bytes) -> Result<std::result::Result<Bytes, String>> {
+    /// Checks the record `bytes` of grant `id` against its tag (and, with
+    /// `latest_event`, its grant's latest event). A mismatch is read again under
+    /// the commit lock (a commit may have come between the record's read and its
+    /// tag's): the bytes returned are then those read there. `Err` is the problem:
+    /// the record was altered or removed outside the host.
+    fn tagged(
+        &self,
+        id: &str,
+        bytes: Bytes,
+        latest_event: bool,
+    ) -> Result<std::result::Result<Bytes, String>> {
         let tag = self.db.get(key("b/", id))?;
         if self
-            .record_problem(id, &bytes, tag.as_deref(), false)?
+            .record_problem(id, &bytes, tag.as_deref(), latest_event)?
             .is_none()
         {
             return Ok(Ok(bytes));
@@ -976,7 +996,7 @@ impl KvStore {
             return Ok(Err(format!("grant record {id} was removed")));
         };
         Ok(
-            match self.record_problem(id, &now, tag.as_deref(), false)? {
+            match self.record_problem(id, &now, tag.as_deref(), latest_event)? {
                 None => Ok(now),
                 Some(problem) => Err(problem),
             },
@@ -1437,7 +1457,7 @@ impl KvStore {
         let mut report = verify_chain(&self.chain, self.events(0, end), head.as_ref());
         if report.is_intact() {
             let at_least = head.as_ref().and_then(|h| h.records).unwrap_or(0);
-            let (records, problem) = self.check_records(Some(at_least), false, true)?;
+            let (records, problem) = self.check_records(Count::AtLeast(at_least), true)?;
             report.records = records;
             report.problem = problem;
         }
@@ -1462,7 +1482,7 @@ impl KvStore {
             },
             None => 0,
         };
-        let (records, problem) = self.check_records(Some(expected), true, false)?;
+        let (records, problem) = self.check_records(Count::Exactly(expected), false)?;
         report.records = records;
         report.problem = problem;
         if report.is_intact() {
@@ -1486,7 +1506,7 @@ impl KvStore {
             *self.created.lock().unwrap_or_else(|p| p.into_inner()) = Some(HashSet::new());
             shared.records
         };
-        let scanned = self.scan_records(counted);
+        let scanned = self.check_records(Count::Before(counted), false);
         *self.created.lock().unwrap_or_else(|p| p.into_inner()) = None;
         let (records, problem) = scanned?;
         if problem.is_none() {
@@ -1508,59 +1528,6 @@ impl KvStore {
     /// Whether every record has passed a check since the store opened.
     pub fn records_checked(&self) -> bool {
         self.records_checked.load(Ordering::Acquire)
-    }
-
-    /// [`KvStore::verify_records`]'s scan: every record against its tag (a
-    /// mismatch read again under the commit lock before it counts), and exactly
-    /// `counted` records that were not created since the scan began.
-    fn scan_records(&self, counted: u64) -> Result<(u64, Option<String>)> {
-        let mut checked = 0;
-        let mut older = 0;
-        let mut tags = self.db.prefix(b"b/");
-        let mut next_tag = tags.next().transpose()?;
-        for entry in self.db.prefix(b"g/") {
-            let (k, v) = entry?;
-            let id = String::from_utf8_lossy(&k[2..]).into_owned();
-            while next_tag
-                .as_ref()
-                .is_some_and(|(tk, _)| &tk[2..] < id.as_bytes())
-            {
-                next_tag = tags.next().transpose()?;
-            }
-            let tag = match &next_tag {
-                Some((tk, _)) if &tk[2..] == id.as_bytes() => {
-                    let tag = next_tag.take().map(|(_, tv)| tv);
-                    next_tag = tags.next().transpose()?;
-                    tag
-                }
-                _ => None,
-            };
-            checked += 1;
-            if self
-                .record_problem(&id, &v, tag.as_deref(), false)?
-                .is_some()
-                && let Err(problem) = self.tagged(&id, v)?
-            {
-                return Ok((checked, Some(problem)));
-            }
-            let new = self
-                .created
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .as_ref()
-                .is_some_and(|c| c.contains(&id));
-            older += u64::from(!new);
-        }
-        let problem = match older.cmp(&counted) {
-            std::cmp::Ordering::Less => Some(format!(
-                "the store holds {older} grant records but recorded {counted}: records were removed"
-            )),
-            std::cmp::Ordering::Greater => Some(format!(
-                "the store holds {older} grant records but recorded {counted}: records were added"
-            )),
-            std::cmp::Ordering::Equal => None,
-        };
-        Ok((checked, problem))
     }
 
     pub fn verify_new_events(&self) -> Result<ChainReport> {
