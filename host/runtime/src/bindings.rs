@@ -50,12 +50,12 @@ mod generated_v1 {
     });
 }
 
+pub(crate) use generated::PluginPre;
 pub(crate) use generated::ebb::connector0_1_0::{config, log, redis, secrets, sql};
 pub(crate) use generated::ebb::connector0_2_0::{crypto, ldap, mysql, types};
-pub(crate) use generated::{Plugin, PluginPre};
 
 /// The 0.1.0 contract: its types and its world, adapted by `call.rs`.
 pub(crate) mod v1 {
+    pub(crate) use crate::bindings::generated_v1::PluginPre;
     pub(crate) use crate::bindings::generated_v1::ebb::connector0_1_0::types;
-    pub(crate) use crate::bindings::generated_v1::{Plugin, PluginPre};
 }

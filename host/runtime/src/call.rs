@@ -6,7 +6,7 @@
 //! does — trap, loop, grow without bound, return megabytes — the call fails with a
 //! [`CallError`] that names what happened, and the next call starts clean.
 
-use crate::bindings::{Plugin, PluginPre, v1};
+use crate::bindings::{PluginPre, v1};
 use crate::host::{CallState, Lent};
 use crate::limits::{EPOCH_TICK, Limits};
 use ebb_core::contract::{
@@ -18,6 +18,7 @@ use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
+use wasmtime::component::{ComponentNamedList, Lift, Lower};
 
 /// The sha256 of a component's bytes: the identity of one connector version.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -63,67 +64,129 @@ impl Contract {
     }
 }
 
-/// A component prepared for instantiation, with the contract it exports.
-pub(crate) enum Pre {
-    Current(PluginPre<CallState>),
-    V1(v1::PluginPre<CallState>),
+/// A component prepared for instantiation, with the contract it exports and where
+/// each of the contract's functions is among its exports.
+///
+/// The generated bindings would type-check every export on every instantiation; the
+/// check runs once here instead (`PluginPre::new`), and a call looks up and
+/// type-checks only the function it calls.
+pub(crate) struct Pre {
+    pre: wasmtime::component::InstancePre<CallState>,
+    contract: Contract,
+    exports: Exports,
 }
+
+/// The contract's functions in one component's exports. `None`: not in its contract
+/// version.
+#[derive(Clone, Copy)]
+struct Exports {
+    describe: ExportIndex,
+    validate: Option<ExportIndex>,
+    issue: ExportIndex,
+    revoke: ExportIndex,
+    verify_revoked: ExportIndex,
+    verify_issued: ExportIndex,
+    standing_access: ExportIndex,
+    inventory: Option<ExportIndex>,
+}
+
+type ExportIndex = wasmtime::component::ComponentExportIndex;
 
 impl Pre {
     /// Prepares `pre` with the newest contract its exports match.
     /// With neither, the error is the current contract's (what an integrator should
     /// build against).
     pub(crate) fn new(pre: wasmtime::component::InstancePre<CallState>) -> wasmtime::Result<Self> {
-        match PluginPre::new(pre.clone()) {
-            Ok(current) => Ok(Self::Current(current)),
-            Err(current) => v1::PluginPre::new(pre).map(Self::V1).map_err(|_| current),
-        }
-    }
-
-    fn contract(&self) -> Contract {
-        match self {
-            Self::Current(_) => Contract::V0_2,
-            Self::V1(_) => Contract::V0_1,
-        }
-    }
-
-    fn engine(&self) -> &wasmtime::Engine {
-        match self {
-            Self::Current(p) => p.engine(),
-            Self::V1(p) => p.engine(),
-        }
+        let contract = match PluginPre::new(pre.clone()) {
+            Ok(_) => Contract::V0_2,
+            Err(current) => match v1::PluginPre::new(pre.clone()) {
+                Ok(_) => Contract::V0_1,
+                Err(_) => return Err(current),
+            },
+        };
+        let component = pre.component();
+        let interface = match contract {
+            Contract::V0_2 => "ebb:connector/connector@0.2.0",
+            Contract::V0_1 => "ebb:connector/connector@0.1.0",
+        };
+        let interface = component
+            .get_export_index(None, interface)
+            .ok_or_else(|| wasmtime::format_err!("no export `{interface}`"))?;
+        let find = |name: &str| {
+            component
+                .get_export_index(Some(&interface), name)
+                .ok_or_else(|| wasmtime::format_err!("no export `{name}`"))
+        };
+        let current = |name: &str| match contract {
+            Contract::V0_2 => find(name).map(Some),
+            Contract::V0_1 => Ok(None),
+        };
+        let exports = Exports {
+            describe: find("describe")?,
+            validate: current("validate")?,
+            issue: find("issue")?,
+            revoke: find("revoke")?,
+            verify_revoked: find("verify-revoked")?,
+            verify_issued: find("verify-issued")?,
+            standing_access: find("standing-access")?,
+            inventory: current("inventory")?,
+        };
+        Ok(Self {
+            pre,
+            contract,
+            exports,
+        })
     }
 
     async fn instantiate(
         &self,
         store: &mut wasmtime::Store<CallState>,
     ) -> wasmtime::Result<Instance> {
-        Ok(match self {
-            Self::Current(p) => Instance::Current(p.instantiate_async(store).await?),
-            Self::V1(p) => Instance::V1(p.instantiate_async(store).await?),
+        Ok(Instance {
+            instance: self.pre.instantiate_async(store).await?,
+            contract: self.contract,
+            exports: self.exports,
         })
     }
 }
 
-/// An instance of either contract version.
-enum Instance {
-    Current(Plugin),
-    V1(v1::Plugin),
+/// A fresh instance of a connector, for one call.
+struct Instance {
+    instance: wasmtime::component::Instance,
+    contract: Contract,
+    exports: Exports,
 }
 
-/// Runs `$body` on the instance's exported `connector` interface (bound to `$c`), with
-/// `$conv` naming the conversions for its contract version.
-macro_rules! on_connector {
-    ($instance:expr, |$c:ident, $conv:ident| $body:expr) => {
-        match $instance {
-            Instance::Current(plugin) => {
+impl Instance {
+    /// Calls the export at `index`: only its type is checked (against `P` and `R`).
+    async fn call<P, R>(
+        &self,
+        store: &mut wasmtime::Store<CallState>,
+        index: ExportIndex,
+        params: P,
+    ) -> wasmtime::Result<R>
+    where
+        P: ComponentNamedList + Lower + Send + Sync,
+        R: ComponentNamedList + Lift + Send + Sync + 'static,
+    {
+        let func = self.instance.get_typed_func::<P, R>(&mut *store, &index)?;
+        func.call_async(&mut *store, params).await
+    }
+}
+
+/// Runs `$body` with `$conv` naming the conversions and `$wit` the generated types of
+/// the instance's contract version.
+macro_rules! on_contract {
+    ($instance:expr, |$conv:ident, $wit:ident| $body:expr) => {
+        match $instance.contract {
+            Contract::V0_2 => {
+                use crate::bindings::types as $wit;
                 use convert as $conv;
-                let $c = plugin.ebb_connector0_2_0_connector();
                 $body
             }
-            Instance::V1(plugin) => {
+            Contract::V0_1 => {
+                use crate::bindings::v1::types as $wit;
                 use convert_v1 as $conv;
-                let $c = plugin.ebb_connector0_1_0_connector();
                 $body
             }
         }
@@ -229,7 +292,7 @@ async fn run<R: Send>(
     limits: &Limits,
     call: impl for<'a> FnOnce(&'a mut wasmtime::Store<CallState>, Instance) -> CallFuture<'a, R> + Send,
 ) -> Result<R, CallError> {
-    let mut store = wasmtime::Store::new(pre.engine(), CallState::new(lent.clone(), limits));
+    let mut store = wasmtime::Store::new(pre.pre.engine(), CallState::new(lent.clone(), limits));
     store.limiter(|state| &mut state.limiter);
     let ticks = limits.timeout.as_millis().div_ceil(EPOCH_TICK.as_millis()) + 1;
     store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
@@ -308,7 +371,7 @@ impl LoadedConnector {
 
     /// The contract version the component exports.
     pub fn contract(&self) -> Contract {
-        self.inner.pre.contract()
+        self.inner.pre.contract
     }
 
     /// What `describe` answered at load time.
@@ -351,11 +414,12 @@ impl LoadedConnector {
         let issued = self
             .call("issue", move |store, instance| {
                 Box::pin(async move {
-                    on_connector!(instance, |c, conv| Ok(c
-                        .call_issue(store, &conv::grant(&grant))
-                        .await?
-                        .map(conv::issued)
-                        .map_err(conv::error)))
+                    on_contract!(instance, |conv, wit| {
+                        let (issued,): (Result<wit::Issued, wit::Error>,) = instance
+                            .call(store, instance.exports.issue, (&conv::grant(&grant),))
+                            .await?;
+                        Ok(issued.map(conv::issued).map_err(conv::error))
+                    })
                 })
             })
             .await??;
@@ -383,16 +447,13 @@ impl LoadedConnector {
         let handle = handle.map(str::to_owned);
         self.call("revoke", move |store, instance| {
             Box::pin(async move {
-                on_connector!(instance, |c, conv| {
+                on_contract!(instance, |conv, wit| {
                     let credential = credential.as_ref().map(conv::credential);
-                    Ok(c.call_revoke(
-                        store,
-                        &conv::grant(&grant),
-                        handle.as_ref(),
-                        credential.as_ref(),
-                    )
-                    .await?
-                    .map_err(conv::error))
+                    let params = (&conv::grant(&grant), handle.as_deref(), credential.as_ref());
+                    let (done,): (Result<(), wit::Error>,) = instance
+                        .call(store, instance.exports.revoke, params)
+                        .await?;
+                    Ok(done.map_err(conv::error))
                 })
             })
         })
@@ -412,17 +473,13 @@ impl LoadedConnector {
         let verdict = self
             .call("verify-revoked", move |store, instance| {
                 Box::pin(async move {
-                    on_connector!(instance, |c, conv| {
+                    on_contract!(instance, |conv, wit| {
                         let credential = credential.as_ref().map(conv::credential);
-                        Ok(c.call_verify_revoked(
-                            store,
-                            &conv::grant(&grant),
-                            handle.as_ref(),
-                            credential.as_ref(),
-                        )
-                        .await?
-                        .map(conv::verdict)
-                        .map_err(conv::error))
+                        let params = (&conv::grant(&grant), handle.as_deref(), credential.as_ref());
+                        let (verdict,): (Result<wit::Verdict, wit::Error>,) = instance
+                            .call(store, instance.exports.verify_revoked, params)
+                            .await?;
+                        Ok(verdict.map(conv::verdict).map_err(conv::error))
                     })
                 })
             })
@@ -445,15 +502,17 @@ impl LoadedConnector {
         let handle = handle.to_owned();
         self.call("verify-issued", move |store, instance| {
             Box::pin(async move {
-                on_connector!(instance, |c, conv| Ok(c
-                    .call_verify_issued(
-                        store,
+                on_contract!(instance, |conv, wit| {
+                    let params = (
                         &conv::grant(&grant),
-                        &handle,
-                        &conv::credential(&credential)
-                    )
-                    .await?
-                    .map_err(conv::error)))
+                        handle.as_str(),
+                        &conv::credential(&credential),
+                    );
+                    let (done,): (Result<(), wit::Error>,) = instance
+                        .call(store, instance.exports.verify_issued, params)
+                        .await?;
+                    Ok(done.map_err(conv::error))
+                })
             })
         })
         .await?
@@ -466,11 +525,15 @@ impl LoadedConnector {
         let residue = self
             .call("standing-access", move |store, instance| {
                 Box::pin(async move {
-                    on_connector!(instance, |c, conv| Ok(c
-                        .call_standing_access(store, &conv::subject(&subject))
-                        .await?
-                        .map(|r| r.into_iter().map(conv::residue).collect::<Vec<_>>())
-                        .map_err(conv::error)))
+                    on_contract!(instance, |conv, wit| {
+                        let params = (&conv::subject(&subject),);
+                        let (residue,): (Result<Vec<wit::Residue>, wit::Error>,) = instance
+                            .call(store, instance.exports.standing_access, params)
+                            .await?;
+                        Ok(residue
+                            .map(|r| r.into_iter().map(conv::residue).collect::<Vec<_>>())
+                            .map_err(conv::error))
+                    })
                 })
             })
             .await??;
@@ -482,18 +545,14 @@ impl LoadedConnector {
     /// call.
     #[tracing::instrument(name = "ebb_runtime.validate", skip_all, fields(connector = %self.inner.name))]
     pub async fn validate(&self, permissions: &[Permission]) -> Result<(), CallError> {
-        self.require(Contract::V0_2, "validate")?;
+        let index = self.require(|e| e.validate, "validate")?;
         let permissions: Vec<_> = permissions.iter().map(convert::permission).collect();
         self.call("validate", move |store, instance| {
             Box::pin(async move {
-                match instance {
-                    Instance::Current(plugin) => Ok(plugin
-                        .ebb_connector0_2_0_connector()
-                        .call_validate(store, &permissions)
-                        .await?
-                        .map_err(convert::error)),
-                    Instance::V1(_) => unreachable!("checked by require"),
-                }
+                let (done,): (Result<(), crate::bindings::types::Error>,) = instance
+                    .call(store, index, (permissions.as_slice(),))
+                    .await?;
+                Ok(done.map_err(convert::error))
             })
         })
         .await?
@@ -502,24 +561,16 @@ impl LoadedConnector {
     /// Calls `inventory`. A 0.1.0 component has none: `Unsupported`, without a call.
     #[tracing::instrument(name = "ebb_runtime.inventory", skip_all, fields(connector = %self.inner.name))]
     pub async fn inventory(&self) -> Result<Vec<InventoryItem>, CallError> {
-        self.require(Contract::V0_2, "inventory")?;
-        let items = self
+        let index = self.require(|e| e.inventory, "inventory")?;
+        let items: Vec<InventoryItem> = self
             .call("inventory", move |store, instance| {
                 Box::pin(async move {
-                    match instance {
-                        Instance::Current(plugin) => Ok(plugin
-                            .ebb_connector0_2_0_connector()
-                            .call_inventory(store)
-                            .await?
-                            .map(|items| {
-                                items
-                                    .into_iter()
-                                    .map(convert::inventory_item)
-                                    .collect::<Vec<_>>()
-                            })
-                            .map_err(convert::error)),
-                        Instance::V1(_) => unreachable!("checked by require"),
-                    }
+                    use crate::bindings::types as wit;
+                    let (items,): (Result<Vec<wit::InventoryItem>, wit::Error>,) =
+                        instance.call(store, index, ()).await?;
+                    Ok(items
+                        .map(|items| items.into_iter().map(convert::inventory_item).collect())
+                        .map_err(convert::error))
                 })
             })
             .await??;
@@ -534,13 +585,18 @@ impl LoadedConnector {
         Ok(items)
     }
 
-    fn require(&self, contract: Contract, op: &str) -> Result<(), CallError> {
-        if self.contract() == contract {
-            return Ok(());
-        }
-        Err(CallError::Connector(ConnectorError::Unsupported(format!(
-            "{op}: the component implements ebb:connector@0.1.0, which has no `{op}`"
-        ))))
+    /// Where `op` is among the component's exports, or `Unsupported` when its
+    /// contract version has no `op`.
+    fn require(
+        &self,
+        export: impl FnOnce(&Exports) -> Option<ExportIndex>,
+        op: &str,
+    ) -> Result<ExportIndex, CallError> {
+        export(&self.inner.pre.exports).ok_or_else(|| {
+            CallError::Connector(ConnectorError::Unsupported(format!(
+                "{op}: the component implements ebb:connector@0.1.0, which has no `{op}`"
+            )))
+        })
     }
 }
 
@@ -550,9 +606,11 @@ fn describe<'a>(
     instance: Instance,
 ) -> CallFuture<'a, ConnectorInfo> {
     Box::pin(async move {
-        on_connector!(instance, |c, conv| Ok(conv::info(
-            c.call_describe(store).await?
-        )))
+        on_contract!(instance, |conv, wit| {
+            let (info,): (wit::ConnectorInfo,) =
+                instance.call(store, instance.exports.describe, ()).await?;
+            Ok(conv::info(info))
+        })
     })
 }
 
