@@ -145,7 +145,6 @@ impl Pre {
         Ok(Instance {
             instance: self.pre.instantiate_async(store).await?,
             contract: self.contract,
-            exports: self.exports,
         })
     }
 }
@@ -154,7 +153,6 @@ impl Pre {
 struct Instance {
     instance: wasmtime::component::Instance,
     contract: Contract,
-    exports: Exports,
 }
 
 impl Instance {
@@ -345,7 +343,7 @@ impl LoadedConnector {
         lent: Arc<Lent>,
         limits: Limits,
     ) -> Result<Self, CallError> {
-        let info = run(name, &pre, &lent, &limits, describe).await?;
+        let info = run(name, &pre, &lent, &limits, describe(pre.exports.describe)).await?;
         check_output(name, &limits, info_size(&info))?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -402,7 +400,9 @@ impl LoadedConnector {
     /// Calls `describe`.
     #[tracing::instrument(name = "ebb_runtime.describe", skip_all, fields(connector = %self.inner.name))]
     pub async fn describe(&self) -> Result<ConnectorInfo, CallError> {
-        let info = self.call("describe", describe).await?;
+        let info = self
+            .call("describe", describe(self.inner.pre.exports.describe))
+            .await?;
         self.check_output(info_size(&info))?;
         Ok(info)
     }
@@ -411,13 +411,13 @@ impl LoadedConnector {
     #[tracing::instrument(name = "ebb_runtime.issue", skip_all, fields(connector = %self.inner.name, grant = %grant.id))]
     pub async fn issue(&self, grant: &Grant) -> Result<Issued, CallError> {
         let grant = grant.clone();
+        let index = self.inner.pre.exports.issue;
         let issued = self
             .call("issue", move |store, instance| {
                 Box::pin(async move {
                     on_contract!(instance, |conv, wit| {
-                        let (issued,): (Result<wit::Issued, wit::Error>,) = instance
-                            .call(store, instance.exports.issue, (&conv::grant(&grant),))
-                            .await?;
+                        let (issued,): (Result<wit::Issued, wit::Error>,) =
+                            instance.call(store, index, (&conv::grant(&grant),)).await?;
                         Ok(issued.map(conv::issued).map_err(conv::error))
                     })
                 })
@@ -445,14 +445,14 @@ impl LoadedConnector {
     ) -> Result<(), CallError> {
         let (grant, credential) = (grant.clone(), credential.cloned());
         let handle = handle.map(str::to_owned);
+        let index = self.inner.pre.exports.revoke;
         self.call("revoke", move |store, instance| {
             Box::pin(async move {
                 on_contract!(instance, |conv, wit| {
                     let credential = credential.as_ref().map(conv::credential);
                     let params = (&conv::grant(&grant), handle.as_deref(), credential.as_ref());
-                    let (done,): (Result<(), wit::Error>,) = instance
-                        .call(store, instance.exports.revoke, params)
-                        .await?;
+                    let (done,): (Result<(), wit::Error>,) =
+                        instance.call(store, index, params).await?;
                     Ok(done.map_err(conv::error))
                 })
             })
@@ -470,15 +470,15 @@ impl LoadedConnector {
     ) -> Result<Verdict, CallError> {
         let (grant, credential) = (grant.clone(), credential.cloned());
         let handle = handle.map(str::to_owned);
+        let index = self.inner.pre.exports.verify_revoked;
         let verdict = self
             .call("verify-revoked", move |store, instance| {
                 Box::pin(async move {
                     on_contract!(instance, |conv, wit| {
                         let credential = credential.as_ref().map(conv::credential);
                         let params = (&conv::grant(&grant), handle.as_deref(), credential.as_ref());
-                        let (verdict,): (Result<wit::Verdict, wit::Error>,) = instance
-                            .call(store, instance.exports.verify_revoked, params)
-                            .await?;
+                        let (verdict,): (Result<wit::Verdict, wit::Error>,) =
+                            instance.call(store, index, params).await?;
                         Ok(verdict.map(conv::verdict).map_err(conv::error))
                     })
                 })
@@ -500,6 +500,7 @@ impl LoadedConnector {
     ) -> Result<(), CallError> {
         let (grant, credential) = (grant.clone(), credential.clone());
         let handle = handle.to_owned();
+        let index = self.inner.pre.exports.verify_issued;
         self.call("verify-issued", move |store, instance| {
             Box::pin(async move {
                 on_contract!(instance, |conv, wit| {
@@ -508,9 +509,8 @@ impl LoadedConnector {
                         handle.as_str(),
                         &conv::credential(&credential),
                     );
-                    let (done,): (Result<(), wit::Error>,) = instance
-                        .call(store, instance.exports.verify_issued, params)
-                        .await?;
+                    let (done,): (Result<(), wit::Error>,) =
+                        instance.call(store, index, params).await?;
                     Ok(done.map_err(conv::error))
                 })
             })
@@ -522,14 +522,14 @@ impl LoadedConnector {
     #[tracing::instrument(name = "ebb_runtime.standing_access", skip_all, fields(connector = %self.inner.name, subject = %subject.id))]
     pub async fn standing_access(&self, subject: &Subject) -> Result<Vec<Residue>, CallError> {
         let subject = subject.clone();
+        let index = self.inner.pre.exports.standing_access;
         let residue = self
             .call("standing-access", move |store, instance| {
                 Box::pin(async move {
                     on_contract!(instance, |conv, wit| {
                         let params = (&conv::subject(&subject),);
-                        let (residue,): (Result<Vec<wit::Residue>, wit::Error>,) = instance
-                            .call(store, instance.exports.standing_access, params)
-                            .await?;
+                        let (residue,): (Result<Vec<wit::Residue>, wit::Error>,) =
+                            instance.call(store, index, params).await?;
                         Ok(residue
                             .map(|r| r.into_iter().map(conv::residue).collect::<Vec<_>>())
                             .map_err(conv::error))
@@ -600,18 +600,19 @@ impl LoadedConnector {
     }
 }
 
-/// Calls `describe` on either contract version.
-fn describe<'a>(
-    store: &'a mut wasmtime::Store<CallState>,
-    instance: Instance,
-) -> CallFuture<'a, ConnectorInfo> {
-    Box::pin(async move {
-        on_contract!(instance, |conv, wit| {
-            let (info,): (wit::ConnectorInfo,) =
-                instance.call(store, instance.exports.describe, ()).await?;
-            Ok(conv::info(info))
+/// Calls `describe` (at `index`) on either contract version.
+fn describe(
+    index: ExportIndex,
+) -> impl for<'a> FnOnce(&'a mut wasmtime::Store<CallState>, Instance) -> CallFuture<'a, ConnectorInfo>
++ Send {
+    move |store, instance| {
+        Box::pin(async move {
+            on_contract!(instance, |conv, wit| {
+                let (info,): (wit::ConnectorInfo,) = instance.call(store, index, ()).await?;
+                Ok(conv::info(info))
+            })
         })
-    })
+    }
 }
 
 fn check_output(name: &str, limits: &Limits, size: usize) -> Result<(), CallError> {
