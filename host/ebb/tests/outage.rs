@@ -105,7 +105,7 @@ async fn grants_expiring_during_a_database_outage_end_verified() {
     pg.stop().unwrap();
     let live = at_stop[1..]
         .iter()
-        .filter(|s| **s == GrantState::Issued)
+        .filter(|s| **s == GrantState::Active)
         .count();
     assert!(
         live >= 15,
@@ -125,7 +125,7 @@ async fn grants_expiring_during_a_database_outage_end_verified() {
         at_stop[1..]
             .iter()
             .zip(&during[1..])
-            .filter(|(before, _)| **before == GrantState::Issued)
+            .filter(|(before, _)| **before == GrantState::Active)
             .all(|(_, s)| matches!(s, GrantState::Revoking | GrantState::Escalated)),
         "nothing can be revoked or verified while the database is down: {during:?}"
     );
@@ -153,7 +153,7 @@ async fn grants_expiring_during_a_database_outage_end_verified() {
         .iter()
         .zip(&at_stop)
         .skip(1)
-        .filter(|(_, s)| **s == GrantState::Issued)
+        .filter(|(_, s)| **s == GrantState::Active)
     {
         let report = engine.report(id).await.unwrap();
         assert!(
