@@ -7,6 +7,9 @@
 //!   on fjall, in the same run.
 //! - postgres: the throughput lifecycles on sled and on PostgreSQL with 1, 2 and
 //!   3 hosts (engines with a store each, one database), side by side.
+//! - postgres-N: the same on PostgreSQL with N hosts alone (for profiling;
+//!   `EBB_PG_OPTIONS` adds server settings, `EBB_BENCH_PG_REPORT` is SQL run as
+//!   the superuser after the run, its output printed).
 //! - million-postgres: restart to serving (a cold `ebb serve`) with 1M active
 //!   grants in PostgreSQL.
 //! - million: RSS with N active grants, restart-to-serving with them, and the
@@ -864,6 +867,18 @@ fn main() {
                         );
                     }
                 }
+            }
+        }
+        if let Some(hosts) = which
+            .strip_prefix("postgres-")
+            .and_then(|n| n.parse::<usize>().ok())
+        {
+            // PostgreSQL with that many hosts alone, for profiling.
+            let (total, conc) = if full { (20_000, 256) } else { (200, 16) };
+            let pg = ebb_test_support::Postgres::start_durable().unwrap();
+            throughput_postgres(&pg, hosts, total, conc).await;
+            if let Ok(sql) = std::env::var("EBB_BENCH_PG_REPORT") {
+                println!("{}", pg.psql(&sql).unwrap_or_default());
             }
         }
         if which.is_empty() || which == "million-postgres" {

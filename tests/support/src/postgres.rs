@@ -148,12 +148,18 @@ impl Postgres {
 
     /// Starts the server (again, after [`Postgres::stop`]).
     pub fn start_server(&self) -> anyhow::Result<()> {
-        let options = format!(
+        let mut options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync={} -c max_connections=200",
             self.port,
             self.dir.display(),
             if self.durable { "on" } else { "off" },
         );
+        // More server settings for a profiling run, e.g.
+        // `-c shared_preload_libraries=pg_stat_statements`.
+        if let Ok(extra) = std::env::var("EBB_PG_OPTIONS") {
+            options.push(' ');
+            options.push_str(&extra);
+        }
         self.run_pg(
             "pg_ctl",
             &[
