@@ -13,6 +13,8 @@ use zeroize::Zeroize;
 /// Milliseconds since the Unix epoch, UTC.
 pub type Timestamp = u64;
 
+// Stored by position in a record's binary form (`crate::encoding`): new
+// variants go at the end.
 /// Whether a subject is a workload or a person.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
@@ -118,6 +120,8 @@ pub struct Issued {
     pub expires_at: Option<Timestamp>,
 }
 
+// Stored by position in a record's binary form (`crate::encoding`): new
+// variants go at the end.
 /// What kind of access remains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]

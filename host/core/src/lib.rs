@@ -9,6 +9,8 @@
 //!   [`state::next`], the one function that decides a transition.
 //! - [`store`]: the [`Store`] trait and what it persists — [`GrantRecord`] (with its
 //!   [`Approval`]s), [`Commit`] (one atomic state change), the due index contract.
+//! - [`encoding`]: how a [`GrantRecord`] is stored (a binary form; JSON from
+//!   before it is still read).
 //! - [`audit`]: the keyed, hash-chained audit log — [`AuditEvent`], [`NewEvent`],
 //!   [`audit::verify_chain`].
 //! - [`seal`]: the host key and credential sealing — [`HostKey`], [`Sealer`].
@@ -20,6 +22,7 @@
 
 pub mod audit;
 pub mod contract;
+pub mod encoding;
 pub mod seal;
 pub mod state;
 pub mod store;

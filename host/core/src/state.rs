@@ -18,6 +18,8 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+// Stored by position in a record's binary form (`crate::encoding`): new
+// variants go at the end.
 /// Where a grant is in its life.
 #[derive(
     Debug,
@@ -128,6 +130,8 @@ impl std::str::FromStr for GrantState {
     }
 }
 
+// Stored by position in a record's binary form (`crate::encoding`): new
+// variants go at the end.
 /// Why a revocation started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]

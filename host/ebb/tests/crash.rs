@@ -579,11 +579,14 @@ async fn a_store_edited_while_stopped_is_refused_at_start() {
     // Stopped: edit the record directly in sled.
     {
         let db = sled::open(dir.join("data")).unwrap();
-        let mut record: Value =
-            serde_json::from_slice(&db.get(b"g/01JTAMPERED").unwrap().unwrap()).unwrap();
-        record["state"] = json!("verified");
-        db.insert(b"g/01JTAMPERED", serde_json::to_vec(&record).unwrap())
-            .unwrap();
+        let mut record =
+            ebb_core::encoding::decode_record(&db.get(b"g/01JTAMPERED").unwrap().unwrap()).unwrap();
+        record.state = ebb_core::state::GrantState::Verified;
+        db.insert(
+            b"g/01JTAMPERED",
+            ebb_core::encoding::encode_record(&record).unwrap(),
+        )
+        .unwrap();
         db.flush().unwrap();
     }
     let port = ebb_test_support::free_port().unwrap();

@@ -3,7 +3,7 @@
 
 use ebb_core::contract::Timestamp;
 use ebb_core::state::GrantState;
-use ebb_core::store::{Error, Result};
+use ebb_core::store::{Error, GrantRecord, Result};
 use serde::{Deserialize, Serialize};
 
 pub(crate) fn decode<T: for<'de> Deserialize<'de>>(key: &[u8], bytes: &[u8]) -> Result<T> {
@@ -16,6 +16,33 @@ pub(crate) fn decode<T: for<'de> Deserialize<'de>>(key: &[u8], bytes: &[u8]) -> 
 pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
     serde_json::to_vec(value).map_err(|e| Error::Storage {
         what: "encoding a value",
+        source: Box::new(e),
+    })
+}
+
+/// A grant record from its stored bytes (binary, or JSON from before).
+pub(crate) fn decode_record(key: &[u8], bytes: &[u8]) -> Result<GrantRecord> {
+    ebb_core::encoding::decode_record(bytes).map_err(|e| Error::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        source: Box::new(e),
+    })
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Tests only: this thread's commits store records as JSON, as hosts did
+    /// before the binary form.
+    pub(crate) static WRITE_JSON: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The stored form of a grant record.
+pub(crate) fn encode_record(record: &GrantRecord) -> Result<Vec<u8>> {
+    #[cfg(test)]
+    if WRITE_JSON.get() {
+        return encode(record);
+    }
+    ebb_core::encoding::encode_record(record).map_err(|e| Error::Storage {
+        what: "encoding a grant record",
         source: Box::new(e),
     })
 }

@@ -3,7 +3,7 @@
 //!
 //! | key                          | value                           |
 //! |------------------------------|---------------------------------|
-//! | `g/<id>`                     | grant record (JSON)             |
+//! | `g/<id>`                     | grant record (`ebb_core::encoding`: binary; JSON if written before it) |
 //! | `b/<id>`                     | the record's tag (HMAC, 32 bytes; see `ebb_core::audit`) |
 //! | `t/<due: u64 BE><id>`        | due index entry (empty)         |
 //! | `d/<id>`                     | the grant's current due key (u64 BE) |
@@ -901,7 +901,7 @@ fn count_escalations(db: &Kv) -> Result<()> {
     let mut counts: BTreeMap<String, u64> = BTreeMap::new();
     for entry in db.prefix(b"g/") {
         let (k, v) = entry?;
-        let record: GrantRecord = decode(&k, &v)?;
+        let record = decode_record(&k, &v)?;
         if record.escalated_at.is_some() {
             *counts.entry(record.connector).or_default() += 1;
         }
@@ -923,7 +923,7 @@ fn build_index(db: &Kv, done: &[u8], key: impl Fn(&GrantRecord) -> Vec<u8>) -> R
     let mut batch = Batch::default();
     for entry in db.prefix(b"g/") {
         let (k, v) = entry?;
-        let record: GrantRecord = decode(&k, &v)?;
+        let record = decode_record(&k, &v)?;
         batch.insert(key(&record), &[][..]);
     }
     batch.insert(done, &[][..]);
@@ -949,7 +949,7 @@ impl KvStore {
         match self.db.get(&k)? {
             Some(bytes) => {
                 let bytes = self.trusted(id, bytes)?;
-                decode(&k, &bytes).map(Some)
+                decode_record(&k, &bytes).map(Some)
             }
             None => Ok(None),
         }
@@ -1058,7 +1058,7 @@ impl KvStore {
             None => None,
         };
         let old: Option<GrantRecord> = match &old_bytes {
-            Some(bytes) => Some(decode(&g_key, bytes)?),
+            Some(bytes) => Some(decode_record(&g_key, bytes)?),
             None => None,
         };
         match (&old, record.version) {
@@ -1069,7 +1069,7 @@ impl KvStore {
             _ => {}
         }
         record.version += 1;
-        let bytes = encode(&record)?;
+        let bytes = encode_record(&record)?;
         let tag = self.chain.record_tag(&id, &bytes);
         // A replaced or shredded credential's key is erased once the batch that
         // drops it is applied; a new one's key is erased if the commit fails.
@@ -1389,7 +1389,7 @@ impl KvStore {
         for entry in self.db.range(&start, Some(b"g0")) {
             let (k, v) = entry?;
             let v = self.trusted(&String::from_utf8_lossy(&k[2..]), v)?;
-            let record: GrantRecord = decode(&k, &v)?;
+            let record = decode_record(&k, &v)?;
             if !add_to_page(&mut page, filter, limit, record) {
                 break;
             }

@@ -801,12 +801,12 @@ async fn grant_records_edited_outside_the_host_are_detected() {
 
     // 1. Edited: active → verified.
     let original = store.db.get(b"g/r1").unwrap().unwrap();
-    let mut edited: GrantRecord = serde_json::from_slice(&original).unwrap();
+    let mut edited = ebb_core::encoding::decode_record(&original).unwrap();
     edited.state = GrantState::Verified;
     edited.due_at = None;
     store
         .db
-        .insert(b"g/r1", serde_json::to_vec(&edited).unwrap())
+        .insert(b"g/r1", ebb_core::encoding::encode_record(&edited).unwrap())
         .unwrap();
     both_checks_report(&store, "grant record r1 was altered");
     store.db.insert(b"g/r1", original.clone()).unwrap();
@@ -859,12 +859,12 @@ async fn records_checked_while_serving_are_refused_until_they_pass() {
     // Edited while stopped: active → verified, which would end its revocation.
     let store = reopen(store, &dir).await;
     let original = store.db.get(b"g/w1").unwrap().unwrap();
-    let mut edited: GrantRecord = serde_json::from_slice(&original).unwrap();
+    let mut edited = ebb_core::encoding::decode_record(&original).unwrap();
     edited.state = GrantState::Verified;
     edited.due_at = None;
     store
         .db
-        .insert(b"g/w1", serde_json::to_vec(&edited).unwrap())
+        .insert(b"g/w1", ebb_core::encoding::encode_record(&edited).unwrap())
         .unwrap();
     assert!(store.verify_new_events().unwrap().is_intact());
     let refused = |e: Error| {
@@ -1001,6 +1001,41 @@ async fn old_stores_get_record_tags_once() {
     let store = reopen(store, &dir).await;
     let report = store.verify_at_start().unwrap();
     assert!(!report.is_intact(), "{report:?}");
+    drop(store);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A store whose records a host wrote as JSON, before the binary form: it opens
+/// and passes its checks, its records read, and each is stored in the binary form
+/// from its next commit on.
+#[tokio::test]
+async fn records_stored_as_json_by_an_older_host_are_read_and_rewritten_binary() {
+    let (store, dir) = temp_store();
+    WRITE_JSON.set(true);
+    for id in ["j1", "j2"] {
+        commit_state(&store, record(id, GrantState::Active, Some(10)));
+    }
+    WRITE_JSON.set(false);
+    let store = reopen(store, &dir).await;
+    let report = store.verify_at_start().unwrap();
+    assert!(report.is_intact(), "{report:?}");
+    assert_eq!(report.records, 2);
+    let stored = |store: &KvStore, id: &str| store.db.get(key("g/", id)).unwrap().unwrap()[0];
+    assert_eq!(stored(&store, "j1"), b'{');
+    let mut j1 = store.get("j1").unwrap().unwrap();
+    assert_eq!(j1.state, GrantState::Active);
+    j1.state = GrantState::Revoking;
+    let j1 = commit_state(&store, j1);
+    assert_eq!(stored(&store, "j1"), 1, "binary from its next commit on");
+    assert_eq!(stored(&store, "j2"), b'{', "the others stay as they were");
+    let store = reopen(store, &dir).await;
+    assert!(store.verify_at_start().unwrap().is_intact());
+    assert!(store.verify_audit().unwrap().is_intact());
+    assert_eq!(store.get("j1").unwrap().unwrap(), j1);
+    assert_eq!(
+        store.get("j2").unwrap().unwrap().state,
+        GrantState::Active
+    );
     drop(store);
     let _ = std::fs::remove_dir_all(dir);
 }

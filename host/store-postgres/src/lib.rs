@@ -5,7 +5,7 @@
 //!
 //! | table             | what                                                    |
 //! |-------------------|---------------------------------------------------------|
-//! | `ebb_grants`      | each grant's record (JSON bytes as tagged), its tag, the columns queries need, and its due entry: `due_at`, with `lease_host`/`lease_due` while a host holds it |
+//! | `ebb_grants`      | each grant's record (bytes as tagged: `ebb_core::encoding`'s binary form, JSON if written before it), its tag, the columns queries need, and its due entry: `due_at`, with `lease_host`/`lease_due` while a host holds it |
 //! | `ebb_credentials` | sealed credentials, deleted when shredded               |
 //! | `ebb_audit`       | the audit chain, by `seq`                               |
 //! | `ebb_head`        | the chain's keyed head (one row), counting the records  |
@@ -578,7 +578,7 @@ async fn check_key(pool: &deadpool_postgres::Pool, chain: &Chain) -> anyhow::Res
 }
 
 fn decode_record(id: &str, bytes: &[u8]) -> Result<GrantRecord> {
-    serde_json::from_slice(bytes).map_err(corrupt(format!("grant {id}")))
+    ebb_core::encoding::decode_record(bytes).map_err(corrupt(format!("grant {id}")))
 }
 
 #[async_trait::async_trait]

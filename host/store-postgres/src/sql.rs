@@ -24,7 +24,9 @@ pub(crate) fn pool_error(what: &'static str) -> impl Fn(deadpool_postgres::PoolE
     }
 }
 
-pub(crate) fn corrupt(key: String) -> impl Fn(serde_json::Error) -> Error {
+pub(crate) fn corrupt<E: std::error::Error + Send + Sync + 'static>(
+    key: String,
+) -> impl Fn(E) -> Error {
     move |e| Error::Corrupt {
         key: key.clone(),
         source: Box::new(e),

@@ -182,8 +182,8 @@ impl Writer {
                         records += 1;
                     }
                     current.insert(id.clone(), record.version);
-                    let bytes =
-                        serde_json::to_vec(&record).map_err(corrupt(format!("grant {id}")))?;
+                    let bytes = ebb_core::encoding::encode_record(&record)
+                        .map_err(corrupt(format!("grant {id}")))?;
                     let tag = self.chain.record_tag(&id, &bytes);
                     let mut event = event;
                     event.grant_id.get_or_insert_with(|| id.clone());

@@ -44,17 +44,28 @@ async fn open_leasing(
     .await
 }
 
-/// Edits stored JSON behind the host's back, as an attacker with database access
-/// would: `from` becomes `to` in `column` of the `table` rows matching `filter`.
+/// Edits stored bytes behind the host's back, as an attacker with database access
+/// would: the first `from` becomes `to` in `column` of the `table` rows matching
+/// `filter` (records are binary, events JSON: the edit is on bytes).
 fn edit(pg: &Postgres, table: &str, column: &str, filter: &str, (from, to): (&str, &str)) {
-    pg.psql_in(
-        "ebbstore",
-        &format!(
-            "update {table} set {column} = convert_to(replace(convert_from({column}, 'UTF8'), \
-             '{from}', '{to}'), 'UTF8') where {filter}"
-        ),
-    )
-    .unwrap();
+    let out = pg
+        .psql_in(
+            "ebbstore",
+            &format!(
+                "with edited as (update {table} set {column} = overlay({column} \
+                 placing convert_to('{to}', 'UTF8') \
+                 from position(convert_to('{from}', 'UTF8') in {column}) \
+                 for octet_length(convert_to('{from}', 'UTF8'))) \
+                 where {filter} and position(convert_to('{from}', 'UTF8') in {column}) > 0 \
+                 returning 1) select count(*) from edited"
+            ),
+        )
+        .unwrap();
+    assert_ne!(
+        out.trim(),
+        "0",
+        "nothing to edit in {table}.{column} where {filter}"
+    );
 }
 
 fn record(id: &str, due: Option<u64>) -> GrantRecord {
