@@ -63,7 +63,12 @@ impl Lifecycle {
                     drop(permit);
                 });
             }
-            if full {
+            // More may be due at once (a full batch), or a wake came while this
+            // round claimed (a commit or another host moved due work): claim again
+            // now, without asking the store for the earliest due time it would not
+            // sleep on. On a shared store that question is a query, and under load
+            // nearly every round has a wake waiting.
+            if full || ready_now(inner.wake.notified()) || ready_now(inner.store.due_changed()) {
                 continue;
             }
             let next = inner.store.next_due().await.ok().flatten();
@@ -82,6 +87,14 @@ impl Lifecycle {
             }
         }
     }
+}
+
+/// Whether `wake` is ready at its first poll (a waiting notification, which the
+/// poll takes); if not, dropping it leaves nothing registered.
+fn ready_now(wake: impl std::future::Future<Output = ()>) -> bool {
+    let wake = std::pin::pin!(wake);
+    wake.poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+        .is_ready()
 }
 
 /// How long background work that found its connector busy steps aside (plus up
