@@ -578,7 +578,14 @@ async fn a_store_edited_while_stopped_is_refused_at_start() {
     .await;
     // Stopped: edit the record directly in sled.
     {
-        let db = sled::open(dir.join("data")).unwrap();
+        // sled's background threads may hold the just-closed store's lock a moment.
+        let db = (0..100)
+            .find_map(|_| {
+                sled::open(dir.join("data"))
+                    .inspect_err(|_| std::thread::sleep(Duration::from_millis(20)))
+                    .ok()
+            })
+            .expect("the stopped store's sled lock was never released");
         let mut record =
             ebb_core::encoding::decode_record(&db.get(b"g/01JTAMPERED").unwrap().unwrap()).unwrap();
         record.state = ebb_core::state::GrantState::Verified;

@@ -17,7 +17,7 @@ use ebb_core::store::{Error, Result};
 use std::collections::BTreeMap;
 use std::ops::{Bound, Deref};
 use std::path::Path;
-use std::sync::RwLock;
+use std::sync::{Mutex, RwLock};
 
 /// Which engine a store runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -97,6 +97,21 @@ impl Batch {
     pub(crate) fn remove(&mut self, key: impl Into<Vec<u8>>) {
         self.0.insert(key.into(), None);
     }
+
+    /// What this batch writes at `key`: `None` if it leaves the key alone,
+    /// `Some(None)` if it removes it.
+    pub(crate) fn get(&self, key: &[u8]) -> Option<Option<&[u8]>> {
+        self.0.get(key).map(Option::as_deref)
+    }
+
+    /// Adds `later`'s writes; where both write a key, `later`'s stays.
+    pub(crate) fn extend(&mut self, later: Batch) {
+        self.0.extend(later.0);
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 type Entry = Result<(Bytes, Bytes)>;
@@ -108,6 +123,10 @@ pub(crate) enum Kv {
     Fjall {
         db: fjall::Database,
         tree: fjall::Keyspace,
+        /// The I/O failure that poisoned fjall's journal, if one did: fjall then
+        /// refuses every write as `Poisoned` until it is opened again, and the
+        /// operator is told the cause, not only that.
+        poisoned_by: Mutex<Option<(std::io::ErrorKind, String)>>,
     },
     Memory(RwLock<BTreeMap<Vec<u8>, Vec<u8>>>),
 }
@@ -154,7 +173,11 @@ impl Kv {
                 let tree = db
                     .keyspace("ebb", fjall::KeyspaceCreateOptions::default)
                     .map_err(fjall_error("opening the store"))?;
-                Ok(Self::Fjall { db, tree })
+                Ok(Self::Fjall {
+                    db,
+                    tree,
+                    poisoned_by: Mutex::default(),
+                })
             }
             Engine::Memory => Ok(Self::memory()),
         }
@@ -187,7 +210,11 @@ impl Kv {
                 }
                 db.apply_batch(b).map_err(sled_error(WRITE))
             }
-            Self::Fjall { db, tree } => {
+            Self::Fjall {
+                db,
+                tree,
+                poisoned_by,
+            } => {
                 let mut b = db.batch();
                 for (k, v) in batch.0 {
                     match v {
@@ -195,7 +222,8 @@ impl Kv {
                         None => b.remove(tree, k),
                     }
                 }
-                b.commit().map_err(fjall_error(WRITE))
+                b.commit()
+                    .map_err(|e| fjall_write_error(poisoned_by, WRITE, e))
             }
             Self::Memory(map) => {
                 let mut map = map.write().unwrap_or_else(|p| p.into_inner());
@@ -258,9 +286,11 @@ impl Kv {
     pub(crate) fn flush(&self) -> Result<()> {
         match self {
             Self::Sled(db) => db.flush().map(|_| ()).map_err(sled_error(FLUSH)),
-            Self::Fjall { db, .. } => db
+            Self::Fjall {
+                db, poisoned_by, ..
+            } => db
                 .persist(fjall::PersistMode::SyncData)
-                .map_err(fjall_error(FLUSH)),
+                .map_err(|e| fjall_write_error(poisoned_by, FLUSH, e)),
             Self::Memory(_) => Ok(()),
         }
     }
@@ -360,15 +390,21 @@ fn open_sled(dir: &Path) -> Result<sled::Db> {
     loop {
         match config.open() {
             Ok(db) => return Ok(db),
-            Err(sled::Error::Io(e))
-                if e.kind() == std::io::ErrorKind::WouldBlock && attempts < 100 =>
-            {
+            Err(sled::Error::Io(e)) if lock_held(&e) && attempts < 100 => {
                 attempts += 1;
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
             Err(e) => return Err(sled_error("opening the store")(e)),
         }
     }
+}
+
+/// Whether sled refused to open because its file lock is held. sled reports
+/// that as an error of kind `Other` whose message names the lock (the
+/// `WouldBlock` is only in the text), so the kind alone never matches.
+fn lock_held(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::WouldBlock
+        || e.to_string().starts_with("could not acquire lock")
 }
 
 fn open_fjall(dir: &Path) -> Result<fjall::Database> {
@@ -406,6 +442,38 @@ fn sled_error(what: &'static str) -> impl Fn(sled::Error) -> Error {
     }
 }
 
+/// [`fjall_error`] for writes and flushes: the first I/O failure is kept, and a
+/// later `Poisoned` refusal (fjall refuses every write once its journal failed)
+/// is reported as that failure — its kind and message — so a full disk still
+/// reads as a full disk after the first refusal.
+fn fjall_write_error(
+    poisoned_by: &Mutex<Option<(std::io::ErrorKind, String)>>,
+    what: &'static str,
+    e: fjall::Error,
+) -> Error {
+    let mut poisoned_by = poisoned_by.lock().unwrap_or_else(|p| p.into_inner());
+    match (e, &*poisoned_by) {
+        (fjall::Error::Poisoned, Some((kind, message))) => Error::Io {
+            what,
+            source: std::io::Error::new(
+                *kind,
+                format!(
+                    "the store's journal failed earlier ({message}); it takes no writes until the store is opened again"
+                ),
+            ),
+        },
+        (e, _) => {
+            let e = fjall_error(what)(e);
+            if poisoned_by.is_none()
+                && let Some(kind) = e.io_kind()
+            {
+                *poisoned_by = Some((kind, ebb_core::error_chain(&e)));
+            }
+            e
+        }
+    }
+}
+
 fn fjall_error(what: &'static str) -> impl Fn(fjall::Error) -> Error {
     move |e| match e {
         fjall::Error::Io(source) => Error::Io { what, source },
@@ -426,6 +494,24 @@ fn fjall_error(what: &'static str) -> impl Fn(fjall::Error) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A held sled lock is recognised as such (so a reopen waits for sled's
+    /// background threads to let go of a just-closed database): sled reports it
+    /// with kind `Other`.
+    #[test]
+    fn a_held_sled_lock_is_recognised() {
+        let dir = std::env::temp_dir().join(format!("ebb-sled-lock-{}", rand::random::<u64>()));
+        let held = open_sled(&dir).unwrap();
+        let Err(sled::Error::Io(e)) = sled::Config::new().path(&dir).open() else {
+            panic!("a second open of a held sled database succeeded");
+        };
+        assert!(lock_held(&e), "{e:?}");
+        assert!(!lock_held(&std::io::Error::from(
+            std::io::ErrorKind::NotFound
+        )));
+        drop(held);
+        let _ = std::fs::remove_dir_all(dir);
+    }
 
     #[test]
     fn prefix_end_is_the_first_key_past_the_prefix() {

@@ -47,7 +47,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 mod due;
 mod keyring;
@@ -78,6 +78,11 @@ pub struct KvStore {
     chain: Chain,
     /// Serializes commits: the audit chain is a total order.
     state: Mutex<Shared>,
+    /// Commits prepared and waiting to be applied in the next group, each with
+    /// where its answer goes ([`KvStore::combine`]).
+    queue: Mutex<Vec<(Prepared, Answer)>>,
+    /// Set while a caller applies the queue's groups.
+    combining: AtomicBool,
     group: Arc<GroupCommit>,
     /// False for a temporary store: `sync` has nothing to make durable.
     durable: bool,
@@ -117,6 +122,79 @@ struct Shared {
     escalations: BTreeMap<String, u64>,
     /// The audit timestamp source; events never go back in time.
     clock: fn() -> Timestamp,
+}
+
+/// Where a queued commit's result goes.
+type Answer = oneshot::Sender<Result<(GrantRecord, AuditEvent)>>;
+
+/// Groups one [`KvStore::combine`] call applies before it leaves the rest of the
+/// queue to a task of its own.
+const COMBINE_ROUNDS: usize = 4;
+
+/// Clears the combining flag when the caller applying groups is done, also if
+/// it panicked.
+struct Combining<'a>(&'a AtomicBool);
+
+impl Drop for Combining<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
+/// The failure of a group's batch, for each commit of the group after the first
+/// (which gets the engine's own error): the same I/O kind and message.
+fn group_failed(kind: Option<std::io::ErrorKind>, message: &str) -> Error {
+    const WHAT: &str = "applying a group of commits";
+    match kind {
+        Some(kind) => Error::Io {
+            what: WHAT,
+            source: std::io::Error::new(kind, message.to_owned()),
+        },
+        None => Error::Storage {
+            what: WHAT,
+            source: message.into(),
+        },
+    }
+}
+
+/// A group of commits being applied under the commit lock
+/// ([`KvStore::apply_group`]): the store's state as the group's commits staged
+/// so far leave it, and their writes — the store's own only once the engine
+/// took the batch.
+struct Staged {
+    head: Head,
+    records: u64,
+    credentials: u64,
+    counts: BTreeMap<GrantState, u64>,
+    escalations: BTreeMap<String, u64>,
+    clock: fn() -> Timestamp,
+    dues: DueChanges,
+    batch: Batch,
+}
+
+impl Staged {
+    fn new(shared: &Shared) -> Self {
+        Self {
+            head: shared.head.clone(),
+            records: shared.records,
+            credentials: shared.credentials,
+            counts: shared.counts.clone(),
+            escalations: shared.escalations.clone(),
+            clock: shared.clock,
+            dues: DueChanges::default(),
+            batch: Batch::default(),
+        }
+    }
+
+    /// Makes the group's state the store's, once the engine took its batch.
+    fn publish(self, shared: &mut Shared) {
+        shared.head = self.head;
+        shared.records = self.records;
+        shared.credentials = self.credentials;
+        shared.counts = self.counts;
+        shared.escalations = self.escalations;
+        self.dues.apply(&mut shared.due);
+    }
 }
 
 /// How [`KvStore::check_records`] holds the records it found against the count
@@ -513,6 +591,8 @@ impl KvStore {
                 escalations,
                 clock: wall_clock,
             }),
+            queue: Mutex::default(),
+            combining: AtomicBool::new(false),
             group,
             durable,
             keyring,
@@ -571,20 +651,18 @@ impl KvStore {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Adds the audit event to `batch`, with the keyed head of a store holding
-    /// `records` records, and returns both; the caller advances `shared.head` to
-    /// that head once the batch is applied.
+    /// Adds the audit event, linked after `head` and stamped `at`, to `batch`, with
+    /// the keyed head of a store holding `records` records, and returns both; the
+    /// caller advances the store's head to that head once the batch is applied.
     fn seal_event(
         &self,
-        shared: &Shared,
+        head: &Head,
+        at: Timestamp,
         event: NewEvent,
         records: u64,
         batch: &mut Batch,
     ) -> Result<(AuditEvent, Head)> {
-        let at = (shared.clock)();
-        let (sealed, stored) =
-            self.chain
-                .seal_encoded(event, at, shared.head.seq, &shared.head.hash);
+        let (sealed, stored) = self.chain.seal_encoded(event, at, head.seq, &head.hash);
         batch.insert(audit_key(sealed.seq), stored);
         if let Some(grant) = &sealed.grant_id {
             batch.insert(audit_index_key(grant, sealed.seq), &[][..]);
@@ -1004,8 +1082,9 @@ impl KvStore {
     }
 
     /// Commits from a thread that may block: a new credential's key is synced
-    /// here, by this thread, before the commit is applied. (The [`Store`] trait's
-    /// `commit`, [`KvStore::commit_async`], waits for the key syncer instead.)
+    /// here, by this thread, before the commit is applied — as a group of one.
+    /// (The [`Store`] trait's `commit`, [`KvStore::commit_async`], waits for the
+    /// key syncer instead, and its commits are applied in groups.)
     pub fn commit(&self, commit: Commit) -> Result<(GrantRecord, AuditEvent)> {
         let prepared = self.prepare(commit)?;
         if let Some((value, _)) = prepared.key_pending(self.durable)
@@ -1017,11 +1096,19 @@ impl KvStore {
                 source,
             });
         }
-        self.apply_prepared(prepared)
+        self.apply_group(vec![prepared]).pop().unwrap_or_else(|| {
+            Err(Error::Storage {
+                what: "committing",
+                source: "a group of one gave no result".into(),
+            })
+        })
     }
 
     /// [`KvStore::commit`] for async callers: a new credential's key reaches the
-    /// disk with the key syncer's next keyring sync, which this waits for.
+    /// disk with the key syncer's next keyring sync, which this waits for. The
+    /// prepared commit then joins the queue, and whichever caller finds no group
+    /// being applied applies everything queued as one batch ([`KvStore::combine`]);
+    /// the others wait for their answer without holding a worker thread.
     pub async fn commit_async(&self, commit: Commit) -> Result<(GrantRecord, AuditEvent)> {
         let prepared = self.prepare(commit)?;
         if let Some((value, ticket)) = prepared.key_pending(self.durable)
@@ -1036,7 +1123,61 @@ impl KvStore {
             self.erase_key(value);
             return Err(e);
         }
-        self.apply_prepared(prepared)
+        let (answer, answered) = oneshot::channel();
+        self.queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((prepared, answer));
+        self.combine();
+        answered.await.unwrap_or_else(|_| {
+            Err(Error::Storage {
+                what: "committing",
+                source: "the commit's group ended without an answer (its thread panicked or the runtime stopped)".into(),
+            })
+        })
+    }
+
+    /// Applies the queued commits as groups, unless another caller is doing so
+    /// (flat combining: the group forms while the previous one is applied, with no
+    /// thread of its own and no caller blocked on the commit lock but the one
+    /// applying). At most [`COMBINE_ROUNDS`] groups a call; commits queued beyond
+    /// them are left to a task of their own, so one caller does not apply everyone
+    /// else's commits for long. Nothing here awaits: a cancelled caller cannot
+    /// leave a group half-applied or the queue without anyone to apply it.
+    fn combine(&self) {
+        while !self.combining.swap(true, Ordering::SeqCst) {
+            let applying = Combining(&self.combining);
+            for _ in 0..COMBINE_ROUNDS {
+                let queued =
+                    std::mem::take(&mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()));
+                if queued.is_empty() {
+                    break;
+                }
+                let (group, answers): (Vec<_>, Vec<_>) = queued.into_iter().unzip();
+                for (result, answer) in self.apply_group(group).into_iter().zip(answers) {
+                    // A caller that stopped waiting gets no answer; its commit stands.
+                    let _ = answer.send(result);
+                }
+            }
+            drop(applying);
+            // A commit queued after the last round took the queue, while the flag
+            // was still set, is this caller's to apply (its own caller saw the flag
+            // and went to wait).
+            if self
+                .queue
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_empty()
+            {
+                return;
+            }
+            if let (Some(me), Ok(runtime)) =
+                (self.me.upgrade(), tokio::runtime::Handle::try_current())
+            {
+                runtime.spawn(async move { me.combine() });
+                return;
+            }
+        }
     }
 
     /// Everything of a commit that depends only on this grant's stored record,
@@ -1099,48 +1240,87 @@ impl KvStore {
         })
     }
 
-    /// Applies a prepared commit (its new key, if any, already on disk).
-    fn apply_prepared(&self, p: Prepared) -> Result<(GrantRecord, AuditEvent)> {
-        let added = p.added.map(|(value, _)| value);
-        let result = self.commit_locked(
-            &p.id,
-            p.record,
-            p.old,
-            p.encoded,
-            (&p.sealed, added.as_deref(), p.replaced.is_some()),
-            p.event,
-            p.lease_until,
-        );
-        match result {
-            Ok(done) => {
-                let ticket = self.written();
-                if let Some(value) = p.replaced {
-                    if self.durable {
-                        self.keyring.erase_after(ticket, value.to_vec());
-                    } else {
-                        self.erase_key(&value);
+    /// Applies prepared commits (their new keys, if any, already on disk) in order,
+    /// as one engine batch under the commit lock: each is checked and staged
+    /// against the store as the group's earlier commits leave it ([`Staged`]), so a
+    /// commit prepared against a version an earlier one replaced is a conflict, as
+    /// if applied alone. A commit refused (a conflict) changes nothing; if the
+    /// engine refuses the batch, every commit staged in it fails and the store's
+    /// state stays as it was. Returns one result per commit, in order.
+    fn apply_group(&self, group: Vec<Prepared>) -> Vec<Result<(GrantRecord, AuditEvent)>> {
+        let mut results = Vec::with_capacity(group.len());
+        let mut keys = Vec::with_capacity(group.len());
+        {
+            let mut shared = self.lock();
+            let mut staged = Staged::new(&shared);
+            for p in group {
+                let added = p.added.map(|(value, _)| value);
+                results.push(self.stage(
+                    &mut staged,
+                    &p.id,
+                    p.record,
+                    p.old,
+                    p.encoded,
+                    (&p.sealed, added.as_deref(), p.replaced.is_some()),
+                    p.event,
+                    p.lease_until,
+                ));
+                keys.push((added, p.replaced));
+            }
+            if !staged.batch.is_empty() {
+                let batch = std::mem::take(&mut staged.batch);
+                match self.db.apply(batch) {
+                    Ok(()) => staged.publish(&mut shared),
+                    Err(e) => {
+                        // The first staged commit gets the engine's error, the
+                        // others the same kind and message.
+                        let (kind, message) = (e.io_kind(), ebb_core::error_chain(&e));
+                        let mut first = Some(e);
+                        for result in results.iter_mut().filter(|r| r.is_ok()) {
+                            *result =
+                                Err(first.take().unwrap_or_else(|| group_failed(kind, &message)));
+                        }
                     }
                 }
-                Ok(done)
-            }
-            Err(e) => {
-                if let Some(value) = &added {
-                    self.erase_key(value);
-                }
-                Err(e)
             }
         }
+        for (result, (added, replaced)) in results.iter().zip(keys) {
+            match result {
+                Ok(_) => {
+                    // A replaced or shredded credential's key is erased once the
+                    // batch that drops it is durable.
+                    let ticket = self.written();
+                    if let Some(value) = replaced {
+                        if self.durable {
+                            self.keyring.erase_after(ticket, value.to_vec());
+                        } else {
+                            self.erase_key(&value);
+                        }
+                    }
+                }
+                // A new credential's key is erased if its commit failed.
+                Err(_) => {
+                    if let Some(value) = &added {
+                        self.erase_key(value);
+                    }
+                }
+            }
+        }
+        results
     }
 
-    /// The ordered part of [`KvStore::commit`], under the commit lock: checks the
-    /// record is still the one the commit was prepared against, moves the due
-    /// entry, counts, links the audit event into the chain and applies the batch.
+    /// One commit of a group, under the commit lock ([`KvStore::apply_group`]):
+    /// checks the record is still the one the commit was prepared against, moves
+    /// the due entry, counts, links the audit event into the chain, and adds its
+    /// writes to `staged`. Every step that can fail comes before `staged` changes,
+    /// so a refused commit leaves the group as it was.
     #[allow(
         clippy::too_many_arguments,
         reason = "one caller, the parts it prepared"
     )]
-    fn commit_locked(
+    fn stage(
         &self,
+        staged: &mut Staged,
         id: &str,
         record: GrantRecord,
         (old_bytes, old): (Option<Bytes>, Option<GrantRecord>),
@@ -1149,38 +1329,35 @@ impl KvStore {
         mut event: NewEvent,
         lease_until: Option<Timestamp>,
     ) -> Result<(GrantRecord, AuditEvent)> {
-        let mut shared = self.lock();
-        let now = self.db.get(key("g/", id))?;
-        if now.as_deref() != old_bytes.as_deref() {
+        let g_key = key("g/", id);
+        let unchanged = match staged.batch.get(&g_key) {
+            Some(written) => written == old_bytes.as_deref(),
+            None => self.db.get(&g_key)?.as_deref() == old_bytes.as_deref(),
+        };
+        if !unchanged {
             return Err(if old.is_none() {
                 Error::Exists(id.to_owned())
             } else {
                 Error::Conflict(id.to_owned())
             });
         }
+        let current_due = match staged.batch.get(&key("d/", id)) {
+            Some(written) => written.and_then(be),
+            None => self.current_due(id)?,
+        };
         let mut batch = Batch::default();
-        batch.insert(key("g/", id), bytes);
+        batch.insert(g_key, bytes);
         batch.insert(key("b/", id), &tag[..]);
         // The event names its grant, so it is the grant's latest in the index.
         event.grant_id.get_or_insert_with(|| id.to_owned());
         event.record = Some(hex::encode(tag));
-        let records = shared.records + u64::from(old.is_none());
+        let records = staged.records + u64::from(old.is_none());
         if old.is_none() {
             batch.insert(requester_key(&record.requested_by, id), &[][..]);
-            // Before the batch, so a check of every record that sees the record
-            // knows it as new.
-            if let Some(created) = self
-                .created
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .as_mut()
-            {
-                created.insert(id.to_owned());
-            }
         }
         // Move the due entry from wherever it is now (its logical due or a lease).
         let mut dues = DueChanges::default();
-        if let Some(current) = self.current_due(id)? {
+        if let Some(current) = current_due {
             dues.remove(&mut batch, current, id);
         }
         match (record.due_at, lease_until) {
@@ -1200,8 +1377,8 @@ impl KvStore {
             }
         }
         let credentials = match (sealed, had_credential) {
-            (Sealed::Set(_), false) => Some(shared.credentials + 1),
-            (Sealed::Shred, true) => Some(shared.credentials.saturating_sub(1)),
+            (Sealed::Set(_), false) => Some(staged.credentials + 1),
+            (Sealed::Shred, true) => Some(staged.credentials.saturating_sub(1)),
             _ => None,
         };
         if let Some(n) = credentials {
@@ -1215,7 +1392,7 @@ impl KvStore {
         let old_state = old.as_ref().map(|o| o.state);
         let moved = old_state != Some(record.state);
         if moved {
-            let count = |s: GrantState| shared.counts.get(&s).copied().unwrap_or(0);
+            let count = |s: GrantState| staged.counts.get(&s).copied().unwrap_or(0);
             if let Some(s) = old_state {
                 batch.remove(by_state_key(s, id));
                 batch.insert(count_key(s), &count(s).saturating_sub(1).to_be_bytes()[..]);
@@ -1229,7 +1406,7 @@ impl KvStore {
         let escalated =
             old.as_ref().is_none_or(|o| o.escalated_at.is_none()) && record.escalated_at.is_some();
         let escalations = escalated.then(|| {
-            let n = shared
+            let n = staged
                 .escalations
                 .get(&record.connector)
                 .copied()
@@ -1238,23 +1415,37 @@ impl KvStore {
             batch.insert(escalated_key(&record.connector), &n.to_be_bytes()[..]);
             n
         });
-        let (event, head) = self.seal_event(&shared, event, records, &mut batch)?;
-        self.db.apply(batch)?;
-        shared.head = head;
-        dues.apply(&mut shared.due);
-        shared.records = records;
+        let at = (staged.clock)();
+        let (event, head) = self.seal_event(&staged.head, at, event, records, &mut batch)?;
+        // Nothing below fails: the commit is part of the group.
+        if old.is_none() {
+            // Before the batch, so a check of every record that sees the record
+            // knows it as new.
+            if let Some(created) = self
+                .created
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_mut()
+            {
+                created.insert(id.to_owned());
+            }
+        }
+        staged.batch.extend(batch);
+        staged.dues.0.extend(dues.0);
+        staged.head = head;
+        staged.records = records;
         if let Some(n) = credentials {
-            shared.credentials = n;
+            staged.credentials = n;
         }
         if moved {
             if let Some(s) = old_state {
-                let n = shared.counts.entry(s).or_default();
+                let n = staged.counts.entry(s).or_default();
                 *n = n.saturating_sub(1);
             }
-            *shared.counts.entry(record.state).or_default() += 1;
+            *staged.counts.entry(record.state).or_default() += 1;
         }
         if let Some(n) = escalations {
-            shared.escalations.insert(record.connector.clone(), n);
+            staged.escalations.insert(record.connector.clone(), n);
         }
         Ok((record, event))
     }
@@ -1262,7 +1453,8 @@ impl KvStore {
     pub fn append_audit(&self, event: NewEvent) -> Result<AuditEvent> {
         let mut shared = self.lock();
         let mut batch = Batch::default();
-        let (event, head) = self.seal_event(&shared, event, shared.records, &mut batch)?;
+        let at = (shared.clock)();
+        let (event, head) = self.seal_event(&shared.head, at, event, shared.records, &mut batch)?;
         self.db.apply(batch)?;
         shared.head = head;
         drop(shared);
