@@ -63,6 +63,40 @@ fn event(id: &str) -> NewEvent {
     NewEvent::new("grant.transition", "test").grant(id)
 }
 
+/// Commits every `(n, record)` at once through the `Store` trait (so they are
+/// applied in groups); returns how many landed for each `n`. Every refusal must
+/// be one `refused` accepts.
+async fn commit_all(
+    store: &Arc<KvStore>,
+    commits: Vec<(u64, GrantRecord)>,
+    refused: fn(&Error) -> bool,
+) -> BTreeMap<u64, usize> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for (n, record) in commits {
+        let store: Arc<dyn Store> = store.clone();
+        tasks.spawn(async move {
+            let id = record.grant.id.clone();
+            let committed = store
+                .commit(Commit {
+                    record,
+                    sealed: Sealed::Keep,
+                    event: event(&id),
+                    lease_until: None,
+                })
+                .await;
+            (n, committed)
+        });
+    }
+    let mut landed = BTreeMap::new();
+    while let Some(done) = tasks.join_next().await {
+        match done.unwrap() {
+            (n, Ok(_)) => *landed.entry(n).or_insert(0) += 1,
+            (_, Err(e)) => assert!(refused(&e), "{e:?}"),
+        }
+    }
+    landed
+}
+
 /// Commits through the `Store` trait are applied in groups (one engine batch for
 /// all the commits queued while the previous group was applied). Racing commits
 /// from one version inside a group behave as when applied alone: exactly one
@@ -71,69 +105,27 @@ fn event(id: &str) -> NewEvent {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grouped_commits_land_once_each_and_survive_a_restart() {
     let (store, dir) = temp_store();
-    let dyn_store = |s: &Arc<KvStore>| -> Arc<dyn Store> { s.clone() };
     let grants = 64u64;
     // Every grant created at once, most of them twice: one of each pair lands.
-    let mut tasks = tokio::task::JoinSet::new();
-    for n in 0..grants {
-        for _ in 0..=(n % 2) {
-            let store = dyn_store(&store);
-            tasks.spawn(async move {
-                let id = format!("g{n}");
-                let r = store
-                    .commit(Commit {
-                        record: record(&id, GrantState::Requested, Some(10_000 + n)),
-                        sealed: Sealed::Keep,
-                        event: event(&id),
-                        lease_until: None,
-                    })
-                    .await;
-                (n, r)
-            });
-        }
-    }
-    let mut landed = BTreeMap::new();
-    while let Some(done) = tasks.join_next().await {
-        let (n, r) = done.unwrap();
-        match r {
-            Ok((record, _)) => *landed.entry(n).or_insert(0) += record.version,
-            Err(e) => assert!(matches!(e, Error::Exists(_)), "{e:?}"),
-        }
-    }
+    let created = (0..grants)
+        .flat_map(|n| {
+            let r = record(&format!("g{n}"), GrantState::Requested, Some(10_000 + n));
+            vec![(n, r); 1 + (n % 2) as usize]
+        })
+        .collect();
+    let landed = commit_all(&store, created, |e| matches!(e, Error::Exists(_))).await;
     assert_eq!(landed.len() as u64, grants);
-    assert!(landed.values().all(|v| *v == 1), "each grant created once");
+    assert!(landed.values().all(|n| *n == 1), "each grant created once");
     // Then rounds of four racing updates per grant, every grant at once.
     for round in 0..5u64 {
-        let mut tasks = tokio::task::JoinSet::new();
+        let mut updates = Vec::new();
         for n in 0..grants {
-            let current = store.get(&format!("g{n}")).unwrap().unwrap();
-            for _ in 0..4 {
-                let store = dyn_store(&store);
-                let mut next = current.clone();
-                next.state = GrantState::Approved;
-                next.due_at = Some(20_000 + round * 1_000 + n);
-                tasks.spawn(async move {
-                    let id = next.grant.id.clone();
-                    let r = store
-                        .commit(Commit {
-                            event: event(&id),
-                            record: next,
-                            sealed: Sealed::Keep,
-                            lease_until: None,
-                        })
-                        .await;
-                    (n, r)
-                });
-            }
+            let mut next = store.get(&format!("g{n}")).unwrap().unwrap();
+            next.state = GrantState::Approved;
+            next.due_at = Some(20_000 + round * 1_000 + n);
+            updates.extend(std::iter::repeat_n((n, next), 4));
         }
-        let mut landed = BTreeMap::new();
-        while let Some(done) = tasks.join_next().await {
-            let (n, r) = done.unwrap();
-            match r {
-                Ok(_) => *landed.entry(n).or_insert(0) += 1,
-                Err(e) => assert!(matches!(e, Error::Conflict(_)), "{e:?}"),
-            }
-        }
+        let landed = commit_all(&store, updates, |e| matches!(e, Error::Conflict(_))).await;
         assert_eq!(landed.len() as u64, grants, "round {round}");
         assert!(landed.values().all(|n| *n == 1), "round {round}: one update each");
     }
