@@ -109,19 +109,26 @@ impl std::fmt::Debug for KvStore {
 }
 
 struct Shared {
-    head: Head,
+    tally: Tally,
     /// The due index's earliest entries (`due.rs`), read by the scheduler's claims
     /// and "when is the next one". Changed only under this lock, after the engine
     /// took the batch.
     due: due::DueWindow,
+    /// The audit timestamp source; events never go back in time.
+    clock: fn() -> Timestamp,
+}
+
+/// The audit chain's head and what the store counts, as every commit advances
+/// them (a group's copy in [`Staged`] until the engine took its batch).
+#[derive(Clone)]
+struct Tally {
+    head: Head,
     /// Grant records held: counted in the keyed head.
     records: u64,
     /// Stored credentials (`c/` entries), persisted beside them.
     credentials: u64,
     counts: BTreeMap<GrantState, u64>,
     escalations: BTreeMap<String, u64>,
-    /// The audit timestamp source; events never go back in time.
-    clock: fn() -> Timestamp,
 }
 
 /// Where a queued commit's result goes.
@@ -158,15 +165,12 @@ fn group_failed(kind: Option<std::io::ErrorKind>, message: &str) -> Error {
 }
 
 /// A group of commits being applied under the commit lock
-/// ([`KvStore::apply_group`]): the store's state as the group's commits staged
+/// ([`KvStore::apply_group`]): the store's tally as the group's commits staged
 /// so far leave it, and their writes — the store's own only once the engine
-/// took the batch.
+/// took the batch. While commits are staged, `tally.head` names the last event
+/// linked but is not keyed: the group keys its head once, at the end.
 struct Staged {
-    head: Head,
-    records: u64,
-    credentials: u64,
-    counts: BTreeMap<GrantState, u64>,
-    escalations: BTreeMap<String, u64>,
+    tally: Tally,
     clock: fn() -> Timestamp,
     dues: DueChanges,
     batch: Batch,
@@ -175,24 +179,16 @@ struct Staged {
 impl Staged {
     fn new(shared: &Shared) -> Self {
         Self {
-            head: shared.head.clone(),
-            records: shared.records,
-            credentials: shared.credentials,
-            counts: shared.counts.clone(),
-            escalations: shared.escalations.clone(),
+            tally: shared.tally.clone(),
             clock: shared.clock,
             dues: DueChanges::default(),
             batch: Batch::default(),
         }
     }
 
-    /// Makes the group's state the store's, once the engine took its batch.
+    /// Makes the group's tally the store's, once the engine took its batch.
     fn publish(self, shared: &mut Shared) {
-        shared.head = self.head;
-        shared.records = self.records;
-        shared.credentials = self.credentials;
-        shared.counts = self.counts;
-        shared.escalations = self.escalations;
+        shared.tally = self.tally;
         self.dues.apply(&mut shared.due);
     }
 }
@@ -583,12 +579,14 @@ impl KvStore {
             db,
             chain,
             state: Mutex::new(Shared {
-                head,
+                tally: Tally {
+                    head,
+                    records,
+                    credentials,
+                    counts,
+                    escalations,
+                },
                 due,
-                records,
-                credentials,
-                counts,
-                escalations,
                 clock: wall_clock,
             }),
             queue: Mutex::default(),
@@ -651,30 +649,37 @@ impl KvStore {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Adds the audit event, linked after `head` and stamped `at`, to `batch`, with
-    /// the keyed head of a store holding `records` records, and returns both; the
-    /// caller advances the store's head to that head once the batch is applied.
+    /// Adds the audit event, linked after `head` and stamped `at`, to `batch` and
+    /// returns it; the caller keys the new head once for all it links
+    /// ([`KvStore::key_head`]).
     fn seal_event(
         &self,
         head: &Head,
         at: Timestamp,
         event: NewEvent,
-        records: u64,
         batch: &mut Batch,
-    ) -> Result<(AuditEvent, Head)> {
+    ) -> AuditEvent {
         let (sealed, stored) = self.chain.seal_encoded(event, at, head.seq, &head.hash);
         batch.insert(audit_key(sealed.seq), stored);
         if let Some(grant) = &sealed.grant_id {
             batch.insert(audit_index_key(grant, sealed.seq), &[][..]);
         }
-        let head = self.chain.head(sealed.seq, &sealed.hash, records);
-        batch.insert(&b"m/head"[..], encode(&head)?);
-        Ok((sealed, head))
+        sealed
     }
 
-    /// Counts a write for group commit; returns its ticket (what `sync` waits for).
-    fn written(&self) -> u64 {
-        self.group.written.fetch_add(1, Ordering::AcqRel) + 1
+    /// Adds to `batch` the keyed head after the event `seq` with `hash`, of a store
+    /// holding `records` records, and returns it; the caller makes it the store's
+    /// head once the batch is applied.
+    fn key_head(&self, seq: u64, hash: &str, records: u64, batch: &mut Batch) -> Result<Head> {
+        let head = self.chain.head(seq, hash, records);
+        batch.insert(&b"m/head"[..], encode(&head)?);
+        Ok(head)
+    }
+
+    /// Counts `n` writes for group commit; returns the last one's ticket (what
+    /// `sync` waits for).
+    fn written(&self, n: u64) -> u64 {
+        self.group.written.fetch_add(n, Ordering::AcqRel) + n
     }
 
     /// [`Store::list`] through an index whose keys are `prefix` followed by a grant
@@ -1244,9 +1249,10 @@ impl KvStore {
     /// as one engine batch under the commit lock: each is checked and staged
     /// against the store as the group's earlier commits leave it ([`Staged`]), so a
     /// commit prepared against a version an earlier one replaced is a conflict, as
-    /// if applied alone. A commit refused (a conflict) changes nothing; if the
-    /// engine refuses the batch, every commit staged in it fails and the store's
-    /// state stays as it was. Returns one result per commit, in order.
+    /// if applied alone. The group's head is keyed once, after its last event. A
+    /// commit refused (a conflict) changes nothing; if the batch cannot be written,
+    /// every commit staged in it fails and the store's state stays as it was.
+    /// Returns one result per commit, in order.
     fn apply_group(&self, group: Vec<Prepared>) -> Vec<Result<(GrantRecord, AuditEvent)>> {
         let mut results = Vec::with_capacity(group.len());
         let mut keys = Vec::with_capacity(group.len());
@@ -1268,12 +1274,23 @@ impl KvStore {
                 keys.push((added, p.replaced));
             }
             if !staged.batch.is_empty() {
-                let batch = std::mem::take(&mut staged.batch);
-                match self.db.apply(batch) {
+                let tally = &mut staged.tally;
+                let applied = self
+                    .key_head(
+                        tally.head.seq,
+                        &tally.head.hash,
+                        tally.records,
+                        &mut staged.batch,
+                    )
+                    .and_then(|head| {
+                        tally.head = head;
+                        self.db.apply(std::mem::take(&mut staged.batch))
+                    });
+                match applied {
                     Ok(()) => staged.publish(&mut shared),
                     Err(e) => {
-                        // The first staged commit gets the engine's error, the
-                        // others the same kind and message.
+                        // The first staged commit gets the error, the others
+                        // the same kind and message.
                         let (kind, message) = (e.io_kind(), ebb_core::error_chain(&e));
                         let mut first = Some(e);
                         for result in results.iter_mut().filter(|r| r.is_ok()) {
@@ -1284,12 +1301,14 @@ impl KvStore {
                 }
             }
         }
+        // One ticket for the group: what `sync` waits for to make it durable.
+        let landed = results.iter().filter(|r| r.is_ok()).count() as u64;
+        let ticket = self.written(landed);
         for (result, (added, replaced)) in results.iter().zip(keys) {
             match result {
                 Ok(_) => {
                     // A replaced or shredded credential's key is erased once the
                     // batch that drops it is durable.
-                    let ticket = self.written();
                     if let Some(value) = replaced {
                         if self.durable {
                             self.keyring.erase_after(ticket, value.to_vec());
@@ -1351,7 +1370,7 @@ impl KvStore {
         // The event names its grant, so it is the grant's latest in the index.
         event.grant_id.get_or_insert_with(|| id.to_owned());
         event.record = Some(hex::encode(tag));
-        let records = staged.records + u64::from(old.is_none());
+        let records = staged.tally.records + u64::from(old.is_none());
         if old.is_none() {
             batch.insert(requester_key(&record.requested_by, id), &[][..]);
         }
@@ -1377,8 +1396,8 @@ impl KvStore {
             }
         }
         let credentials = match (sealed, had_credential) {
-            (Sealed::Set(_), false) => Some(staged.credentials + 1),
-            (Sealed::Shred, true) => Some(staged.credentials.saturating_sub(1)),
+            (Sealed::Set(_), false) => Some(staged.tally.credentials + 1),
+            (Sealed::Shred, true) => Some(staged.tally.credentials.saturating_sub(1)),
             _ => None,
         };
         if let Some(n) = credentials {
@@ -1392,7 +1411,7 @@ impl KvStore {
         let old_state = old.as_ref().map(|o| o.state);
         let moved = old_state != Some(record.state);
         if moved {
-            let count = |s: GrantState| staged.counts.get(&s).copied().unwrap_or(0);
+            let count = |s: GrantState| staged.tally.counts.get(&s).copied().unwrap_or(0);
             if let Some(s) = old_state {
                 batch.remove(by_state_key(s, id));
                 batch.insert(count_key(s), &count(s).saturating_sub(1).to_be_bytes()[..]);
@@ -1407,6 +1426,7 @@ impl KvStore {
             old.as_ref().is_none_or(|o| o.escalated_at.is_none()) && record.escalated_at.is_some();
         let escalations = escalated.then(|| {
             let n = staged
+                .tally
                 .escalations
                 .get(&record.connector)
                 .copied()
@@ -1416,7 +1436,7 @@ impl KvStore {
             n
         });
         let at = (staged.clock)();
-        let (event, head) = self.seal_event(&staged.head, at, event, records, &mut batch)?;
+        let event = self.seal_event(&staged.tally.head, at, event, &mut batch);
         // Nothing below fails: the commit is part of the group.
         if old.is_none() {
             // Before the batch, so a check of every record that sees the record
@@ -1432,20 +1452,22 @@ impl KvStore {
         }
         staged.batch.extend(batch);
         staged.dues.0.extend(dues.0);
-        staged.head = head;
-        staged.records = records;
+        // The group's head is keyed once, when the group ends.
+        staged.tally.head.seq = event.seq;
+        staged.tally.head.hash.clone_from(&event.hash);
+        staged.tally.records = records;
         if let Some(n) = credentials {
-            staged.credentials = n;
+            staged.tally.credentials = n;
         }
         if moved {
             if let Some(s) = old_state {
-                let n = staged.counts.entry(s).or_default();
+                let n = staged.tally.counts.entry(s).or_default();
                 *n = n.saturating_sub(1);
             }
-            *staged.counts.entry(record.state).or_default() += 1;
+            *staged.tally.counts.entry(record.state).or_default() += 1;
         }
         if let Some(n) = escalations {
-            staged.escalations.insert(record.connector.clone(), n);
+            staged.tally.escalations.insert(record.connector.clone(), n);
         }
         Ok((record, event))
     }
@@ -1454,11 +1476,12 @@ impl KvStore {
         let mut shared = self.lock();
         let mut batch = Batch::default();
         let at = (shared.clock)();
-        let (event, head) = self.seal_event(&shared.head, at, event, shared.records, &mut batch)?;
+        let event = self.seal_event(&shared.tally.head, at, event, &mut batch);
+        let head = self.key_head(event.seq, &event.hash, shared.tally.records, &mut batch)?;
         self.db.apply(batch)?;
-        shared.head = head;
+        shared.tally.head = head;
         drop(shared);
-        self.written();
+        self.written(1);
         Ok(event)
     }
 
@@ -1682,7 +1705,7 @@ impl KvStore {
         }
         if let (true, Some(h)) = (report.is_intact(), &head) {
             self.db.put(b"m/verified", Some(&encode(h)?))?;
-            self.written();
+            self.written(1);
         }
         Ok(report)
     }
@@ -1696,7 +1719,7 @@ impl KvStore {
         let counted = {
             let shared = self.lock();
             *self.created.lock().unwrap_or_else(|p| p.into_inner()) = Some(HashSet::new());
-            shared.records
+            shared.tally.records
         };
         let scanned = self.check_records(Count::Before(counted), false);
         *self.created.lock().unwrap_or_else(|p| p.into_inner()) = None;
@@ -1735,18 +1758,18 @@ impl KvStore {
             // Only forward: a check at start may have got further meanwhile.
             if self.checkpoint()?.is_none_or(|c| c.seq < h.seq) {
                 self.db.put(b"m/verified", Some(&encode(h)?))?;
-                self.written();
+                self.written(1);
             }
         }
         Ok(report)
     }
 
     pub fn counts(&self) -> Result<BTreeMap<GrantState, u64>> {
-        Ok(self.lock().counts.clone())
+        Ok(self.lock().tally.counts.clone())
     }
 
     pub fn escalations(&self) -> Result<BTreeMap<String, u64>> {
-        Ok(self.lock().escalations.clone())
+        Ok(self.lock().tally.escalations.clone())
     }
 
     pub async fn sync(&self) -> Result<()> {
@@ -1795,7 +1818,7 @@ impl KvStore {
     pub fn put_state(&self, key: &str, value: Option<&[u8]>) -> Result<()> {
         let k = state_key(key);
         self.db.put(&k, value)?;
-        self.written();
+        self.written(1);
         Ok(())
     }
 
