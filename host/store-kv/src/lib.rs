@@ -1,5 +1,6 @@
 //! The embedded store: one ordered key space on an embedded engine (sled by
-//! default, or fjall; `kv.rs`), keys by prefix, every commit one atomic batch.
+//! default, or fjall; `kv.rs`), keys by prefix, every commit atomic: applied in
+//! one batch with the commits grouped with it.
 //!
 //! | key                          | value                           |
 //! |------------------------------|---------------------------------|
