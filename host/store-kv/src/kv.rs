@@ -9,7 +9,9 @@
 //!   store's folder). On this machine it takes the store's commit-sized batches
 //!   several times faster than sled (BENCHMARKS.md). After a failed `fsync` fjall
 //!   refuses every further write until the store is opened again (it cannot know
-//!   what reached the disk); sled, too, keeps a flush error until then.
+//!   what reached the disk); sled, too, keeps a flush error until then. The
+//!   store syncs fjall's journal itself, outside fjall's journal lock
+//!   (`kv/journal.rs`), so commits are applied while the disk syncs.
 //! - **memory**: a `BTreeMap`, gone with the process; the ceiling without
 //!   durability for benchmarks, and fast tests.
 
@@ -18,6 +20,8 @@ use std::collections::BTreeMap;
 use std::ops::{Bound, Deref};
 use std::path::Path;
 use std::sync::{Mutex, RwLock};
+
+mod journal;
 
 /// Which engine a store runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -127,6 +131,11 @@ pub(crate) enum Kv {
         /// refuses every write as `Poisoned` until it is opened again, and the
         /// operator is told the cause, not only that.
         poisoned_by: Mutex<Option<(std::io::ErrorKind, String)>>,
+        /// Syncs the journal outside fjall's journal lock (`kv/journal.rs`).
+        journal: journal::JournalSync,
+        /// Set once a sync of ours failed: fjall does not know, so the store
+        /// refuses writes and flushes itself, as fjall would after its own.
+        sync_failed: std::sync::atomic::AtomicBool,
     },
     Memory(RwLock<BTreeMap<Vec<u8>, Vec<u8>>>),
 }
@@ -177,6 +186,8 @@ impl Kv {
                     db,
                     tree,
                     poisoned_by: Mutex::default(),
+                    journal: journal::JournalSync::new(&dir.join(FJALL_DIR)),
+                    sync_failed: Default::default(),
                 })
             }
             Engine::Memory => Ok(Self::memory()),
@@ -214,7 +225,16 @@ impl Kv {
                 db,
                 tree,
                 poisoned_by,
+                sync_failed,
+                ..
             } => {
+                if sync_failed.load(std::sync::atomic::Ordering::Acquire) {
+                    return Err(fjall_write_error(
+                        poisoned_by,
+                        WRITE,
+                        fjall::Error::Poisoned,
+                    ));
+                }
                 let mut b = db.batch();
                 for (k, v) in batch.0 {
                     match v {
@@ -287,10 +307,28 @@ impl Kv {
         match self {
             Self::Sled(db) => db.flush().map(|_| ()).map_err(sled_error(FLUSH)),
             Self::Fjall {
-                db, poisoned_by, ..
-            } => db
-                .persist(fjall::PersistMode::SyncData)
-                .map_err(|e| fjall_write_error(poisoned_by, FLUSH, e)),
+                db,
+                poisoned_by,
+                journal,
+                sync_failed,
+                ..
+            } => {
+                let fail = |e| fjall_write_error(poisoned_by, FLUSH, e);
+                if sync_failed.load(std::sync::atomic::Ordering::Acquire) {
+                    return Err(fail(fjall::Error::Poisoned));
+                }
+                // Hand the journal's buffer to the OS under fjall's lock, then
+                // sync outside it, so groups go on being applied meanwhile.
+                db.persist(fjall::PersistMode::Buffer).map_err(fail)?;
+                match journal.sync() {
+                    Ok(true) => Ok(()),
+                    Ok(false) => db.persist(fjall::PersistMode::SyncData).map_err(fail),
+                    Err(e) => {
+                        sync_failed.store(true, std::sync::atomic::Ordering::Release);
+                        Err(fail(fjall::Error::Io(e)))
+                    }
+                }
+            }
             Self::Memory(_) => Ok(()),
         }
     }
