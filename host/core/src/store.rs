@@ -353,6 +353,19 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// The sealed credential of grant `id`, if still held.
     async fn sealed_credential(&self, id: &str) -> Result<Option<Vec<u8>>>;
 
+    /// The grant `id` and its sealed credential, if it still holds one: what the
+    /// scheduler's revoke and verify calls need, read together (one round trip
+    /// where the store is a network away).
+    async fn get_with_credential(
+        &self,
+        id: &str,
+    ) -> Result<Option<(GrantRecord, Option<Vec<u8>>)>> {
+        let Some(record) = self.get(id).await? else {
+            return Ok(None);
+        };
+        Ok(Some((record, self.sealed_credential(id).await?)))
+    }
+
     /// Grants matching `filter`, in id order.
     async fn list(&self, filter: &ListFilter) -> Result<Page>;
 

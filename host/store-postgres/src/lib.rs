@@ -705,6 +705,22 @@ impl Store for PgStore {
         Ok(row.map(|r| r.get(0)))
     }
 
+    async fn get_with_credential(
+        &self,
+        id: &str,
+    ) -> Result<Option<(GrantRecord, Option<Vec<u8>>)>> {
+        let row = self
+            .row(
+                "reading a grant and its credential",
+                "SELECT g.record, c.sealed FROM ebb_grants g \
+                 LEFT JOIN ebb_credentials c ON c.grant_id = g.id WHERE g.id = $1",
+                &[&id],
+            )
+            .await?;
+        row.map(|r| Ok((decode_record(id, r.get(0))?, r.get(1))))
+            .transpose()
+    }
+
     async fn list(&self, filter: &ListFilter) -> Result<Page> {
         let limit = filter.limit.clamp(1, 1000);
         let state = filter.state.map(GrantState::as_str);

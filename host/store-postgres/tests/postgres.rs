@@ -126,6 +126,12 @@ async fn commits_are_versioned_and_audited_in_one_chain() {
         store.sealed_credential("g1").await.unwrap().as_deref(),
         Some(&b"sealed bytes"[..])
     );
+    // The scheduler's read: the record and its credential in one query.
+    assert_eq!(
+        store.get_with_credential("g1").await.unwrap(),
+        Some((second.clone(), Some(b"sealed bytes".to_vec())))
+    );
+    assert_eq!(store.get_with_credential("nope").await.unwrap(), None);
     let mut shredded = second.clone();
     shredded.state = GrantState::Denied;
     store
@@ -136,6 +142,8 @@ async fn commits_are_versioned_and_audited_in_one_chain() {
         .await
         .unwrap();
     assert_eq!(store.sealed_credential("g1").await.unwrap(), None);
+    let (now, none) = store.get_with_credential("g1").await.unwrap().unwrap();
+    assert_eq!((now.state, none), (GrantState::Denied, None));
     let events = store
         .audit(&AuditQuery {
             grant_id: Some("g1".into()),

@@ -16,7 +16,15 @@ impl Lifecycle {
         // act on its state as it is then. Skipping instead would leave the claimed
         // grant parked until its lease ran out.
         let _lock = self.inner.locks.lock(id).await;
-        let mut record = self.load(id).await?;
+        // The credential comes with the record: revoke and verify need it, and a
+        // job that goes from one to the other opens it once.
+        let (mut record, sealed) = self
+            .inner
+            .store
+            .get_with_credential(id)
+            .await?
+            .ok_or_else(|| Error::NotFound(id.to_owned()))?;
+        let mut credential = JobCredential::Sealed(sealed);
         // Claimed, but is it still due? Another job may have moved it on while this
         // one waited (e.g. a step committed "due now" and the scheduler claimed it
         // again), or a voided lease woke it early. Put the index entry back at the
@@ -71,7 +79,7 @@ impl Lifecycle {
                     self.begin_revoke(record, trigger, "ebb", None).await?
                 }
                 GrantState::Revoking => {
-                    let record = self.do_revoke(record).await?;
+                    let record = self.do_revoke(record, &mut credential).await?;
                     if record.state == GrantState::Revoked
                         && record.due_at.is_some_and(|d| d <= self.now())
                     {
@@ -81,7 +89,7 @@ impl Lifecycle {
                     }
                 }
                 GrantState::Revoked | GrantState::Verified => {
-                    let record = self.do_verify(record).await?;
+                    let record = self.do_verify(record, &mut credential).await?;
                     if record.state == GrantState::Residual
                         && record.due_at.is_some_and(|d| d <= self.now())
                     {
@@ -95,14 +103,29 @@ impl Lifecycle {
         }
     }
 
-    /// The credential for a revoke or verify call; if it cannot be unsealed (the host
-    /// key changed, the sealed value is corrupt) the call goes ahead without it —
-    /// by grant id, as after a lost issue reply — and the failure is audited and
-    /// counted, never just logged. A connector that can only act by the
-    /// credential's value then fails its call, which retries and escalates.
-    pub(super) async fn credential_or_by_id(&self, id: &str) -> Option<Credential> {
-        match self.credential(id).await {
-            Ok(credential) => credential,
+    /// The credential for a job's revoke or verify call, opened on first use; if it
+    /// cannot be unsealed (the host key changed, the sealed value is corrupt) the
+    /// call goes ahead without it — by grant id, as after a lost issue reply — and
+    /// the failure is audited and counted, never just logged. A connector that can
+    /// only act by the credential's value then fails its call, which retries and
+    /// escalates.
+    async fn credential_or_by_id(&self, id: &str, held: &mut JobCredential) -> Option<Credential> {
+        if let JobCredential::Sealed(sealed) = held {
+            let opened = match sealed.take() {
+                Some(sealed) => self.open_or_by_id(id, &sealed).await,
+                None => None,
+            };
+            *held = JobCredential::Opened(opened);
+        }
+        match held {
+            JobCredential::Opened(credential) => credential.clone(),
+            JobCredential::Sealed(_) => None,
+        }
+    }
+
+    async fn open_or_by_id(&self, id: &str, sealed: &[u8]) -> Option<Credential> {
+        match self.open(id, sealed) {
+            Ok(credential) => Some(credential),
             Err(e) => {
                 let why = ebb_core::error_chain(&e);
                 tracing::error!(grant = %id, error = %why, "cannot unseal the credential: revoking and verifying by grant id");
@@ -126,19 +149,26 @@ impl Lifecycle {
         let Some(sealed) = self.inner.store.sealed_credential(id).await? else {
             return Ok(None);
         };
-        let plain = self.inner.sealer.open(id, &sealed).map_err(Error::Seal)?;
-        serde_json::from_slice::<Credential>(&plain)
-            .map(Some)
-            .map_err(|e| Error::Seal(e.into()))
+        self.open(id, &sealed).map(Some)
+    }
+
+    fn open(&self, id: &str, sealed: &[u8]) -> Result<Credential> {
+        let plain =
+            zeroize::Zeroizing::new(self.inner.sealer.open(id, sealed).map_err(Error::Seal)?);
+        serde_json::from_slice::<Credential>(&plain).map_err(|e| Error::Seal(e.into()))
     }
 
     /// Calls `revoke`; success moves to `revoked`, failure retries or escalates.
-    pub(super) async fn do_revoke(&self, record: GrantRecord) -> Result<GrantRecord> {
+    pub(super) async fn do_revoke(
+        &self,
+        record: GrantRecord,
+        credential: &mut JobCredential,
+    ) -> Result<GrantRecord> {
         let slot = match self.slot(&record.connector) {
             Ok(slot) => slot,
             Err(e) => return self.failed(record, &e.to_string(), false, None).await,
         };
-        let credential = self.credential_or_by_id(&record.grant.id).await;
+        let credential = self.credential_or_by_id(&record.grant.id, credential).await;
         let (outcome, version) = {
             // The version that serves this call, recorded with its outcome.
             let connector = busy_or(&slot, Pool::Background, &record.connector).await?;
@@ -181,7 +211,11 @@ impl Lifecycle {
 
     /// Calls `verify-revoked`; `revoked` closes (or re-verifies) the grant, residue
     /// sends it back to revocation, errors retry.
-    pub(super) async fn do_verify(&self, record: GrantRecord) -> Result<GrantRecord> {
+    pub(super) async fn do_verify(
+        &self,
+        record: GrantRecord,
+        credential: &mut JobCredential,
+    ) -> Result<GrantRecord> {
         let slot = match self.slot(&record.connector) {
             Ok(slot) => slot,
             Err(e) => return self.failed(record, &e.to_string(), false, None).await,
@@ -198,7 +232,7 @@ impl Lifecycle {
                 )
                 .await;
         }
-        let credential = self.credential_or_by_id(&record.grant.id).await;
+        let credential = self.credential_or_by_id(&record.grant.id, credential).await;
         let outcome = {
             let started = std::time::Instant::now();
             let outcome = connector
@@ -270,6 +304,14 @@ impl Lifecycle {
             }
         }
     }
+}
+
+/// A job's credential: as read with its record, then opened for the job's first
+/// call that needs it. Nothing in a job replaces it (only `issue` seals one), and
+/// the commits that shred it end the job, so it stays what the store holds.
+pub(super) enum JobCredential {
+    Sealed(Option<Vec<u8>>),
+    Opened(Option<Credential>),
 }
 
 /// How long background work waits for a call slot of its connector before it
