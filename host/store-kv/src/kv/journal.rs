@@ -57,16 +57,14 @@ impl JournalSync {
         let Some(id) = self.find(known) else {
             return Ok(false);
         };
-        if known != Some(id) {
-            match File::options().write(true).open(self.path(id)) {
-                Ok(file) => *newest = Some((id, file)),
+        let file = match newest.as_ref() {
+            Some((known, file)) if *known == id => file,
+            _ => match File::options().write(true).open(self.path(id)) {
+                Ok(file) => &newest.insert((id, file)).1,
                 Err(_) => return Ok(false),
-            }
-        }
-        match &*newest {
-            Some((_, file)) => file.sync_data().map(|()| true),
-            None => Ok(false),
-        }
+            },
+        };
+        file.sync_data().map(|()| true)
     }
 
     /// The newest journal file: `known` or a later one. Each `<n+1>.jnl` exists
