@@ -403,6 +403,7 @@ fn active_commit(sealer: &Sealer, id: String, not_after: u64, now: u64) -> Commi
         sealed: Sealed::Set(sealed),
         event,
         lease_until: None,
+        earlier: Vec::new(),
     }
 }
 
@@ -612,6 +613,7 @@ async fn million(kind: Engine, dir: &Path, total: usize, expiring: usize) {
                             sealed: Sealed::Keep,
                             event,
                             lease_until: None,
+                            earlier: Vec::new(),
                         })
                         .unwrap();
                     scheduled += 1;

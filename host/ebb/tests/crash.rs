@@ -494,6 +494,7 @@ async fn store_with_grants(dir: &Path, ids: &[String], state: ebb_core::state::G
                 sealed: Sealed::Keep,
                 event: ebb_core::audit::NewEvent::new("grant.transition", "test").grant(id),
                 lease_until: None,
+                earlier: Vec::new(),
             })
             .unwrap();
     }

@@ -219,6 +219,7 @@ struct Prepared {
     replaced: Option<Bytes>,
     event: NewEvent,
     lease_until: Option<Timestamp>,
+    earlier: Vec<NewEvent>,
 }
 
 impl Prepared {
@@ -1197,6 +1198,7 @@ impl KvStore {
             sealed,
             event,
             lease_until,
+            earlier,
         } = commit;
         let id = record.grant.id.clone();
         let g_key = key("g/", &id);
@@ -1243,6 +1245,7 @@ impl KvStore {
             replaced,
             event,
             lease_until,
+            earlier,
         })
     }
 
@@ -1271,6 +1274,7 @@ impl KvStore {
                     (&p.sealed, added.as_deref(), p.replaced.is_some()),
                     p.event,
                     p.lease_until,
+                    p.earlier,
                 ));
                 keys.push((added, p.replaced));
             }
@@ -1348,6 +1352,7 @@ impl KvStore {
         (sealed, added, had_credential): (&Sealed, Option<&[u8]>, bool),
         mut event: NewEvent,
         lease_until: Option<Timestamp>,
+        earlier: Vec<NewEvent>,
     ) -> Result<(GrantRecord, AuditEvent)> {
         let g_key = key("g/", id);
         let unchanged = match staged.batch.get(&g_key) {
@@ -1437,7 +1442,21 @@ impl KvStore {
             n
         });
         let at = (staged.clock)();
-        let event = self.seal_event(&staged.tally.head, at, event, &mut batch);
+        // Steps passed through on the way to the record: linked first, naming the
+        // grant but not bound to a record.
+        let event = if earlier.is_empty() {
+            self.seal_event(&staged.tally.head, at, event, &mut batch)
+        } else {
+            let mut head = staged.tally.head.clone();
+            for mut step in earlier {
+                step.grant_id.get_or_insert_with(|| id.to_owned());
+                step.record = None;
+                let step = self.seal_event(&head, at, step, &mut batch);
+                head.seq = step.seq;
+                head.hash = step.hash;
+            }
+            self.seal_event(&head, at, event, &mut batch)
+        };
         // Nothing below fails: the commit is part of the group.
         if old.is_none() {
             // Before the batch, so a check of every record that sees the record

@@ -82,6 +82,7 @@ async fn commit_all(
                     sealed: Sealed::Keep,
                     event: event(&id),
                     lease_until: None,
+                    earlier: Vec::new(),
                 })
                 .await;
             (n, committed)
@@ -172,6 +173,7 @@ async fn racing_commits_from_one_version_land_once() {
                             sealed: Sealed::Set(b"secret".to_vec()),
                             event: event("race"),
                             lease_until: None,
+                            earlier: Vec::new(),
                         })
                     })
                 })
@@ -203,6 +205,7 @@ async fn racing_commits_from_one_version_land_once() {
                             sealed: Sealed::Keep,
                             event: event("race"),
                             lease_until: None,
+                            earlier: Vec::new(),
                         })
                     })
                 })
@@ -241,6 +244,7 @@ async fn commits_are_versioned_and_indexed() {
             sealed: Sealed::Set(b"secret".to_vec()),
             event: event("g1"),
             lease_until: None,
+            earlier: Vec::new(),
         })
         .unwrap();
     assert_eq!((r.version, e.seq), (1, 1));
@@ -254,7 +258,8 @@ async fn commits_are_versioned_and_indexed() {
             record: stale,
             sealed: Sealed::Keep,
             event: event("g1"),
-            lease_until: None
+            lease_until: None,
+            earlier: Vec::new(),
         }),
         Err(Error::Exists(_))
     ));
@@ -267,6 +272,7 @@ async fn commits_are_versioned_and_indexed() {
             sealed: Sealed::Shred,
             event: event("g1"),
             lease_until: None,
+            earlier: Vec::new(),
         })
         .unwrap();
     assert_eq!(r2.version, 2);
@@ -275,7 +281,8 @@ async fn commits_are_versioned_and_indexed() {
             record: r.clone(),
             sealed: Sealed::Keep,
             event: event("g1"),
-            lease_until: None
+            lease_until: None,
+            earlier: Vec::new(),
         }),
         Err(Error::Conflict(_))
     ));
@@ -288,6 +295,7 @@ async fn commits_are_versioned_and_indexed() {
             sealed: Sealed::Keep,
             event: event("g1"),
             lease_until: Some(90_000),
+            earlier: Vec::new(),
         })
         .unwrap();
     assert_eq!(store.next_due().unwrap(), Some(90_000));
@@ -301,6 +309,7 @@ async fn commits_are_versioned_and_indexed() {
             sealed: Sealed::Keep,
             event: event("g1"),
             lease_until: None,
+            earlier: Vec::new(),
         })
         .unwrap();
     assert_eq!(store.sealed_credential("g1").unwrap(), None);
@@ -336,6 +345,7 @@ async fn due_index_orders_by_time_then_id_and_leases_come_back() {
                 sealed: Sealed::Keep,
                 event: event(id),
                 lease_until: None,
+                earlier: Vec::new(),
             })
             .unwrap();
     }
@@ -356,6 +366,7 @@ async fn due_index_orders_by_time_then_id_and_leases_come_back() {
             sealed: Sealed::Keep,
             event: event("c"),
             lease_until: None,
+            earlier: Vec::new(),
         })
         .unwrap();
     assert_eq!(store.release_leases().unwrap(), 0);
@@ -376,6 +387,7 @@ async fn survives_reopen_with_chain_and_counts() {
                 sealed: Sealed::Keep,
                 event: event(id),
                 lease_until: None,
+                earlier: Vec::new(),
             })
             .unwrap();
     }
@@ -390,6 +402,7 @@ async fn survives_reopen_with_chain_and_counts() {
             sealed: Sealed::Keep,
             event: event("z"),
             lease_until: None,
+            earlier: Vec::new(),
         })
         .unwrap();
     assert_eq!(e.seq, 4);
@@ -398,6 +411,46 @@ async fn survives_reopen_with_chain_and_counts() {
     drop(store);
     let wrong = open(&dir, [2; 32]).unwrap();
     assert!(!wrong.verify_audit().unwrap().is_intact());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn a_commit_links_the_steps_it_passed_through_before_its_event() {
+    let (store, dir) = temp_store();
+    let mut requested = NewEvent::new("grant.requested", "agent");
+    requested.to = Some(GrantState::Requested);
+    let (r, approved) = store
+        .commit(Commit {
+            record: record("g", GrantState::Approved, Some(10)),
+            sealed: Sealed::Keep,
+            event: event("g"),
+            lease_until: None,
+            earlier: vec![requested],
+        })
+        .unwrap();
+    assert_eq!((r.version, approved.seq), (1, 2));
+    let events = store
+        .audit(&AuditQuery {
+            grant_id: Some("g".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    let kinds: Vec<_> = events.iter().map(|e| (e.seq, e.kind.as_str())).collect();
+    assert_eq!(kinds, [(1, "grant.requested"), (2, "grant.transition")]);
+    // The step names its grant and links to the event before it; only the last
+    // event is bound to the record the commit stored.
+    assert_eq!(events[0].grant_id.as_deref(), Some("g"));
+    assert_eq!(events[0].record, None);
+    assert_eq!(events[1].prev, events[0].hash);
+    assert!(events[1].record.is_some());
+    assert_eq!(store.counts().unwrap()[&GrantState::Approved], 1);
+    // The chain and every record (against its grant's latest event) check out,
+    // now and after a restart.
+    assert!(store.verify_audit().unwrap().is_intact());
+    let store = reopen(store, &dir).await;
+    assert!(store.verify_at_start().unwrap().is_intact());
+    assert!(store.verify_records().unwrap().is_intact());
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -411,6 +464,7 @@ async fn tampering_with_any_stored_audit_record_is_detected() {
                 sealed: Sealed::Keep,
                 event: event(id),
                 lease_until: None,
+                earlier: Vec::new(),
             })
             .unwrap();
     }
@@ -520,6 +574,7 @@ async fn verification_is_consistent_while_events_are_written() {
                         sealed: Sealed::Keep,
                         event: event(&id),
                         lease_until: None,
+                        earlier: Vec::new(),
                     })
                     .unwrap();
             }
@@ -555,6 +610,7 @@ async fn requester_listings_use_an_index_built_for_old_stores_too() {
                 sealed: Sealed::Keep,
                 event: event(&format!("g{n}")),
                 lease_until: None,
+                earlier: Vec::new(),
             })
             .unwrap();
     }
@@ -732,6 +788,7 @@ async fn a_full_disk_is_an_error_within_a_bounded_time_not_a_hang() {
             sealed: Sealed::Keep,
             event: event("before"),
             lease_until: None,
+            earlier: Vec::new(),
         })
         .unwrap();
     store.sync().await.unwrap();
@@ -756,6 +813,7 @@ async fn a_full_disk_is_an_error_within_a_bounded_time_not_a_hang() {
             sealed: Sealed::Keep,
             event: event(&format!("full{n}")),
             lease_until: None,
+            earlier: Vec::new(),
         });
         let outcome = match committed {
             Ok(_) => store.sync().await,
@@ -796,6 +854,7 @@ async fn a_full_disk_is_an_error_within_a_bounded_time_not_a_hang() {
                     sealed: Sealed::Keep,
                     event: event(&id),
                     lease_until: None,
+                    earlier: Vec::new(),
                 })
                 .await
             {
@@ -833,6 +892,7 @@ async fn escalation_counts_survive_reopen() {
             sealed: Sealed::Keep,
             event: event("e1"),
             lease_until: None,
+            earlier: Vec::new(),
         })
         .unwrap();
     assert!(store.escalations().unwrap().is_empty());
@@ -845,6 +905,7 @@ async fn escalation_counts_survive_reopen() {
                 sealed: Sealed::Keep,
                 event: event("e1"),
                 lease_until: None,
+                earlier: Vec::new(),
             })
             .unwrap();
     }
@@ -869,6 +930,7 @@ fn commit_state(store: &KvStore, r: GrantRecord) -> GrantRecord {
             sealed: Sealed::Keep,
             event: event(&id),
             lease_until: None,
+            earlier: Vec::new(),
         })
         .unwrap()
         .0
@@ -1003,6 +1065,7 @@ async fn records_checked_while_serving_are_refused_until_they_pass() {
                 sealed: Sealed::Keep,
                 event: event("w1"),
                 lease_until: None,
+                earlier: Vec::new(),
             })
             .unwrap_err(),
     );
@@ -1193,6 +1256,7 @@ async fn a_shredded_credential_is_erased() {
             sealed: Sealed::Set(secret.clone()),
             event: event("k1"),
             lease_until: None,
+            earlier: Vec::new(),
         })
         .unwrap();
     let store = reopen(store, &dir).await;
@@ -1214,6 +1278,7 @@ async fn a_shredded_credential_is_erased() {
             sealed: Sealed::Shred,
             event: event("k1"),
             lease_until: None,
+            earlier: Vec::new(),
         })
         .unwrap();
     store.sync().await.unwrap();
@@ -1240,6 +1305,7 @@ async fn keys_no_credential_uses_are_zeroed_at_open() {
             sealed: Sealed::Set(b"kept".to_vec()),
             event: event("k2"),
             lease_until: None,
+            earlier: Vec::new(),
         })
         .unwrap();
     store.sync().await.unwrap();
@@ -1337,6 +1403,7 @@ async fn a_new_credential_is_applied_only_after_its_key_is_on_disk() {
         sealed,
         event: event(id),
         lease_until: None,
+        earlier: Vec::new(),
     };
     store.keyring.stall_sync.store(true, Ordering::Release);
     let through_trait = tokio::spawn({
@@ -1391,6 +1458,7 @@ async fn the_due_window_answers_as_the_whole_index_would() {
                 sealed: Sealed::Keep,
                 event: event(&id),
                 lease_until: None,
+                earlier: Vec::new(),
             })
             .unwrap();
         model.insert(id, (Some(due), r.version));
@@ -1428,6 +1496,7 @@ async fn the_due_window_answers_as_the_whole_index_would() {
                         sealed: Sealed::Keep,
                         event: event(&id),
                         lease_until: None,
+                        earlier: Vec::new(),
                     })
                     .unwrap();
                 model.insert(id, (due, r.version));
@@ -1469,6 +1538,7 @@ async fn a_keyring_that_cannot_sync_fails_credential_commits_clearly() {
         sealed: Sealed::Set(b"secret".to_vec()),
         event: event(id),
         lease_until: None,
+        earlier: Vec::new(),
     };
     store.keyring.fail_sync.store(true, Ordering::Release);
     let started = std::time::Instant::now();

@@ -162,6 +162,7 @@ impl Writer {
                         sealed,
                         event,
                         lease_until,
+                        earlier,
                     } = (**commit).clone();
                     let mut record = record;
                     let id = record.grant.id.clone();
@@ -185,6 +186,17 @@ impl Writer {
                     let bytes = ebb_core::encoding::encode_record(&record)
                         .map_err(corrupt(format!("grant {id}")))?;
                     let tag = self.chain.record_tag(&id, &bytes);
+                    // Steps passed through on the way to the record: linked
+                    // first, naming the grant but not bound to a record.
+                    for mut step in earlier {
+                        step.grant_id.get_or_insert_with(|| id.clone());
+                        step.record = None;
+                        step.host = Some(self.host.clone());
+                        let step = self.chain.seal(step, now, seq, &hash);
+                        seq = step.seq;
+                        hash.clone_from(&step.hash);
+                        rows.push_event(&step)?;
+                    }
                     let mut event = event;
                     event.grant_id.get_or_insert_with(|| id.clone());
                     event.record = Some(hex::encode(tag));

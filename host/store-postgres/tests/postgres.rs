@@ -91,6 +91,7 @@ fn commit(record: GrantRecord) -> Commit {
         sealed: Sealed::Keep,
         event: NewEvent::new("grant.requested", "alice"),
         lease_until: None,
+        earlier: Vec::new(),
     }
 }
 
@@ -165,9 +166,38 @@ async fn commits_are_versioned_and_audited_in_one_chain() {
         .await
         .unwrap();
     assert_eq!(page.grants.len(), 1);
+    // A commit of several steps (a request approved by policy): the steps'
+    // events come first, linked and naming the grant; only the last event is
+    // bound to the record.
+    let (_, approved) = store
+        .commit(Commit {
+            earlier: vec![NewEvent::new("grant.requested", "alice")],
+            event: NewEvent::new("grant.transition", "policy"),
+            ..commit(record("g2", None))
+        })
+        .await
+        .unwrap();
+    assert_eq!(approved.seq, 5);
+    let steps = store
+        .audit(&AuditQuery {
+            grant_id: Some("g2".into()),
+            limit: 10,
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        steps
+            .iter()
+            .map(|e| (e.seq, e.kind.as_str(), e.record.is_some()))
+            .collect::<Vec<_>>(),
+        [(4, "grant.requested", false), (5, "grant.transition", true)]
+    );
+    assert_eq!(steps[1].prev, steps[0].hash);
+    assert_eq!(steps[0].host.as_deref(), Some("a"));
     let report = store.verify_audit().await.unwrap();
     assert!(report.is_intact(), "{report:?}");
-    assert_eq!((report.events, report.records), (3, 1));
+    assert_eq!((report.events, report.records), (5, 2));
     // Host state, by prefix.
     store.put_state("flags/alice", Some(b"1")).await.unwrap();
     // Keys may hold a NUL between their parts (the standing-access findings do).

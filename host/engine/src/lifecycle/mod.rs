@@ -488,7 +488,7 @@ impl Lifecycle {
         sealed: Sealed,
         edit: impl FnOnce(&mut GrantRecord),
     ) -> Result<GrantRecord> {
-        self.transition_leased(record, event, actor, detail, sealed, None, edit)
+        self.transition_leased(record, event, actor, detail, sealed, None, Vec::new(), edit)
             .await
     }
 
@@ -501,6 +501,8 @@ impl Lifecycle {
 
     /// [`Lifecycle::transition`] for an intent: the due entry is held until
     /// `lease_until` while the work runs, and a restart makes it due at once.
+    /// `earlier`: events of steps committed together with this one, before it
+    /// ([`Commit::earlier`]).
     #[expect(
         clippy::too_many_arguments,
         reason = "one private helper with named call sites"
@@ -513,6 +515,7 @@ impl Lifecycle {
         detail: serde_json::Value,
         sealed: Sealed,
         lease_until: Option<Timestamp>,
+        earlier: Vec<NewEvent>,
         edit: impl FnOnce(&mut GrantRecord),
     ) -> Result<GrantRecord> {
         let from = record.state;
@@ -549,6 +552,7 @@ impl Lifecycle {
                 sealed,
                 event: audit,
                 lease_until,
+                earlier,
             })
             .await?;
         lease_left(leased && record.due_at.is_some());

@@ -100,6 +100,7 @@ impl Lifecycle {
                 sealed: Sealed::Keep,
                 event: handed,
                 lease_until: None,
+                earlier: Vec::new(),
             })
             .await?;
         self.changed(&record);

@@ -112,29 +112,37 @@ impl Lifecycle {
         });
         let mut requested = event("grant.requested", requested_by, &record).detail(detail);
         requested.to = Some(GrantState::Requested);
-        let (record, _) = self
-            .inner
-            .store
-            .commit(Commit {
-                event: requested,
-                record,
-                sealed: Sealed::Keep,
-                lease_until: None,
-            })
-            .await?;
-        self.changed(&record);
+        // A decision taken with the request (by policy) is committed with it: one
+        // commit, the request's event first, then the decision's.
         let _lock = self.inner.locks.lock(&id).await;
         let record = match decision {
-            Decision::Pending => record,
+            Decision::Pending => {
+                let (record, _) = self
+                    .inner
+                    .store
+                    .commit(Commit {
+                        event: requested,
+                        record,
+                        sealed: Sealed::Keep,
+                        lease_until: None,
+                        earlier: Vec::new(),
+                    })
+                    .await?;
+                self.changed(&record);
+                record
+            }
             Decision::Approve {
                 by,
                 note,
                 issue_within_ms,
             } => {
-                self.approve_locked(record, &by, note, issue_within_ms)
+                self.approve_locked(record, vec![requested], &by, note, issue_within_ms)
                     .await?
             }
-            Decision::Deny { by, reason } => self.deny_locked(record, &by, &reason).await?,
+            Decision::Deny { by, reason } => {
+                self.deny_locked(record, vec![requested], &by, &reason)
+                    .await?
+            }
         };
         // Acknowledged means durable: the caller is told only what survives a crash.
         self.inner.store.sync().await?;
@@ -172,7 +180,8 @@ impl Lifecycle {
             )
             .await?
         } else {
-            self.approve_locked(record, by, note, None).await?
+            self.approve_locked(record, Vec::new(), by, note, None)
+                .await?
         };
         // Acknowledged means durable: a lost approval or denial after a crash would
         // let the grant be decided again, differently.
@@ -180,21 +189,26 @@ impl Lifecycle {
         Ok(record)
     }
 
+    /// Approves `record`; `earlier`: events of steps committed with the approval
+    /// (the request, when policy approves it at once).
     pub(super) async fn approve_locked(
         &self,
         record: GrantRecord,
+        earlier: Vec<NewEvent>,
         by: &str,
         note: Option<String>,
         issue_within_ms: Option<u64>,
     ) -> Result<GrantRecord> {
         let now = self.now();
         let window = issue_within_ms.unwrap_or(self.inner.config.issue_window_ms);
-        self.transition(
+        self.transition_leased(
             record,
             Event::Approve,
             by,
             json!({ "note": note }),
             Sealed::Keep,
+            None,
+            earlier,
             |r| {
                 r.approvals.push(Approval {
                     by: by.to_owned(),
@@ -211,23 +225,27 @@ impl Lifecycle {
     pub async fn deny(&self, id: &str, by: &str, reason: &str) -> Result<GrantRecord> {
         let _lock = self.inner.locks.lock(id).await;
         let record = self.load(id).await?;
-        let record = self.deny_locked(record, by, reason).await?;
+        let record = self.deny_locked(record, Vec::new(), by, reason).await?;
         self.inner.store.sync().await?;
         Ok(record)
     }
 
+    /// Denies `record`; `earlier` as for [`Lifecycle::approve_locked`].
     pub(super) async fn deny_locked(
         &self,
         record: GrantRecord,
+        earlier: Vec<NewEvent>,
         by: &str,
         reason: &str,
     ) -> Result<GrantRecord> {
-        self.transition(
+        self.transition_leased(
             record,
             Event::Deny,
             by,
             json!({ "reason": reason }),
             Sealed::Keep,
+            None,
+            earlier,
             |r| {
                 r.due_at = None;
                 r.last_error = Some(reason.to_owned());
@@ -271,6 +289,7 @@ impl Lifecycle {
                 json!({ "not_after": not_after, "connector_version": digest }),
                 Sealed::Keep,
                 Some(lease),
+                Vec::new(),
                 |r| {
                     r.grant.not_after = not_after;
                     r.issued_at = Some(now);
@@ -400,8 +419,13 @@ impl Lifecycle {
         let record = match record.state {
             GrantState::Active => self.begin_revoke(record, trigger, actor, reason).await?,
             GrantState::Requested | GrantState::Approved => {
-                self.deny_locked(record, actor, reason.unwrap_or("withdrawn before issuance"))
-                    .await?
+                self.deny_locked(
+                    record,
+                    Vec::new(),
+                    actor,
+                    reason.unwrap_or("withdrawn before issuance"),
+                )
+                .await?
             }
             _ => {
                 self.inner

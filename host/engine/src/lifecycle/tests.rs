@@ -365,6 +365,7 @@ async fn recovery_finishes_grants_left_mid_flight() {
             json!({}),
             Sealed::Keep,
             Some(lease),
+            Vec::new(),
             |r| {
                 r.grant.not_after = now + 60_000;
                 r.due_at = Some(now);
@@ -841,6 +842,48 @@ async fn decisions_are_durable_before_they_are_answered() {
     assert_eq!(unsynced(), 0, "approval answered before it was durable");
 }
 
+/// A decision taken with the request (by policy) is one commit with it: the
+/// record's first version is the decided one, and the audit log holds the request
+/// and then the decision, linked one after the other.
+#[tokio::test]
+async fn a_policy_decision_is_committed_with_its_request() {
+    let engine = engine(&[noop()]).await;
+    let denied = Decision::Deny {
+        by: "policy".into(),
+        reason: "no".into(),
+    };
+    for (decision, state, step) in [
+        (approve(), GrantState::Approved, "Approve"),
+        (denied, GrantState::Denied, "Deny"),
+    ] {
+        let r = engine
+            .request(new_grant("noop", 60_000), "agent", decision)
+            .await
+            .unwrap();
+        assert_eq!((r.state, r.version), (state, 1), "one commit");
+        let stored = engine.store().get(&r.grant.id).await.unwrap().unwrap();
+        assert_eq!(stored, r);
+        let report = engine.report(&r.grant.id).await.unwrap();
+        let events: Vec<_> = report
+            .events
+            .iter()
+            .map(|e| (e.kind.as_str(), e.to, e.detail["event"].as_str()))
+            .collect();
+        assert_eq!(
+            events,
+            [
+                ("grant.requested", Some(GrantState::Requested), None),
+                ("grant.transition", Some(state), Some(step)),
+            ]
+        );
+        assert_eq!(report.events[1].seq, report.events[0].seq + 1);
+        assert_eq!(report.events[1].prev, report.events[0].hash);
+    }
+    let report = engine.store().verify_audit().await.unwrap();
+    assert!(report.is_intact(), "{report:?}");
+    assert!(engine.store().verify_records().await.unwrap().is_intact());
+}
+
 /// Issue 12: a credential that cannot be unsealed (the host key changed) does not
 /// stall revocation: the grant is revoked and verified by grant id, and the
 /// failure is audited.
@@ -972,6 +1015,7 @@ async fn not_after_never_moves_after_issuance() {
             json!({}),
             Sealed::Keep,
             None,
+            Vec::new(),
             |r| r.grant.not_after += 60_000,
         )
         .await;

@@ -45,13 +45,23 @@ impl Lifecycle {
         loop {
             record = match record.state {
                 GrantState::Requested => {
-                    self.deny_locked(record, "ebb", "not approved within the approval window")
-                        .await?;
+                    self.deny_locked(
+                        record,
+                        Vec::new(),
+                        "ebb",
+                        "not approved within the approval window",
+                    )
+                    .await?;
                     return Ok(());
                 }
                 GrantState::Approved => {
-                    self.deny_locked(record, "ebb", "not issued within the issue window")
-                        .await?;
+                    self.deny_locked(
+                        record,
+                        Vec::new(),
+                        "ebb",
+                        "not issued within the issue window",
+                    )
+                    .await?;
                     return Ok(());
                 }
                 GrantState::Issuing => {
