@@ -509,7 +509,7 @@ impl Lifecycle {
     )]
     async fn transition_leased(
         &self,
-        mut record: GrantRecord,
+        record: GrantRecord,
         event: Event,
         actor: &str,
         detail: serde_json::Value,
@@ -518,6 +518,21 @@ impl Lifecycle {
         earlier: Vec<NewEvent>,
         edit: impl FnOnce(&mut GrantRecord),
     ) -> Result<GrantRecord> {
+        let (record, audit) = self.step(record, event, actor, detail, edit)?;
+        self.commit_step(record, audit, sealed, lease_until, earlier)
+            .await
+    }
+
+    /// Applies `event` to `record` (after `edit`) in memory and returns it with
+    /// the audit event that explains it; nothing is written.
+    fn step(
+        &self,
+        mut record: GrantRecord,
+        event: Event,
+        actor: &str,
+        detail: serde_json::Value,
+        edit: impl FnOnce(&mut GrantRecord),
+    ) -> Result<(GrantRecord, NewEvent)> {
         let from = record.state;
         let to = state::next(from, event)?;
         let not_after = record.grant.not_after;
@@ -532,7 +547,6 @@ impl Lifecycle {
                 event: format!("{event:?}"),
             });
         }
-        let lease_until = lease_until.or_else(|| self.claim_held());
         let mut audit = NewEvent::new("grant.transition", actor).grant(&record.grant.id);
         audit.from = Some(from);
         audit.to = Some(to);
@@ -543,7 +557,23 @@ impl Lifecycle {
             }
             _ => json!({ "event": format!("{event:?}") }),
         };
+        Ok((record, audit))
+    }
+
+    /// Commits `record` as [`Lifecycle::step`] left it, with its `audit` event after
+    /// the `earlier` steps' events, and wakes the scheduler if the grant now has a
+    /// due time.
+    async fn commit_step(
+        &self,
+        record: GrantRecord,
+        audit: NewEvent,
+        sealed: Sealed,
+        lease_until: Option<Timestamp>,
+        earlier: Vec<NewEvent>,
+    ) -> Result<GrantRecord> {
+        let lease_until = lease_until.or_else(|| self.claim_held());
         let leased = lease_until.is_some();
+        let (from, to) = (audit.from, audit.to);
         let (record, _) = self
             .inner
             .store
@@ -560,8 +590,24 @@ impl Lifecycle {
         if record.due_at.is_some() {
             self.inner.wake.notify_one();
         }
-        tracing::debug!(grant = %record.grant.id, %from, %to, "grant transition");
+        tracing::debug!(grant = %record.grant.id, ?from, ?to, "grant transition");
         Ok(record)
+    }
+
+    /// Commits `record` with its `pending` step (taken in memory, not yet written),
+    /// if there is one.
+    pub(super) async fn commit_pending(
+        &self,
+        record: GrantRecord,
+        pending: Option<NewEvent>,
+    ) -> Result<GrantRecord> {
+        match pending {
+            None => Ok(record),
+            Some(audit) => {
+                self.commit_step(record, audit, Sealed::Keep, None, Vec::new())
+                    .await
+            }
+        }
     }
 
     async fn load(&self, id: &str) -> Result<GrantRecord> {

@@ -227,6 +227,26 @@ async fn task_completion_revokes_at_once() {
     assert_eq!(r.state, GrantState::Revoking);
     let r = wait_for(&engine, &record.grant.id, GrantState::Verified).await;
     assert_eq!(r.trigger, Some(Trigger::TaskCompleted));
+    // Verified at once (no propagation delay): the revocation's step is committed
+    // with the verdict, one commit for both. Five commits in all: request with
+    // its approval, issuing, active, revoking, revoked with verified.
+    assert_eq!(r.version, 5);
+    let report = engine.report(&record.grant.id).await.unwrap();
+    let last: Vec<_> = report.events[report.events.len() - 2..]
+        .iter()
+        .map(|e| (e.to, e.record.is_some()))
+        .collect();
+    assert_eq!(
+        last,
+        [
+            (Some(GrantState::Revoked), false),
+            (Some(GrantState::Verified), true)
+        ]
+    );
+    assert_eq!(
+        report.events[report.events.len() - 1].prev,
+        report.events[report.events.len() - 2].hash
+    );
     // Revoking again is a no-op, recorded in the audit log.
     let again = engine
         .revoke(&record.grant.id, Trigger::Manual, "operator", None)

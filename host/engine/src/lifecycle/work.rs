@@ -42,6 +42,9 @@ impl Lifecycle {
             lease_left(false);
             return Ok(());
         }
+        // A revocation whose verification is due at once is not committed alone:
+        // its event waits here and is committed with the verification's outcome.
+        let mut pending = None;
         loop {
             record = match record.state {
                 GrantState::Requested => {
@@ -89,8 +92,11 @@ impl Lifecycle {
                     self.begin_revoke(record, trigger, "ebb", None).await?
                 }
                 GrantState::Revoking => {
-                    let record = self.do_revoke(record, &mut credential).await?;
-                    if record.state == GrantState::Revoked
+                    let (record, step) = self.do_revoke(record, &mut credential).await?;
+                    if step.is_some() {
+                        pending = step;
+                        record
+                    } else if record.state == GrantState::Revoked
                         && record.due_at.is_some_and(|d| d <= self.now())
                     {
                         record
@@ -99,7 +105,9 @@ impl Lifecycle {
                     }
                 }
                 GrantState::Revoked | GrantState::Verified => {
-                    let record = self.do_verify(record, &mut credential).await?;
+                    let record = self
+                        .do_verify(record, &mut credential, pending.take())
+                        .await?;
                     if record.state == GrantState::Residual
                         && record.due_at.is_some_and(|d| d <= self.now())
                     {
@@ -169,14 +177,24 @@ impl Lifecycle {
     }
 
     /// Calls `revoke`; success moves to `revoked`, failure retries or escalates.
+    /// A success whose verification is due at once (no propagation delay) is not
+    /// committed: the record comes back as `revoked` with the step's event, for
+    /// the verification to commit with its own outcome. If the host stops in
+    /// between, the grant is still `revoking` and is revoked again (`revoke` is
+    /// idempotent), then verified.
     pub(super) async fn do_revoke(
         &self,
         record: GrantRecord,
         credential: &mut JobCredential,
-    ) -> Result<GrantRecord> {
+    ) -> Result<(GrantRecord, Option<NewEvent>)> {
         let slot = match self.slot(&record.connector) {
             Ok(slot) => slot,
-            Err(e) => return self.failed(record, &e.to_string(), false, None).await,
+            Err(e) => {
+                return self
+                    .failed(record, &e.to_string(), false, None)
+                    .await
+                    .map(|r| (r, None));
+            }
         };
         let credential = self.credential_or_by_id(&record.grant.id, credential).await;
         let (outcome, version) = {
@@ -197,42 +215,60 @@ impl Lifecycle {
             Ok(()) => {
                 let now = self.now();
                 let delay = slot.policy().propagation_delay_ms;
-                self.transition(
+                let (record, step) = self.step(
                     record,
                     Event::RevokeSucceeded,
                     "ebb",
                     json!({ "connector_version": version }),
-                    Sealed::Keep,
                     |r| {
                         r.revoked_at = Some(now);
                         r.last_error = None;
                         r.due_at = Some(now + delay);
                     },
-                )
-                .await
+                )?;
+                if delay == 0 {
+                    return Ok((record, Some(step)));
+                }
+                self.commit_pending(record, Some(step))
+                    .await
+                    .map(|r| (r, None))
             }
             Err(e) => {
                 self.watch_if_down(&slot, &record.grant.id, &e);
                 self.failed(record, &e.to_string(), e.is_retryable(), Some(&version))
                     .await
+                    .map(|r| (r, None))
             }
         }
     }
 
     /// Calls `verify-revoked`; `revoked` closes (or re-verifies) the grant, residue
-    /// sends it back to revocation, errors retry.
+    /// sends it back to revocation, errors retry. `pending`: the revocation's step,
+    /// taken but not committed ([`Lifecycle::do_revoke`]): committed with a
+    /// `revoked` verdict, or on its own before any other outcome.
     pub(super) async fn do_verify(
         &self,
         record: GrantRecord,
         credential: &mut JobCredential,
+        pending: Option<NewEvent>,
     ) -> Result<GrantRecord> {
         let slot = match self.slot(&record.connector) {
             Ok(slot) => slot,
-            Err(e) => return self.failed(record, &e.to_string(), false, None).await,
+            Err(e) => {
+                let record = self.commit_pending(record, pending).await?;
+                return self.failed(record, &e.to_string(), false, None).await;
+            }
         };
-        let connector = busy_or(&slot, Pool::Verify, &record.connector).await?;
+        let connector = match busy_or(&slot, Pool::Verify, &record.connector).await {
+            Ok(connector) => connector,
+            Err(busy) => {
+                self.commit_pending(record, pending).await?;
+                return Err(busy);
+            }
+        };
         let version = connector.digest().to_string();
         if !connector.info().capabilities.can_verify {
+            let record = self.commit_pending(record, pending).await?;
             return self
                 .failed(
                     record,
@@ -261,6 +297,7 @@ impl Lifecycle {
         let policy = slot.policy();
         match outcome {
             Ok(Verdict::Revoked) if record.state == GrantState::Verified => {
+                let record = self.commit_pending(record, pending).await?;
                 let until = record.reverify_until.unwrap_or(now);
                 let next = now + policy.reverify_every_ms;
                 let last = next >= until;
@@ -287,12 +324,14 @@ impl Lifecycle {
                 } else {
                     Sealed::Shred
                 };
-                self.transition(
+                self.transition_leased(
                     record,
                     Event::VerifiedRevoked,
                     "ebb",
                     json!({ "verdict": "revoked", "connector_version": version }),
                     sealed,
+                    None,
+                    pending.into_iter().collect(),
                     |r| {
                         r.verified_at = Some(now);
                         r.residue.clear();
@@ -305,10 +344,12 @@ impl Lifecycle {
                 .await
             }
             Ok(Verdict::Residual(residue)) => {
+                let record = self.commit_pending(record, pending).await?;
                 self.found_residue(record, residue, &policy, &version).await
             }
             Err(e) => {
                 self.watch_if_down(&slot, &record.grant.id, &e);
+                let record = self.commit_pending(record, pending).await?;
                 self.failed(record, &e.to_string(), e.is_retryable(), Some(&version))
                     .await
             }
