@@ -802,6 +802,10 @@ async fn million_postgres(dir: &Path, total: usize) {
     }
 }
 
+/// Commits of one lifecycle: the request with its approval, issuing, active,
+/// revoking, and revoked with verified.
+const COMMITS: f64 = 5.0;
+
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let which = std::env::args()
@@ -823,9 +827,9 @@ fn main() {
             let memory = throughput(Engine::Memory, &dir, total, conc).await;
             let limits = limits(&base.join("limits"), if full { 5.0 } else { 0.2 });
             let _ = std::fs::remove_dir_all(base.join("limits"));
-            // A lifecycle is 7 commits; 2 of them (the intents) must be durable
-            // before the call they announce, the rest ride the group commit.
-            let commits = durable * 7.0;
+            // A lifecycle is COMMITS commits; 2 of them (the intents) must be
+            // durable before the call they announce, the rest ride the group commit.
+            let commits = durable * COMMITS;
             println!(
                 "ratios: durable sled lifecycles / in-memory {:.2}; the durable run's {commits:.0} commits/s are {:.2} of sled's unsynced limit",
                 durable / memory,
@@ -834,15 +838,15 @@ fn main() {
             println!(
                 "ratios: durable fjall lifecycles / in-memory {:.2}; its {:.0} commits/s are {:.2} of fjall's unsynced limit; fjall / sled {:.2}",
                 fjall / memory,
-                fjall * 7.0,
-                fjall * 7.0 / limits[2].1.unsynced,
+                fjall * COMMITS,
+                fjall * COMMITS / limits[2].1.unsynced,
                 fjall / durable,
             );
             for (name, l) in limits {
                 println!(
-                    "ratios: {name:<5} unsynced limit = {:.0} lifecycles/s of 7 commits (goal 10,000: {:.2} of it)",
-                    l.unsynced / 7.0,
-                    l.unsynced / 7.0 / 10_000.0
+                    "ratios: {name:<5} unsynced limit = {:.0} lifecycles/s of {COMMITS} commits (goal 10,000: {:.2} of it)",
+                    l.unsynced / COMMITS,
+                    l.unsynced / COMMITS / 10_000.0
                 );
             }
         }
