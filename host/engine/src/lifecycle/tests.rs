@@ -329,6 +329,47 @@ async fn revoke_outage_retries_escalates_and_recovers() {
     assert!(engine.escalated().await.unwrap().is_empty());
 }
 
+/// A revocation whose verification fails is committed on its own first: the
+/// grant is `revoked` (the connector is not asked to revoke again), and the
+/// failed verification is retried from there until it escalates.
+#[tokio::test]
+async fn a_revocation_is_recorded_when_its_verification_fails() {
+    let engine = engine(&[("blind", misbehave(&[("verify", "fail")]))]).await;
+    let record = issued(&engine, "blind", 60_000).await;
+    let id = record.grant.id.clone();
+    engine
+        .revoke(&id, Trigger::TaskCompleted, "agent", None)
+        .await
+        .unwrap();
+    let r = wait_for(&engine, &id, GrantState::Escalated).await;
+    assert!(r.revoked_at.is_some(), "{r:?}");
+    let events = engine.report(&id).await.unwrap().events;
+    let steps: Vec<_> = events
+        .iter()
+        .filter_map(|e| {
+            e.detail["event"]
+                .as_str()
+                .map(|s| (s, e.to, e.record.is_some()))
+        })
+        .collect();
+    let revoked = steps
+        .iter()
+        .position(|s| s.0 == "RevokeSucceeded")
+        .expect("the revocation is recorded");
+    assert_eq!(
+        steps[revoked],
+        ("RevokeSucceeded", Some(GrantState::Revoked), true),
+        "committed on its own, bound to its record"
+    );
+    assert_eq!(steps[revoked + 1].0, "CallFailed", "{steps:?}");
+    assert_eq!(
+        steps.iter().filter(|s| s.0 == "RevokeSucceeded").count(),
+        1,
+        "revoked once: {steps:?}"
+    );
+    assert!(engine.store().verify_audit().await.unwrap().is_intact());
+}
+
 #[tokio::test(start_paused = true)]
 async fn residue_is_revoked_again_until_verified() {
     let engine = engine(&[("sticky", misbehave(&[("verify", "residual")]))]).await;
