@@ -216,8 +216,9 @@ pub struct Commit {
     /// The audit event that explains the change.
     pub event: NewEvent,
     /// Events of steps the grant went through on the way to `record` without being
-    /// stored in between (a request approved by policy in the same call), linked
-    /// into the chain before `event`, in order. Only `event` is bound to the
+    /// stored in between (a request decided by policy in the same call, a
+    /// revocation verified at once), linked into the chain before `event`, in
+    /// order. Only `event` is bound to the
     /// record (it is the grant's latest). Usually empty.
     pub earlier: Vec<NewEvent>,
     /// For an intent (work about to start): hold the due entry until then, as a

@@ -651,17 +651,17 @@ impl KvStore {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Adds the audit event, linked after `head` and stamped `at`, to `batch` and
-    /// returns it; the caller keys the new head once for all it links
-    /// ([`KvStore::key_head`]).
+    /// Adds the audit event, linked after the event `seq` with `hash` and stamped
+    /// `at`, to `batch` and returns it; the caller keys the new head once for all
+    /// it links ([`KvStore::key_head`]).
     fn seal_event(
         &self,
-        head: &Head,
+        (seq, hash): (u64, &str),
         at: Timestamp,
         event: NewEvent,
         batch: &mut Batch,
     ) -> AuditEvent {
-        let (sealed, stored) = self.chain.seal_encoded(event, at, head.seq, &head.hash);
+        let (sealed, stored) = self.chain.seal_encoded(event, at, seq, hash);
         batch.insert(audit_key(sealed.seq), stored);
         if let Some(grant) = &sealed.grant_id {
             batch.insert(audit_index_key(grant, sealed.seq), &[][..]);
@@ -894,6 +894,12 @@ impl KvStore {
     fn current_due(&self, id: &str) -> Result<Option<Timestamp>> {
         Ok(self.db.get(key("d/", id))?.and_then(|v| be(&v)))
     }
+}
+
+/// Where the next event links: after `last` if the commit already linked one,
+/// else after the chain's `head`.
+fn link<'a>(head: &'a Head, last: Option<&'a AuditEvent>) -> (u64, &'a str) {
+    last.map_or((head.seq, &head.hash), |e| (e.seq, &e.hash))
 }
 
 /// Binds the records of a store written before records were tagged (once): tags
@@ -1444,19 +1450,14 @@ impl KvStore {
         let at = (staged.clock)();
         // Steps passed through on the way to the record: linked first, naming the
         // grant but not bound to a record.
-        let event = if earlier.is_empty() {
-            self.seal_event(&staged.tally.head, at, event, &mut batch)
-        } else {
-            let mut head = staged.tally.head.clone();
-            for mut step in earlier {
-                step.grant_id.get_or_insert_with(|| id.to_owned());
-                step.record = None;
-                let step = self.seal_event(&head, at, step, &mut batch);
-                head.seq = step.seq;
-                head.hash = step.hash;
-            }
-            self.seal_event(&head, at, event, &mut batch)
-        };
+        let head = &staged.tally.head;
+        let mut last: Option<AuditEvent> = None;
+        for mut step in earlier {
+            step.grant_id.get_or_insert_with(|| id.to_owned());
+            step.record = None;
+            last = Some(self.seal_event(link(head, last.as_ref()), at, step, &mut batch));
+        }
+        let event = self.seal_event(link(head, last.as_ref()), at, event, &mut batch);
         // Nothing below fails: the commit is part of the group.
         if old.is_none() {
             // Before the batch, so a check of every record that sees the record
@@ -1496,7 +1497,8 @@ impl KvStore {
         let mut shared = self.lock();
         let mut batch = Batch::default();
         let at = (shared.clock)();
-        let event = self.seal_event(&shared.tally.head, at, event, &mut batch);
+        let head = &shared.tally.head;
+        let event = self.seal_event((head.seq, &head.hash), at, event, &mut batch);
         let head = self.key_head(event.seq, &event.hash, shared.tally.records, &mut batch)?;
         self.db.apply(batch)?;
         shared.tally.head = head;

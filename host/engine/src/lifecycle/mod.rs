@@ -499,10 +499,10 @@ impl Lifecycle {
             .then(|| self.now() + self.inner.config.lease_ms)
     }
 
-    /// [`Lifecycle::transition`] for an intent: the due entry is held until
-    /// `lease_until` while the work runs, and a restart makes it due at once.
-    /// `earlier`: events of steps committed together with this one, before it
-    /// ([`Commit::earlier`]).
+    /// [`Lifecycle::transition`] with a lease and earlier steps. `lease_until`, for
+    /// an intent: the due entry is held until then while the work runs, and a
+    /// restart makes it due at once. `earlier`: events of steps committed together
+    /// with this one, before it ([`Commit::earlier`]).
     #[expect(
         clippy::too_many_arguments,
         reason = "one private helper with named call sites"
