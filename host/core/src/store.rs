@@ -345,10 +345,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     }
 
     /// Resolves when another host may have moved the earliest due entry (a store
-    /// shared by several hosts); a store of one host never does: the lifecycle
-    /// knows its own commits.
-    async fn due_changed(&self) {
-        std::future::pending::<()>().await;
+    /// shared by several hosts), with the earliest due time announced since the
+    /// last call: 0 when it cannot say (a host that did not say, notifications
+    /// that may have been missed). A store of one host never resolves: the
+    /// lifecycle knows its own commits.
+    async fn due_changed(&self) -> Timestamp {
+        std::future::pending().await
     }
 
     /// Voids this host's leases (at startup: the previous process's in-flight work
@@ -490,5 +492,70 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Sets (or, with `None`, deletes) the shared file `name` of `area`.
     async fn share_file(&self, _area: &str, _name: &str, _content: Option<&[u8]>) -> Result<()> {
         Ok(())
+    }
+}
+
+/// Due times announced to a scheduler (by its own commits, or by other hosts of a
+/// shared store), kept until it takes them: the earliest since it last looked.
+/// A scheduler asleep until later re-arms its timer to it instead of asking the
+/// store; one due by now is claimed at once.
+#[derive(Debug, Default)]
+pub struct DueSignal {
+    earliest: std::sync::Mutex<Option<Timestamp>>,
+    notify: tokio::sync::Notify,
+}
+
+impl DueSignal {
+    /// Something is due at `at` (0: possibly now).
+    pub fn announce(&self, at: Timestamp) {
+        let mut earliest = self.earliest.lock().unwrap_or_else(|p| p.into_inner());
+        *earliest = Some(earliest.map_or(at, |e| e.min(at)));
+        drop(earliest);
+        self.notify.notify_one();
+    }
+
+    /// The earliest due time announced since the last call, once there is one.
+    /// Cancel-safe: an announcement is taken only by the call that returns it.
+    pub async fn next(&self) -> Timestamp {
+        loop {
+            self.notify.notified().await;
+            let taken = self
+                .earliest
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            if let Some(at) = taken {
+                return at;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DueSignal;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn the_earliest_announcement_is_kept_until_taken() {
+        let signal = DueSignal::default();
+        signal.announce(900);
+        signal.announce(700);
+        signal.announce(800);
+        assert_eq!(signal.next().await, 700);
+        // Taken: nothing is left, and the next wait sees only what comes next.
+        let nothing = tokio::time::timeout(Duration::from_millis(50), signal.next()).await;
+        assert!(nothing.is_err(), "an announcement was given twice");
+        signal.announce(5);
+        assert_eq!(signal.next().await, 5);
+    }
+
+    #[tokio::test]
+    async fn a_waiter_dropped_before_it_is_told_takes_nothing() {
+        let signal = DueSignal::default();
+        let dropped = tokio::time::timeout(Duration::from_millis(10), signal.next()).await;
+        assert!(dropped.is_err());
+        signal.announce(42);
+        assert_eq!(signal.next().await, 42);
     }
 }

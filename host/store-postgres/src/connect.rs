@@ -2,12 +2,13 @@
 //! and the `LISTEN ebb_due` connection that wakes this host's scheduler.
 
 use anyhow::Context as _;
+use ebb_core::contract::Timestamp;
+use ebb_core::store::DueSignal;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject as _;
 use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
-use tokio::sync::Notify;
 use tokio_postgres::config::SslMode;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
@@ -128,12 +129,19 @@ pub(crate) fn pool(
         .context("building the store's connection pool")
 }
 
-/// Listens for `NOTIFY ebb_due` and wakes `due_changed`, reconnecting (and
-/// waking once: a notification may have been missed) until the store is gone.
+/// What a notification's payload says is due: a due time in ms, or (empty, as
+/// hosts before the payload sent, or unreadable) 0, possibly now.
+fn announced_due(payload: &str) -> Timestamp {
+    payload.parse().unwrap_or(0)
+}
+
+/// Listens for `NOTIFY ebb_due` and announces its due times to `due_changed`,
+/// reconnecting (and announcing 0 once: a notification may have been missed)
+/// until the store is gone.
 pub(crate) async fn listen(
     config: tokio_postgres::Config,
     tls: MakeRustlsConnect,
-    due_changed: Weak<Notify>,
+    due_changed: Weak<DueSignal>,
 ) {
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -155,7 +163,7 @@ pub(crate) async fn listen(
 async fn listen_once(
     config: &tokio_postgres::Config,
     tls: MakeRustlsConnect,
-    due_changed: &Weak<Notify>,
+    due_changed: &Weak<DueSignal>,
 ) -> anyhow::Result<()> {
     use futures_util::StreamExt as _;
     let (client, mut connection) = config.connect(tls).await?;
@@ -164,8 +172,8 @@ async fn listen_once(
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
         while let Some(message) = messages.next().await {
             match message {
-                Ok(tokio_postgres::AsyncMessage::Notification(_)) => {
-                    if tx.send(()).is_err() {
+                Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                    if tx.send(announced_due(n.payload())).is_err() {
                         return Ok(());
                     }
                 }
@@ -178,15 +186,15 @@ async fn listen_once(
     client.batch_execute("LISTEN ebb_due").await?;
     // Anything that changed while this connection was being made.
     match due_changed.upgrade() {
-        Some(n) => n.notify_one(),
+        Some(announced) => announced.announce(0),
         None => return Ok(()),
     }
     let mut check = tokio::time::interval(Duration::from_secs(5));
     loop {
         tokio::select! {
             got = rx.recv() => match (got, due_changed.upgrade()) {
-                (Some(()), Some(n)) => n.notify_one(),
-                (Some(()), None) => return Ok(()),
+                (Some(at), Some(announced)) => announced.announce(at),
+                (Some(_), None) => return Ok(()),
                 (None, _) => break,
             },
             _ = check.tick() => {

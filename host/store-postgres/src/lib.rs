@@ -43,7 +43,7 @@ use ebb_core::store::{
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
@@ -67,9 +67,9 @@ pub struct PgStore {
     /// Grants this host works on now (with how many holds): only their leases
     /// are renewed.
     held: std::sync::Mutex<std::collections::HashMap<String, usize>>,
-    /// Woken by `NOTIFY ebb_due` from any host (and after the listener
-    /// reconnects: something may have been missed).
-    due_changed: Arc<Notify>,
+    /// The due times announced by `NOTIFY ebb_due` from any host (and 0 after the
+    /// listener reconnects: something may have been missed).
+    due_changed: Arc<ebb_core::store::DueSignal>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -115,7 +115,7 @@ impl PgStore {
         let pool = connect::pool(config.clone(), tls.clone(), options.pool_size)?;
         let chain = Chain::new(chain_key);
         check_key(&pool, &chain).await?;
-        let due_changed = Arc::new(Notify::new());
+        let due_changed = Arc::new(ebb_core::store::DueSignal::default());
         tokio::spawn(connect::listen(config, tls, Arc::downgrade(&due_changed)));
         let (tx, rx) = mpsc::channel(QUEUE);
         let store = Arc::new(Self {
@@ -638,7 +638,7 @@ impl Store for PgStore {
             "rescheduling a grant",
             "WITH moved AS (UPDATE ebb_grants SET due_at = $2, lease_host = NULL, \
                  lease_due = NULL WHERE id = $1 RETURNING due_at) \
-                 SELECT pg_notify('ebb_due', '') FROM moved WHERE due_at IS NOT NULL",
+                 SELECT pg_notify('ebb_due', due_at::text) FROM moved WHERE due_at IS NOT NULL",
             &[&id, &due.map(db_ts)],
         )
         .await?;
@@ -665,7 +665,7 @@ impl Store for PgStore {
             "releasing a claim",
             "WITH released AS (UPDATE ebb_grants SET due_at = lease_due, lease_host = NULL, \
                  lease_due = NULL WHERE id = $1 AND lease_host = $2 RETURNING due_at) \
-                 SELECT pg_notify('ebb_due', '') FROM released WHERE due_at IS NOT NULL",
+                 SELECT pg_notify('ebb_due', due_at::text) FROM released WHERE due_at IS NOT NULL",
             &[&id, &self.host],
         )
         .await?;
@@ -690,8 +690,8 @@ impl Store for PgStore {
         Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
 
-    async fn due_changed(&self) {
-        self.due_changed.notified().await;
+    async fn due_changed(&self) -> Timestamp {
+        self.due_changed.next().await
     }
 
     async fn sealed_credential(&self, id: &str) -> Result<Option<Vec<u8>>> {

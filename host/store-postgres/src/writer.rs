@@ -44,7 +44,9 @@ struct Rows {
     grants: HashMap<String, GrantRow>,
     credentials: HashMap<String, Option<Vec<u8>>>,
     events: Vec<(i64, Option<String>, Vec<u8>)>,
-    notify: bool,
+    /// The earliest due entry the group writes, announced to every host's
+    /// scheduler (`NOTIFY ebb_due`).
+    notify: Option<i64>,
 }
 
 struct GrantRow {
@@ -214,7 +216,9 @@ impl Writer {
                         (Some(due), None) => (Some(db_ts(due)), None, None),
                         (None, _) => (None, None, None),
                     };
-                    rows.notify |= due_at.is_some();
+                    if let Some(at) = due_at {
+                        rows.notify = Some(rows.notify.map_or(at, |n| n.min(at)));
+                    }
                     rows.grants.insert(
                         id.clone(),
                         GrantRow {
@@ -376,9 +380,10 @@ impl Rows {
                 .await?,
             vec![&head_seq, &head.hash, &head_records, &head_mac],
         ));
-        if self.notify {
-            // Other hosts' schedulers wake at commit.
-            statements.push((prepare("SELECT pg_notify('ebb_due', '')").await?, vec![]));
+        let earliest = self.notify.map(|at| at.to_string());
+        if let Some(at) = &earliest {
+            // Schedulers sleeping past it (on any host) wake at commit.
+            statements.push((prepare("SELECT pg_notify('ebb_due', $1)").await?, vec![at]));
         }
         futures_util::future::try_join_all(
             statements

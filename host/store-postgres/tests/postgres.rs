@@ -333,10 +333,25 @@ async fn a_commit_on_one_host_wakes_the_others() {
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
     a.commit(commit(record("due-soon", Some(5)))).await.unwrap();
-    woken
+    let announced = woken
         .await
         .unwrap()
         .expect("host b is woken by host a's commit of due work");
+    // With the due time, so a scheduler asleep until sooner stays asleep.
+    assert_eq!(announced, 5);
+    // What came while nobody asked is kept, and the earliest of it is given:
+    // in one group or two, the sooner of the two commits.
+    let (later, sooner) = tokio::join!(
+        a.commit(commit(record("due-later", Some(900)))),
+        a.commit(commit(record("due-sooner", Some(700)))),
+    );
+    later.unwrap();
+    sooner.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let announced = tokio::time::timeout(Duration::from_secs(5), b.due_changed())
+        .await
+        .unwrap();
+    assert_eq!(announced, 700);
 }
 
 #[tokio::test]

@@ -83,7 +83,7 @@ tokio::task_local! {
 fn lease_left(left: bool) {
     let _ = CLAIMED.try_with(|flag| flag.store(left, std::sync::atomic::Ordering::Relaxed));
 }
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Semaphore;
 
 /// A lifecycle failure.
 #[derive(Debug, thiserror::Error)]
@@ -217,9 +217,16 @@ struct Inner {
     clock: Clock,
     config: EngineConfig,
     locks: Locks,
-    /// Wakes the scheduler when a due time may have moved earlier.
-    wake: Notify,
+    /// Due times earlier than the scheduler sleeps until, announced by commits.
+    wake: ebb_core::store::DueSignal,
+    /// When the scheduler wakes next by itself (`u64::MAX` while it works, or when
+    /// nothing is due): a commit due later needs no wake-up, and under load most
+    /// are (an issued grant's expiry, a job's lease).
+    sleeping_until: std::sync::atomic::AtomicU64,
     jobs: Arc<Semaphore>,
+    /// Set once the scheduler runs ([`Lifecycle::start`]): from then on a caller's
+    /// revocation is handed straight to a job of this host.
+    started: std::sync::atomic::AtomicBool,
     shutdown: shutdown::Shutdown,
     /// Where escalations are announced, once set.
     alerts: std::sync::OnceLock<crate::alerts::Alerts>,
@@ -330,8 +337,10 @@ impl Lifecycle {
                 clock,
                 config,
                 locks: Locks::default(),
-                wake: Notify::new(),
+                wake: ebb_core::store::DueSignal::default(),
+                sleeping_until: std::sync::atomic::AtomicU64::new(u64::MAX),
                 jobs: Arc::new(Semaphore::new(config.max_jobs)),
+                started: std::sync::atomic::AtomicBool::new(false),
                 shutdown: shutdown::Shutdown::default(),
                 alerts: std::sync::OnceLock::new(),
                 stuck: std::sync::Mutex::default(),
@@ -344,6 +353,18 @@ impl Lifecycle {
     /// changes behind gets `Lagged` and should re-read what it shows.
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<GrantChange> {
         self.inner.changes.subscribe()
+    }
+
+    /// Tells the scheduler that a commit put a grant in the due index at `at`, if
+    /// that is earlier than it sleeps until.
+    fn due_moved(&self, at: Option<Timestamp>) {
+        let sleeping_until = self
+            .inner
+            .sleeping_until
+            .load(std::sync::atomic::Ordering::SeqCst);
+        if let Some(at) = at.filter(|at| *at < sleeping_until) {
+            self.inner.wake.announce(at);
+        }
     }
 
     /// Tells watchers that `record` was committed (nobody listening is fine).
@@ -587,9 +608,8 @@ impl Lifecycle {
             .await?;
         lease_left(leased && record.due_at.is_some());
         self.changed(&record);
-        if record.due_at.is_some() {
-            self.inner.wake.notify_one();
-        }
+        // The due index holds the lease, if there is one, else the due time.
+        self.due_moved(record.due_at.map(|due| lease_until.unwrap_or(due)));
         tracing::debug!(grant = %record.grant.id, ?from, ?to, "grant transition");
         Ok(record)
     }
@@ -628,6 +648,9 @@ impl Lifecycle {
                 "recovering grants whose work was in flight when the host stopped"
             );
         }
+        self.inner
+            .started
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let engine = self.clone();
         Ok(tokio::spawn(async move { engine.run_scheduler().await }))
     }

@@ -104,9 +104,7 @@ impl Lifecycle {
             })
             .await?;
         self.changed(&record);
-        if record.due_at.is_some() {
-            self.inner.wake.notify_one();
-        }
+        self.due_moved(record.due_at);
         Ok(record)
     }
 

@@ -417,7 +417,23 @@ impl Lifecycle {
         let _lock = self.inner.locks.lock(id).await;
         let record = self.load(id).await?;
         let record = match record.state {
-            GrantState::Active => self.begin_revoke(record, trigger, actor, reason).await?,
+            GrantState::Active => {
+                // Handed to a job of this host at once, under a lease committed with
+                // the intent: no claim, no wait for the scheduler's next round. Without
+                // a free job the intent is due now and the scheduler claims it.
+                let job = self.free_job();
+                let lease = job
+                    .as_ref()
+                    .map(|_| self.now() + self.inner.config.lease_ms);
+                let record = self
+                    .begin_revoke_leased(record, trigger, actor, reason, lease)
+                    .await?;
+                if let Some(permit) = job {
+                    // The job starts once this call lets go of the grant.
+                    self.run_job(id.to_owned(), permit);
+                }
+                record
+            }
             GrantState::Requested | GrantState::Approved => {
                 self.deny_locked(
                     record,
@@ -448,13 +464,29 @@ impl Lifecycle {
         actor: &str,
         reason: Option<&str>,
     ) -> Result<GrantRecord> {
+        self.begin_revoke_leased(record, trigger, actor, reason, None)
+            .await
+    }
+
+    /// [`Lifecycle::begin_revoke`], the due entry held by this host until
+    /// `lease_until` when the work is handed to one of its jobs.
+    async fn begin_revoke_leased(
+        &self,
+        record: GrantRecord,
+        trigger: Trigger,
+        actor: &str,
+        reason: Option<&str>,
+        lease_until: Option<Timestamp>,
+    ) -> Result<GrantRecord> {
         let now = self.now();
-        self.transition(
+        self.transition_leased(
             record,
             Event::BeginRevoke(trigger),
             actor,
             json!({ "trigger": trigger, "reason": reason }),
             Sealed::Keep,
+            lease_until,
+            Vec::new(),
             |r| {
                 if r.trigger.is_none() || r.revoke_started_at.is_none() {
                     r.trigger = Some(trigger);

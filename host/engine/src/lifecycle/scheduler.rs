@@ -4,9 +4,11 @@
 
 use super::{Error, Lifecycle};
 use ebb_core::audit::NewEvent;
+use ebb_core::contract::Timestamp;
 use serde_json::json;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::sync::OwnedSemaphorePermit;
 
 /// Due grants claimed per round.
 const BATCH: usize = 256;
@@ -51,50 +53,100 @@ impl Lifecycle {
                     }
                     continue;
                 };
-                let engine = self.clone();
-                tokio::spawn(async move {
-                    let held = super::Held::new(&engine.inner.store, &id);
-                    let leased = Arc::new(AtomicBool::new(true));
-                    let outcome = super::CLAIMED.scope(leased.clone(), engine.work(&id)).await;
-                    engine
-                        .work_done(&id, outcome, leased.load(Ordering::Relaxed))
-                        .await;
-                    drop(held);
-                    drop(permit);
-                });
+                self.run_job(id, permit);
             }
-            // More may be due at once (a full batch), or a wake came while this
-            // round claimed (a commit or another host moved due work): claim again
+            // More may be due at once (a full batch), or something came due while
+            // this round claimed (a commit of this host or another's): claim again
             // now, without asking the store for the earliest due time it would not
-            // sleep on. On a shared store that question is a query, and under load
-            // nearly every round has a wake waiting.
-            if full || ready_now(inner.wake.notified()) || ready_now(inner.store.due_changed()) {
+            // sleep on. On a shared store that question is a query.
+            let now = self.now();
+            let announced = [
+                ready_now(inner.wake.next()),
+                ready_now(inner.store.due_changed()),
+            ];
+            if full || announced.iter().flatten().any(|at| *at <= now) {
                 continue;
             }
+            // Announced later than now: the store's answer includes it.
             let next = inner.store.next_due().await.ok().flatten();
+            if self.sleep_until(next).await {
+                break;
+            }
+        }
+    }
+
+    /// Sleeps until something is due: until `next` (forever if `None`), moved
+    /// sooner by what commits and other hosts announce, without a question to the
+    /// store; true at shutdown.
+    async fn sleep_until(&self, mut next: Option<Timestamp>) -> bool {
+        let inner = &self.inner;
+        let woken = loop {
+            // A commit due before `next` announces itself from here on; one made
+            // since the round began is in `next` or announced already.
+            inner
+                .sleeping_until
+                .store(next.unwrap_or(u64::MAX), Ordering::SeqCst);
             let sleep = async {
                 match next {
                     Some(at) => tokio::time::sleep_until(inner.clock.instant_at(at)).await,
                     None => std::future::pending().await,
                 }
             };
-            tokio::select! {
-                () = sleep => {}
-                () = inner.wake.notified() => {}
+            let at = tokio::select! {
+                () = sleep => break false,
+                at = inner.wake.next() => at,
                 // Another host of a shared store committed or moved due work.
-                () = inner.store.due_changed() => {}
-                () = inner.shutdown.wait() => break,
+                at = inner.store.due_changed() => at,
+                () = inner.shutdown.wait() => break true,
+            };
+            if at <= self.now() {
+                break false;
             }
-        }
+            next = Some(next.map_or(at, |next| next.min(at)));
+        };
+        inner.sleeping_until.store(u64::MAX, Ordering::SeqCst);
+        woken
     }
 }
 
-/// Whether `wake` is ready at its first poll (a waiting notification, which the
-/// poll takes); if not, dropping it leaves nothing registered.
-fn ready_now(wake: impl std::future::Future<Output = ()>) -> bool {
+impl Lifecycle {
+    /// Runs the work of grant `id`, which this host holds a lease on (claimed from
+    /// the due index, or handed over by the caller's step that committed it), in a
+    /// job that holds `permit`.
+    pub(super) fn run_job(&self, id: String, permit: OwnedSemaphorePermit) {
+        let engine = self.clone();
+        tokio::spawn(async move {
+            let held = super::Held::new(&engine.inner.store, &id);
+            let leased = Arc::new(AtomicBool::new(true));
+            let outcome = super::CLAIMED.scope(leased.clone(), engine.work(&id)).await;
+            engine
+                .work_done(&id, outcome, leased.load(Ordering::Relaxed))
+                .await;
+            drop(held);
+            drop(permit);
+        });
+    }
+
+    /// A job slot for work a caller's step hands over, if the scheduler runs and
+    /// has one free; without one the work waits in the due index for the scheduler.
+    pub(super) fn free_job(&self) -> Option<OwnedSemaphorePermit> {
+        let inner = &self.inner;
+        if !inner.started.load(Ordering::SeqCst) || inner.shutdown.is_triggered() {
+            return None;
+        }
+        inner.jobs.clone().try_acquire_owned().ok()
+    }
+}
+
+/// What `wake` yields at its first poll, if it is ready then (a waiting
+/// notification, which the poll takes); if not, dropping it leaves nothing
+/// registered.
+fn ready_now<T>(wake: impl std::future::Future<Output = T>) -> Option<T> {
     let wake = std::pin::pin!(wake);
-    wake.poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
-        .is_ready()
+    match wake.poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
+        std::task::Poll::Ready(value) => Some(value),
+        std::task::Poll::Pending => None,
+    }
 }
 
 /// How long background work that found its connector busy steps aside (plus up

@@ -690,6 +690,16 @@ struct TestStore {
     tampered: std::sync::Mutex<Option<String>>,
     /// Says it is shared by several hosts, and records each `release_claim`.
     shared: Option<std::sync::Mutex<Vec<String>>>,
+    /// Every grant the scheduler claimed, and every commit's state and lease.
+    seen: std::sync::Mutex<Seen>,
+}
+
+#[derive(Debug, Default)]
+struct Seen {
+    /// Rounds of the scheduler: calls of `claim_due`.
+    rounds: usize,
+    claimed: Vec<String>,
+    commits: Vec<(String, GrantState, Option<u64>)>,
 }
 
 impl TestStore {
@@ -700,6 +710,7 @@ impl TestStore {
             failing: std::sync::Mutex::new(None),
             tampered: std::sync::Mutex::new(None),
             shared: None,
+            seen: std::sync::Mutex::default(),
         })
     }
 
@@ -741,6 +752,11 @@ impl Store for TestStore {
         }
         self.unsynced
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.seen.lock().unwrap().commits.push((
+            commit.record.grant.id.clone(),
+            commit.record.state,
+            commit.lease_until,
+        ));
         self.inner.commit(commit).await
     }
     async fn append_audit(&self, event: NewEvent) -> store::Result<AuditEvent> {
@@ -749,7 +765,11 @@ impl Store for TestStore {
         self.inner.append_audit(event).await
     }
     async fn claim_due(&self, now: u64, lease: u64, limit: usize) -> store::Result<Vec<String>> {
-        self.inner.claim_due(now, lease, limit).await
+        let claimed = self.inner.claim_due(now, lease, limit).await?;
+        let mut seen = self.seen.lock().unwrap();
+        seen.rounds += 1;
+        seen.claimed.extend(claimed.iter().cloned());
+        Ok(claimed)
     }
     async fn reschedule(&self, id: &str, due: Option<u64>) -> store::Result<()> {
         self.inner.reschedule(id, due).await
@@ -853,6 +873,95 @@ async fn a_job_releases_its_claim_only_when_it_left_one() {
         store.releases(&sticky) >= 1,
         "a job that left the grant due kept its lease"
     );
+    engine.shutdown().await.unwrap();
+}
+
+/// A caller's revocation goes straight to a job of this host: the intent is
+/// committed with a lease held by the host, and the scheduler never claims it.
+/// Before the scheduler runs, the intent is due now and the scheduler claims it
+/// once started.
+#[tokio::test(start_paused = true)]
+async fn a_callers_revocation_is_handed_to_a_job_without_a_claim() {
+    let store = TestStore::new(10);
+    let engine = engine_on(store.clone(), &[noop()]).await;
+    let waiting = issued(&engine, "noop", 3_600_000).await.grant.id;
+    let r = engine
+        .revoke(&waiting, Trigger::TaskCompleted, "agent", None)
+        .await
+        .unwrap();
+    assert_eq!(r.state, GrantState::Revoking);
+    engine.start().await.unwrap();
+    let handed = issued(&engine, "noop", 3_600_000).await.grant.id;
+    engine
+        .revoke(&handed, Trigger::TaskCompleted, "agent", None)
+        .await
+        .unwrap();
+    for id in [&waiting, &handed] {
+        wait_for(&engine, id, GrantState::Verified).await;
+    }
+    let lease_ms = EngineConfig::default().lease_ms;
+    let started = engine
+        .get(&handed)
+        .await
+        .unwrap()
+        .revoke_started_at
+        .unwrap();
+    {
+        let seen = store.seen.lock().unwrap();
+        let intent = |id: &str| {
+            seen.commits
+                .iter()
+                .find(|(g, state, _)| g == id && *state == GrantState::Revoking)
+                .map(|(_, _, lease)| *lease)
+                .unwrap()
+        };
+        assert_eq!(intent(&waiting), None, "no job before the scheduler runs");
+        let lease = intent(&handed).expect("the handed-over intent holds a lease");
+        assert_eq!(
+            lease,
+            started + lease_ms,
+            "leased for the engine's lease time from the intent"
+        );
+        assert_eq!(
+            seen.claimed,
+            std::slice::from_ref(&waiting),
+            "only the waiting one was claimed"
+        );
+    }
+    assert!(engine.store().verify_audit().await.unwrap().is_intact());
+    engine.shutdown().await.unwrap();
+}
+
+/// A commit wakes the scheduler only when it puts a grant in the due index
+/// earlier than the scheduler sleeps until: issuing grants that expire in an hour
+/// takes a round or two, not one per commit.
+#[tokio::test(start_paused = true)]
+async fn commits_due_later_than_the_scheduler_sleeps_do_not_wake_it() {
+    let store = TestStore::new(11);
+    let engine = engine_on(store.clone(), &[noop()]).await;
+    engine.start().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let before = store.seen.lock().unwrap().rounds;
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        ids.push(issued(&engine, "noop", 3_600_000).await.grant.id);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let rounds = store.seen.lock().unwrap().rounds - before;
+    assert!(
+        rounds <= 3,
+        "{rounds} scheduler rounds for 20 grants due in an hour"
+    );
+    // A commit due sooner than that still wakes it: a revocation before the
+    // scheduler runs is due now and claimed at once.
+    engine
+        .revoke(&ids[0], Trigger::TaskCompleted, "agent", None)
+        .await
+        .unwrap();
+    wait_for(&engine, &ids[0], GrantState::Verified).await;
+    for id in &ids[1..] {
+        assert_eq!(engine.get(id).await.unwrap().state, GrantState::Active);
+    }
     engine.shutdown().await.unwrap();
 }
 
