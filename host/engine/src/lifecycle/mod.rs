@@ -367,6 +367,14 @@ impl Lifecycle {
         }
     }
 
+    /// Moves grant `id`'s due entry to `due` (none: out of the index), and tells
+    /// the scheduler if that is sooner than it sleeps until.
+    async fn reschedule(&self, id: &str, due: Option<Timestamp>) -> Result<(), store::Error> {
+        self.inner.store.reschedule(id, due).await?;
+        self.due_moved(due);
+        Ok(())
+    }
+
     /// Tells watchers that `record` was committed (nobody listening is fine).
     fn changed(&self, record: &GrantRecord) {
         let _ = self.inner.changes.send(GrantChange::of(record));

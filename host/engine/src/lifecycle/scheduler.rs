@@ -48,7 +48,7 @@ impl Lifecycle {
                 let Ok(permit) = inner.jobs.clone().try_acquire_owned() else {
                     // No job free after all: hand it back (a shared store's host
                     // renews its leases, so a claim left lying would never lapse).
-                    if let Err(e) = inner.store.reschedule(&id, Some(now)).await {
+                    if let Err(e) = self.reschedule(&id, Some(now)).await {
                         tracing::error!(grant = %id, error = %e, "releasing a claim failed; its lease brings it back");
                     }
                     continue;
@@ -174,7 +174,7 @@ impl Lifecycle {
             // Not a failure: the connector's calls are all taken. Back shortly, with
             // jitter so a crowd of waiting grants does not come back at once.
             let later = self.now() + BUSY_RETRY_MS + rand::random_range(0..BUSY_RETRY_MS * 3);
-            if let Err(e) = self.inner.store.reschedule(id, Some(later)).await {
+            if let Err(e) = self.reschedule(id, Some(later)).await {
                 tracing::error!(grant = %id, error = %e, "rescheduling a grant failed; its lease brings it back");
             }
             return;
@@ -187,7 +187,7 @@ impl Lifecycle {
                 Ok(()) => self.inner.store.release_claim(id).await,
                 Err(_) => {
                     let later = self.now() + SHARED_RETRY_MS;
-                    self.inner.store.reschedule(id, Some(later)).await
+                    self.reschedule(id, Some(later)).await
                 }
             };
             if let Err(e) = released {

@@ -38,7 +38,7 @@ impl Lifecycle {
                     | GrantState::Escalated
             );
         if !waiting_on_downstream && record.due_at.is_none_or(|due| due > self.now()) {
-            self.inner.store.reschedule(id, record.due_at).await?;
+            self.reschedule(id, record.due_at).await?;
             lease_left(false);
             return Ok(());
         }
