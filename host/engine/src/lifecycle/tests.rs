@@ -965,6 +965,36 @@ async fn commits_due_later_than_the_scheduler_sleeps_do_not_wake_it() {
     engine.shutdown().await.unwrap();
 }
 
+/// A grant whose connector has no free call slot steps aside for 25-100 ms and
+/// the scheduler, told of the move, comes back for it then — it does not wait for
+/// some other commit to wake it. Here nothing else happens while the connector's
+/// one slot hangs, so the waiting grant is claimed again and again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_stepping_aside_for_a_busy_connector_is_claimed_again() {
+    let store = TestStore::new(12);
+    let hung = misbehave(&[("revoke", "hang")]).with_lifecycle(LifecyclePolicy {
+        max_concurrent_calls: 1,
+        ..fast_policy()
+    });
+    let engine = engine_on(store.clone(), &[("hung", hung)]).await;
+    engine.start().await.unwrap();
+    issued(&engine, "hung", 200).await;
+    let waiting = issued(&engine, "hung", 300).await.grant.id;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let claims = store
+        .seen
+        .lock()
+        .unwrap()
+        .claimed
+        .iter()
+        .filter(|id| **id == waiting)
+        .count();
+    assert!(
+        (5..1_000).contains(&claims),
+        "claimed {claims} times in 1.2 s while its connector was busy (about 19 expected)"
+    );
+}
+
 /// Issue 12: request, approve and deny answer only once their commits are durable
 /// (a denial lost in a crash would put the grant back before another approver).
 #[tokio::test]
