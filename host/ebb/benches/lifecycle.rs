@@ -9,7 +9,8 @@
 //!   3 hosts (engines with a store each, one database), side by side.
 //! - postgres-N: the same on PostgreSQL with N hosts alone (for profiling;
 //!   `EBB_PG_OPTIONS` adds server settings, `EBB_BENCH_PG_REPORT` is SQL run as
-//!   the superuser after the run, its output printed).
+//!   the superuser after the run, its output printed; `EBB_BENCH_CLIENTS`
+//!   sets the number of concurrent clients, 256 by default).
 //! - million-postgres: restart to serving (a cold `ebb serve`) with 1M active
 //!   grants in PostgreSQL.
 //! - million: RSS with N active grants, restart-to-serving with them, and the
@@ -879,8 +880,13 @@ fn main() {
             .strip_prefix("postgres-")
             .and_then(|n| n.parse::<usize>().ok())
         {
-            // PostgreSQL with that many hosts alone, for profiling.
-            let (total, conc) = if full { (20_000, 256) } else { (200, 16) };
+            // PostgreSQL with that many hosts alone, for profiling
+            // (`EBB_BENCH_CLIENTS`: concurrent clients instead of 256).
+            let clients = std::env::var("EBB_BENCH_CLIENTS")
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(256);
+            let (total, conc) = if full { (20_000, clients) } else { (200, 16) };
             let pg = ebb_test_support::Postgres::start_durable().unwrap();
             throughput_postgres(&pg, hosts, total, conc).await;
             if let Ok(sql) = std::env::var("EBB_BENCH_PG_REPORT") {
