@@ -116,20 +116,11 @@ impl Lifecycle {
         // commit, the request's event first, then the decision's.
         let _lock = self.inner.locks.lock(&id).await;
         let record = match decision {
+            // Waits for approval until its window closes: a due time the
+            // scheduler is told of, as with every step.
             Decision::Pending => {
-                let (record, _) = self
-                    .inner
-                    .store
-                    .commit(Commit {
-                        event: requested,
-                        record,
-                        sealed: Sealed::Keep,
-                        lease_until: None,
-                        earlier: Vec::new(),
-                    })
-                    .await?;
-                self.changed(&record);
-                record
+                self.commit_step(record, requested, Sealed::Keep, None, Vec::new())
+                    .await?
             }
             Decision::Approve {
                 by,

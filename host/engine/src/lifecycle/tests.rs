@@ -995,6 +995,26 @@ async fn a_grant_stepping_aside_for_a_busy_connector_is_claimed_again() {
     );
 }
 
+/// A request left waiting for approval is denied when its window closes, on a
+/// host where nothing else happens: its commit tells the sleeping scheduler when.
+#[tokio::test(start_paused = true)]
+async fn a_request_nobody_approves_is_denied_when_its_window_closes() {
+    let engine = engine(&[noop()]).await;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let waiting = engine
+        .request(new_grant("noop", 60_000), "agent", Decision::Pending)
+        .await
+        .unwrap();
+    let window = EngineConfig::default().approval_window_ms;
+    tokio::time::sleep(Duration::from_millis(window + 1_000)).await;
+    let denied = wait_for(&engine, &waiting.grant.id, GrantState::Denied).await;
+    assert_eq!(
+        denied.last_error.as_deref(),
+        Some("not approved within the approval window")
+    );
+    engine.shutdown().await.unwrap();
+}
+
 /// Issue 12: request, approve and deny answer only once their commits are durable
 /// (a denial lost in a crash would put the grant back before another approver).
 #[tokio::test]
