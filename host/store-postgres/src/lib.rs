@@ -16,9 +16,10 @@
 //! **One chain, several writers.** Every write that appends an event locks the head
 //! row (`SELECT … FOR UPDATE`) in its transaction, so the hosts' transactions
 //! append in one total order and the chain verifies as on the embedded store.
-//! Commits are grouped: one writer task per host takes every commit waiting and
-//! applies them in one transaction (one head lock, one statement per table), so
-//! the lock is held once per group, not once per grant.
+//! Commits are grouped: one writer per host — a thread of its own with its own
+//! connection — takes every commit waiting and applies them in one transaction
+//! (one head lock, one statement per table), so the lock is held once per group,
+//! not once per grant.
 //!
 //! **Due work** is claimed with `FOR UPDATE SKIP LOCKED`: the claimed rows' due
 //! moves to a lease that names the claiming host. A host that dies holds its
@@ -116,7 +117,11 @@ impl PgStore {
         let chain = Chain::new(chain_key);
         check_key(&pool, &chain).await?;
         let due_changed = Arc::new(ebb_core::store::DueSignal::default());
-        tokio::spawn(connect::listen(config, tls, Arc::downgrade(&due_changed)));
+        tokio::spawn(connect::listen(
+            config.clone(),
+            tls.clone(),
+            Arc::downgrade(&due_changed),
+        ));
         let (tx, rx) = mpsc::channel(QUEUE);
         let store = Arc::new(Self {
             pool: pool.clone(),
@@ -126,7 +131,26 @@ impl PgStore {
             due_changed,
             held: std::sync::Mutex::default(),
         });
-        tokio::spawn(writer::Writer::new(pool, chain, options.host_id.clone()).run(rx));
+        // The writer runs on a thread of its own with its own connection, so its
+        // round trips are not queued behind the callers' tasks on the workers.
+        // Its statements are planned for each group's ids: a generic plan
+        // chosen while the table was small would scan the table for ever after.
+        let mut writer_config = config.clone();
+        let writer_options = match writer_config.get_options() {
+            Some(o) => format!("{o} -c plan_cache_mode=force_custom_plan"),
+            None => "-c plan_cache_mode=force_custom_plan".to_owned(),
+        };
+        writer_config.options(&writer_options);
+        let writer_pool = connect::pool(writer_config, tls.clone(), 1)?;
+        let writer = writer::Writer::new(writer_pool, chain, options.host_id.clone());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the store's writer")?;
+        std::thread::Builder::new()
+            .name("ebb-pg-writer".into())
+            .spawn(move || runtime.block_on(writer.run(rx)))
+            .context("starting the store's writer")?;
         tokio::spawn(keep_leases(Arc::downgrade(&store), options.lease_ms));
         Ok(store)
     }

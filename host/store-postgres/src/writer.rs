@@ -1,6 +1,8 @@
-//! Group commit: one writer task per host takes every commit and audit append
-//! waiting and applies them in one transaction — the head row locked once, then
-//! one statement per table for the whole group (arrays through `UNNEST`).
+//! Group commit: one writer per host (a thread of its own, with its own
+//! connection, opened with `plan_cache_mode=force_custom_plan`) takes every
+//! commit and audit append waiting and applies them in one transaction — the
+//! head row locked once, then one statement per table for the whole group
+//! (arrays through `UNNEST`).
 //!
 //! A commit whose version moved is refused alone (`Conflict`) and the rest of the
 //! group goes on. If the group's transaction fails, each of its commits is tried
