@@ -46,6 +46,13 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// A grant's record and sealed credential as a step just committed them, handed
+/// with its work to a job so that the job need not read them back.
+pub(super) struct Handed {
+    pub(super) record: GrantRecord,
+    pub(super) sealed: Option<Vec<u8>>,
+}
+
 /// Keeps this host's leases on a grant renewed while it lives (a shared store
 /// renews only held leases): work in progress here is not taken over.
 pub(crate) struct Held {

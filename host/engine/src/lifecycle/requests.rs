@@ -406,7 +406,14 @@ impl Lifecycle {
         reason: Option<&str>,
     ) -> Result<GrantRecord> {
         let _lock = self.inner.locks.lock(id).await;
-        let record = self.load(id).await?;
+        // With the credential: a revocation handed to a job needs it, and the job
+        // takes both from here rather than reading them back.
+        let (record, sealed) = self
+            .inner
+            .store
+            .get_with_credential(id)
+            .await?
+            .ok_or_else(|| Error::NotFound(id.to_owned()))?;
         let record = match record.state {
             GrantState::Active => {
                 // Handed to a job of this host at once, under a lease committed with
@@ -420,8 +427,13 @@ impl Lifecycle {
                     .begin_revoke_leased(record, trigger, actor, reason, lease)
                     .await?;
                 if let Some(permit) = job {
-                    // The job starts once this call lets go of the grant.
-                    self.run_job(id.to_owned(), permit);
+                    // The job starts once this call lets go of the grant, from the
+                    // record just committed (the credential was kept as it was).
+                    let handed = Handed {
+                        record: record.clone(),
+                        sealed,
+                    };
+                    self.run_job(id.to_owned(), permit, Some(handed));
                 }
                 record
             }

@@ -5,6 +5,7 @@
 use super::{Error, Lifecycle};
 use ebb_core::audit::NewEvent;
 use ebb_core::contract::Timestamp;
+use ebb_core::store;
 use serde_json::json;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -53,7 +54,7 @@ impl Lifecycle {
                     }
                     continue;
                 };
-                self.run_job(id, permit);
+                self.run_job(id, permit, None);
             }
             // More may be due at once (a full batch), or something came due while
             // this round claimed (a commit of this host or another's): claim again
@@ -113,12 +114,28 @@ impl Lifecycle {
     /// Runs the work of grant `id`, which this host holds a lease on (claimed from
     /// the due index, or handed over by the caller's step that committed it), in a
     /// job that holds `permit`.
-    pub(super) fn run_job(&self, id: String, permit: OwnedSemaphorePermit) {
+    pub(super) fn run_job(
+        &self,
+        id: String,
+        permit: OwnedSemaphorePermit,
+        handed: Option<super::Handed>,
+    ) {
         let engine = self.clone();
         tokio::spawn(async move {
             let held = super::Held::new(&engine.inner.store, &id);
             let leased = Arc::new(AtomicBool::new(true));
-            let outcome = super::CLAIMED.scope(leased.clone(), engine.work(&id)).await;
+            let work = async {
+                match handed {
+                    None => engine.work(&id).await,
+                    // What was handed over moved before the job had the grant:
+                    // nothing was committed from it, so work from the store.
+                    Some(handed) => match engine.work_step(&id, false, Some(handed)).await {
+                        Err(Error::Store(store::Error::Conflict(_))) => engine.work(&id).await,
+                        outcome => outcome,
+                    },
+                }
+            };
+            let outcome = super::CLAIMED.scope(leased.clone(), work).await;
             engine
                 .work_done(&id, outcome, leased.load(Ordering::Relaxed))
                 .await;

@@ -692,6 +692,9 @@ struct TestStore {
     shared: Option<std::sync::Mutex<Vec<String>>>,
     /// Every grant the scheduler claimed, and every commit's state and lease.
     seen: std::sync::Mutex<Seen>,
+    /// A grant whose next leased commit is followed at once by a write of
+    /// another host (the record committed again, its version moved).
+    moved_after_lease: std::sync::Mutex<Option<String>>,
 }
 
 #[derive(Debug, Default)]
@@ -700,6 +703,8 @@ struct Seen {
     rounds: usize,
     claimed: Vec<String>,
     commits: Vec<(String, GrantState, Option<u64>)>,
+    /// Every read of a record (`get`, `get_with_credential`), by grant.
+    reads: Vec<String>,
 }
 
 impl TestStore {
@@ -711,6 +716,7 @@ impl TestStore {
             tampered: std::sync::Mutex::new(None),
             shared: None,
             seen: std::sync::Mutex::default(),
+            moved_after_lease: std::sync::Mutex::new(None),
         })
     }
 
@@ -741,7 +747,15 @@ impl TestStore {
 #[store::async_trait]
 impl Store for TestStore {
     async fn get(&self, id: &str) -> store::Result<Option<GrantRecord>> {
+        self.seen.lock().unwrap().reads.push(id.to_owned());
         self.inner.get(id).await
+    }
+    async fn get_with_credential(
+        &self,
+        id: &str,
+    ) -> store::Result<Option<(GrantRecord, Option<Vec<u8>>)>> {
+        self.seen.lock().unwrap().reads.push(id.to_owned());
+        self.inner.get_with_credential(id).await
     }
     async fn commit(&self, commit: Commit) -> store::Result<(GrantRecord, AuditEvent)> {
         if self.failing.lock().unwrap().as_deref() == Some(commit.record.grant.id.as_str()) {
@@ -757,7 +771,25 @@ impl Store for TestStore {
             commit.record.state,
             commit.lease_until,
         ));
-        self.inner.commit(commit).await
+        let id = commit.record.grant.id.clone();
+        let lease_until = commit.lease_until;
+        let committed = self.inner.commit(commit).await?;
+        let move_it = lease_until.is_some() && {
+            let mut moved = self.moved_after_lease.lock().unwrap();
+            moved.take_if(|m| *m == id).is_some()
+        };
+        if move_it {
+            self.inner
+                .commit(Commit {
+                    record: committed.0.clone(),
+                    sealed: Sealed::Keep,
+                    event: NewEvent::new("test.touched", "another-host").grant(&id),
+                    lease_until,
+                    earlier: Vec::new(),
+                })
+                .await?;
+        }
+        Ok(committed)
     }
     async fn append_audit(&self, event: NewEvent) -> store::Result<AuditEvent> {
         self.unsynced
@@ -928,6 +960,63 @@ async fn a_callers_revocation_is_handed_to_a_job_without_a_claim() {
             "only the waiting one was claimed"
         );
     }
+    assert!(engine.store().verify_audit().await.unwrap().is_intact());
+    engine.shutdown().await.unwrap();
+}
+
+/// A revocation handed to a job carries the record its intent committed, and its
+/// credential: the job does not read them back. If the grant moved before the
+/// job had it (another host wrote it), the job's first commit is refused and the
+/// job works from the store: the grant is verified, and no failure is recorded.
+#[tokio::test(start_paused = true)]
+async fn a_handed_revocation_is_not_read_back_and_one_that_moved_is_read_again() {
+    let store = TestStore::new(13);
+    let engine = engine_on(store.clone(), &[noop()]).await;
+    engine.start().await.unwrap();
+    let handed = issued(&engine, "noop", 3_600_000).await.grant.id;
+    let moved = issued(&engine, "noop", 3_600_000).await.grant.id;
+    store.seen.lock().unwrap().reads.clear();
+    *store.moved_after_lease.lock().unwrap() = Some(moved.clone());
+    for id in [&handed, &moved] {
+        engine
+            .revoke(id, Trigger::TaskCompleted, "agent", None)
+            .await
+            .unwrap();
+    }
+    let reads = |id: &str| {
+        let seen = store.seen.lock().unwrap();
+        seen.reads.iter().filter(|r| *r == id).count()
+    };
+    for id in [&handed, &moved] {
+        // Read past the counting hook: only the engine's reads count.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while store.inner.get(id).await.unwrap().unwrap().state != GrantState::Verified {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{id} never verified"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    assert_eq!(
+        reads(&handed),
+        1,
+        "only the revoke call read the handed grant"
+    );
+    assert_eq!(
+        reads(&moved),
+        2,
+        "the moved grant was read by the revoke call, and again by the job"
+    );
+    for id in [&handed, &moved] {
+        let events = engine.report(id).await.unwrap().events;
+        assert!(
+            !events.iter().any(|e| e.kind == "grant.work-failed"),
+            "{id}: {events:?}"
+        );
+    }
+    let touched = engine.report(&moved).await.unwrap().events;
+    assert!(touched.iter().any(|e| e.kind == "test.touched"));
     assert!(engine.store().verify_audit().await.unwrap().is_intact());
     engine.shutdown().await.unwrap();
 }

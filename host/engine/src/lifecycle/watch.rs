@@ -87,7 +87,7 @@ impl Lifecycle {
             for id in waiting {
                 let engine = self.clone();
                 tokio::spawn(async move {
-                    let outcome = engine.work_step(&id, true).await;
+                    let outcome = engine.work_step(&id, true, None).await;
                     // Not a claimed job: whatever lease is there is released.
                     engine.work_done(&id, outcome, true).await;
                 });

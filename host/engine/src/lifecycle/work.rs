@@ -6,24 +6,35 @@ use super::*;
 impl Lifecycle {
     /// Does whatever is due for grant `id`. Called by the scheduler.
     pub(super) async fn work(&self, id: &str) -> Result<()> {
-        self.work_step(id, false).await
+        self.work_step(id, false, None).await
     }
 
     /// [`Lifecycle::work`], or with `now` the grant's next step at once, whenever
-    /// it is due (its downstream system just came back).
-    pub(super) async fn work_step(&self, id: &str, now: bool) -> Result<()> {
+    /// it is due (its downstream system just came back). `handed`: the record and
+    /// sealed credential as the caller that handed the work over just committed
+    /// them, in place of reading them again; if they have moved since, the first
+    /// commit is refused (`Conflict`) and the caller works from the store instead.
+    pub(super) async fn work_step(
+        &self,
+        id: &str,
+        now: bool,
+        handed: Option<Handed>,
+    ) -> Result<()> {
         // Wait for whoever holds the grant (an API call finishing `issue`, say), then
         // act on its state as it is then. Skipping instead would leave the claimed
         // grant parked until its lease ran out.
         let _lock = self.inner.locks.lock(id).await;
         // The credential comes with the record: revoke and verify need it, and a
         // job that goes from one to the other opens it once.
-        let (mut record, sealed) = self
-            .inner
-            .store
-            .get_with_credential(id)
-            .await?
-            .ok_or_else(|| Error::NotFound(id.to_owned()))?;
+        let (mut record, sealed) = match handed {
+            Some(handed) => (handed.record, handed.sealed),
+            None => self
+                .inner
+                .store
+                .get_with_credential(id)
+                .await?
+                .ok_or_else(|| Error::NotFound(id.to_owned()))?,
+        };
         let mut credential = JobCredential::Sealed(sealed);
         // Claimed, but is it still due? Another job may have moved it on while this
         // one waited (e.g. a step committed "due now" and the scheduler claimed it
