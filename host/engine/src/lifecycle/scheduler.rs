@@ -5,7 +5,6 @@
 use super::{Error, Lifecycle};
 use ebb_core::audit::NewEvent;
 use ebb_core::contract::Timestamp;
-use ebb_core::store;
 use serde_json::json;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -127,12 +126,7 @@ impl Lifecycle {
             let work = async {
                 match handed {
                     None => engine.work(&id).await,
-                    // What was handed over moved before the job had the grant:
-                    // nothing was committed from it, so work from the store.
-                    Some(handed) => match engine.work_step(&id, false, Some(handed)).await {
-                        Err(Error::Store(store::Error::Conflict(_))) => engine.work(&id).await,
-                        outcome => outcome,
-                    },
+                    Some(handed) => engine.work_handed(&id, handed).await,
                 }
             };
             let outcome = super::CLAIMED.scope(leased.clone(), work).await;

@@ -9,11 +9,21 @@ impl Lifecycle {
         self.work_step(id, false, None).await
     }
 
+    /// [`Lifecycle::work`] from what the caller that handed the work over just
+    /// committed. If the grant moved before the job held it, its first commit is
+    /// refused (`Conflict`): nothing was committed from the stale record, so the
+    /// work starts again from the store.
+    pub(super) async fn work_handed(&self, id: &str, handed: Handed) -> Result<()> {
+        match self.work_step(id, false, Some(handed)).await {
+            Err(Error::Store(store::Error::Conflict(_))) => self.work(id).await,
+            outcome => outcome,
+        }
+    }
+
     /// [`Lifecycle::work`], or with `now` the grant's next step at once, whenever
     /// it is due (its downstream system just came back). `handed`: the record and
-    /// sealed credential as the caller that handed the work over just committed
-    /// them, in place of reading them again; if they have moved since, the first
-    /// commit is refused (`Conflict`) and the caller works from the store instead.
+    /// sealed credential as a caller just committed them, in place of reading
+    /// them again (see [`Lifecycle::work_handed`]).
     pub(super) async fn work_step(
         &self,
         id: &str,
